@@ -1,0 +1,33 @@
+"""attnperf: every attention mechanism, many backends, each checked against a float64
+reference, and a performance-regression suite around them.
+
+Import cost is torch only: optional libraries (flash-attn, xFormers, fla) load lazily when a
+backend that needs them is first asked whether it can run.
+"""
+
+from attnperf.backends import BACKENDS, Backend, Unsupported, get_backend
+from attnperf.case import Case, make_inputs
+from attnperf.catalog import VARIANTS, get_variant
+from attnperf.check import WrongResult, check, verified_runner
+from attnperf.functional import attention
+from attnperf.mechanisms import MECHANISMS, Mechanism, get_mechanism
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "MECHANISMS",
+    "VARIANTS",
+    "Backend",
+    "Case",
+    "Mechanism",
+    "Unsupported",
+    "WrongResult",
+    "attention",
+    "check",
+    "get_backend",
+    "get_mechanism",
+    "get_variant",
+    "make_inputs",
+    "verified_runner",
+]

@@ -1,0 +1,129 @@
+"""What every backend is: capabilities as data, every reason it cannot run, and ``prepare``.
+
+Modelled on xFormers' operator classes: the class attributes state what a backend can do
+(devices, dtypes, head dims, GQA), :meth:`Backend.not_supported_reasons` returns *every*
+reason a case does not fit, and the relative-error bounds live on the class. Optional
+libraries are imported lazily in :meth:`Backend.load`, so importing attnperf never needs them.
+
+``prepare(mechanism, case, q, k, v)`` does all set-up (masks, layouts, compilation handles)
+and returns a zero-argument closure; asv, pytest-benchmark and the CLI time that closure.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+
+from attnperf.case import DTYPES, Case
+from attnperf.mechanisms import Mechanism
+
+Runner = Callable[[], torch.Tensor]
+
+#: Relative-error bounds ‖out − ref‖ / ‖ref‖ against the float64 reference (DESIGN §2).
+DEFAULT_TOLERANCE: dict[str, float] = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 1e-2, "float16": 1e-2}
+
+ALL_DTYPES = tuple(DTYPES)
+HALF_DTYPES = ("bfloat16", "float16")
+
+
+class Unsupported(RuntimeError):
+    """Raised when a backend finds out only at run time that it cannot run a case."""
+
+
+def cuda_ready(case: Case) -> str | None:
+    """Why a CUDA case cannot run here, or None."""
+    if case.device.startswith("cuda") and not torch.cuda.is_available():
+        return "needs CUDA (no GPU visible to torch)"
+    return None
+
+
+def compute_capability(case: Case) -> tuple[int, int] | None:
+    if not case.device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability(torch.device(case.device))
+
+
+class Backend(ABC):
+    """One implementation family of the mechanisms it lists."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    mechanisms: ClassVar[frozenset[str]]
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    dtypes: ClassVar[tuple[str, ...]] = ALL_DTYPES
+    max_head_dim: ClassVar[int | None] = None
+    head_dim_multiple: ClassVar[int] = 1
+    #: Smallest CUDA compute capability (major, minor) for a cuda case, if any.
+    min_capability: ClassVar[tuple[int, int] | None] = None
+    supports_gqa: ClassVar[bool] = True
+    supports_backward: ClassVar[bool] = True
+    #: Per-dtype overrides of :data:`DEFAULT_TOLERANCE` (each with its reason beside it).
+    tolerance: ClassVar[dict[str, float]] = {}
+    #: Substrings of run-time errors meaning "this kernel cannot take this case".
+    unsupported_errors: ClassVar[tuple[str, ...]] = ()
+
+    def load(self) -> None:
+        """Import the backend's optional library; raise ImportError (or any error) if unusable."""
+
+    @functools.cached_property
+    def library_reason(self) -> str | None:
+        """Why the backend's library cannot be used here, or None. Imported once, lazily."""
+        try:
+            self.load()
+        except Exception as exc:  # any import-time failure means "not usable here", with its text
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return f"{self.name} not importable: {first_line}"
+        return None
+
+    def case_reasons(self, mechanism: Mechanism, case: Case) -> list[str]:
+        """Backend-specific reasons beyond the declared capabilities (override when needed)."""
+        return []
+
+    def not_supported_reasons(self, mechanism: Mechanism, case: Case, *, backward: bool = False) -> list[str]:
+        """Every reason this backend cannot run ``mechanism`` on ``case``; empty when it can."""
+        reasons = []
+        if mechanism.name not in self.mechanisms:
+            reasons.append(f"{self.name} does not implement {mechanism.name}")
+        device = case.device.split(":")[0]
+        if device not in self.devices:
+            reasons.append(f"runs on {'/'.join(self.devices)} only, case is on {device}")
+        elif (why := cuda_ready(case)) is not None:
+            reasons.append(why)
+        if case.dtype not in self.dtypes:
+            reasons.append(f"dtype {case.dtype} unsupported (accepts {', '.join(self.dtypes)})")
+        if self.max_head_dim is not None and case.head_dim > self.max_head_dim:
+            reasons.append(f"head_dim {case.head_dim} unsupported (at most {self.max_head_dim})")
+        if case.head_dim % self.head_dim_multiple:
+            reasons.append(f"head_dim {case.head_dim} unsupported (must be a multiple of {self.head_dim_multiple})")
+        if not self.supports_gqa and case.n_kv_heads != case.heads:
+            reasons.append("no grouped/multi-query heads (kv_heads must equal heads)")
+        if backward and not self.supports_backward:
+            reasons.append("forward only (no backward)")
+        cc = compute_capability(case)
+        if self.min_capability is not None and cc is not None and cc < self.min_capability:
+            reasons.append(f"needs compute capability >= {self.min_capability}, GPU has {cc}")
+        if not reasons and self.library_reason is not None:
+            reasons.append(self.library_reason)
+        if not reasons:
+            reasons += self.case_reasons(mechanism, case)
+        return reasons
+
+    def supports(self, mechanism: Mechanism, case: Case, *, backward: bool = False) -> str | None:
+        """None when the backend can run the case, else a human reason (all reasons joined)."""
+        reasons = self.not_supported_reasons(mechanism, case, backward=backward)
+        return "; ".join(reasons) if reasons else None
+
+    def bound(self, dtype: str) -> float:
+        """Relative-error bound for results in ``dtype``."""
+        return self.tolerance.get(dtype, DEFAULT_TOLERANCE[dtype])
+
+    @abstractmethod
+    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        """Set everything up and return a closure computing the ``[B, H, Lq, D]`` output."""
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}>"

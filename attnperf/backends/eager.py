@@ -1,0 +1,96 @@
+"""Eager PyTorch: the textbook versions that materialize the full score matrix.
+
+This is the baseline every speedup is quoted against. Softmax runs in float32 for half
+inputs (as Hugging Face's eager attention does), scores and products in the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnperf.backends.base import Backend, Runner
+from attnperf.case import Case
+from attnperf.mechanisms import MECHANISMS, Mechanism, SoftmaxMechanism
+from attnperf.mechanisms.base import dense_causal, expand_kv
+from attnperf.mechanisms.linear import LINEAR_EPS, elu_feature_map
+from attnperf.mechanisms.sparse import topk_keep
+
+
+def softmax_probs(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Row softmax in at least float32, returned in ``dtype`` for the product with v."""
+    return torch.softmax(scores.float(), dim=-1).to(dtype)
+
+
+def eager_softmax(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``softmax(q kᵀ · scale + bias, masked) v`` with kv heads already expanded."""
+    scores = q @ k.transpose(-1, -2) * scale
+    if bias is not None:
+        scores = scores + bias
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax_probs(scores, v.dtype) @ v
+
+
+def eager_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
+    """Linear attention in its associative O(n·D²) form (Katharopoulos et al. 2020, eq. 5–9).
+
+    Non-causal: one state ``S = φ(K)ᵀ V`` and normalizer ``z = Σ φ(k_j)``. Causal: the running
+    sums as cumulative sums over time, ``[B, H, Lk, D, D]`` in memory — the textbook version
+    before chunking (the tiled backend chunks it).
+    """
+    fq, fk = elu_feature_map(q), elu_feature_map(k)
+    if not case.causal:
+        state = fk.transpose(-1, -2) @ v  # [B, H, D, Dv]
+        z = fk.sum(dim=-2)  # [B, H, D]
+        num = fq @ state
+        den = (fq * z[..., None, :]).sum(-1, keepdim=True)
+    else:
+        states = torch.cumsum(fk[..., :, None] * v[..., None, :], dim=2)[:, :, case.offset :]
+        zs = torch.cumsum(fk, dim=2)[:, :, case.offset :]
+        num = (fq[..., None, :] @ states).squeeze(-2)
+        den = (fq * zs).sum(-1, keepdim=True)
+    return num / (den + LINEAR_EPS)
+
+
+class Eager(Backend):
+    name = "eager"
+    summary = "plain PyTorch, materializes the scores (the baseline)"
+    mechanisms = frozenset(MECHANISMS)
+
+    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        heads = case.heads
+        if isinstance(mechanism, SoftmaxMechanism):
+            mask = mechanism.dense_mask(case, q.device)
+            bias = mechanism.dense_bias(case, q.device, q.dtype)
+            transform = mechanism.qk_transform(case, q.device, q.dtype)
+
+            def run_softmax() -> torch.Tensor:
+                qq, kk = transform(q, k) if transform is not None else (q, k)
+                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)
+
+            return run_softmax
+        if mechanism.family == "topk":
+            top_k = case.top_k
+            assert top_k is not None  # mechanism.validate() guarantees it
+            allowed = dense_causal(case, q.device) if case.causal else None
+
+            def run_topk() -> torch.Tensor:
+                # Selection on float32 scores: a flipped choice between near-equal keys is an O(1)
+                # error, not a rounding one (bfloat16 scores tie and flip often).
+                scores = q.float() @ expand_kv(k, heads).float().transpose(-1, -2) * case.scale
+                if allowed is not None:
+                    scores = scores.masked_fill(~allowed, float("-inf"))
+                scores = scores.masked_fill(~topk_keep(scores, top_k), float("-inf"))
+                return softmax_probs(scores, v.dtype) @ expand_kv(v, heads)
+
+            return run_topk
+        if mechanism.family == "linear":
+            return lambda: eager_linear(q, expand_kv(k, heads), expand_kv(v, heads), case)
+        raise NotImplementedError(f"eager has no implementation for the {mechanism.family} family")

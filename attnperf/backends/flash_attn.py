@@ -1,0 +1,99 @@
+"""FlashAttention on Hopper: flash-attn-4 (CuTe DSL kernels) and FlashAttention-3's forward.
+
+PyPI's ``flash-attn`` (FlashAttention-2) is a source build of hours and is the same kernel as
+``sdpa-flash``; on Hopper the current kernels are flash-attn-4 (``flash_attn.cute``, JIT-compiled
+on first call) and ``fa3-fwd`` (FlashAttention-3 forward, built for torch 2.10). Both take
+``[B, T, H, D]``; k/v are made contiguous in that layout during ``prepare`` (the layout a model
+using them would hold), so the timed call is the kernel alone.
+
+Window mapping: flash-attn's ``window_size=(left, right)`` is inclusive and bottom-right
+aligned, exactly :func:`attnperf.mechanisms.local.window_bounds`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from attnperf.backends.base import HALF_DTYPES, Backend, Runner
+from attnperf.case import Case
+from attnperf.mechanisms import Mechanism, SoftmaxMechanism
+from attnperf.mechanisms.local import Window, window_bounds
+
+
+def to_bthd(t: torch.Tensor) -> torch.Tensor:
+    """``[B, H, T, D]`` → contiguous ``[B, T, H, D]``."""
+    return t.transpose(1, 2).contiguous()
+
+
+def flash_mask_args(mechanism: SoftmaxMechanism, case: Case) -> dict[str, Any]:
+    """``causal`` and ``window_size`` for flash-attn's interface."""
+    if isinstance(mechanism, Window):
+        return {"causal": case.causal, "window_size": window_bounds(case)}
+    return {"causal": mechanism.mask_kind(case) == "causal"}
+
+
+class FlashAttnBase(Backend):
+    """Shared preparation: layout, RoPE in PyTorch, the mask arguments."""
+
+    devices = ("cuda",)
+    dtypes = HALF_DTYPES
+    min_capability = (9, 0)
+    max_head_dim = 256
+    head_dim_multiple = 8
+
+    #: The library's ``flash_attn_func``, bound by :meth:`load`.
+    fn: Any = None
+
+    def call(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: dict[str, Any]
+    ) -> torch.Tensor:
+        return self.fn(q, k, v, softmax_scale=scale, **mask)
+
+    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        assert isinstance(mechanism, SoftmaxMechanism)
+        self.load()
+        mask = flash_mask_args(mechanism, case)
+        vt = to_bthd(v)
+        transform = mechanism.qk_transform(case, q.device, q.dtype)
+        if transform is not None:
+            # RoPE is part of the mechanism: rotate (and lay out) inside the timed call.
+            def run_rope() -> torch.Tensor:
+                qq, kk = transform(q, k)
+                return self.call(to_bthd(qq), to_bthd(kk), vt, case.scale, mask).transpose(1, 2)
+
+            return run_rope
+        qt, kt = to_bthd(q), to_bthd(k)
+        return lambda: self.call(qt, kt, vt, case.scale, mask).transpose(1, 2)
+
+
+class FlashAttn4(FlashAttnBase):
+    name = "flash-attn4"
+    summary = "flash-attn-4 (flash_attn.cute, CuTe DSL kernels for Hopper/Blackwell)"
+    mechanisms = frozenset({"full", "window", "decode", "rope"})
+
+    def load(self) -> None:
+        from flash_attn.cute import flash_attn_func
+
+        self.fn = flash_attn_func
+
+    def call(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: dict[str, Any]
+    ) -> torch.Tensor:
+        out, _lse = self.fn(q, k, v, softmax_scale=scale, **mask)  # flash-attn-4 returns (out, lse) always
+        return out
+
+
+class FlashAttn3(FlashAttnBase):
+    name = "flash-attn3"
+    summary = "FlashAttention-3 forward kernels (fa3-fwd: bf16, forward only, no local window)"
+    # fa3-fwd is built with FLASHATTENTION_DISABLE_LOCAL, DISABLE_FP16 and DISABLE_BACKWARD.
+    mechanisms = frozenset({"full", "decode", "rope"})
+    dtypes = ("bfloat16",)
+    supports_backward = False
+
+    def load(self) -> None:
+        from fa3_fwd_interface import flash_attn_func
+
+        self.fn = flash_attn_func

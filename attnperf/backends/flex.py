@@ -1,0 +1,112 @@
+"""``flex_attention`` under ``torch.compile``: block masks that really skip masked blocks.
+
+The mechanism's index functions become flex's ``mask_mod`` (through a block mask, so whole
+masked 128×128 blocks are never computed) and ``score_mod`` (ALiBi). Two pitfalls are closed:
+
+* past dynamo's recompile limit flex silently falls back to an unfused path that materializes
+  the scores; here the limit is raised, ``fullgraph=True`` and
+  ``fail_on_recompile_limit_hit`` turn any fallback into an error, so a timed flex number is
+  always the fused kernel;
+* ``create_block_mask`` defaults to CUDA; the case's device is passed.
+
+On the CPU the compiled kernel is inference-only (no backward).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+from attnperf.backends.base import Backend, Runner
+from attnperf.backends.sdpa import SOFTMAX_MECHANISMS
+from attnperf.case import Case
+from attnperf.mechanisms import Mechanism, SoftmaxMechanism
+
+#: Distinct compiled shapes per process before dynamo gives up (default 8 is far too few for a
+#: sweep; past this a call raises instead of falling back).
+RECOMPILE_LIMIT = 256
+#: Above this many keys the block mask itself is built by a compiled function (the eager
+#: ``create_block_mask`` evaluates the dense Lq × Lk mask, O(n²) memory).
+COMPILE_BLOCK_MASK_FROM = 8192
+
+
+@functools.cache
+def compiled_flex() -> Callable[..., torch.Tensor]:
+    """The one compiled ``flex_attention`` of this process, with fallback turned into errors."""
+    import torch._dynamo.config as dynamo_config
+    from torch.nn.attention.flex_attention import flex_attention
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
+    dynamo_config.fail_on_recompile_limit_hit = True
+    return torch.compile(flex_attention, dynamic=False, fullgraph=True)
+
+
+@functools.cache
+def compiled_block_mask() -> Callable[..., object]:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask, dynamic=False)
+
+
+@functools.lru_cache(maxsize=64)
+def block_mask_for(mechanism: SoftmaxMechanism, case: Case, device: torch.device) -> object | None:
+    """flex's ``BlockMask`` for the mechanism's mask on ``case``, or None when unmasked.
+
+    Cached per (mechanism, case, device): a block mask is O(n² / 128²) small, and layers that
+    call attention every step should not rebuild it.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    fn = mechanism.mask_fn(case, device)
+    if fn is None:
+        return None
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return fn(q_idx, kv_idx)
+
+    mask_mod.__name__ = getattr(fn, "__name__", "mask_mod")
+    build = compiled_block_mask() if case.k_len >= COMPILE_BLOCK_MASK_FROM else create_block_mask
+    return build(mask_mod, None, None, case.q_len, case.k_len, device=device)
+
+
+class Flex(Backend):
+    name = "flex"
+    summary = "flex_attention compiled, block-sparse masks and score mods"
+    mechanisms = SOFTMAX_MECHANISMS
+    dtypes = ("float32", "bfloat16", "float16")
+    # Compiled flex on CUDA computes float32 dots as TF32 when torch allows it; the default
+    # (allow_tf32=False) keeps full float32, so the default bounds hold.
+
+    def load(self) -> None:
+        import torch.nn.attention.flex_attention  # noqa: F401  (absent before torch 2.5)
+
+    def not_supported_reasons(self, mechanism: Mechanism, case: Case, *, backward: bool = False) -> list[str]:
+        reasons = super().not_supported_reasons(mechanism, case, backward=backward)
+        if backward and case.device == "cpu":
+            reasons.append("compiled flex_attention on the CPU is inference-only (no backward)")
+        return reasons
+
+    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        assert isinstance(mechanism, SoftmaxMechanism)
+        flex = compiled_flex()
+        block_mask = block_mask_for(mechanism, case, q.device)
+        bias_fn = mechanism.bias_fn(case, q.device)
+        score_mod = None
+        if bias_fn is not None:
+
+            def score_mod(
+                score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+            ) -> torch.Tensor:
+                return score + bias_fn(h, q_idx, kv_idx)
+
+        transform = mechanism.qk_transform(case, q.device, q.dtype)
+        gqa = case.n_kv_heads != case.heads
+
+        def run() -> torch.Tensor:
+            qq, kk = transform(q, k) if transform is not None else (q, k)
+            return flex(qq, kk, v, score_mod=score_mod, block_mask=block_mask, scale=case.scale, enable_gqa=gqa)
+
+        return run

@@ -1,0 +1,105 @@
+"""Correctness: every (mechanism, backend, case) against the mechanism's float64 reference.
+
+The same check runs in the test suite and, once per pair and case, in front of every
+benchmark: :func:`verified_runner` refuses to hand out a closure whose result is wrong, so a
+wrong result is never reported as a speed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from attnperf.backends import Backend, Runner, Unsupported, get_backend
+from attnperf.case import Case, make_inputs
+from attnperf.mechanisms import Mechanism, get_mechanism
+
+OK, WRONG, UNSUPPORTED = "ok", "wrong", "unsupported"
+
+
+class WrongResult(AssertionError):
+    """A backend's output differs from the reference by more than its bound."""
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64; ``inf`` when ``out`` has a NaN or an infinity."""
+    out64 = out.detach().to(device="cpu", dtype=torch.float64)
+    if out64.shape != ref.shape:
+        raise WrongResult(f"output shape {tuple(out64.shape)} != reference shape {tuple(ref.shape)}")
+    if not torch.isfinite(out64).all():
+        return float("inf")
+    return float((out64 - ref).norm() / ref.norm().clamp_min(torch.finfo(torch.float64).tiny))
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    mechanism: str
+    backend: str
+    case_id: str
+    status: str
+    error: float | None = None
+    bound: float | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_unsupported_aware(backend: Backend, fn: Runner) -> torch.Tensor:
+    """Call ``fn``; a run-time refusal the backend declares (e.g. "No available kernel")
+    becomes :class:`Unsupported` with the library's own text."""
+    try:
+        return fn()
+    except Unsupported:
+        raise
+    except RuntimeError as exc:  # kernels say "cannot" only at run time; keep their words
+        text = str(exc)
+        if any(marker in text for marker in backend.unsupported_errors):
+            raise Unsupported(text.strip().splitlines()[0]) from exc
+        raise
+
+
+def check(mechanism: str | Mechanism, backend: str | Backend, case: Case, *, seed: int | None = None) -> CheckResult:
+    """Compare one backend with the reference on fresh random inputs (a random seed unless given)."""
+    mech, be = get_mechanism(mechanism), get_backend(backend)
+    mech.validate(case)
+    result = {"mechanism": mech.name, "backend": be.name, "case_id": case.id}
+    reason = be.supports(mech, case)
+    if reason is not None:
+        return CheckResult(**result, status=UNSUPPORTED, reason=reason)
+    q, k, v = make_inputs(case, seed=secrets.randbelow(2**31) if seed is None else seed)
+    try:
+        with torch.no_grad():
+            out = run_unsupported_aware(be, be.prepare(mech, case, q, k, v))
+    except Unsupported as exc:
+        return CheckResult(**result, status=UNSUPPORTED, reason=str(exc))
+    error = relative_error(out, mech.reference(q, k, v, case))
+    bound = be.bound(case.dtype)
+    return CheckResult(**result, status=OK if error <= bound else WRONG, error=error, bound=bound)
+
+
+def verified_runner(
+    mechanism: str | Mechanism, backend: str | Backend, case: Case, *, requires_grad: bool = False
+) -> tuple[Runner, CheckResult]:
+    """A closure to time, built only after the pair passed :func:`check` on other inputs.
+
+    Raises :class:`Unsupported` (with the reason) or :class:`WrongResult`; benchmarks turn the
+    first into "skipped" and let the second fail loudly.
+    """
+    mech, be = get_mechanism(mechanism), get_backend(backend)
+    result = check(mech, be, case)
+    if result.status == UNSUPPORTED:
+        raise Unsupported(result.reason or "unsupported")
+    if result.status == WRONG:
+        raise WrongResult(
+            f"{be.name} on {mech.name} {case.id}: relative error {result.error:.3g} > bound {result.bound:.3g}"
+        )
+    q, k, v = make_inputs(case, requires_grad=requires_grad)
+    return be.prepare(mech, case, q, k, v), result

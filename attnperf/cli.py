@@ -1,0 +1,250 @@
+"""The ``attnperf`` command (also ``python -m attnperf``).
+
+Subcommands:
+  list    the mechanism × backend support matrix on this machine, with every reason
+  check   compare backends with the float64 reference on fresh random inputs
+  sweep   check, then time, variants × backends × sequence lengths × batch sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from attnperf.backends import BACKENDS
+from attnperf.case import DTYPES
+from attnperf.catalog import VARIANTS, Variant
+
+OPTION_FLAGS = ("window", "top_k", "stride", "block", "num_global", "num_random")
+
+
+def csv_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def choices_list(allowed: Sequence[str], what: str) -> Any:
+    def parse(text: str) -> list[str]:
+        items = list(allowed) if text == "all" else csv_list(text)
+        unknown = [item for item in items if item not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; allowed: all or {', '.join(allowed)}")
+        return items
+
+    return parse
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """A plain fixed-width table of ``rows`` with ``(key, header)`` columns."""
+    cells = [[header for _, header in columns]]
+    for row in rows:
+        cells.append([_cell(row.get(key)) for key, _ in columns])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser, *, seq_lens: str) -> None:
+    parser.add_argument(
+        "--variants",
+        type=choices_list(list(VARIANTS), "variants"),
+        default=list(VARIANTS),
+        help=f"comma-separated, or 'all' (default): {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--backends",
+        type=choices_list(list(BACKENDS), "backends"),
+        default=list(BACKENDS),
+        help=f"comma-separated, or 'all' (default): {', '.join(BACKENDS)}",
+    )
+    parser.add_argument(
+        "--seq-lens", type=int_list, default=int_list(seq_lens), help=f"comma-separated (default {seq_lens})"
+    )
+    parser.add_argument("--heads", type=int, default=8, help="query heads (default 8)")
+    parser.add_argument("--head-dim", type=int, default=64, help="head dimension (default 64)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="default float32")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    for name in OPTION_FLAGS:
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=None, help=f"override the variants' {name}"
+        )
+
+
+def options_of(args: argparse.Namespace) -> dict[str, int]:
+    return {name: getattr(args, name) for name in OPTION_FLAGS if getattr(args, name) is not None}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from attnperf.registry import support_matrix
+
+    variants = [VARIANTS[name] for name in args.variants]
+    matrix = support_matrix(variants, args.backends, seq_len=args.seq_len, dtype=args.dtype, device=args.device)
+    rows = []
+    for variant in variants:
+        row: dict[str, Any] = {"variant": variant.name}
+        for backend in args.backends:
+            row[backend] = "yes" if matrix[variant.name][backend] is None else "-"
+        rows.append(row)
+    print(f"support on this machine (seq_len {args.seq_len}, {args.dtype}, {args.device}); '-' = unsupported")
+    print(format_table(rows, [("variant", "variant")] + [(b, b) for b in args.backends]))
+    print("\nreasons:")
+    for variant in variants:
+        for backend in args.backends:
+            reason = matrix[variant.name][backend]
+            if reason is not None:
+                print(f"  {variant.name} × {backend}: {reason}")
+    return 0
+
+
+def _case(variant: Variant, seq_len: int, args: argparse.Namespace, batch: int = 1) -> Any:
+    return variant.case(
+        seq_len,
+        batch=batch,
+        heads=args.heads,
+        head_dim=args.head_dim,
+        dtype=args.dtype,
+        device=args.device,
+        **options_of(args),
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from attnperf.check import check
+
+    rows, failed = [], 0
+    for name in args.variants:
+        variant = VARIANTS[name]
+        for seq_len in args.seq_lens:
+            case = _case(variant, seq_len, args)
+            for backend in args.backends:
+                result = check(variant.mechanism, backend, case)
+                failed += result.status == "wrong"
+                rows.append({"variant": name, "case": case.id, **result.as_dict()})
+    shown = rows if args.all else [r for r in rows if r["status"] != "unsupported"]
+    print(
+        format_table(
+            shown,
+            [
+                ("variant", "variant"),
+                ("backend", "backend"),
+                ("case", "case"),
+                ("status", "status"),
+                ("error", "rel. error"),
+                ("bound", "bound"),
+            ],
+        )
+    )
+    print(
+        f"\n{sum(r['status'] == 'ok' for r in rows)} ok, {failed} wrong, "
+        f"{sum(r['status'] == 'unsupported' for r in rows)} unsupported (attnperf list shows why)"
+    )
+    return 1 if failed else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from attnperf.machine import machine_info
+    from attnperf.results import write_csv, write_json
+    from attnperf.sweep import Grid, run_sweep
+
+    if args.quick:
+        args.seq_lens, args.repeat = args.seq_lens[:2], min(args.repeat, 3)
+    grid = Grid(
+        variants=tuple(args.variants),
+        backends=tuple(args.backends),
+        seq_lens=tuple(args.seq_lens),
+        batches=tuple(args.batches),
+        heads=args.heads,
+        head_dim=args.head_dim,
+        dtype=args.dtype,
+        device=args.device,
+        options=tuple(sorted(options_of(args).items())),
+    )
+    records = run_sweep(
+        grid, repeat=args.repeat, progress=lambda it: tqdm(it, desc="sweep", unit="point", file=sys.stderr)
+    )
+    if args.json:
+        write_json(args.json, {"machine": machine_info(), "records": records})
+    if args.csv:
+        write_csv(args.csv, [{k: v for k, v in r.items() if k not in ("case", "samples_s")} for r in records])
+    for r in records:
+        if r["status"] == "ok":
+            r["ms"] = r["median_s"] * 1e3
+            if r.get("peak_bytes") is not None:
+                r["peak_mib"] = r["peak_bytes"] / 2**20
+        else:
+            r["ms"] = r["status"]
+    columns = [
+        ("variant", "variant"),
+        ("backend", "backend"),
+        ("seq_len", "seq_len"),
+        ("batch", "batch"),
+        ("ms", "median ms"),
+        ("tokens_per_s", "tokens/s"),
+        ("peak_mib", "peak MiB"),
+        ("speedup", "speedup vs eager"),
+        ("memory_ratio", "memory vs eager"),
+    ]
+    print(format_table([r for r in records if args.all or r["status"] != "unsupported"], columns))
+    for r in records:
+        if r["status"] in ("wrong", "oom") or (args.all and r["status"] == "unsupported"):
+            print(f"  {r['variant']} × {r['backend']} @ {r['seq_len']}: {r['status']}: {r['reason']}")
+    return 1 if any(r["status"] == "wrong" for r in records) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnperf", description="Attention mechanisms × backends: check, time, compare."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="support matrix of variants × backends on this machine, with reasons")
+    p.add_argument("--variants", type=choices_list(list(VARIANTS), "variants"), default=list(VARIANTS))
+    p.add_argument("--backends", type=choices_list(list(BACKENDS), "backends"), default=list(BACKENDS))
+    p.add_argument("--seq-len", type=int, default=1024, help="sequence length of the probe case (default 1024)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("check", help="compare backends with the float64 reference (fresh random inputs)")
+    add_shape_arguments(p, seq_lens="1,17,257")
+    p.add_argument("--all", action="store_true", help="also show unsupported pairs")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("sweep", help="check, then time variants × backends × seq lens × batch sizes")
+    add_shape_arguments(p, seq_lens="256,1024,4096")
+    p.add_argument("--batches", type=int_list, default=[1], help="comma-separated batch sizes (default 1)")
+    p.add_argument("--repeat", type=int, default=7, help="timed samples per point; the median is reported (default 7)")
+    p.add_argument("--quick", action="store_true", help="first two seq lens only, 3 samples")
+    p.add_argument("--json", help="write all records (with samples and machine) to this JSON file, atomically")
+    p.add_argument("--csv", help="write the records to this CSV file, atomically")
+    p.add_argument("--all", action="store_true", help="also show unsupported points and their reasons")
+    p.set_defaults(func=cmd_sweep)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValueError as exc:  # bad input: say which parameter and what is allowed
+        print(f"attnperf: error: {exc}", file=sys.stderr)
+        return 2

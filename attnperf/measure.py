@@ -1,0 +1,90 @@
+"""Timing and memory, one module, so asv, pytest-benchmark and the CLI measure the same way.
+
+* GPU work is asynchronous: every sample synchronizes the device before reading the host clock.
+* Warm-up runs first for a minimum wall time (an idle H100 sits at 345 MHz and needs load to
+  reach its ~1.9 GHz boost; without it the repeat CV was 6.6%, with it 0.6–1.0%), which also
+  keeps compilation (flex, flash-attn-4's JIT) out of the samples.
+* Each sample times enough back-to-back calls to last ``min_sample_s`` (as ``timeit``'s
+  autorange), and the median of the samples is reported with all samples kept.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+def synchronize(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: the median and every sample (each the mean of ``number`` calls)."""
+
+    median: float
+    samples: list[float] = field(default_factory=list)
+    number: int = 1
+
+    @property
+    def spread(self) -> float:
+        """Relative interquartile range of the samples (0 with fewer than 4 samples)."""
+        if len(self.samples) < 4:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.samples, n=4)
+        return (q3 - q1) / self.median
+
+
+def time_calls(fn: Callable[[], object], device: str | torch.device, number: int) -> float:
+    """Seconds per call of ``number`` back-to-back calls, device synchronized at both ends."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / number
+
+
+def warm_up(fn: Callable[[], object], device: str | torch.device, seconds: float) -> float:
+    """Call ``fn`` for at least ``seconds`` (and at least twice); return the last call's time."""
+    deadline = time.perf_counter() + seconds
+    last = time_calls(fn, device, 1)
+    last = time_calls(fn, device, 1)
+    while time.perf_counter() < deadline:
+        last = time_calls(fn, device, 1)
+    return last
+
+
+def measure_time(
+    fn: Callable[[], object],
+    device: str | torch.device,
+    *,
+    repeat: int = 7,
+    min_sample_s: float = 0.05,
+    warmup_s: float | None = None,
+) -> Timing:
+    """Median seconds per call of ``fn`` over ``repeat`` samples, after a warm-up.
+
+    ``warmup_s`` defaults to 1 s on CUDA (clock boost) and 0.1 s on the CPU.
+    """
+    if warmup_s is None:
+        warmup_s = 1.0 if torch.device(device).type == "cuda" else 0.1
+    one = max(warm_up(fn, device, warmup_s), 1e-9)
+    number = max(1, int(min_sample_s / one))
+    samples = [time_calls(fn, device, number) for _ in range(repeat)]
+    return Timing(median=statistics.median(samples), samples=samples, number=number)
+
+
+def measure_cuda_peak(fn: Callable[[], object], device: str | torch.device) -> int:
+    """Peak CUDA memory allocated by one call of ``fn`` beyond what was allocated before it."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before

@@ -1,0 +1,122 @@
+"""Every (mechanism, backend) pair against the float64 reference, on fresh random inputs.
+
+The pairs come from the registry, so a newly registered backend is covered without touching
+this file. A pair the machine cannot run is skipped with the backend's own reason; a wrong
+result fails with its error and bound. Shapes: odd lengths 1, 17, 257, q_len ≠ kv_len,
+MHA / GQA / MQA, causal and not, every dtype the backend accepts.
+
+flex compiles one kernel per shape and mask (about 20 s each on the CPU), so it runs a reduced
+grid that still covers each of its mechanisms once, plus GQA, cross and decode shapes.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from attnperf.backends import BACKENDS
+from attnperf.case import Case
+from attnperf.check import check
+from attnperf.mechanisms import MECHANISMS
+
+from .conftest import DEVICES, SEED
+
+#: Options that make each mechanism meaningful at these small lengths.
+OPTIONS: dict[str, dict[str, int]] = {
+    "window": {"window": 5},
+    "topk": {"top_k": 4},
+    "strided": {"stride": 4},
+    "bigbird": {"block": 8, "num_random": 1},
+}
+SHAPES = [(1, 1), (17, 17), (257, 257), (17, 33), (1, 257)]  # (q_len, kv_len)
+HEAD_LAYOUTS = [(4, 4), (4, 2), (4, 1)]  # (heads, kv_heads): MHA, GQA, MQA
+DTYPES = ["float32", "bfloat16", "float16"]
+CAUSAL = {name: (True,) if name == "decode" else (False, True) for name in MECHANISMS}
+
+#: flex's reduced grid: (mechanism, q_len, kv_len, kv_heads, causal), one compile each.
+FLEX_GRID = [
+    ("full", 17, 33, 2, False),
+    ("full", 257, 257, 1, True),
+    ("window", 67, 67, 4, True),
+    ("window", 67, 67, 4, False),
+    ("strided", 33, 33, 2, True),
+    ("bigbird", 40, 40, 4, False),
+    ("alibi", 17, 33, 4, True),
+    ("rope", 17, 33, 2, False),
+    ("decode", 1, 67, 1, True),
+]
+
+
+def grid_cases(mechanism: str, device: str) -> list[Case]:
+    cases = []
+    for (q_len, kv_len), (heads, kv_heads), causal, dtype in itertools.product(
+        SHAPES, HEAD_LAYOUTS, CAUSAL[mechanism], DTYPES
+    ):
+        case = Case(
+            heads=heads,
+            kv_heads=kv_heads,
+            q_len=q_len,
+            kv_len=kv_len,
+            head_dim=16,
+            dtype=dtype,
+            device=device,
+            causal=causal,
+            **OPTIONS.get(mechanism, {}),
+        )
+        try:
+            MECHANISMS[mechanism].validate(case)
+        except ValueError:
+            continue  # e.g. top_k > kv_len at kv_len 1: not a case of this mechanism
+        cases.append(case)
+    return cases
+
+
+def flex_cases(mechanism: str, device: str) -> list[Case]:
+    dtypes = ["float32"] if device == "cpu" else ["float32", "bfloat16"]
+    return [
+        Case(
+            heads=4,
+            kv_heads=kv_heads,
+            q_len=q_len,
+            kv_len=kv_len,
+            head_dim=16,
+            dtype=dtype,
+            device=device,
+            causal=causal,
+            **OPTIONS.get(name, {}),
+        )
+        for name, q_len, kv_len, kv_heads, causal in FLEX_GRID
+        for dtype in dtypes
+        if name == mechanism
+    ]
+
+
+def params() -> list[object]:
+    out = []
+    for backend_name, backend in BACKENDS.items():
+        for mechanism in sorted(backend.mechanisms):
+            for device in DEVICES:
+                if device not in backend.devices:
+                    continue
+                cases = flex_cases(mechanism, device) if backend_name == "flex" else grid_cases(mechanism, device)
+                for case in cases:
+                    out.append(pytest.param(mechanism, backend_name, case, id=f"{mechanism}-{backend_name}-{case.id}"))
+    return out
+
+
+@pytest.mark.parametrize(("mechanism", "backend", "case"), params())
+def test_backend_matches_float64_reference(mechanism: str, backend: str, case: Case) -> None:
+    result = check(mechanism, backend, case, seed=SEED)
+    if result.status == "unsupported":
+        pytest.skip(result.reason or "unsupported")
+    assert result.status == "ok", (
+        f"{backend} on {mechanism} {case.id}: rel. error {result.error:.3g} > bound {result.bound:.3g} (seed {SEED})"
+    )
+
+
+def test_every_mechanism_has_eager_and_another_cpu_backend() -> None:
+    for name in MECHANISMS:
+        cpu = [b for b, backend in BACKENDS.items() if name in backend.mechanisms and "cpu" in backend.devices]
+        assert "eager" in cpu, f"{name}: CPU backends {cpu}"
+        assert len(cpu) >= 2, f"{name}: CPU backends {cpu}"
