@@ -48,7 +48,10 @@ class Variant:
             shape["kv_len"] = max(1, int(seq_len * self.kv_len_factor))
         if self.kv_heads_of is not None:
             shape["kv_heads"] = self.kv_heads_of(heads)
-        return Case(**{**shape, **self.options, **overrides})
+        options = dict(self.options)
+        if "top_k" in options:  # the default k never exceeds the keys there are (overrides may, and fail)
+            options["top_k"] = min(options["top_k"], shape.get("kv_len", seq_len))
+        return Case(**{**shape, **options, **overrides})
 
 
 def _variants(*items: Variant) -> dict[str, Variant]:

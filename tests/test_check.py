@@ -1,0 +1,88 @@
+"""The correctness harness itself: it must catch wrong results, NaN and refusals."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+
+from attnperf.backends import Unsupported
+from attnperf.backends.eager import Eager
+from attnperf.case import Case
+from attnperf.check import WrongResult, check, relative_error, verified_runner
+
+
+class Perturbed(Eager):
+    """Eager with a deliberate 1% error: the harness must call it wrong."""
+
+    name = "perturbed"
+
+    def prepare(self, mechanism, case, q, k, v):
+        run = super().prepare(mechanism, case, q, k, v)
+        return lambda: run() * 1.01
+
+
+class NaNs(Eager):
+    name = "nans"
+    # A bound so loose nothing finite could fail it: NaN must fail anyway.
+    tolerance: ClassVar[dict[str, float]] = {"float32": 1e9}
+
+    def prepare(self, mechanism, case, q, k, v):
+        run = super().prepare(mechanism, case, q, k, v)
+        return lambda: run().index_fill(2, torch.tensor([0], device=q.device), float("nan"))
+
+
+class Refuses(Eager):
+    name = "refuses"
+    unsupported_errors = ("No available kernel",)
+
+    def prepare(self, mechanism, case, q, k, v):
+        def run():
+            raise RuntimeError("No available kernel. Aborting execution.")
+
+        return run
+
+
+CASE = Case(heads=2, q_len=9, head_dim=8, causal=True)
+
+
+def test_relative_error_is_inf_for_nan_and_zero_for_equal() -> None:
+    ref = torch.randn(3, 4, dtype=torch.float64)
+    assert relative_error(ref.float(), ref) < 1e-6
+    assert relative_error(torch.full((3, 4), float("nan")), ref) == float("inf")
+    with pytest.raises(WrongResult, match="shape"):
+        relative_error(torch.zeros(4, 3), ref)
+
+
+def test_a_wrong_backend_is_reported_wrong_and_never_timed() -> None:
+    result = check("full", Perturbed(), CASE, seed=1)
+    assert result.status == "wrong"
+    assert result.error == pytest.approx(0.01, rel=1e-3)
+    with pytest.raises(WrongResult, match=r"perturbed on full .*relative error 0.01 > bound 1e-05"):
+        verified_runner("full", Perturbed(), CASE)
+
+
+def test_nan_never_passes_whatever_the_bound() -> None:
+    assert check("full", NaNs(), CASE, seed=2).status == "wrong"
+
+
+def test_run_time_refusals_become_unsupported_with_the_library_text() -> None:
+    result = check("full", Refuses(), CASE, seed=3)
+    assert result.status == "unsupported"
+    assert result.reason == "No available kernel. Aborting execution."
+    with pytest.raises(Unsupported, match="No available kernel"):
+        verified_runner("full", Refuses(), CASE)
+
+
+def test_declared_limits_are_all_reported() -> None:
+    result = check("linear", "sdpa-efficient", Case(dtype="float64", device="cuda"))
+    assert result.status == "unsupported"
+    assert "sdpa-efficient does not implement linear" in result.reason
+    assert "dtype float64 unsupported (accepts float32, bfloat16, float16)" in result.reason
+
+
+def test_verified_runner_returns_the_checked_closure() -> None:
+    run, result = verified_runner("window", "tiled", Case(heads=2, q_len=40, head_dim=8, window=7))
+    assert result.ok
+    assert run().shape == (1, 2, 40, 8)

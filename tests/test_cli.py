@@ -1,0 +1,59 @@
+"""The attnperf command, run as a user would (python -m attnperf)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from attnperf.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "attnperf", *args], capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_list_prints_the_matrix_with_reasons() -> None:
+    proc = run("list", "--seq-len", "64")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("variant"))
+    assert "eager" in header
+    assert "flash-attn4" in header
+    sliding = next(line for line in lines if line.startswith("sliding_window"))
+    assert sliding.split()[1] == "yes"
+    assert "topk × sdpa-math: sdpa-math does not implement topk" in proc.stdout
+    assert "sliding_window × xformers: runs on cuda only, case is on cpu" in proc.stdout
+
+
+def test_check_reports_ok_and_exit_zero(capsys) -> None:
+    assert main(["check", "--variants", "sliding_window,topk", "--backends", "eager,tiled", "--seq-lens", "17,33"]) == 0
+    out = capsys.readouterr().out
+    assert "8 ok, 0 wrong" in out
+
+
+def test_bad_arguments_name_the_allowed_values() -> None:
+    proc = run("sweep", "--backends", "eager,turbo")
+    assert proc.returncode == 2
+    assert "unknown backends ['turbo']; allowed: all or eager, sdpa-math" in proc.stderr
+    proc = run("check", "--variants", "sliding_window", "--window", "0")
+    assert proc.returncode == 2
+    assert "window must be an integer >= 1, got 0" in proc.stderr
+
+
+def test_sweep_writes_json_and_csv_and_ratios(tmp_path) -> None:
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    proc = run("sweep", "--variants", "causal,linear", "--backends", "eager,tiled,sdpa-math", "--seq-lens", "64",
+               "--heads", "2", "--head-dim", "16", "--repeat", "3", "--json", str(out_json), "--csv", str(out_csv))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out_json.read_text())
+    records = {(r["variant"], r["backend"]): r for r in data["records"]}
+    assert records[("causal", "eager")]["speedup"] == 1.0
+    assert records[("causal", "tiled")]["status"] == "ok"
+    assert records[("causal", "tiled")]["median_s"] > 0
+    assert len(records[("causal", "tiled")]["samples_s"]) == 3
+    assert records[("linear", "sdpa-math")]["status"] == "unsupported"
+    assert "torch" in data["machine"]
+    assert out_csv.read_text().startswith("variant,")
+    assert "speedup vs eager" in proc.stdout
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary files left behind"
