@@ -88,3 +88,14 @@ def measure_cuda_peak(fn: Callable[[], object], device: str | torch.device) -> i
     fn()
     synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+def synchronized_clock() -> float:
+    """``time.perf_counter()`` after waiting for queued CUDA work: asv's ``timer`` for GPU runs.
+
+    Synchronizes only when this process has already initialized CUDA, so it never creates a
+    CUDA context itself (CPU runs and asv's forking server stay CUDA-free).
+    """
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()

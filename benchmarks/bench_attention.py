@@ -1,0 +1,86 @@
+"""asv suites: thin — they name grid points; attnperf checks, prepares and measures them.
+
+Parameters (backend first, as scipy and pandas order theirs): backend × variant × seq_len ×
+head_dim × dtype, from :func:`attnperf.benchgrid.active_grid` (CPU grid by default, GPU grid
+when CUDA is visible; ``ATTNPERF_*`` environment variables pick subsets). A combination the
+backend cannot run is skipped (``NotImplementedError`` in ``setup``) with the reason.
+
+Sample counts: asv's Mann–Whitney test needs 7+ samples a side to ever fire (6 a side cannot
+reach p < 0.002), so ``rounds = 2`` × ``repeat`` ≥ 7 gives at least 14 per commit.
+"""
+
+from attnperf.bench import BACKWARD, FORWARD, prepare_point
+from attnperf.benchgrid import active_grid
+from attnperf.measure import measure_cuda_peak, synchronized_clock
+
+GRID = active_grid()
+PARAMS = [list(GRID.backends), list(GRID.variants), list(GRID.seq_lens), list(GRID.head_dims), list(GRID.dtypes)]
+PARAM_NAMES = ["backend", "variant", "seq_len", "head_dim", "dtype"]
+
+
+class _Suite:
+    params = PARAMS
+    param_names = PARAM_NAMES
+    timer = staticmethod(synchronized_clock)
+    rounds = 2
+    repeat = (7, 10, 20.0)
+    warmup_time = 0.05
+    timeout = 600
+    mode = FORWARD
+
+    def setup(self, backend, variant, seq_len, head_dim, dtype):
+        self.point = prepare_point(backend, variant, seq_len, head_dim, dtype, mode=self.mode)
+
+
+class TimeForward(_Suite):
+    """Forward latency."""
+
+    def time_forward(self, *params):
+        self.point.run()
+
+
+class TimeForwardBackward(_Suite):
+    """Forward plus backward latency (skipped where a backend is forward-only)."""
+
+    mode = BACKWARD
+
+    def time_forward_backward(self, *params):
+        self.point.run()
+
+
+class PeakMemForward(_Suite):
+    """Peak resident memory of the process around one forward (CPU memory; blind to GPU memory)."""
+
+    def peakmem_forward(self, *params):
+        self.point.run()
+
+
+class TrackGPUMemory(_Suite):
+    """Peak CUDA memory one forward allocates beyond its inputs (bytes)."""
+
+    unit = "bytes"
+
+    def setup(self, *params):
+        if GRID.device == "cpu":
+            raise NotImplementedError("GPU memory is tracked on CUDA only")
+        super().setup(*params)
+
+    def track_gpu_peak_bytes(self, *params):
+        return measure_cuda_peak(self.point.run, self.point.case.device)
+
+
+class TimeDecode:
+    """One decode step: a single new token against a KV cache of ``cache_len`` tokens."""
+
+    params = [list(GRID.backends), list(GRID.decode_lens), list(GRID.head_dims), list(GRID.dtypes)]
+    param_names = ["backend", "cache_len", "head_dim", "dtype"]
+    timer = staticmethod(synchronized_clock)
+    rounds = 2
+    repeat = (7, 10, 20.0)
+    warmup_time = 0.05
+
+    def setup(self, backend, cache_len, head_dim, dtype):
+        self.point = prepare_point(backend, "decode", cache_len, head_dim, dtype)
+
+    def time_decode_step(self, *params):
+        self.point.run()
