@@ -39,9 +39,51 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+def asv_machine(session: nox.Session) -> str:
+    """Register this machine with asv under a name that carries its hardware and stack."""
+    tag = session.run("python", "-c", "from attnperf.machine import machine_tag; print(machine_tag())", silent=True)
+    machine = str(tag).strip().splitlines()[-1]
+    session.run("asv", "machine", "--yes", "--machine", machine)
+    return machine
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """asv: benchmark the current commit on this machine (CPU grid unless CUDA is visible).
+
+    Extra arguments go to ``asv run``, e.g. ``nox -s bench -- --quick -b TimeForward``.
+    """
+    install(session, "test")
+    machine = asv_machine(session)
+    session.run("asv", "run", "--machine", machine, "--show-stderr", *(session.posargs or []), "HEAD^!")
+
+
+@nox.session(python=PYTHON)
+def publish(session: nox.Session) -> None:
+    """asv publish: the HTML history into .asv/html (preview: python -m http.server -d .asv/html)."""
+    install(session, "test")
+    session.run("asv", "publish")
+
+
+@nox.session(python=PYTHON)
+def regress(session: nox.Session) -> None:
+    """Base vs head: ``nox -s regress -- BASE HEAD [--existing] [--factor F] [-b REGEX]``.
+
+    Exits non-zero on a confirmed regression and writes regress-summary.md.
+    """
+    install(session, "test")
+    session.run("python", "-m", "attnperf.regress", *(session.posargs or ["origin/main", "HEAD"]))
+
+
 @nox.session(python=PYTHON)
 def sweep(session: nox.Session) -> None:
     """A quick CLI sweep on the CPU: every variant × CPU backend at 256 and 1024 tokens."""
     install(session)
-    args = session.posargs or ["--quick", "--backends", "eager,sdpa-math,sdpa-flash,tiled", "--json", "results/sweep.json"]
+    args = session.posargs or [
+        "--quick",
+        "--backends",
+        "eager,sdpa-math,sdpa-flash,tiled",
+        "--json",
+        "results/sweep.json",
+    ]
     session.run("attnperf", "sweep", *args)

@@ -6,7 +6,8 @@ Two modes, one decision:
   interleaves their rounds.
 * ``--existing``: a prepared machine (the self-hosted GPU runner) keeps one Python with torch
   and the GPU libraries; each commit is checked out into a git worktree and benchmarked in that
-  Python with the worktree first on ``PYTHONPATH`` (``asv run -E existing --set-commit-hash``),
+  Python with the worktree first on the path (``ASV_PYTHONPATH``; asv drops ``PYTHONPATH``)
+  via ``asv run -E existing --set-commit-hash``,
   base and head alternating for ``--rounds`` rounds, so drift over time hits both alike.
 
 The verdict is asv's: a benchmark regresses when head/base exceeds ``--factor`` *and* asv's
@@ -72,9 +73,8 @@ def parse_compare(output: str) -> Comparison:
 
 
 def bench_regex(names: Sequence[str]) -> str:
-    """An asv ``-b`` regex selecting exactly the benchmark functions of ``names``."""
-    functions = sorted({name.split("(")[0] for name in names})
-    return "|".join(f"^{re.escape(f)}$" for f in functions)
+    """An asv ``-b`` regex selecting exactly ``names`` (asv matches ``function(param, …)``)."""
+    return "|".join(f"^{re.escape(name)}$" for name in sorted(set(names)))
 
 
 class Runner:
@@ -108,7 +108,8 @@ class Runner:
             return
         for round_index in range(self.rounds):
             for sha in (self.base, self.head) if round_index % 2 == 0 else (self.head, self.base):
-                env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.worktrees[sha]), os.environ.get("PYTHONPATH", "")])}
+                # asv drops PYTHONPATH from benchmark processes and sets ASV_PYTHONPATH in its place.
+                env = {**os.environ, "ASV_PYTHONPATH": str(self.worktrees[sha])}
                 asv(
                     ["run", "--machine", self.machine, "--environment", f"existing:{sys.executable}",
                      "--set-commit-hash", sha, "--append-samples", "-a", "rounds=1", *selection],
@@ -117,7 +118,10 @@ class Runner:
         del append  # existing mode always appends: every round adds samples
 
     def compare(self, factor: float) -> Comparison:
-        out = asv(["compare", "--machine", self.machine, "--factor", str(factor), "--split", self.base, self.head], cwd=self.repo)
+        out = asv(
+            ["compare", "--machine", self.machine, "--factor", str(factor), "--split", self.base, self.head],
+            cwd=self.repo,
+        )
         return parse_compare(out)
 
 
@@ -162,12 +166,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnperf.regress", description=__doc__.splitlines()[0])
     parser.add_argument("base", help="base commit (e.g. origin/main)")
     parser.add_argument("head", help="head commit (e.g. HEAD)")
-    parser.add_argument("--factor", type=float, default=DEFAULT_FACTOR, help=f"slowdown ratio that counts (default {DEFAULT_FACTOR})")
+    parser.add_argument(
+        "--factor", type=float, default=DEFAULT_FACTOR, help=f"slowdown ratio that counts (default {DEFAULT_FACTOR})"
+    )
     parser.add_argument("--bench", "-b", help="asv benchmark regex (default: all)")
     parser.add_argument("--machine", help="asv machine name (default: attnperf.machine.machine_tag())")
-    parser.add_argument("--existing", action="store_true", help="benchmark in this Python via git worktrees (GPU runner)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating base/head passes in --existing mode (default 2)")
-    parser.add_argument("--confirm", type=int, default=1, help="re-measure flagged benchmarks this many times (default 1)")
+    parser.add_argument(
+        "--existing", action="store_true", help="benchmark in this Python via git worktrees (GPU runner)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating base/head passes in --existing mode (default 2)"
+    )
+    parser.add_argument(
+        "--confirm", type=int, default=1, help="re-measure flagged benchmarks this many times (default 1)"
+    )
     parser.add_argument("--summary", type=Path, default=Path("regress-summary.md"), help="markdown summary path")
     parser.add_argument("--repo", type=Path, default=Path("."), help="the git repository with asv.conf.json")
     args = parser.parse_args(argv)

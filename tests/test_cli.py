@@ -10,7 +10,9 @@ from attnperf.cli import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "attnperf", *args], capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "attnperf", *args], capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 def test_list_prints_the_matrix_with_reasons() -> None:
@@ -43,8 +45,25 @@ def test_bad_arguments_name_the_allowed_values() -> None:
 
 def test_sweep_writes_json_and_csv_and_ratios(tmp_path) -> None:
     out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
-    proc = run("sweep", "--variants", "causal,linear", "--backends", "eager,tiled,sdpa-math", "--seq-lens", "64",
-               "--heads", "2", "--head-dim", "16", "--repeat", "3", "--json", str(out_json), "--csv", str(out_csv))
+    proc = run(
+        "sweep",
+        "--variants",
+        "causal,linear",
+        "--backends",
+        "eager,tiled,sdpa-math",
+        "--seq-lens",
+        "64",
+        "--heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--repeat",
+        "3",
+        "--json",
+        str(out_json),
+        "--csv",
+        str(out_csv),
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out_json.read_text())
     records = {(r["variant"], r["backend"]): r for r in data["records"]}

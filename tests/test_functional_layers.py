@@ -10,7 +10,11 @@ from attnperf.layers import KVCache, MultiHeadAttention, generate, sinusoidal_ta
 
 
 def qkv(heads: int = 4, kv_heads: int = 2, q_len: int = 5, kv_len: int = 7, dim: int = 8):
-    return torch.randn(2, heads, q_len, dim), torch.randn(2, kv_heads, kv_len, dim), torch.randn(2, kv_heads, kv_len, dim)
+    return (
+        torch.randn(2, heads, q_len, dim),
+        torch.randn(2, kv_heads, kv_len, dim),
+        torch.randn(2, kv_heads, kv_len, dim),
+    )
 
 
 @pytest.mark.parametrize(
@@ -21,7 +25,11 @@ def qkv(heads: int = 4, kv_heads: int = 2, q_len: int = 5, kv_len: int = 7, dim:
         (lambda q, k, v: (q[0], k, v), ValueError, r"q must have 4 dimensions \[B, H, L, D\], got shape \(4, 5, 8\)"),
         (lambda q, k, v: (q, k[..., :4], v[..., :4]), ValueError, r"head_dim of q \(8\) and k \(4\) must match"),
         (lambda q, k, v: (q, k, v[:, :, :3]), ValueError, r"k and v must have the same shape"),
-        (lambda q, k, v: (torch.randn(2, 3, 5, 8), k, v), ValueError, r"heads \(3\) must be divisible by kv_heads \(2\)"),
+        (
+            lambda q, k, v: (torch.randn(2, 3, 5, 8), k, v),
+            ValueError,
+            r"heads \(3\) must be divisible by kv_heads \(2\)",
+        ),
         (lambda q, k, v: (q.int(), k.int(), v.int()), ValueError, r"dtype must be one of \[.*\], got torch.int32"),
         (lambda q, k, v: (q.double(), k, v), ValueError, r"q, k, v must share one dtype"),
     ],

@@ -1,0 +1,108 @@
+"""End to end: a deliberate 3× slowdown in one backend is caught, an A/A comparison is clean.
+
+A throwaway git repository is built from the project's tracked files with three commits:
+base, an A/A commit that changes only documentation, and a commit that makes the eager
+backend do its work three times. ``regress`` (what ``nox -s regress`` and perf-pr.yml call,
+in the ``--existing`` mode the GPU runner uses) must flag exactly the eager benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from attnperf.regress import bench_regex, parse_compare, regress
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = r"TimeForward\.time_forward\("
+GRID = {
+    "ATTNPERF_GRID": "cpu",
+    "ATTNPERF_VARIANTS": "causal",
+    "ATTNPERF_SEQ_LENS": "256",
+    "ATTNPERF_BACKENDS": "eager,tiled",
+}
+SLOWDOWN = (
+    "                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
+    "                for _ in range(2):  # deliberate 3x slowdown for the regression test\n"
+    "                    eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n"
+    "                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
+)
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def throwaway(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    repo = tmp_path_factory.mktemp("regress") / "attnperf"
+    repo.mkdir()
+    for name in git(ROOT, "ls-files", "--cached", "--others", "--exclude-standard").splitlines():
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    (repo / "README.md").write_text((repo / "README.md").read_text() + "\nA/A: documentation only.\n")
+    git(repo, "commit", "-qam", "a/a")
+    eager = repo / "attnperf" / "backends" / "eager.py"
+    text = eager.read_text()
+    assert SLOWDOWN[0] in text, "the slowdown patch no longer applies: update SLOWDOWN"
+    eager.write_text(text.replace(SLOWDOWN[0], SLOWDOWN[1]))
+    git(repo, "commit", "-qam", "slow eager")
+    return repo, git(repo, "rev-list", "--reverse", "HEAD").splitlines()
+
+
+@pytest.fixture
+def grid_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in GRID.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("grid_env")
+def test_aa_comparison_reports_nothing(throwaway) -> None:
+    repo, (base, aa, _slow) = throwaway
+    result = regress(base, aa, repo=repo, factor=1.5, bench=BENCH, machine="regress-test", existing=True,
+                     summary=repo / "aa.md")  # fmt: skip
+    assert result.regressions == []
+    assert "no regression" in (repo / "aa.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("grid_env")
+def test_injected_slowdown_flags_exactly_that_backend(throwaway) -> None:
+    repo, (_base, aa, slow) = throwaway
+    result = regress(aa, slow, repo=repo, factor=1.5, bench=BENCH, machine="regress-test", existing=True,
+                     summary=repo / "slow.md")  # fmt: skip
+    assert result.regressions == ["bench_attention.TimeForward.time_forward('eager', 'causal', 256, 64, 'float32')"]
+    summary = (repo / "slow.md").read_text()
+    assert "**regression**" in summary
+    assert "time_forward('eager'" in summary
+
+
+def test_parse_compare_reads_asv_tables() -> None:
+    out = """
+| Change   | Before [a] <main~1>   | After [b] <main>   |   Ratio | Benchmark (Parameter)            |
+|----------|-----------------------|--------------------|---------|----------------------------------|
+| +        | 1.53±0.3ms            | 5.26±0.4ms         |    3.45 | b.T.time_forward('eager', 256)   |
+| -        | 2.0ms                 | 1.0ms              |    0.5  | b.T.time_forward('tiled', 256)   |
+| ~        | 2.0ms                 | 2.6ms              |    1.3  | b.T.time_forward('flex', 256)    |
+|          | 2.0ms                 | 2.1ms              |    1.05 | b.T.time_forward('sdpa', 256)    |
+"""
+    parsed = parse_compare(out)
+    assert parsed.regressions == ["b.T.time_forward('eager', 256)"]
+    assert parsed.improvements == ["b.T.time_forward('tiled', 256)"]
+    assert bench_regex(parsed.regressions) == r"^b\.T\.time_forward\('eager',\ 256\)$"
