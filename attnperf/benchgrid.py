@@ -25,8 +25,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from attnperf.catalog import get_variant
 from attnperf.case import Case
+from attnperf.catalog import get_variant
 
 
 @dataclass(frozen=True)

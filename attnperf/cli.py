@@ -1,9 +1,10 @@
 """The ``attnperf`` command (also ``python -m attnperf``).
 
 Subcommands:
-  list    the mechanism × backend support matrix on this machine, with every reason
-  check   compare backends with the float64 reference on fresh random inputs
-  sweep   check, then time, variants × backends × sequence lengths × batch sizes
+  list     the mechanism × backend support matrix on this machine, with every reason
+  check    compare backends with the float64 reference on fresh random inputs
+  sweep    check, then time, variants × backends × sequence lengths × batch sizes
+  analyze  predicted FLOPs, bytes, peak memory and roofline; --measure compares and fits exponents
 """
 
 from __future__ import annotations
@@ -210,6 +211,88 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if any(r["status"] == "wrong" for r in records) else 0
 
 
+def hardware_for(device: str, dtype: str, measure: bool) -> Any:
+    from attnperf.analysis.hardware import datasheet_for, measured
+
+    if device.startswith("cuda") and not measure:
+        import torch
+
+        sheet = datasheet_for(torch.cuda.get_device_name(torch.device(device)))
+        if sheet is not None:
+            return sheet
+    return measured(device, dtype)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from attnperf.analysis import fit_exponent, forward_flops, min_bytes, predicted_peak_bytes, roofline
+    from attnperf.registry import reason_for
+    from attnperf.results import write_json
+    from attnperf.sweep import Grid, run_sweep
+
+    hardware = hardware_for(args.device, args.dtype, args.measure_ceilings)
+    rows = []
+    for name in args.variants:
+        variant = VARIANTS[name]
+        for seq_len in args.seq_lens:
+            case = _case(variant, seq_len, args)
+            for backend in args.backends:
+                if reason_for(variant.mechanism, backend, case) is not None:
+                    continue
+                flops = forward_flops(variant.mechanism, backend, case)
+                bound = roofline(variant.mechanism, backend, case, hardware)
+                rows.append({
+                    "variant": name, "backend": backend, "seq_len": seq_len, "useful_gflop": flops.useful / 1e9,
+                    "executed_gflop": flops.executed / 1e9, "min_mb": min_bytes(case) / 1e6,
+                    "pred_mib": predicted_peak_bytes(variant.mechanism, backend, case) / 2**20,
+                    "bound_ms": bound.bound_s * 1e3, "limit": bound.limited_by,
+                })  # fmt: skip
+    columns = [("variant", "variant"), ("backend", "backend"), ("seq_len", "seq_len"),
+               ("useful_gflop", "useful GFLOP"), ("executed_gflop", "executed GFLOP"), ("min_mb", "min MB"),
+               ("pred_mib", "pred. peak MiB"), ("bound_ms", "roofline ms"), ("limit", "bound")]  # fmt: skip
+    if args.measure:
+        grid = Grid(variants=tuple(args.variants), backends=tuple(args.backends), seq_lens=tuple(args.seq_lens),
+                    heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, device=args.device,
+                    options=tuple(sorted(options_of(args).items())))  # fmt: skip
+        measured = {(r["variant"], r["backend"], r["seq_len"]): r for r in run_sweep(grid, repeat=args.repeat)}
+        for row in rows:
+            m = measured.get((row["variant"], row["backend"], row["seq_len"]), {})
+            if m.get("status") != "ok":
+                row["ms"] = m.get("status", "-")
+                continue
+            row["ms"] = m["median_s"] * 1e3
+            row["tflops"] = row["useful_gflop"] / 1e3 / m["median_s"]
+            row["roofline_pct"] = 100 * row["bound_ms"] / row["ms"]
+            row["meas_mib"] = m["peak_bytes"] / 2**20
+            row["pred_over_meas"] = row["pred_mib"] / row["meas_mib"] if row["meas_mib"] > 0 else None
+        columns += [("ms", "median ms"), ("tflops", "useful TFLOP/s"), ("roofline_pct", "% roofline"),
+                    ("meas_mib", "meas. peak MiB"), ("pred_over_meas", "pred/meas")]  # fmt: skip
+    print(f"hardware: {hardware.name}; {hardware.flops} FLOP/s, {hardware.bandwidth / 1e9:.0f} GB/s")
+    print(format_table(rows, columns))
+    fits = []
+    if args.measure and len(args.seq_lens) >= 3:
+        for name in args.variants:
+            for backend in args.backends:
+                pts = [
+                    r
+                    for r in rows
+                    if r["variant"] == name and r["backend"] == backend and isinstance(r.get("ms"), float)
+                ]
+                if len(pts) < 3:
+                    continue
+                t = fit_exponent([r["seq_len"] for r in pts], [r["ms"] for r in pts])
+                mem = [r for r in pts if r.get("meas_mib", 0) > 0]
+                m = fit_exponent([r["seq_len"] for r in mem], [r["meas_mib"] for r in mem]) if len(mem) >= 3 else None
+                fits.append({"variant": name, "backend": backend, "time_exp": t.exponent,
+                             "time_ci": f"[{t.low:.2f}, {t.high:.2f}]", "mem_exp": m.exponent if m else None,
+                             "mem_ci": f"[{m.low:.2f}, {m.high:.2f}]" if m else None})  # fmt: skip
+        print("\nfitted exponents (time ∝ n^p, memory ∝ n^q; 95% intervals):")
+        print(format_table(fits, [("variant", "variant"), ("backend", "backend"), ("time_exp", "time p"),
+                                  ("time_ci", "95% CI"), ("mem_exp", "memory q"), ("mem_ci", "95% CI")]))  # fmt: skip
+    if args.json:
+        write_json(args.json, {"hardware": hardware.name, "rows": rows, "fits": fits})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnperf", description="Attention mechanisms × backends: check, time, compare."
@@ -238,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="write the records to this CSV file, atomically")
     p.add_argument("--all", action="store_true", help="also show unsupported points and their reasons")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("analyze", help="predicted FLOPs, bytes, peak memory, roofline; --measure holds them to timings")
+    add_shape_arguments(p, seq_lens="1024,2048,4096")
+    p.add_argument(
+        "--measure", action="store_true", help="also time each point and measure its peak memory, and fit exponents"
+    )
+    p.add_argument(
+        "--measure-ceilings", action="store_true", help="measure matmul/copy ceilings on a GPU instead of its datasheet"
+    )
+    p.add_argument("--repeat", type=int, default=5, help="timed samples per point with --measure (default 5)")
+    p.add_argument("--json", help="write the table and fits to this JSON file, atomically")
+    p.set_defaults(func=cmd_analyze)
     return parser
 
 

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,3 +101,36 @@ def synchronized_clock() -> float:
     if torch.cuda.is_initialized():
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure_cpu_peak_rss(fn: Callable[[], object], interval_s: float = 0.0005) -> int:
+    """Peak growth of the process's resident memory during one call of ``fn`` (Linux).
+
+    A sampling thread reads ``/proc/self/statm`` every ``interval_s``. RSS sees only memory the
+    allocator maps during the call: glibc serves small blocks from memory it kept from earlier
+    calls, so run with ``MALLOC_MMAP_THRESHOLD_=65536`` for tensors to be mapped and unmapped
+    each time (the README's CPU comparison does). Short peaks between samples are missed.
+    """
+    baseline = _rss_bytes()
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(peak, _rss_bytes()) - baseline

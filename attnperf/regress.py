@@ -130,7 +130,8 @@ def summary_markdown(base: str, head: str, factor: float, first: Comparison, fin
     lines = [
         f"## attnperf: {verdict} (factor {factor}, head {head[:10]} vs base {base[:10]})",
         "",
-        f"- flagged on the first pass: {len(first.regressions)}; still flagged after confirmation: {len(final.regressions)}",
+        f"- flagged on the first pass: {len(first.regressions)}; "
+        f"still flagged after confirmation: {len(final.regressions)}",
         f"- improvements: {len(final.improvements)}",
     ]
     if final.regressions:

@@ -17,7 +17,7 @@ import torch
 from attnperf.backends import Unsupported, get_backend
 from attnperf.catalog import get_variant
 from attnperf.check import WrongResult, verified_runner
-from attnperf.measure import measure_cuda_peak, measure_time
+from attnperf.measure import measure_cpu_peak_rss, measure_cuda_peak, measure_time
 
 BASELINE = "eager"
 
@@ -79,7 +79,9 @@ def run_point(
         with torch.no_grad():
             timing = measure_time(runner, case.device, repeat=repeat)
             if torch.device(case.device).type == "cuda":
-                record["peak_bytes"] = measure_cuda_peak(runner, case.device)
+                record["peak_bytes"], record["peak_kind"] = measure_cuda_peak(runner, case.device), "cuda-allocated"
+            else:
+                record["peak_bytes"], record["peak_kind"] = measure_cpu_peak_rss(runner), "cpu-rss-growth"
     except Unsupported as exc:
         return record | {"status": "unsupported", "reason": str(exc)}
     except WrongResult as exc:

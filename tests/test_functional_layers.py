@@ -81,7 +81,7 @@ def test_cross_attention_layer_reads_memory_of_another_width_and_length() -> Non
 
 def test_return_attention_gives_normalized_weights_and_needs_eager() -> None:
     layer = MultiHeadAttention(16, 2, mechanism="window", window=3, causal=True)
-    out, weights = layer(torch.randn(1, 6, 16), return_attention=True)
+    _, weights = layer(torch.randn(1, 6, 16), return_attention=True)
     assert weights.shape == (1, 2, 6, 6)
     assert torch.allclose(weights.sum(-1), torch.ones(1, 2, 6))
     assert (weights[0, 0].triu(1) == 0).all()
@@ -107,7 +107,7 @@ def test_generate_refuses_non_causal_and_cache_overflows() -> None:
     with pytest.raises(ValueError, match="generate needs a causal layer"):
         generate(MultiHeadAttention(8, 2), torch.randn(1, 3, 8), steps=2)
     cache = KVCache(1, 1, 4, 2, dtype=torch.float32, device="cpu")
-    with pytest.raises(ValueError, match="KV cache overflow: 5 tokens for max_len=4"):
+    with pytest.raises(ValueError, match=r"KV cache overflow: 5 tokens for max_len=4"):
         cache.append(torch.randn(1, 1, 5, 2), torch.randn(1, 1, 5, 2))
 
 
@@ -118,7 +118,7 @@ def test_layer_arguments_are_validated() -> None:
         MultiHeadAttention(8, 4, kv_heads=3)
     with pytest.raises(ValueError, match=r"positions='rope' is its own mechanism"):
         MultiHeadAttention(8, 2, positions="rope", mechanism="window", window=2)
-    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
         MultiHeadAttention(8, 2)([1, 2])
 
 

@@ -1,0 +1,125 @@
+"""The analyzer held against counts and measurements."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from attnperf.analysis import fit_exponent, forward_flops, min_bytes, predicted_peak_bytes, roofline
+from attnperf.analysis.flops import allowed_pairs, visited_block_pairs
+from attnperf.analysis.hardware import DATASHEETS, datasheet_for
+from attnperf.backends import BACKENDS
+from attnperf.case import Case, make_inputs
+from attnperf.catalog import VARIANTS
+from attnperf.measure import measure_cuda_peak
+from attnperf.mechanisms import get_mechanism
+
+SMALL = {"window": 7, "top_k": 5, "stride": 8, "block": 16}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_eager_flops_equal_flop_counter_mode_exactly(variant: str) -> None:
+    var = VARIANTS[variant]
+    case = var.case(96, heads=4, head_dim=16, **SMALL)
+    q, k, v = make_inputs(case)
+    run = BACKENDS["eager"].prepare(get_mechanism(var.mechanism), case, q, k, v)
+    with FlopCounterMode(display=False) as counter:
+        run()
+    assert forward_flops(var.mechanism, "eager", case).executed == counter.get_total_flops()
+
+
+def test_useful_pairs_match_brute_force_and_theory() -> None:
+    full = get_mechanism("full")
+    n = 300
+    assert allowed_pairs(full, Case(q_len=n)) == n * n
+    assert allowed_pairs(full, Case(q_len=n, causal=True)) == n * (n + 1) // 2
+    window = get_mechanism("window")
+    case = Case(q_len=n, window=16, causal=True)
+    assert allowed_pairs(window, case) == sum(min(16, i + 1) for i in range(n))
+    # flex/tiled visit whole 128-blocks: more than useful, far less than dense
+    visited = visited_block_pairs(window, Case(q_len=4096, window=256, causal=True))
+    assert 4096 * 256 < visited < 4096 * 4096 / 8
+
+
+def test_executed_flops_follow_the_backend() -> None:
+    case = Case(q_len=2048, heads=2, head_dim=32, window=128, causal=True)
+    eager = forward_flops("window", "eager", case)
+    flex = forward_flops("window", "flex", case)
+    sdpa = forward_flops("window", "sdpa-efficient", case)
+    assert eager.useful == flex.useful == sdpa.useful
+    assert eager.executed == 4 * 2 * 32 * 2048 * 2048  # dense
+    assert sdpa.executed == eager.executed  # a dense boolean mask: nothing skipped
+    assert flex.useful < flex.executed < eager.executed / 5
+    # SDPA's own causal mode skips blocks
+    causal = Case(q_len=2048, causal=True)
+    assert forward_flops("full", "sdpa-flash", causal).executed < 0.6 * forward_flops("full", "eager", causal).executed
+
+
+def test_min_bytes_and_roofline() -> None:
+    case = Case(batch=2, heads=8, kv_heads=2, q_len=1, kv_len=4096, head_dim=64, dtype="bfloat16")
+    assert min_bytes(case) == 2 * (2 * 2 * 8 * 64 + 2 * 2 * 2 * 4096 * 64)
+    r = roofline("decode", "flash-attn4", case, DATASHEETS["h100-sxm"])
+    assert r.limited_by == "memory"  # one token against a cache: bound by reading the cache
+    dense = roofline(
+        "full", "flash-attn4", Case(q_len=16384, heads=16, head_dim=128, dtype="bfloat16"), DATASHEETS["h100-sxm"]
+    )
+    assert dense.limited_by == "compute"
+    assert datasheet_for("NVIDIA H100 80GB HBM3") is DATASHEETS["h100-sxm"]
+
+
+def test_memory_predictions_scale_as_the_theory_says() -> None:
+    small, big = Case(q_len=1024), Case(q_len=2048)
+    assert predicted_peak_bytes("full", "eager", big) / predicted_peak_bytes("full", "eager", small) == pytest.approx(
+        4, rel=0.05
+    )
+    assert predicted_peak_bytes("full", "flex", big) / predicted_peak_bytes("full", "flex", small) == pytest.approx(
+        2, rel=0.01
+    )
+    lin_small, lin_big = Case(q_len=1024, causal=True), Case(q_len=2048, causal=True)
+    assert predicted_peak_bytes("linear", "tiled", lin_big) < 2.1 * predicted_peak_bytes("linear", "tiled", lin_small)
+
+
+def test_fit_recovers_a_known_exponent_with_an_interval() -> None:
+    lengths = [256, 512, 1024, 2048, 4096]
+    noisy = [3e-9 * n**2 * f for n, f in zip(lengths, [1.02, 0.97, 1.01, 0.99, 1.0], strict=True)]
+    fit = fit_exponent(lengths, noisy)
+    assert fit.low < 2 < fit.high
+    assert fit.high - fit.low < 0.1
+    with pytest.raises(ValueError, match="at least two"):
+        fit_exponent([1], [1])
+
+
+GPU_MEMORY_GRID = [
+    (variant, backend, n, dtype)
+    for variant in ("full", "causal", "sliding_window", "gqa", "alibi")
+    for backend in ("eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex")
+    for n in (1024, 4096)
+    for dtype in ("float32", "bfloat16")
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("variant", "backend", "n", "dtype"), GPU_MEMORY_GRID)
+def test_predicted_peak_memory_within_10_percent_on_gpu(variant: str, backend: str, n: int, dtype: str) -> None:
+    var = VARIANTS[variant]
+    case = var.case(n, batch=2, heads=8, head_dim=64, dtype=dtype, device="cuda", window=256)
+    mech = get_mechanism(var.mechanism)
+    reason = BACKENDS[backend].supports(mech, case)
+    if reason:
+        pytest.skip(reason)
+    q, k, v = make_inputs(case)
+    run = BACKENDS[backend].prepare(mech, case, q, k, v)
+    with torch.no_grad():
+        try:
+            run()  # warm: compilation, cuBLAS workspace and kernel caches stay out of the measurement
+        except RuntimeError as exc:
+            if "No available kernel" in str(exc):
+                pytest.skip(str(exc).splitlines()[0])
+            raise
+        measured = measure_cuda_peak(run, "cuda")
+    predicted = predicted_peak_bytes(var.mechanism, backend, case)
+    print(
+        f"MEMORY {variant} {backend} {case.id} predicted {predicted} measured {measured} ratio {predicted / measured:.3f}"
+    )
+    assert predicted == pytest.approx(measured, rel=0.10)
