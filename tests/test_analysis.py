@@ -119,7 +119,6 @@ def test_predicted_peak_memory_within_10_percent_on_gpu(variant: str, backend: s
             raise
         measured = measure_cuda_peak(run, "cuda")
     predicted = predicted_peak_bytes(var.mechanism, backend, case)
-    print(
-        f"MEMORY {variant} {backend} {case.id} predicted {predicted} measured {measured} ratio {predicted / measured:.3f}"
-    )
+    ratio = predicted / measured
+    print(f"MEMORY {variant} {backend} {case.id} predicted {predicted} measured {measured} ratio {ratio:.3f}")
     assert predicted == pytest.approx(measured, rel=0.10)
