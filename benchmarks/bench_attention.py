@@ -9,9 +9,10 @@ Sample counts: asv's Mann–Whitney test needs 7+ samples a side to ever fire (6
 reach p < 0.002), so ``rounds = 2`` × ``repeat`` ≥ 7 gives at least 14 per commit.
 """
 
+from attnperf.analysis import forward_flops, predicted_peak_bytes
 from attnperf.bench import BACKWARD, FORWARD, prepare_point
 from attnperf.benchgrid import active_grid
-from attnperf.measure import measure_cuda_peak, synchronized_clock
+from attnperf.measure import measure_cuda_peak, measure_time, synchronized_clock
 
 GRID = active_grid()
 PARAMS = [list(GRID.backends), list(GRID.variants), list(GRID.seq_lens), list(GRID.head_dims), list(GRID.dtypes)]
@@ -67,6 +68,21 @@ class TrackGPUMemory(_Suite):
 
     def track_gpu_peak_bytes(self, *params):
         return measure_cuda_peak(self.point.run, self.point.case.device)
+
+    def track_predicted_peak_bytes(self, *params):
+        """The analyzer's prediction for the same point, to read beside the measured one."""
+        return predicted_peak_bytes(self.point.mechanism, self.point.backend, self.point.case)
+
+
+class TrackTFLOPs(_Suite):
+    """Achieved TFLOP/s: the analyzer's useful FLOPs over the median forward time."""
+
+    unit = "TFLOP/s"
+
+    def track_tflops(self, *params):
+        point = self.point
+        timing = measure_time(point.run, point.case.device, repeat=7)
+        return forward_flops(point.mechanism, point.backend, point.case).useful / timing.median / 1e12
 
 
 class TimeDecode:

@@ -73,7 +73,9 @@ def grid_cases(mechanism: str, device: str) -> list[Case]:
 
 
 def flex_cases(mechanism: str, device: str) -> list[Case]:
-    dtypes = ["float32"] if device == "cpu" else ["float32", "bfloat16"]
+    # One dtype per device keeps the compiles few: float32 on the CPU, bfloat16 (the dtype
+    # flex is timed in) on CUDA.
+    dtypes = ["float32"] if device == "cpu" else ["bfloat16"]
     return [
         Case(
             heads=4,

@@ -86,3 +86,20 @@ def test_verified_runner_returns_the_checked_closure() -> None:
     run, result = verified_runner("window", "tiled", Case(heads=2, q_len=40, head_dim=8, window=7))
     assert result.ok
     assert run().shape == (1, 2, 40, 8)
+
+
+def test_long_cases_are_checked_on_sampled_rows(monkeypatch) -> None:
+    import attnperf.check as check_module
+
+    monkeypatch.setattr(check_module, "FULL_CHECK_LIMIT", 1000)  # force sampling on a small case
+    case = Case(heads=2, q_len=300, head_dim=8, window=9, causal=True)
+    rows = check_module.sample_rows(case, seed=5)
+    assert rows is not None
+    assert len(rows) == 64
+    assert rows[0] == 0
+    assert rows[-1] == 299
+    assert check("window", "tiled", case, seed=5).ok
+    assert check("full", Perturbed(), case.replace(window=None), seed=5).status == "wrong"
+    assert check("rope", "eager", case.replace(window=None), seed=5).ok
+    assert check("linear", "tiled", case.replace(window=None), seed=5).ok
+    assert check("topk", "tiled", case.replace(window=None, top_k=5), seed=5).ok

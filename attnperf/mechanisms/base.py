@@ -49,9 +49,14 @@ def causal_fn(case: Case) -> MaskFn:
     return causal
 
 
-def dense_causal(case: Case, device: torch.device | str) -> torch.Tensor:
-    """``[Lq, Lk]`` boolean bottom-right causal mask."""
-    q_idx = torch.arange(case.q_len, device=device)[:, None]
+def query_index(case: Case, device: torch.device | str, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The query indices a dense result covers: ``rows``, or all ``0 … Lq − 1``."""
+    return torch.arange(case.q_len, device=device) if rows is None else rows.to(device)
+
+
+def dense_causal(case: Case, device: torch.device | str, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``[Lq, Lk]`` (or ``[len(rows), Lk]``) boolean bottom-right causal mask."""
+    q_idx = query_index(case, device, rows)[:, None]
     return causal_fn(case)(q_idx, torch.arange(case.k_len, device=device)[None, :])
 
 
@@ -75,17 +80,20 @@ class Mechanism(ABC):
         """Raise ``ValueError`` naming the option when ``case`` does not fit this mechanism."""
 
     @abstractmethod
-    def weights(self, q: torch.Tensor, k: torch.Tensor, case: Case) -> torch.Tensor:
+    def weights(self, q: torch.Tensor, k: torch.Tensor, case: Case, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The ``[B, H, Lq, Lk]`` attention weights, in q's dtype and device (materialized).
 
         Readable and slow is fine: this is the definition, used for the reference, for layers'
-        ``return_attention`` and for heatmaps.
+        ``return_attention`` and for heatmaps. ``rows`` (query indices) restricts the result to
+        those queries, ``[B, H, len(rows), Lk]``, so long cases can be checked on a sample.
         """
 
-    def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case) -> torch.Tensor:
-        """The float64 CPU result every backend is judged against: ``weights · v``."""
+    def reference(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, case: Case, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The float64 CPU result every backend is judged against: ``weights · v`` (of ``rows``)."""
         q, k, v = as_reference(q, k, v)
-        return self.weights(q, k, case) @ expand_kv(v, case.heads)
+        return self.weights(q, k, case, rows) @ expand_kv(v, case.heads)
 
     def __repr__(self) -> str:
         return f"<mechanism {self.name}>"
@@ -140,34 +148,40 @@ class SoftmaxMechanism(Mechanism):
         """A transform of (q, k) before the scores (RoPE); None for none."""
         return None
 
-    def dense_mask(self, case: Case, device: torch.device | str) -> torch.Tensor | None:
-        """``[Lq, Lk]`` boolean mask (True = attend), or None when every key is attended."""
+    def dense_mask(
+        self, case: Case, device: torch.device | str, rows: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """``[Lq, Lk]`` boolean mask (True = attend) of all queries or ``rows``; None: all keys."""
         fn = self.mask_fn(case, device)
         if fn is None:
             return None
-        q_idx = torch.arange(case.q_len, device=device)[:, None]
+        q_idx = query_index(case, device, rows)
         kv_idx = torch.arange(case.k_len, device=device)[None, :]
-        return fn(q_idx, kv_idx).expand(case.q_len, case.k_len)
+        return fn(q_idx[:, None], kv_idx).expand(len(q_idx), case.k_len)
 
-    def dense_bias(self, case: Case, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor | None:
-        """``[H, Lq, Lk]`` additive bias, or None."""
+    def dense_bias(
+        self, case: Case, device: torch.device | str, dtype: torch.dtype, rows: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """``[H, Lq, Lk]`` additive bias of all queries or ``rows``, or None."""
         fn = self.bias_fn(case, device, dtype)
         if fn is None:
             return None
         h = torch.arange(case.heads, device=device)[:, None, None]
-        q_idx = torch.arange(case.q_len, device=device)[None, :, None]
+        q_idx = query_index(case, device, rows)[None, :, None]
         kv_idx = torch.arange(case.k_len, device=device)[None, None, :]
         return fn(h, q_idx, kv_idx).to(dtype)
 
-    def weights(self, q: torch.Tensor, k: torch.Tensor, case: Case) -> torch.Tensor:
+    def weights(self, q: torch.Tensor, k: torch.Tensor, case: Case, rows: torch.Tensor | None = None) -> torch.Tensor:
         transform = self.qk_transform(case, q.device, q.dtype)
         if transform is not None:
-            q, k = transform(q, k)
+            q, k = transform(q, k)  # on every query: positions are those of the whole sequence
+        if rows is not None:
+            q = q[:, :, rows.to(q.device)]
         scores = q @ expand_kv(k, case.heads).transpose(-1, -2) * case.scale
-        bias = self.dense_bias(case, q.device, q.dtype)
+        bias = self.dense_bias(case, q.device, q.dtype, rows)
         if bias is not None:
             scores = scores + bias
-        mask = self.dense_mask(case, q.device)
+        mask = self.dense_mask(case, q.device, rows)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         return torch.softmax(scores, dim=-1)

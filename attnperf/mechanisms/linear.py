@@ -30,9 +30,11 @@ class Linear(Mechanism):
     summary = "linear attention, elu+1 feature map, eps 1e-6 (Katharopoulos et al. 2020)"
     options = ("causal",)
 
-    def weights(self, q: torch.Tensor, k: torch.Tensor, case: Case) -> torch.Tensor:
+    def weights(self, q: torch.Tensor, k: torch.Tensor, case: Case, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``φ(q_i)·φ(k_j) / (Σ_j φ(q_i)·φ(k_j) + ε)``: rows sum to just under 1."""
+        if rows is not None:
+            q = q[:, :, rows.to(q.device)]
         sim = elu_feature_map(q) @ elu_feature_map(expand_kv(k, case.heads)).transpose(-1, -2)
         if case.causal:
-            sim = sim * dense_causal(case, q.device)
+            sim = sim * dense_causal(case, q.device, rows)
         return sim / (sim.sum(-1, keepdim=True) + LINEAR_EPS)

@@ -42,10 +42,12 @@ class TopK(Mechanism):
         if require_option(case, "top_k", self.name) > case.k_len:
             raise ValueError(f"top_k must be between 1 and kv_len ({case.k_len}), got {case.top_k}")
 
-    def weights(self, q: torch.Tensor, k: torch.Tensor, case: Case) -> torch.Tensor:
+    def weights(self, q: torch.Tensor, k: torch.Tensor, case: Case, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is not None:
+            q = q[:, :, rows.to(q.device)]
         scores = q @ expand_kv(k, case.heads).transpose(-1, -2) * case.scale
         if case.causal:
-            scores = scores.masked_fill(~dense_causal(case, q.device), float("-inf"))
+            scores = scores.masked_fill(~dense_causal(case, q.device, rows), float("-inf"))
         keep = topk_keep(scores, require_option(case, "top_k", self.name))
         return torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
 
