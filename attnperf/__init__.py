@@ -8,7 +8,7 @@ backend that needs them is first asked whether it can run.
 from attnperf.backends import BACKENDS, Backend, Unsupported, get_backend
 from attnperf.case import Case, make_inputs
 from attnperf.catalog import VARIANTS, get_variant
-from attnperf.check import WrongResult, check, verified_runner
+from attnperf.correctness import WrongResult, check, verified_runner
 from attnperf.functional import attention
 from attnperf.mechanisms import MECHANISMS, Mechanism, get_mechanism
 

@@ -16,7 +16,7 @@ from attnperf.backends import Unsupported, get_backend
 from attnperf.benchgrid import BenchGrid, active_grid
 from attnperf.case import Case
 from attnperf.catalog import get_variant
-from attnperf.check import verified_runner
+from attnperf.correctness import verified_runner
 from attnperf.measure import warm_up
 from attnperf.mechanisms import get_mechanism
 
@@ -46,7 +46,7 @@ def prepare_point(
     """A checked, warmed-up closure for one grid point; ``NotImplementedError`` when it cannot run.
 
     ``NotImplementedError`` is asv's "skipped" (shown as n/a), with the backend's reason.
-    A wrong result raises :class:`attnperf.check.WrongResult`: the benchmark fails, loudly.
+    A wrong result raises :class:`attnperf.correctness.WrongResult`: the benchmark fails, loudly.
     """
     key = (backend, variant, seq_len, head_dim, dtype, mode)
     if key in _PREPARED:

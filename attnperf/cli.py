@@ -127,7 +127,7 @@ def _case(variant: Variant, seq_len: int, args: argparse.Namespace, batch: int =
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from attnperf.check import check
+    from attnperf.correctness import check
 
     rows, failed = [], 0
     for name in args.variants:

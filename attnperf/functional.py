@@ -13,7 +13,7 @@ import torch
 
 from attnperf.backends import Backend, Unsupported, get_backend
 from attnperf.case import DTYPES, Case
-from attnperf.check import run_unsupported_aware
+from attnperf.correctness import run_unsupported_aware
 from attnperf.mechanisms import Mechanism, get_mechanism
 
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}

@@ -16,7 +16,7 @@ import torch
 
 from attnperf.backends import Unsupported, get_backend
 from attnperf.catalog import get_variant
-from attnperf.check import WrongResult, verified_runner
+from attnperf.correctness import WrongResult, verified_runner
 from attnperf.measure import measure_cpu_peak_rss, measure_cuda_peak, measure_time
 
 BASELINE = "eager"

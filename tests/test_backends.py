@@ -17,7 +17,7 @@ import pytest
 
 from attnperf.backends import BACKENDS
 from attnperf.case import Case
-from attnperf.check import check
+from attnperf.correctness import check
 from attnperf.mechanisms import MECHANISMS
 
 from .conftest import DEVICES, SEED

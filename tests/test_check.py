@@ -10,7 +10,7 @@ import torch
 from attnperf.backends import Unsupported
 from attnperf.backends.eager import Eager
 from attnperf.case import Case
-from attnperf.check import WrongResult, check, relative_error, verified_runner
+from attnperf.correctness import WrongResult, check, relative_error, verified_runner
 
 
 class Perturbed(Eager):
@@ -89,7 +89,7 @@ def test_verified_runner_returns_the_checked_closure() -> None:
 
 
 def test_long_cases_are_checked_on_sampled_rows(monkeypatch) -> None:
-    import attnperf.check as check_module
+    import attnperf.correctness as check_module
 
     monkeypatch.setattr(check_module, "FULL_CHECK_LIMIT", 1000)  # force sampling on a small case
     case = Case(heads=2, q_len=300, head_dim=8, window=9, causal=True)
