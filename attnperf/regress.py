@@ -109,7 +109,8 @@ class Runner:
         for round_index in range(self.rounds):
             for sha in (self.base, self.head) if round_index % 2 == 0 else (self.head, self.base):
                 # asv drops PYTHONPATH from benchmark processes and sets ASV_PYTHONPATH in its place.
-                env = {**os.environ, "ASV_PYTHONPATH": str(self.worktrees[sha])}
+                paths = [str(self.worktrees[sha]), os.environ.get("PYTHONPATH", "")]
+                env = {**os.environ, "ASV_PYTHONPATH": os.pathsep.join(p for p in paths if p)}
                 asv(
                     ["run", "--machine", self.machine, "--environment", f"existing:{sys.executable}",
                      "--set-commit-hash", sha, "--append-samples", "-a", "rounds=1", *selection],

@@ -33,7 +33,7 @@ git init -q 2>/dev/null; git add -A >/dev/null; git -c user.name=gpu -c user.ema
 git -c user.name=gpu -c user.email=gpu@local commit -q --allow-empty -m "a/a"
 M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
 python3 -m asv machine --yes --machine "$M" >/dev/null
-ATTNPERF_SEQ_LENS=4096,16384 ATTNPERF_VARIANTS=full,causal,sliding_window timeout 220 python3 -m asv run \
+ASV_PYTHONPATH=$PYTHONPATH ATTNPERF_SEQ_LENS=4096,16384 ATTNPERF_VARIANTS=full,causal,sliding_window timeout 220 python3 -m asv run \
   --environment "existing:$(command -v python3)" --launch-method forkserver --machine "$M" --set-commit-hash "$(git rev-parse HEAD~1)" \
   -b 'TimeForward\.time_forward\(' --show-stderr > "$OUT/asv-run.txt" 2>&1; echo "asv exit $?"; tail -40 "$OUT/asv-run.txt"
 step "A/A: regress --existing on one commit and an empty commit after it"
@@ -42,6 +42,6 @@ ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=full,causal ATTNPERF_BACKENDS=sdpa-cud
   --machine "$M-aa" --summary "$OUT/aa-summary.md" > "$OUT/aa.txt" 2>&1; echo "regress exit $?"; tail -20 "$OUT/aa-summary.md"
 step "fitted exponents and roofline"
 timeout 120 python3 -m attnperf analyze --device cuda --dtype bfloat16 --heads 16 --head-dim 128 --seq-lens 2048,4096,8192,16384,32768 \
-  --variants causal,sliding_window,linear_causal --backends sdpa-cudnn,flex,flash-attn4,fla,tiled --window 512 --measure --repeat 5 \
+  --variants full,causal,sliding_window,linear_causal --backends sdpa-cudnn,flash-attn4,fla,tiled --window 512 --measure --repeat 5 \
   --json "$OUT/analyze.json" 2>/dev/null | tail -40 | tee "$OUT/analyze.txt"
 tar czf "$OUT/asv-results.tgz" .asv/results 2>/dev/null
