@@ -16,8 +16,9 @@ number of score elements ``B·H·Lq·Lk`` and e the element size:
   (copies), materializes the float32 scores and their softmax (2·S·4), and turns a boolean
   mask into an additive one (Lq·Lk·e).
 * flash-style kernels (sdpa-flash / -efficient / -cudnn, flex, flash-attn, xFormers): the output
-  and a float32 log-sum-exp per query row; an SDPA kernel given a dense mask also converts it
-  to an additive mask of Lq·Lk·e.
+  and a float32 log-sum-exp per query row; an SDPA kernel given a dense *boolean* mask also
+  converts it to an additive mask of Lq·Lk·e (an ALiBi bias is additive already: measured on the
+  H100, counting it over-predicted 2–5×).
 * tiled: the output plus one tile's float32 scores, probabilities and accumulators.
 * linear: eager causal keeps running D × D states for every position (2·B·H·Lk·D²·e: the outer
   products and their cumulative sum); chunked kernels keep one D × D state (O(D²)) per head,
@@ -72,7 +73,9 @@ def _softmax_peak(mech: SoftmaxMechanism, backend: str, case: Case) -> int:
         out_work = b * h * lq * d * 4 + (out if half else 0)
         return rotated + upcast + scaled + expanded + mask + 2 * s * 4 + out_work
     if backend in FLASH_STYLE:
-        dense_mask = lq * lk * e if masked and backend.startswith("sdpa-") else 0
+        # SDPA turns a boolean mask into an additive one (Lq·Lk·e); a bias is additive already.
+        boolean_mask = mech.mask_kind(case) == "custom" and mech.bias_fn(case, "cpu") is None
+        dense_mask = lq * lk * e if boolean_mask and backend.startswith("sdpa-") else 0
         return rotated + dense_mask + out + lse
     if backend == "tiled":
         bq, bk = min(TILE, lq), min(TILE, lk)
@@ -98,10 +101,11 @@ def predicted_peak_bytes(mechanism: str | Mechanism, backend: str, case: Case) -
         bq = min(TILE, lq)
         return out + b * h * bq * (k + TILE) * (4 + 8) * 2 + b * h * bq * k * d * 4
     if mech.family == "linear":
-        features = 2 * b * h * max(lq, lk) * d * (4 if backend == "tiled" else e)
+        work = max(e, 4)  # eager and tiled accumulate in float32 at least
+        features = 2 * b * h * max(lq, lk) * d * (work if backend in ("eager", "tiled") else e)
         state = b * h * d * d * 4
         if backend == "eager":
-            return features + (2 * b * h * lk * d * d * e if case.causal else state) + out
+            return features + (2 * b * h * lk * d * d * work if case.causal else state) + out
         if backend == "fla":
             return features + b * h * (-(-lk // 64)) * d * d * 4 + out
         return features + state + out
