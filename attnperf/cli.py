@@ -179,13 +179,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         device=args.device,
         options=tuple(sorted(options_of(args).items())),
     )
-    records = run_sweep(
-        grid, repeat=args.repeat, progress=lambda it: tqdm(it, desc="sweep", unit="point", file=sys.stderr)
-    )
-    if args.json:
-        write_json(args.json, {"machine": machine_info(), "records": records})
-    if args.csv:
-        write_csv(args.csv, [{k: v for k, v in r.items() if k not in ("case", "samples_s")} for r in records])
+
+    def save(records: list[dict[str, Any]]) -> None:  # after every point: a killed sweep keeps what it did
+        if args.json:
+            write_json(args.json, {"machine": machine_info(), "records": records})
+        if args.csv:
+            write_csv(args.csv, [{k: v for k, v in r.items() if k not in ("case", "samples_s")} for r in records])
+
+    def progress(points: Any) -> Any:
+        return tqdm(points, desc="sweep", unit="point", file=sys.stderr)
+
+    records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save)
     for r in records:
         if r["status"] == "ok":
             r["ms"] = r["median_s"] * 1e3

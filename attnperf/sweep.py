@@ -115,12 +115,20 @@ def add_ratios(records: list[dict[str, Any]], baseline: str = BASELINE) -> list[
 
 
 def run_sweep(
-    grid: Grid, *, repeat: int = 7, progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None
+    grid: Grid,
+    *,
+    repeat: int = 7,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    on_record: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
+    """Run every point; ``on_record(records so far)`` after each one, so a sweep that is killed
+    midway (a time limit, a hung kernel) still leaves the points it finished on disk."""
     points = grid.points()
     iterator = progress(points) if progress is not None else points
-    records = []
+    records: list[dict[str, Any]] = []
     for variant, backend, seq_len, batch in iterator:
         records.append(run_point(grid, variant, backend, seq_len, batch, repeat=repeat))
         free_memory(grid.device)
+        if on_record is not None:
+            on_record(add_ratios(records))
     return add_ratios(records)

@@ -27,8 +27,11 @@ class Fla(Backend):
     mechanisms = frozenset({"linear"})
     devices = ("cuda",)
     dtypes = ("float32", "bfloat16", "float16")
-    # fla's Triton kernels compute float32 dots in TF32 (Triton's default): ≈3e-4 (DESIGN §2).
-    tolerance: ClassVar[dict[str, float]] = {"float32": 3e-4}
+    # fla's chunk kernels take float32 inputs through TF32 dot products, and the chunk states
+    # carry that rounding along the sequence: measured 1.15e-3 to 1.55e-3 on the H100 (torch
+    # 2.11, fla-core 0.6.0, lengths 1 to 257, seed 20261123), above the 3e-4 of one TF32 product.
+    # bfloat16 and float16 keep the common 1e-2 bound.
+    tolerance: ClassVar[dict[str, float]] = {"float32": 2e-3}
 
     chunk_linear_attn: Any = None
 

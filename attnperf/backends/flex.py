@@ -27,9 +27,10 @@ from attnperf.mechanisms import Mechanism, SoftmaxMechanism
 #: Distinct compiled shapes per process before dynamo gives up (default 8 is far too few for a
 #: sweep; past this a call raises instead of falling back).
 RECOMPILE_LIMIT = 256
-#: Above this many keys the block mask itself is built by a compiled function (the eager
-#: ``create_block_mask`` evaluates the dense Lq × Lk mask, O(n²) memory).
-COMPILE_BLOCK_MASK_FROM = 8192
+#: From this many keys on, the block mask itself is built by a compiled function: the eager
+#: ``create_block_mask`` evaluates the dense Lq × Lk mask (4 GiB of booleans at 64k), while
+#: compiling it costs ~10 s per shape (CPU) — more than the eager build below 64k.
+COMPILE_BLOCK_MASK_FROM = 65536
 
 
 @functools.cache
