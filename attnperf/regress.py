@@ -164,7 +164,7 @@ def regress(
     return final
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attnperf.regress", description=__doc__.splitlines()[0])
     parser.add_argument("base", help="base commit (e.g. origin/main)")
     parser.add_argument("head", help="head commit (e.g. HEAD)")
@@ -184,7 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--summary", type=Path, default=Path("regress-summary.md"), help="markdown summary path")
     parser.add_argument("--repo", type=Path, default=Path("."), help="the git repository with asv.conf.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``nox -s regress -- …``: exit 1 on a confirmed regression, 0 otherwise."""
+    args = build_parser().parse_args(argv)
     result = regress(
         args.base, args.head, repo=args.repo, factor=args.factor, bench=args.bench, machine=args.machine,
         existing=args.existing, rounds=args.rounds, confirm=args.confirm, summary=args.summary,

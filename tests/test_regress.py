@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from attnperf.regress import bench_regex, parse_compare, regress
+from attnperf.regress import bench_regex, main, parse_compare, regress
+
+from .test_workflows import perf_pr_regress_args
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = r"TimeForward\.time_forward\("
@@ -83,14 +85,20 @@ def test_aa_comparison_reports_nothing(throwaway) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("grid_env")
-def test_injected_slowdown_flags_exactly_that_backend(throwaway) -> None:
+def test_perf_pr_command_flags_exactly_the_slowed_backend(throwaway, monkeypatch, capsys) -> None:
+    """perf-pr.yml's own ``nox -s regress`` arguments, with the commits substituted. Added for
+    the CPU only: the repository, a machine name, the two-point benchmark selection, and factor
+    1.5 (a 2-core CI machine is noisier than the GPU runner's default 1.15 allows)."""
     repo, (_base, aa, slow) = throwaway
-    result = regress(aa, slow, repo=repo, factor=1.5, bench=BENCH, machine="regress-test", existing=True,
-                     summary=repo / "slow.md")  # fmt: skip
-    assert result.regressions == ["bench_attention.TimeForward.time_forward('eager', 'causal', 256, 64, 'float32')"]
-    summary = (repo / "slow.md").read_text()
+    monkeypatch.chdir(repo)  # the workflow's relative --summary path lands in the repository
+    args = [a.replace("$BASE_SHA", aa).replace("$HEAD_SHA", slow) for a in perf_pr_regress_args()]
+    code = main([*args, "--repo", str(repo), "--machine", "regress-test", "-b", BENCH, "--factor", "1.5"])
+    assert code == 1
+    summary = (repo / "regress-summary.md").read_text()
     assert "**regression**" in summary
-    assert "time_forward('eager'" in summary
+    flagged = [line for line in summary.splitlines() if line.startswith("- `")]
+    assert flagged == ["- `bench_attention.TimeForward.time_forward('eager', 'causal', 256, 64, 'float32')`"]
+    assert "**regression**" in capsys.readouterr().out
 
 
 def test_parse_compare_reads_asv_tables() -> None:
