@@ -204,6 +204,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ("batch", "batch"),
         ("ms", "median ms"),
         ("tokens_per_s", "tokens/s"),
+        ("useful_tflops", "TFLOP/s"),
         ("peak_mib", "peak MiB"),
         ("speedup", "speedup vs eager"),
         ("memory_ratio", "memory vs eager"),

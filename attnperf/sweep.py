@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from attnperf.analysis.flops import forward_flops
 from attnperf.backends import Unsupported, get_backend
 from attnperf.catalog import get_variant
 from attnperf.correctness import WrongResult, verified_runner
@@ -89,12 +90,15 @@ def run_point(
     except torch.OutOfMemoryError as exc:
         free_memory(case.device)
         return record | {"status": "oom", "reason": str(exc).splitlines()[0]}
+    flops = forward_flops(variant.mechanism, backend.name, case)
     return record | {
         "status": "ok",
         "median_s": timing.median,
         "samples_s": timing.samples,
         "spread": timing.spread,
         "tokens_per_s": batch * case.q_len / timing.median,
+        "useful_tflops": flops.useful / timing.median / 1e12,
+        "executed_tflops": flops.executed / timing.median / 1e12,
     }
 
 
