@@ -5,8 +5,9 @@ this file. A pair the machine cannot run is skipped with the backend's own reaso
 result fails with its error and bound. Shapes: odd lengths 1, 17, 257, q_len ≠ kv_len,
 MHA / GQA / MQA, causal and not, every dtype the backend accepts.
 
-flex compiles one kernel per shape and mask (about 20 s each on the CPU), so it runs a reduced
-grid that still covers each of its mechanisms once, plus GQA, cross and decode shapes.
+Backends that build a kernel per shape (flex compiles, about 5–20 s on the CPU; onnxruntime
+exports, about 3 s) run a reduced grid that still covers each of their mechanisms once, plus
+GQA, cross and decode shapes.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ HEAD_LAYOUTS = [(4, 4), (4, 2), (4, 1)]  # (heads, kv_heads): MHA, GQA, MQA
 DTYPES = ["float32", "bfloat16", "float16"]
 CAUSAL = {name: (True,) if name == "decode" else (False, True) for name in MECHANISMS}
 
-#: flex's reduced grid: (mechanism, q_len, kv_len, kv_heads, causal), one compile each.
-FLEX_GRID = [
+#: The reduced grid: (mechanism, q_len, kv_len, kv_heads, causal), one compile or export each.
+COMPILED_GRID = [
     ("full", 17, 33, 2, False),
     ("full", 257, 257, 1, True),
     ("window", 67, 67, 4, True),
@@ -45,6 +46,8 @@ FLEX_GRID = [
     ("alibi", 17, 33, 4, True),
     ("rope", 17, 33, 2, False),
     ("decode", 1, 67, 1, True),
+    ("linear", 33, 33, 2, True),
+    ("linear", 17, 33, 4, False),
 ]
 
 
@@ -72,7 +75,7 @@ def grid_cases(mechanism: str, device: str) -> list[Case]:
     return cases
 
 
-def flex_cases(mechanism: str, device: str) -> list[Case]:
+def compiled_cases(mechanism: str, device: str) -> list[Case]:
     # One dtype per device keeps the compiles few: float32 on the CPU, bfloat16 (the dtype
     # flex is timed in) on CUDA.
     dtypes = ["float32"] if device == "cpu" else ["bfloat16"]
@@ -88,7 +91,7 @@ def flex_cases(mechanism: str, device: str) -> list[Case]:
             causal=causal,
             **OPTIONS.get(name, {}),
         )
-        for name, q_len, kv_len, kv_heads, causal in FLEX_GRID
+        for name, q_len, kv_len, kv_heads, causal in COMPILED_GRID
         for dtype in dtypes
         if name == mechanism
     ]
@@ -101,7 +104,9 @@ def params() -> list[object]:
             for device in DEVICES:
                 if device not in backend.devices:
                     continue
-                cases = flex_cases(mechanism, device) if backend_name == "flex" else grid_cases(mechanism, device)
+                cases = (
+                    compiled_cases(mechanism, device) if backend.compiles_per_shape else grid_cases(mechanism, device)
+                )
                 for case in cases:
                     out.append(pytest.param(mechanism, backend_name, case, id=f"{mechanism}-{backend_name}-{case.id}"))
     return out

@@ -8,6 +8,7 @@ from attnperf.backends.eager import Eager
 from attnperf.backends.fla import Fla
 from attnperf.backends.flash_attn import FlashAttn3, FlashAttn4
 from attnperf.backends.flex import Flex
+from attnperf.backends.onnxrt import OnnxRuntime
 from attnperf.backends.sdpa import SdpaCudnn, SdpaEfficient, SdpaFlash, SdpaMath
 from attnperf.backends.tiled import Tiled
 from attnperf.backends.xformers import XFormers
@@ -26,6 +27,7 @@ BACKENDS: dict[str, Backend] = {
         FlashAttn3(),
         XFormers(),
         Fla(),
+        OnnxRuntime(),
     )
 }
 

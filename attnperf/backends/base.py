@@ -65,6 +65,8 @@ class Backend(ABC):
     tolerance: ClassVar[dict[str, float]] = {}
     #: Substrings of run-time errors meaning "this kernel cannot take this case".
     unsupported_errors: ClassVar[tuple[str, ...]] = ()
+    #: Builds a kernel per shape (compilation, export): the correctness suite gives it a reduced grid.
+    compiles_per_shape: ClassVar[bool] = False
 
     def load(self) -> None:
         """Import the backend's optional library; raise ImportError (or any error) if unusable."""

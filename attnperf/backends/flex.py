@@ -78,6 +78,7 @@ class Flex(Backend):
     summary = "flex_attention compiled, block-sparse masks and score mods"
     mechanisms = SOFTMAX_MECHANISMS
     dtypes = ("float32", "bfloat16", "float16")
+    compiles_per_shape = True
     # Compiled flex on CUDA computes float32 dots as TF32 when torch allows it; the default
     # (allow_tf32=False) keeps full float32, so the default bounds hold.
 
