@@ -5,6 +5,8 @@ Subcommands:
   check    compare backends with the float64 reference on fresh random inputs
   sweep    check, then time, variants × backends × sequence lengths × batch sizes
   analyze  predicted FLOPs, bytes, peak memory and roofline; --measure compares and fits exponents
+  plot     plots from sweep results; pictures of masks, weights, positions and heads
+  tune     per backend, the batch size of highest throughput under memory / p95 limits
 """
 
 from __future__ import annotations
@@ -298,6 +300,69 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from attnperf.analysis.hardware import datasheet_for, measured
+    from attnperf.plots import PICTURE_PLOTS, RESULT_PLOTS, plot_pictures, plot_results
+    from attnperf.results import read_json
+
+    out = Path(args.out)
+    kinds = args.kinds or [*RESULT_PLOTS, *PICTURE_PLOTS]
+    unknown = [k for k in kinds if k not in RESULT_PLOTS + PICTURE_PLOTS]
+    if unknown:
+        raise ValueError(f"--kinds: unknown {unknown}; allowed: {', '.join(RESULT_PLOTS + PICTURE_PLOTS)}")
+    paths = plot_pictures(out, [k for k in kinds if k in PICTURE_PLOTS])
+    result_kinds = [k for k in kinds if k in RESULT_PLOTS]
+    if args.results and result_kinds:
+        records, machine = [], {}
+        for path in args.results:
+            data = read_json(path)
+            records += data["records"]
+            machine = data.get("machine", machine)
+        hardware = datasheet_for(machine["gpu"]) if "gpu" in machine else None
+        if hardware is None and "roofline" in result_kinds:  # the CPU: measure this machine's ceilings
+            dtype = next((r["case"]["dtype"] for r in records if r.get("status") == "ok"), "float32")
+            hardware = measured("cpu", dtype)
+        paths += plot_results(records, out, result_kinds, hardware)
+    elif result_kinds and args.kinds:
+        raise ValueError(f"--kinds {', '.join(result_kinds)} need result files (attnperf sweep --json FILE)")
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from attnperf.results import write_csv, write_json
+    from attnperf.tune import tune_backend
+
+    shape = {"seq_len": args.seq_len, "heads": args.heads, "head_dim": args.head_dim, "dtype": args.dtype,
+             "device": args.device, **options_of(args)}  # fmt: skip
+    rows, results = [], []
+    for backend in args.backends:
+        result = tune_backend(args.variant, backend, shape, memory_limit=int(args.memory_limit_mib * 2**20),
+                              p95_ms=args.p95_ms, max_batch=args.max_batch, repeat=args.repeat)  # fmt: skip
+        results.append(
+            {"backend": backend, "best_batch": result.best_batch, "reason": result.reason, "trials": result.trials}
+        )
+        best = result.best or {}
+        rows.append({"backend": backend, "best": result.best_batch or "-", "tokens_per_s": best.get("tokens_per_s"),
+                     "median_ms": best.get("median_ms"), "p95_ms": best.get("p95_ms"),
+                     "peak_mib": best["peak_bytes"] / 2**20 if best else None,
+                     "tried": " ".join(f"{t['batch']}{'' if t['fits'] else '✗'}" for t in result.trials),
+                     "reason": result.reason or ""})  # fmt: skip
+    limit = f"memory ≤ {args.memory_limit_mib:g} MiB" + (f", p95 ≤ {args.p95_ms:g} ms" if args.p95_ms else "")
+    print(f"{args.variant} at seq_len {args.seq_len}, {args.dtype} on {args.device}; {limit} (✗ = did not fit)")
+    print(format_table(rows, [("backend", "backend"), ("best", "best batch"), ("tokens_per_s", "tokens/s"),
+                              ("median_ms", "median ms"), ("p95_ms", "p95 ms"), ("peak_mib", "peak MiB"),
+                              ("tried", "batches tried"), ("reason", "why none")]))  # fmt: skip
+    if args.json:
+        write_json(args.json, {"variant": args.variant, "shape": shape, "limit": limit, "results": results})
+    if args.csv:
+        write_csv(args.csv, rows)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnperf", description="Attention mechanisms × backends: check, time, compare."
@@ -338,6 +403,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=5, help="timed samples per point with --measure (default 5)")
     p.add_argument("--json", help="write the table and fits to this JSON file, atomically")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("plot", help="plots from sweep result files, and pictures of the mechanisms (PNG and SVG)")
+    p.add_argument("results", nargs="*", help="JSON files written by attnperf sweep --json")
+    p.add_argument("--out", default="plots", help="output folder (default plots/)")
+    p.add_argument(
+        "--kinds",
+        type=csv_list,
+        default=None,
+        help="scaling, memory, throughput, roofline (need results); masks, heatmaps, positions, heads",
+    )
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("tune", help="per backend, the batch size of highest throughput under memory/latency limits")
+    p.add_argument("--variant", choices=list(VARIANTS), default="causal", help="default causal")
+    p.add_argument(
+        "--backends", type=choices_list(list(BACKENDS), "backends"), default=["eager", "sdpa-flash", "tiled"]
+    )
+    p.add_argument("--seq-len", type=int, default=1024, help="default 1024")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    p.add_argument("--device", default="cpu")
+    for name in OPTION_FLAGS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"override the variant's {name}")
+    p.add_argument("--memory-limit-mib", type=float, required=True, help="peak extra memory allowed per call")
+    p.add_argument("--p95-ms", type=float, default=None, help="optional p95 latency target per call")
+    p.add_argument("--max-batch", type=int, default=256, help="largest batch considered (default 256)")
+    p.add_argument("--repeat", type=int, default=7, help="timed samples per batch size (default 7)")
+    p.add_argument("--json", help="write every trial to this JSON file, atomically")
+    p.add_argument("--csv", help="write the table to this CSV file, atomically")
+    p.set_defaults(func=cmd_tune)
     return parser
 
 

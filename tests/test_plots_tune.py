@@ -1,0 +1,70 @@
+"""attnperf plot and attnperf tune on the CPU, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attnperf.cli import main
+from attnperf.tune import tune_backend
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("sweep") / "sweep.json"
+    argv = ["sweep", "--variants", "causal,linear_causal", "--backends", "eager,tiled", "--seq-lens", "64,128,256",
+            "--heads", "2", "--head-dim", "16", "--repeat", "3", "--json", str(path)]  # fmt: skip
+    assert main(argv) == 0
+    return path
+
+
+def test_plot_writes_every_figure_as_png_and_svg(results, tmp_path, capsys) -> None:
+    assert main(["plot", str(results), "--out", str(tmp_path)]) == 0
+    written = capsys.readouterr().out.split()
+    names = {p.split("/")[-1] for p in written}
+    for kind in ("scaling", "memory", "throughput", "roofline", "masks", "heatmaps", "positions", "heads"):
+        assert {f"{kind}.png", f"{kind}.svg"} <= names
+        assert (tmp_path / f"{kind}.png").stat().st_size > 5000
+        assert (tmp_path / f"{kind}.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_plot_rejects_unknown_kinds_and_missing_results(tmp_path, capsys) -> None:
+    assert main(["plot", "--kinds", "pie", "--out", str(tmp_path)]) == 2
+    assert "--kinds: unknown ['pie']" in capsys.readouterr().err
+    assert main(["plot", "--kinds", "scaling", "--out", str(tmp_path)]) == 2
+
+
+def test_tune_never_runs_a_known_failure_again(monkeypatch) -> None:
+    """A fake trial where everything above 40 runs out of memory: doubling finds 64 bad, the
+    bisection settles on 40, and no batch at or above a failure is tried twice or at all."""
+    import attnperf.tune as tune_module
+
+    calls: list[int] = []
+
+    def fake_trial(variant, backend, batch, shape, repeat):
+        calls.append(batch)
+        if batch > 40:
+            return {"batch": batch, "status": "oom"}
+        return {"batch": batch, "status": "ok", "median_ms": 1.0, "p95_ms": 1.0, "tokens_per_s": float(batch),
+                "peak_bytes": batch}  # fmt: skip
+
+    monkeypatch.setattr(tune_module, "trial", fake_trial)
+    result = tune_backend("causal", "eager", {"seq_len": 8}, memory_limit=10**9, max_batch=256)
+    assert result.best_batch == 40
+    assert calls == [1, 2, 4, 8, 16, 32, 64, 48, 40, 44, 42, 41]
+    assert len(calls) == len(set(calls))
+    assert max(c for c in calls if c > 40) == 64, "nothing above the first OOM was tried"
+
+
+def test_tune_respects_memory_and_latency(tmp_path, capsys) -> None:
+    out = tmp_path / "tune.json"
+    argv = ["tune", "--variant", "causal", "--backends", "eager", "--seq-len", "128", "--heads", "2",
+            "--head-dim", "16", "--memory-limit-mib", "2", "--max-batch", "64", "--repeat", "3", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    (result,) = data["results"]
+    fitting = [t for t in result["trials"] if t["fits"]]
+    assert all(t["peak_bytes"] <= 2 * 2**20 for t in fitting)
+    assert result["best_batch"] in {t["batch"] for t in fitting}
+    assert "best batch" in capsys.readouterr().out
