@@ -59,8 +59,8 @@ def test_tune_never_runs_a_known_failure_again(monkeypatch) -> None:
 
 def test_tune_respects_memory_and_latency(tmp_path, capsys) -> None:
     out = tmp_path / "tune.json"
-    argv = ["tune", "--variant", "causal", "--backends", "eager", "--seq-len", "128", "--heads", "2",
-            "--head-dim", "16", "--memory-limit-mib", "2", "--max-batch", "64", "--repeat", "3", "--json", str(out)]  # fmt: skip
+    argv = ["tune", "--variant", "causal", "--backends", "eager", "--seq-len", "128", "--heads", "2", "--head-dim",
+            "16", "--memory-limit-mib", "2", "--max-batch", "64", "--repeat", "3", "--json", str(out)]  # fmt: skip
     assert main(argv) == 0
     data = json.loads(out.read_text())
     (result,) = data["results"]
