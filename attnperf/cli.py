@@ -18,7 +18,7 @@ from typing import Any
 
 from attnperf.backends import BACKENDS
 from attnperf.case import DTYPES
-from attnperf.catalog import VARIANTS, Variant
+from attnperf.catalog import VARIANTS
 
 OPTION_FLAGS = ("window", "top_k", "stride", "block", "num_global", "num_random")
 
@@ -116,26 +116,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _case(variant: Variant, seq_len: int, args: argparse.Namespace, batch: int = 1) -> Any:
-    return variant.case(
-        seq_len,
-        batch=batch,
-        heads=args.heads,
-        head_dim=args.head_dim,
-        dtype=args.dtype,
-        device=args.device,
-        **options_of(args),
-    )
+def grid_of(args: argparse.Namespace) -> Any:
+    """The :class:`attnperf.sweep.Grid` the shape arguments describe."""
+    from attnperf.sweep import Grid
+
+    return Grid(
+        variants=tuple(args.variants), backends=tuple(args.backends), seq_lens=tuple(args.seq_lens),
+        batches=tuple(getattr(args, "batches", (1,))), heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
+        device=args.device, options=tuple(sorted(options_of(args).items())),
+    )  # fmt: skip
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from attnperf.correctness import check
 
     rows, failed = [], 0
+    grid = grid_of(args)
     for name in args.variants:
         variant = VARIANTS[name]
         for seq_len in args.seq_lens:
-            case = _case(variant, seq_len, args)
+            case = grid.case(name, seq_len)
             for backend in args.backends:
                 result = check(variant.mechanism, backend, case)
                 failed += result.status == "wrong"
@@ -166,21 +166,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from attnperf.machine import machine_info
     from attnperf.results import write_csv, write_json
-    from attnperf.sweep import Grid, run_sweep
+    from attnperf.sweep import run_sweep
 
     if args.quick:
         args.seq_lens, args.repeat = args.seq_lens[:2], min(args.repeat, 3)
-    grid = Grid(
-        variants=tuple(args.variants),
-        backends=tuple(args.backends),
-        seq_lens=tuple(args.seq_lens),
-        batches=tuple(args.batches),
-        heads=args.heads,
-        head_dim=args.head_dim,
-        dtype=args.dtype,
-        device=args.device,
-        options=tuple(sorted(options_of(args).items())),
-    )
+    grid = grid_of(args)
 
     def save(records: list[dict[str, Any]]) -> None:  # after every point: a killed sweep keeps what it did
         if args.json:
@@ -234,14 +224,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from attnperf.analysis import fit_exponent, forward_flops, min_bytes, predicted_peak_bytes, roofline
     from attnperf.registry import reason_for
     from attnperf.results import write_json
-    from attnperf.sweep import Grid, run_sweep
+    from attnperf.sweep import run_sweep
 
     hardware = hardware_for(args.device, args.dtype, args.measure_ceilings)
+    grid = grid_of(args)
     rows = []
     for name in args.variants:
         variant = VARIANTS[name]
         for seq_len in args.seq_lens:
-            case = _case(variant, seq_len, args)
+            case = grid.case(name, seq_len)
             for backend in args.backends:
                 if reason_for(variant.mechanism, backend, case) is not None:
                     continue
@@ -257,9 +248,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                ("useful_gflop", "useful GFLOP"), ("executed_gflop", "executed GFLOP"), ("min_mb", "min MB"),
                ("pred_mib", "pred. peak MiB"), ("bound_ms", "roofline ms"), ("limit", "bound")]  # fmt: skip
     if args.measure:
-        grid = Grid(variants=tuple(args.variants), backends=tuple(args.backends), seq_lens=tuple(args.seq_lens),
-                    heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, device=args.device,
-                    options=tuple(sorted(options_of(args).items())))  # fmt: skip
         measured = {(r["variant"], r["backend"], r["seq_len"]): r for r in run_sweep(grid, repeat=args.repeat)}
         for row in rows:
             m = measured.get((row["variant"], row["backend"], row["seq_len"]), {})

@@ -16,6 +16,7 @@ import torch
 
 from attnperf.analysis.flops import forward_flops
 from attnperf.backends import Unsupported, get_backend
+from attnperf.case import Case
 from attnperf.catalog import get_variant
 from attnperf.correctness import WrongResult, verified_runner
 from attnperf.measure import measure_cpu_peak_rss, measure_cuda_peak, measure_time
@@ -34,6 +35,13 @@ class Grid:
     dtype: str = "float32"
     device: str = "cpu"
     options: tuple[tuple[str, Any], ...] = ()
+
+    def case(self, variant: str, seq_len: int, batch: int = 1) -> Case:
+        """The case of ``variant`` at ``seq_len`` and ``batch`` with this grid's shape and options."""
+        return get_variant(variant).case(
+            seq_len, batch=batch, heads=self.heads, head_dim=self.head_dim, dtype=self.dtype, device=self.device,
+            **dict(self.options),
+        )  # fmt: skip
 
     def points(self) -> list[tuple[str, str, int, int]]:
         return [
@@ -56,15 +64,7 @@ def run_point(
 ) -> dict[str, Any]:
     """Check and time one point; the record always says what happened."""
     variant, backend = get_variant(variant_name), get_backend(backend_name)
-    case = variant.case(
-        seq_len,
-        batch=batch,
-        heads=grid.heads,
-        head_dim=grid.head_dim,
-        dtype=grid.dtype,
-        device=grid.device,
-        **dict(grid.options),
-    )
+    case = grid.case(variant_name, seq_len, batch)
     record: dict[str, Any] = {
         "variant": variant.name,
         "mechanism": variant.mechanism,

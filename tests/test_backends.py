@@ -51,22 +51,18 @@ COMPILED_GRID = [
 ]
 
 
+def small_case(mechanism: str, q_len: int, kv_len: int, heads: int, kv_heads: int, dtype: str, device: str,
+               causal: bool) -> Case:  # fmt: skip
+    return Case(heads=heads, kv_heads=kv_heads, q_len=q_len, kv_len=kv_len, head_dim=16, dtype=dtype, device=device,
+                causal=causal, **OPTIONS.get(mechanism, {}))  # fmt: skip
+
+
 def grid_cases(mechanism: str, device: str) -> list[Case]:
     cases = []
     for (q_len, kv_len), (heads, kv_heads), causal, dtype in itertools.product(
         SHAPES, HEAD_LAYOUTS, CAUSAL[mechanism], DTYPES
     ):
-        case = Case(
-            heads=heads,
-            kv_heads=kv_heads,
-            q_len=q_len,
-            kv_len=kv_len,
-            head_dim=16,
-            dtype=dtype,
-            device=device,
-            causal=causal,
-            **OPTIONS.get(mechanism, {}),
-        )
+        case = small_case(mechanism, q_len, kv_len, heads, kv_heads, dtype, device, causal)
         try:
             MECHANISMS[mechanism].validate(case)
         except ValueError:
@@ -80,17 +76,7 @@ def compiled_cases(mechanism: str, device: str) -> list[Case]:
     # flex is timed in) on CUDA.
     dtypes = ["float32"] if device == "cpu" else ["bfloat16"]
     return [
-        Case(
-            heads=4,
-            kv_heads=kv_heads,
-            q_len=q_len,
-            kv_len=kv_len,
-            head_dim=16,
-            dtype=dtype,
-            device=device,
-            causal=causal,
-            **OPTIONS.get(name, {}),
-        )
+        small_case(name, q_len, kv_len, 4, kv_heads, dtype, device, causal)
         for name, q_len, kv_len, kv_heads, causal in COMPILED_GRID
         for dtype in dtypes
         if name == mechanism
