@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from attnperf.backends import BACKENDS, get_backend
+from attnperf.backends import get_backend
 from attnperf.case import Case
 from attnperf.catalog import Variant
-from attnperf.mechanisms import MECHANISMS, get_mechanism
-
-
-def implemented_pairs() -> list[tuple[str, str]]:
-    """Every (mechanism, backend) pair some backend implements, whatever this machine has."""
-    return [(m, b) for m in MECHANISMS for b, backend in BACKENDS.items() if m in backend.mechanisms]
+from attnperf.mechanisms import get_mechanism
 
 
 def reason_for(mechanism: str, backend: str, case: Case) -> str | None:

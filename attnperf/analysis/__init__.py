@@ -1,7 +1,7 @@
 """The analyzer: predicted FLOPs, bytes, peak memory and roofline time, and fitted scaling,
 each held against measurements (tests and ``attnperf analyze``)."""
 
-from attnperf.analysis.flops import Flops, backward_factor, forward_flops
+from attnperf.analysis.flops import Flops, forward_flops
 from attnperf.analysis.hardware import DATASHEETS, Hardware, datasheet_for, measured
 from attnperf.analysis.memory import min_bytes, predicted_peak_bytes
 from attnperf.analysis.roofline import Roofline, roofline
@@ -13,7 +13,6 @@ __all__ = [
     "Flops",
     "Hardware",
     "Roofline",
-    "backward_factor",
     "datasheet_for",
     "fit_exponent",
     "forward_flops",

@@ -12,9 +12,6 @@ masks, biases and rotations are elementwise and not counted (nor does
   scores (eager, sdpa-math, and SDPA kernels given a dense mask), whole 128 × 128 blocks for
   block-skipping kernels (flex, tiled, flash-attn, xFormers, SDPA's native causal), the
   associative O(n·D²) form for linear attention.
-
-Backward: a flash-style kernel recomputes the scores (5 products: fwd + bwd = 3.5 × fwd); a
-materializing one keeps them (4 products: 3 × fwd).
 """
 
 from __future__ import annotations
@@ -115,8 +112,3 @@ def forward_flops(mechanism: str | Mechanism, backend: str, case: Case) -> Flops
             executed = useful
         return Flops(useful, executed)
     raise ValueError(f"no FLOP model for the {mech.family} family")
-
-
-def backward_factor(backend: str) -> float:
-    """fwd+bwd FLOPs over fwd FLOPs: 3.0 when the scores are kept, 3.5 when recomputed."""
-    return 3.0 if backend in MATERIALIZING else 3.5
