@@ -32,7 +32,7 @@ OPTIONS: dict[str, dict[str, int]] = {
 }
 SHAPES = [(1, 1), (17, 17), (257, 257), (17, 33), (1, 257)]  # (q_len, kv_len)
 HEAD_LAYOUTS = [(4, 4), (4, 2), (4, 1)]  # (heads, kv_heads): MHA, GQA, MQA
-DTYPES = ["float32", "bfloat16", "float16"]
+DTYPES = ["float64", "float32", "bfloat16", "float16"]
 CAUSAL = {name: (True,) if name == "decode" else (False, True) for name in MECHANISMS}
 
 #: The reduced grid: (mechanism, q_len, kv_len, kv_heads, causal), one compile or export each.

@@ -18,7 +18,7 @@ from attnperf.mechanisms.sparse import topk_keep
 
 def softmax_probs(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Row softmax in at least float32, returned in ``dtype`` for the product with v."""
-    return torch.softmax(scores.float(), dim=-1).to(dtype)
+    return torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(dtype)
 
 
 def eager_softmax(
@@ -87,7 +87,8 @@ class Eager(Backend):
             def run_topk() -> torch.Tensor:
                 # Selection on float32 scores: a flipped choice between near-equal keys is an O(1)
                 # error, not a rounding one (bfloat16 scores tie and flip often).
-                scores = q.float() @ expand_kv(k, heads).float().transpose(-1, -2) * case.scale
+                work = torch.promote_types(q.dtype, torch.float32)
+                scores = q.to(work) @ expand_kv(k, heads).to(work).transpose(-1, -2) * case.scale
                 if allowed is not None:
                     scores = scores.masked_fill(~allowed, float("-inf"))
                 scores = scores.masked_fill(~topk_keep(scores, top_k), float("-inf"))

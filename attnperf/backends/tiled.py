@@ -9,7 +9,8 @@
 * linear: the chunked causal form (intra-chunk quadratic, inter-chunk D × D state), O(n · D²).
 
 GQA is packed: the G query heads of one kv head share each k/v tile (``[B, H_kv, G, …]``), as
-flash-attn's ``pack_gqa``. Statistics and accumulators are float32 whatever the input dtype.
+flash-attn's ``pack_gqa``. Statistics and accumulators are float32 for half inputs and the input
+dtype otherwise (float64 stays float64).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Tiled(Backend):
         plan = classify_tiles(mask_fn, case, device, tile)
         heads = torch.arange(case.heads, device=device).view(hkv, -1, 1, 1)  # [H_kv, G, 1, 1]
 
+        work = torch.promote_types(q.dtype, torch.float32)
+
         def run() -> torch.Tensor:
             qq, kk = transform(q, k) if transform is not None else (q, k)
             out = torch.empty_like(qq)
@@ -95,12 +98,12 @@ class Tiled(Backend):
             for (qs, qe), row in zip(ranges(case.q_len, tile), plan, strict=True):
                 qt = grouped(qq[:, :, qs:qe], hkv)  # [B, H_kv, G, bq, D]
                 q_idx = torch.arange(qs, qe, device=device)[:, None]
-                m = torch.full((*qt.shape[:-1], 1), float("-inf"), device=device)
+                m = torch.full((*qt.shape[:-1], 1), float("-inf"), device=device, dtype=work)
                 l = torch.zeros_like(m)
-                acc = torch.zeros(qt.shape, device=device, dtype=torch.float32)
+                acc = torch.zeros(qt.shape, device=device, dtype=work)
                 for ks, ke, kind in row:
                     kt, vt = kk[:, :, None, ks:ke], v[:, :, None, ks:ke]  # [B, H_kv, 1, bk, D]
-                    s = (qt @ kt.transpose(-1, -2)).float() * case.scale
+                    s = (qt @ kt.transpose(-1, -2)).to(work) * case.scale
                     kv_idx = torch.arange(ks, ke, device=device)[None, :]
                     if bias_fn is not None:
                         s = s + bias_fn(heads, q_idx, kv_idx)
@@ -113,7 +116,7 @@ class Tiled(Backend):
                     p = torch.exp(s - m_safe)
                     correction = torch.exp(m - m_safe)
                     l = l * correction + p.sum(dim=-1, keepdim=True)
-                    acc = acc * correction + (p.to(vt.dtype) @ vt).float()
+                    acc = acc * correction + (p.to(vt.dtype) @ vt).to(work)
                     m = m_new
                 out5[:, :, :, qs:qe] = (acc / l).to(out.dtype)
             return out
@@ -125,6 +128,7 @@ class Tiled(Backend):
         top_k = case.top_k
         assert top_k is not None  # mechanism.validate() guarantees it
         causal = causal_fn(case) if case.causal else None
+        work = torch.promote_types(q.dtype, torch.float32)
 
         def run() -> torch.Tensor:
             out = torch.empty_like(q)
@@ -133,12 +137,12 @@ class Tiled(Backend):
             for qs, qe in ranges(case.q_len, tile):
                 qt = grouped(q[:, :, qs:qe], hkv)
                 q_idx = torch.arange(qs, qe, device=device)[:, None]
-                best_s = torch.full((*qt.shape[:-1], top_k), float("-inf"), device=device)
+                best_s = torch.full((*qt.shape[:-1], top_k), float("-inf"), device=device, dtype=work)
                 best_i = torch.zeros(best_s.shape, dtype=torch.long, device=device)
                 last_key = case.k_len if causal is None else qe + case.offset  # keys past it are masked
                 for ks, ke in ranges(last_key, tile):
-                    # float32 scores for the selection, as eager (a flipped choice is an O(1) error)
-                    s = (qt.float() @ k[:, :, None, ks:ke].float().transpose(-1, -2)) * case.scale
+                    # float32 (or wider) scores for the selection, as eager: a flipped choice is an O(1) error
+                    s = (qt.to(work) @ k[:, :, None, ks:ke].to(work).transpose(-1, -2)) * case.scale
                     kv_idx = torch.arange(ks, ke, device=device)[None, :]
                     if causal is not None:
                         s = s.masked_fill(~causal(q_idx, kv_idx), float("-inf"))
@@ -151,7 +155,7 @@ class Tiled(Backend):
                 b, _, g, bq, _ = p.shape
                 index = best_i.reshape(b, hkv, g, bq * top_k, 1).expand(-1, -1, -1, -1, v.shape[-1])
                 v_sel = v_all.expand(-1, -1, g, -1, -1).gather(3, index).view(b, hkv, g, bq, top_k, -1)
-                out5[:, :, :, qs:qe] = (p[..., None] * v_sel.float()).sum(dim=-2).to(out.dtype)
+                out5[:, :, :, qs:qe] = (p[..., None] * v_sel.to(work)).sum(dim=-2).to(out.dtype)
             return out
 
         return run
@@ -159,17 +163,20 @@ class Tiled(Backend):
     def _prepare_linear(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
         tile, heads, delta = self.tile, case.heads, case.offset
 
+        work = torch.promote_types(q.dtype, torch.float32)
+
         def run() -> torch.Tensor:
-            fq, fk = elu_feature_map(q.float()), elu_feature_map(expand_kv(k, heads).float())
-            vf = expand_kv(v, heads).float()
-            state = torch.zeros(*fk.shape[:2], fk.shape[-1], vf.shape[-1], device=q.device)  # [B, H, D, Dv]
-            z = torch.zeros(*fk.shape[:2], 1, fk.shape[-1], device=q.device)  # [B, H, 1, D]
+            # Out-of-place updates throughout: autograd keeps each chunk's state for the backward.
+            fq, fk = elu_feature_map(q.to(work)), elu_feature_map(expand_kv(k, heads).to(work))
+            vf = expand_kv(v, heads).to(work)
+            state = torch.zeros(*fk.shape[:2], fk.shape[-1], vf.shape[-1], device=q.device, dtype=work)  # [B, H, D, Dv]
+            z = torch.zeros(*fk.shape[:2], 1, fk.shape[-1], device=q.device, dtype=work)  # [B, H, 1, D]
             if not case.causal:
                 for ks, ke in ranges(case.k_len, tile):
-                    state += fk[:, :, ks:ke].transpose(-1, -2) @ vf[:, :, ks:ke]
-                    z += fk[:, :, ks:ke].sum(dim=-2, keepdim=True)
+                    state = state + fk[:, :, ks:ke].transpose(-1, -2) @ vf[:, :, ks:ke]
+                    z = z + fk[:, :, ks:ke].sum(dim=-2, keepdim=True)
                 return ((fq @ state) / ((fq * z).sum(-1, keepdim=True) + LINEAR_EPS)).to(q.dtype)
-            out = torch.empty_like(q)
+            chunks = []
             for ks, ke in ranges(case.k_len, tile):
                 fk_c, v_c = fk[:, :, ks:ke], vf[:, :, ks:ke]
                 qs, qe = max(ks - delta, 0), ke - delta  # queries whose position i + Δ is in [ks, ke)
@@ -179,9 +186,9 @@ class Tiled(Backend):
                     intra = (fq_c @ fk_c.transpose(-1, -2)) * (torch.arange(ks, ke, device=q.device)[None, :] <= pos)
                     num = fq_c @ state + intra @ v_c
                     den = (fq_c * z).sum(-1, keepdim=True) + intra.sum(-1, keepdim=True)
-                    out[:, :, qs:qe] = (num / (den + LINEAR_EPS)).to(out.dtype)
-                state += fk_c.transpose(-1, -2) @ v_c
-                z += fk_c.sum(dim=-2, keepdim=True)
-            return out
+                    chunks.append(num / (den + LINEAR_EPS))
+                state = state + fk_c.transpose(-1, -2) @ v_c
+                z = z + fk_c.sum(dim=-2, keepdim=True)
+            return torch.cat(chunks, dim=2).to(q.dtype)
 
         return run
