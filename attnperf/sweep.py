@@ -81,6 +81,8 @@ def run_point(
             timing = measure_time(runner, case.device, repeat=repeat)
             if torch.device(case.device).type == "cuda":
                 record["peak_bytes"], record["peak_kind"] = measure_cuda_peak(runner, case.device), "cuda-allocated"
+            elif backend.own_cpu_allocator:
+                record["peak_kind"] = f"not measured: {backend.name} keeps CPU memory in its own arena"
             else:
                 record["peak_bytes"], record["peak_kind"] = measure_cpu_peak_rss(runner), "cpu-rss-growth"
     except Unsupported as exc:

@@ -67,6 +67,8 @@ class Backend(ABC):
     unsupported_errors: ClassVar[tuple[str, ...]] = ()
     #: Builds a kernel per shape (compilation, export): the correctness suite gives it a reduced grid.
     compiles_per_shape: ClassVar[bool] = False
+    #: Keeps CPU memory in an arena of its own, invisible to RSS growth: its CPU peak is not measured.
+    own_cpu_allocator: ClassVar[bool] = False
 
     def load(self) -> None:
         """Import the backend's optional library; raise ImportError (or any error) if unusable."""

@@ -54,6 +54,7 @@ class OnnxRuntime(Backend):
     dtypes = ("float32", "float16")
     supports_backward = False
     compiles_per_shape = True  # one export per shape
+    own_cpu_allocator = True  # ONNX Runtime's CPU arena keeps its memory between runs
 
     ort: Any = None
 
