@@ -52,23 +52,24 @@ def _ok(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("status") == "ok"]
 
 
-def _series(records: list[dict[str, Any]], key: str) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    series: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+def _series(records: list[dict[str, Any]], key: str) -> dict[str, list[tuple[int, float]]]:
+    """``{label: [(seq_len, value), …]}``, one line per variant, backend and batch size."""
+    batches = {r["batch"] for r in _ok(records)}
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in _ok(records):
         if r.get(key):
-            series[(r["variant"], r["backend"])].append((r["seq_len"] * r["batch"], r[key]))
-    return {k: sorted(v) for k, v in series.items()}
+            label = f"{r['variant']} · {r['backend']}" + (f" · B{r['batch']}" if len(batches) > 1 else "")
+            series[label].append((r["seq_len"], r[key]))
+    return {k: sorted(v) for k, v in sorted(series.items())}
 
 
 def plot_scaling(records: list[dict[str, Any]], out: Path) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for (variant, backend), points in sorted(_series(records, "median_s").items()):
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for name, points in _series(records, "median_s").items():
         xs, ys = [p[0] for p in points], [p[1] * 1e3 for p in points]
-        label = f"{variant} · {backend}"
-        if len(set(xs)) >= 2:
-            label += f" (slope {fit_exponent(xs, ys).exponent:.2f})"
-        ax.plot(xs, ys, marker="o", label=label)
-    ax.set(xscale="log", yscale="log", xlabel="tokens (seq_len × batch)", ylabel="median time (ms)",
+        slope = f" (slope {fit_exponent(xs, ys).exponent:.2f})" if len(set(xs)) >= 2 else ""
+        ax.plot(xs, ys, marker="o", label=name + slope)
+    ax.set(xscale="log", yscale="log", xlabel="seq_len", ylabel="median time (ms)",
            title="Time against length: the slope is the empirical exponent")  # fmt: skip
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
@@ -77,10 +78,10 @@ def plot_scaling(records: list[dict[str, Any]], out: Path) -> list[Path]:
 
 def plot_memory(records: list[dict[str, Any]], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for (variant, backend), points in sorted(_series(records, "peak_bytes").items()):
-        ax.plot([p[0] for p in points], [p[1] / 2**20 for p in points], marker="o", label=f"{variant} · {backend}")
+    for label, points in _series(records, "peak_bytes").items():
+        ax.plot([p[0] for p in points], [p[1] / 2**20 for p in points], marker="o", label=label)
     kind = next((r.get("peak_kind") for r in _ok(records) if r.get("peak_kind")), "peak")
-    ax.set(xscale="log", yscale="log", xlabel="tokens (seq_len × batch)", ylabel=f"peak extra memory (MiB, {kind})",
+    ax.set(xscale="log", yscale="log", xlabel="seq_len", ylabel=f"peak extra memory (MiB, {kind})",
            title="Peak memory of one forward")  # fmt: skip
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
