@@ -12,13 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from attnperf.backends import Unsupported, get_backend
+from attnperf.backends import Unsupported
 from attnperf.benchgrid import BenchGrid, active_grid
 from attnperf.case import Case
 from attnperf.catalog import get_variant
 from attnperf.correctness import verified_runner
 from attnperf.measure import warm_up
-from attnperf.mechanisms import get_mechanism
 
 FORWARD, BACKWARD = "forward", "forward+backward"
 
@@ -52,22 +51,17 @@ def prepare_point(
     if key in _PREPARED:
         return _PREPARED[key]
     grid = grid or active_grid()
-    mechanism = get_mechanism(get_variant(variant).mechanism)
+    mechanism = get_variant(variant).mechanism
     try:
         case = grid.case(variant, seq_len, head_dim, dtype)
-        mechanism.validate(case)
-    except ValueError as exc:
-        raise NotImplementedError(f"case does not fit: {exc}") from None
-    reason = get_backend(backend).supports(mechanism, case, backward=mode == BACKWARD)
-    if reason is not None:
-        raise NotImplementedError(reason)
-    try:
         runner, _ = verified_runner(mechanism, backend, case, requires_grad=mode == BACKWARD)
-    except Unsupported as exc:
+    except ValueError as exc:  # the case does not fit the mechanism (e.g. top_k > kv_len)
+        raise NotImplementedError(f"case does not fit: {exc}") from None
+    except Unsupported as exc:  # the backend's reasons, declared or found at run time
         raise NotImplementedError(str(exc)) from None
     run = runner if mode == FORWARD else _forward_backward(runner)
     warm_up(run, case.device, warmup_seconds(case.device))
-    point = _PREPARED[key] = Point(case=case, mechanism=mechanism.name, backend=backend, run=run)
+    point = _PREPARED[key] = Point(case=case, mechanism=mechanism, backend=backend, run=run)
     return point
 
 

@@ -80,12 +80,17 @@ def sample_rows(case: Case, seed: int) -> torch.Tensor | None:
     return torch.cat([torch.tensor([0, case.q_len - 1]), picks]).sort().values
 
 
-def check(mechanism: str | Mechanism, backend: str | Backend, case: Case, *, seed: int | None = None) -> CheckResult:
-    """Compare one backend with the reference on fresh random inputs (a random seed unless given)."""
+def check(
+    mechanism: str | Mechanism, backend: str | Backend, case: Case, *, seed: int | None = None, backward: bool = False
+) -> CheckResult:
+    """Compare one backend with the reference on fresh random inputs (a random seed unless given).
+
+    ``backward`` also asks the backend whether it can differentiate the case (the forward is
+    what is compared)."""
     mech, be = get_mechanism(mechanism), get_backend(backend)
     mech.validate(case)
     result = {"mechanism": mech.name, "backend": be.name, "case_id": case.id}
-    reason = be.supports(mech, case)
+    reason = be.supports(mech, case, backward=backward)
     if reason is not None:
         return CheckResult(**result, status=UNSUPPORTED, reason=reason)
     seed = secrets.randbelow(2**31) if seed is None else seed
@@ -112,7 +117,7 @@ def verified_runner(
     first into "skipped" and let the second fail loudly.
     """
     mech, be = get_mechanism(mechanism), get_backend(backend)
-    result = check(mech, be, case)
+    result = check(mech, be, case, backward=requires_grad)
     if result.status == UNSUPPORTED:
         raise Unsupported(result.reason or "unsupported")
     if result.status == WRONG:

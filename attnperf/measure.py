@@ -144,3 +144,15 @@ def measure_cpu_peak_rss(fn: Callable[[], object], interval_s: float = 0.0005) -
         done.set()
         thread.join()
     return max(peak, _rss_bytes()) - baseline
+
+
+def measure_peak(
+    fn: Callable[[], object], device: str | torch.device, *, own_cpu_allocator: bool = False
+) -> tuple[int | None, str]:
+    """Peak extra memory of one call and what was measured: the CUDA allocator's peak on a GPU,
+    RSS growth on the CPU, or nothing (``None``) for a backend whose own CPU arena hides it."""
+    if torch.device(device).type == "cuda":
+        return measure_cuda_peak(fn, device), "cuda-allocated"
+    if own_cpu_allocator:
+        return None, "not measured: the backend keeps CPU memory in its own arena"
+    return measure_cpu_peak_rss(fn), "cpu-rss-growth"

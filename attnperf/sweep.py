@@ -19,7 +19,7 @@ from attnperf.backends import Unsupported, get_backend
 from attnperf.case import Case
 from attnperf.catalog import get_variant
 from attnperf.correctness import WrongResult, verified_runner
-from attnperf.measure import measure_cpu_peak_rss, measure_cuda_peak, measure_time
+from attnperf.measure import measure_peak, measure_time
 
 BASELINE = "eager"
 
@@ -79,12 +79,9 @@ def run_point(
         record["rel_error"] = checked.error
         with torch.no_grad():
             timing = measure_time(runner, case.device, repeat=repeat)
-            if torch.device(case.device).type == "cuda":
-                record["peak_bytes"], record["peak_kind"] = measure_cuda_peak(runner, case.device), "cuda-allocated"
-            elif backend.own_cpu_allocator:
-                record["peak_kind"] = f"not measured: {backend.name} keeps CPU memory in its own arena"
-            else:
-                record["peak_bytes"], record["peak_kind"] = measure_cpu_peak_rss(runner), "cpu-rss-growth"
+            peak, record["peak_kind"] = measure_peak(runner, case.device, own_cpu_allocator=backend.own_cpu_allocator)
+            if peak is not None:
+                record["peak_bytes"] = peak
     except Unsupported as exc:
         return record | {"status": "unsupported", "reason": str(exc)}
     except WrongResult as exc:

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from attnperf.backends import Unsupported
+from attnperf.backends import Unsupported, get_backend
 from attnperf.catalog import get_variant
 from attnperf.correctness import WrongResult, verified_runner
-from attnperf.measure import measure_cpu_peak_rss, measure_cuda_peak, measure_time
+from attnperf.measure import measure_peak, measure_time
 from attnperf.sweep import free_memory
 
 
@@ -45,13 +45,14 @@ def trial(variant: str, backend: str, batch: int, shape: dict[str, Any], repeat:
         runner, _ = verified_runner(get_variant(variant).mechanism, backend, case)
         with torch.no_grad():
             timing = measure_time(runner, case.device, repeat=repeat, min_sample_s=0.0)
-            cuda = case.device.startswith("cuda")
-            peak = measure_cuda_peak(runner, case.device) if cuda else measure_cpu_peak_rss(runner)
+            peak, kind = measure_peak(runner, case.device, own_cpu_allocator=get_backend(backend).own_cpu_allocator)
     except torch.OutOfMemoryError:
         free_memory(case.device)
         return {"batch": batch, "status": "oom"}
     except (Unsupported, WrongResult) as exc:
         return {"batch": batch, "status": "unsupported", "reason": str(exc)}
+    if peak is None:  # a memory limit cannot be held to a peak nobody measured
+        return {"batch": batch, "status": "unsupported", "reason": f"peak memory {kind}"}
     tokens = batch * case.q_len
     return {
         "batch": batch, "status": "ok", "median_ms": timing.median * 1e3, "p95_ms": p95(timing.samples) * 1e3,
