@@ -80,6 +80,11 @@ def add_shape_arguments(parser: argparse.ArgumentParser, *, seq_lens: str) -> No
     parser.add_argument(
         "--seq-lens", type=int_list, default=int_list(seq_lens), help=f"comma-separated (default {seq_lens})"
     )
+    add_case_arguments(parser)
+
+
+def add_case_arguments(parser: argparse.ArgumentParser) -> None:
+    """Heads, head_dim, dtype, device and the mechanism options, shared by every command."""
     parser.add_argument("--heads", type=int, default=8, help="query heads (default 8)")
     parser.add_argument("--head-dim", type=int, default=64, help="head dimension (default 64)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="default float32")
@@ -409,12 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backends", type=choices_list(list(BACKENDS), "backends"), default=["eager", "sdpa-flash", "tiled"]
     )
     p.add_argument("--seq-len", type=int, default=1024, help="default 1024")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    p.add_argument("--device", default="cpu")
-    for name in OPTION_FLAGS:
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"override the variant's {name}")
+    add_case_arguments(p)
     p.add_argument("--memory-limit-mib", type=float, required=True, help="peak extra memory allowed per call")
     p.add_argument("--p95-ms", type=float, default=None, help="optional p95 latency target per call")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch considered (default 256)")
