@@ -101,6 +101,9 @@ class Runner:
             shutil.rmtree(path.parent, ignore_errors=True)
 
     def measure(self, bench: str | None, *, append: bool) -> None:
+        """One pass over base and head; ``append`` keeps the samples already recorded (the
+        confirmation pass), otherwise the first round replaces them (a runner's results folder
+        may hold older samples of the same commits)."""
         selection = ["-b", bench] if bench else []
         if not self.existing:
             args = ["continuous", "--machine", self.machine, "--record-samples", "--interleave-rounds", *selection]
@@ -111,12 +114,12 @@ class Runner:
                 # asv drops PYTHONPATH from benchmark processes and sets ASV_PYTHONPATH in its place.
                 paths = [str(self.worktrees[sha]), os.environ.get("PYTHONPATH", "")]
                 env = {**os.environ, "ASV_PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+                keep = ["--append-samples"] if append or round_index > 0 else ["--record-samples"]
                 asv(
                     ["run", "--machine", self.machine, "--environment", f"existing:{sys.executable}",
-                     "--set-commit-hash", sha, "--append-samples", "-a", "rounds=1", *selection],
+                     "--set-commit-hash", sha, *keep, "-a", "rounds=1", *selection],
                     cwd=self.repo, env=env,
                 )  # fmt: skip
-        del append  # existing mode always appends: every round adds samples
 
     def compare(self, factor: float) -> Comparison:
         out = asv(
