@@ -1,58 +1,102 @@
 #!/usr/bin/env bash
-# The whole GPU check on a lent H100, in phases that each fit one device call (10 minutes).
-# Needs the GPU stack staged first (../shared/tools/device-stack.sh; three calls) so that
-# /tmp/devstack/env.sh exists. Writes everything under $OUT (default ./gpu-out).
-#   bash tools/gpu-check.sh tests   correctness of every CUDA pair + predicted-memory validation
-#   bash tools/gpu-check.sh libs    correctness of the optional-library backends only (flash-attn, xFormers, fla)
-#   bash tools/gpu-check.sh bench   TFLOP/s at 16k per backend (CLI sweep), asv on a GPU-grid subset in
-#                                   the existing environment, an A/A regress run, fitted exponents
+# The whole GPU check on a lent H100, in phases sized so that a few of them fit one device call
+# (10 minutes). Phases that use flash-attn, xFormers, fla or asv need the GPU stack staged first
+# (../shared/tools/device-stack.sh; three calls) so that /tmp/devstack/env.sh exists; the others
+# run on the bare image. Writes everything into one archive, $OUT/gpu-check.tgz (the device
+# brings back at most 8 files); $OUT defaults to ./gpu-out.
+#   bash tools/gpu-check.sh PHASE [PHASE...]
+#   tests             correctness of every CUDA pair of the built-in backends + predicted-memory validation
+#   tests-linear      only linear attention, ALiBi and the predicted-memory validation (a quick re-check)
+#   libs              correctness of flash-attn4, flash-attn3, xFormers and fla                     (stack)
+#   tflops            TFLOP/s at 16k, bf16, 16 heads, head_dim 128, every backend but flex (sweep)   (stack)
+#   tflops-flex       the same for flex_attention (compiles each shape)
+#   exponents-sdpa    fitted time/memory exponents, 4k..32k, cuDNN full and causal (analyze --measure)
+#   exponents-linear  the same for linear attention, eager and tiled, 2k..16k
+#   exponents-flex    the same for flex's sliding window (one compile per length)
+#   exponents-fa4     the same for flash-attn4 full, causal and sliding window, measured ceilings   (stack)
+#   exponents-fla     the same for fla's chunked linear attention                                   (stack)
+#   asv               asv run in the existing environment on a GPU-grid subset (causal, 16k)         (stack)
+#   aa                A/A: regress --existing, a commit against an empty commit after it             (stack)
 # Each step has its own timeout so that one slow step cannot take the others' results with it.
 set -uo pipefail
-phase=${1:?usage: tools/gpu-check.sh tests|libs|bench}
-OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
-source /tmp/devstack/env.sh || { echo "stage the GPU stack first (device-stack.sh)"; exit 2; }
-export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1 ATTNPERF_SEED=${ATTNPERF_SEED:-20261123}
+FINAL=${OUT:-$PWD/gpu-out}; OUT=$FINAL/raw; mkdir -p "$OUT"
+trap 'tar czf "$FINAL/gpu-check.tgz" -C "$OUT" . && rm -rf "$OUT"' EXIT
+if [[ -f /tmp/devstack/env.sh ]]; then source /tmp/devstack/env.sh; fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 ATTNPERF_SEED=${ATTNPERF_SEED:-20261128}
+LIBS="(-flash-attn4- or -flash-attn3- or -xformers- or -fla-)"  # pytest -k terms: the ids read mechanism-backend-case
+SHAPE=(--device cuda --dtype bfloat16 --heads 16 --head-dim 128)
+LENS=4096,8192,16384,32768
 step() { echo "=== $1 ($(date +%T))"; }
-nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee -a "$OUT/gpu.txt"
-python3 -c "import torch, attnperf.machine as m; print(torch.__version__, torch.version.cuda, m.machine_tag())" | tee -a "$OUT/gpu.txt"
+need_stack() { [[ -f /tmp/devstack/env.sh ]] || { echo "phase $1 needs the GPU stack (device-stack.sh)"; exit 2; }; }
 pytest_gpu() {  # $1 = timeout, $2 = -k expression, $3 = log name
   timeout "$1" python3 -m pytest tests/test_backends.py tests/test_analysis.py tests/test_flex.py -q -p no:cacheprovider \
     -k "$2" -rs -s > "$OUT/$3.log" 2>&1
-  echo "pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/$3.log" | tail -15
+  echo "$3: pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/$3.log" | tail -12
+}
+analyze() {  # $1 = timeout, $2 = name, $3 = variants, $4 = backends, rest = more analyze options
+  local limit=$1 name=$2 variants=$3 backends=$4; shift 4
+  timeout "$limit" python3 -m attnperf analyze "${SHAPE[@]}" --seq-lens $LENS --variants "$variants" --backends "$backends" \
+    --window 512 --measure --repeat 5 "$@" --json "$OUT/analyze-$name.json" > "$OUT/analyze-$name.txt" 2>&1
+  echo "analyze $name exit $?"; sed -n '/fitted exponents/,$p' "$OUT/analyze-$name.txt"
+}
+asv_repo() {  # asv needs a git repository: the tree as one commit and an empty commit after it
+  [[ $(git log -1 --format=%s 2>/dev/null) == a/a ]] && return
+  git init -q 2>/dev/null; echo /.devstack/ >> .git/info/exclude; git add -A >/dev/null; git -c user.name=gpu -c user.email=gpu@local commit -qm base >/dev/null
+  git -c user.name=gpu -c user.email=gpu@local commit -q --allow-empty -m "a/a"; git branch -M main  # asv.conf.json follows main
+  python3 -m asv machine --yes --machine "$(python3 -c 'from attnperf.machine import machine_tag; print(machine_tag())')" >/dev/null
 }
 
-case $phase in
-tests)
-  step "support matrix"
-  python3 -m attnperf list --device cuda --dtype bfloat16 --seq-len 4096 > "$OUT/list.txt" 2>&1
-  step "correctness (CUDA pairs) and memory predictions"
-  pytest_gpu 480 "cuda or on_gpu" pytest ;;
-libs)
-  step "correctness of flash-attn4, flash-attn3, xformers, fla"
-  pytest_gpu 300 "cuda and (flash-attn4 or flash-attn3 or xformers or fla)" pytest-libs
-  grep -o "SKIPPED.*" "$OUT/pytest-libs.log" | sort | uniq -c | sort -rn | head -8 ;;
-bench)
-  step "TFLOP/s per backend at 16k (bf16, 16 heads, head_dim 128)"
-  timeout 130 python3 -m attnperf sweep --device cuda --dtype bfloat16 --heads 16 --head-dim 128 --seq-lens 16384 \
-    --variants full,causal --backends sdpa-flash,sdpa-efficient,sdpa-cudnn,flex,flash-attn4,flash-attn3,xformers \
-    --json "$OUT/sweep16k.json" > "$OUT/sweep16k.txt" 2>&1; echo "sweep exit $?"; tail -16 "$OUT/sweep16k.txt"
-  git init -q 2>/dev/null; git add -A >/dev/null; git -c user.name=gpu -c user.email=gpu@local commit -qm base >/dev/null
-  git -c user.name=gpu -c user.email=gpu@local commit -q --allow-empty -m "a/a"
-  M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
-  python3 -m asv machine --yes --machine "$M" >/dev/null
-  step "asv, existing environment, GPU grid subset (causal 16k)"
-  ASV_PYTHONPATH=$PYTHONPATH ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4,flex,xformers \
-    timeout 100 python3 -m asv run --environment "existing:$(command -v python3)" --launch-method forkserver --machine "$M" \
-    --set-commit-hash "$(git rev-parse HEAD~1)" -b 'TimeForward\.time_forward\(' > "$OUT/asv-run.txt" 2>&1
-  echo "asv exit $?"; grep -A12 "time_forward " "$OUT/asv-run.txt" | tail -14
-  step "A/A: regress --existing, a commit against an empty commit after it"
-  ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4 timeout 130 \
-    python3 -m attnperf.regress HEAD~1 HEAD --existing --rounds 2 --factor 1.02 --confirm 0 -b 'TimeForward\.time_forward\(' \
-    --machine "$M-aa" --summary "$OUT/aa-summary.md" > "$OUT/aa.txt" 2>&1; echo "regress exit $?"; tail -12 "$OUT/aa-summary.md"
-  step "fitted exponents and roofline"
-  timeout 110 python3 -m attnperf analyze --device cuda --dtype bfloat16 --heads 16 --head-dim 128 --seq-lens 4096,8192,16384,32768 \
-    --variants full,causal,sliding_window,linear_causal --backends sdpa-cudnn,flash-attn4,fla --window 512 --measure --repeat 5 \
-    --json "$OUT/analyze.json" > "$OUT/analyze.txt" 2>&1; echo "analyze exit $?"; tail -12 "$OUT/analyze.txt"
-  tar czf "$OUT/asv-results.tgz" .asv/results 2>/dev/null ;;
-*) echo "unknown phase $phase"; exit 2 ;;
-esac
+nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee -a "$OUT/gpu.txt"
+python3 -c "import torch, attnperf.machine as m; print(torch.__version__, torch.version.cuda, m.machine_tag())" | tee -a "$OUT/gpu.txt"
+for phase in "$@"; do
+  step "$phase"
+  case $phase in
+  tests)
+    python3 -m attnperf list --device cuda --dtype bfloat16 --seq-len 4096 > "$OUT/list.txt" 2>&1
+    # Two processes share the GPU: correctness tests are bound by the host, not the device.
+    pytest_gpu 330 "cuda and not $LIBS and not on_gpu and not (-eager- or -sdpa-math-)" pytest-a > "$OUT/a.txt" &
+    pytest_gpu 330 "(on_gpu or (cuda and (-eager- or -sdpa-math-))) and not $LIBS" pytest-b
+    wait; cat "$OUT/a.txt" ;;
+  tests-linear)
+    pytest_gpu 150 "(cuda and (linear or alibi) and not $LIBS) or on_gpu" pytest-linear ;;
+  libs)
+    need_stack libs; pytest_gpu 300 "cuda and $LIBS" pytest-libs
+    grep -o "SKIPPED.*" "$OUT/pytest-libs.log" | sort | uniq -c | sort -rn | head -8 ;;
+  tflops)
+    need_stack tflops
+    timeout 200 python3 -m attnperf sweep "${SHAPE[@]}" --seq-lens 16384 --variants full,causal --repeat 10 \
+      --backends sdpa-cudnn,flash-attn4,flash-attn3,sdpa-flash,xformers,sdpa-efficient,sdpa-math,eager \
+      --json "$OUT/sweep16k.json" > "$OUT/sweep16k.txt" 2>&1; echo "sweep exit $?"; cat "$OUT/sweep16k.txt"
+    timeout 60 python3 -m attnperf sweep "${SHAPE[@]}" --seq-lens 16384 --variants linear_causal --backends fla \
+      --repeat 10 --json "$OUT/sweep16k-fla.json" > "$OUT/sweep16k-fla.txt" 2>&1; echo "fla exit $?"
+    cat "$OUT/sweep16k-fla.txt" ;;
+  tflops-flex)
+    timeout 120 python3 -m attnperf sweep "${SHAPE[@]}" --seq-lens 16384 --variants full,causal --backends flex \
+      --repeat 10 --json "$OUT/sweep16k-flex.json" > "$OUT/sweep16k-flex.txt" 2>&1; echo "flex exit $?"
+    cat "$OUT/sweep16k-flex.txt" ;;
+  exponents-sdpa) analyze 90 sdpa full,causal sdpa-cudnn ;;
+  # eager linear attention keeps n·d² prefix states (34 GB at 16k): 32k would not fit.
+  exponents-linear) LENS=2048,4096,8192,16384 analyze 100 linear linear_causal eager,tiled ;;
+  exponents-flex) analyze 200 flex sliding_window flex ;;
+  exponents-fa4) need_stack exponents-fa4; analyze 150 fa4 full,causal,sliding_window flash-attn4 --measure-ceilings ;;
+  exponents-fla) need_stack exponents-fla; analyze 60 fla linear_causal fla ;;
+  asv)
+    need_stack asv; asv_repo
+    M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
+    ASV_PYTHONPATH=$PYTHONPATH ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal \
+      ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4,flash-attn3,xformers \
+      timeout 280 python3 -m asv run --environment "existing:$(command -v python3)" --machine "$M" \
+      --set-commit-hash "$(git rev-parse HEAD~1)" --record-samples -b 'TimeForward\.|TrackTFLOPs|TrackGPUMemory' \
+      > "$OUT/asv-run.txt" 2>&1
+    echo "asv exit $?"; grep -vE "^\s*$" "$OUT/asv-run.txt" | tail -40
+    tar czf "$OUT/asv-results.tgz" .asv/results 2>/dev/null ;;
+  aa)
+    need_stack aa; asv_repo
+    M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
+    ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4 timeout 200 \
+      python3 -m attnperf.regress HEAD~1 HEAD --existing --rounds 2 --factor 1.02 --confirm 0 -b 'TimeForward\.' \
+      --machine "$M-aa" --summary "$OUT/aa-summary.md" > "$OUT/aa.txt" 2>&1; echo "regress exit $?"
+    cat "$OUT/aa-summary.md" ;;
+  *) echo "unknown phase $phase"; exit 2 ;;
+  esac
+done
