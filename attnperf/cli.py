@@ -226,7 +226,7 @@ def hardware_for(device: str, dtype: str, measure: bool) -> Any:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from attnperf.analysis import fit_exponent, forward_flops, min_bytes, predicted_peak_bytes, roofline
+    from attnperf.analysis import fit_exponent, forward_flops, min_bytes, predicted_peak_bytes, roofline, tail_exponent
     from attnperf.registry import reason_for
     from attnperf.results import write_json
     from attnperf.sweep import run_sweep
@@ -247,7 +247,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                     "variant": name, "backend": backend, "seq_len": seq_len, "useful_gflop": flops.useful / 1e9,
                     "executed_gflop": flops.executed / 1e9, "min_mb": min_bytes(case) / 1e6,
                     "pred_mib": predicted_peak_bytes(variant.mechanism, backend, case) / 2**20,
-                    "bound_ms": bound.bound_s * 1e3, "limit": bound.limited_by,
+                    "bound_ms": bound.bound_s * 1e3, "limit": bound.limited_by, "case": case.as_dict(),
                 })  # fmt: skip
     columns = [("variant", "variant"), ("backend", "backend"), ("seq_len", "seq_len"),
                ("useful_gflop", "useful GFLOP"), ("executed_gflop", "executed GFLOP"), ("min_mb", "min MB"),
@@ -280,14 +280,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 if len(pts) < 3:
                     continue
                 t = fit_exponent([r["seq_len"] for r in pts], [r["ms"] for r in pts])
+                tail = tail_exponent([r["seq_len"] for r in pts], [r["ms"] for r in pts])
                 mem = [r for r in pts if r.get("meas_mib", 0) > 0]
                 m = fit_exponent([r["seq_len"] for r in mem], [r["meas_mib"] for r in mem]) if len(mem) >= 3 else None
                 fits.append({"variant": name, "backend": backend, "time_exp": t.exponent,
-                             "time_ci": f"[{t.low:.2f}, {t.high:.2f}]", "mem_exp": m.exponent if m else None,
+                             "time_ci": f"[{t.low:.2f}, {t.high:.2f}]", "tail_exp": tail.exponent,
+                             "tail_lens": f"{tail.lengths[0]}–{tail.lengths[-1]}", "mem_exp": m.exponent if m else None,
                              "mem_ci": f"[{m.low:.2f}, {m.high:.2f}]" if m else None})  # fmt: skip
-        print("\nfitted exponents (time ∝ n^p, memory ∝ n^q; 95% intervals):")
+        print("\nfitted exponents (time ∝ n^p, memory ∝ n^q; 95% intervals; 'longest half': p fitted on the longer")
+        print("half of the lengths only, where fixed per-call costs no longer flatten the slope):")
         print(format_table(fits, [("variant", "variant"), ("backend", "backend"), ("time_exp", "time p"),
-                                  ("time_ci", "95% CI"), ("mem_exp", "memory q"), ("mem_ci", "95% CI")]))  # fmt: skip
+                                  ("time_ci", "95% CI"), ("tail_exp", "p, longest half"), ("tail_lens", "lengths"),
+                                  ("mem_exp", "memory q"), ("mem_ci", "95% CI")]))  # fmt: skip
     if args.json:
         write_json(args.json, {"hardware": hardware.name, "rows": rows, "fits": fits})
     return 0

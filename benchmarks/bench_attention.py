@@ -82,7 +82,8 @@ class TrackTFLOPs(_Suite):
     def track_tflops(self, *params):
         point = self.point
         timing = measure_time(point.run, point.case.device, repeat=7)
-        return forward_flops(point.mechanism, point.backend, point.case).useful / timing.median / 1e12
+        tflops = forward_flops(point.mechanism, point.backend, point.case).useful / timing.median / 1e12
+        return float(f"{tflops:.4g}")  # four digits: asv prints the float as returned
 
 
 class TimeDecode:

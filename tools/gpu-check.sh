@@ -67,7 +67,8 @@ for phase in "$@"; do
     timeout 200 python3 -m attnperf sweep "${SHAPE[@]}" --seq-lens 16384 --variants full,causal --repeat 10 \
       --backends sdpa-cudnn,flash-attn4,flash-attn3,sdpa-flash,xformers,sdpa-efficient,sdpa-math,eager \
       --json "$OUT/sweep16k.json" > "$OUT/sweep16k.txt" 2>&1; echo "sweep exit $?"; cat "$OUT/sweep16k.txt"
-    timeout 60 python3 -m attnperf sweep "${SHAPE[@]}" --seq-lens 16384 --variants linear_causal --backends fla \
+    # fla's first call on a machine autotunes its Triton kernels: over 60 s on the H100.
+    timeout 150 python3 -m attnperf sweep "${SHAPE[@]}" --seq-lens 16384 --variants linear_causal --backends fla \
       --repeat 10 --json "$OUT/sweep16k-fla.json" > "$OUT/sweep16k-fla.txt" 2>&1; echo "fla exit $?"
     cat "$OUT/sweep16k-fla.txt" ;;
   tflops-flex)
@@ -79,13 +80,15 @@ for phase in "$@"; do
   exponents-linear) LENS=2048,4096,8192,16384 analyze 100 linear linear_causal eager,tiled ;;
   exponents-flex) analyze 200 flex sliding_window flex ;;
   exponents-fa4) need_stack exponents-fa4; analyze 150 fa4 full,causal,sliding_window flash-attn4 --measure-ceilings ;;
-  exponents-fla) need_stack exponents-fla; analyze 60 fla linear_causal fla ;;
+  exponents-fla) need_stack exponents-fla; analyze 150 fla linear_causal fla ;;
   asv)
+    # asv runs each parameter combination in a fresh process (imports, CUDA, check, warm-up):
+    # about 20 s each with the GPU libraries on the H100, so this subset takes ~5 minutes.
     need_stack asv; asv_repo
     M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
     ASV_PYTHONPATH=$PYTHONPATH ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal \
       ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4,flash-attn3,xformers \
-      timeout 280 python3 -m asv run --environment "existing:$(command -v python3)" --machine "$M" \
+      timeout 420 python3 -m asv run --environment "existing:$(command -v python3)" --machine "$M" \
       --set-commit-hash "$(git rev-parse HEAD~1)" --record-samples -b 'TimeForward\.|TrackTFLOPs|TrackGPUMemory' \
       > "$OUT/asv-run.txt" 2>&1
     echo "asv exit $?"; grep -vE "^\s*$" "$OUT/asv-run.txt" | tail -40

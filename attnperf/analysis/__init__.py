@@ -5,7 +5,7 @@ from attnperf.analysis.flops import Flops, forward_flops
 from attnperf.analysis.hardware import DATASHEETS, Hardware, datasheet_for, measured
 from attnperf.analysis.memory import min_bytes, predicted_peak_bytes
 from attnperf.analysis.roofline import Roofline, roofline
-from attnperf.analysis.scaling import Fit, fit_exponent
+from attnperf.analysis.scaling import Fit, fit_exponent, tail_exponent
 
 __all__ = [
     "DATASHEETS",
@@ -20,4 +20,5 @@ __all__ = [
     "min_bytes",
     "predicted_peak_bytes",
     "roofline",
+    "tail_exponent",
 ]

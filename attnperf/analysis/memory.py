@@ -13,16 +13,32 @@ number of score elements ``B·H·Lq·Lk`` and e the element size:
   rotated q/k.
 * eager top-k: float32 scores, sort values (4 bytes) and indices (8 bytes): 16·S.
 * sdpa-math: PyTorch's composite math path upcasts half inputs to float32, scales q and k
-  (copies), materializes the float32 scores and their softmax (2·S·4), and turns a boolean
-  mask into an additive one (Lq·Lk·e).
+  (copies), turns a boolean mask into an additive one (Lq·Lk·4), and at its peak holds the
+  float32 scores, their softmax (2·S·4) and ``_safe_softmax``'s boolean ``== -inf`` test of
+  every score with its per-row flags (S + B·H·Lq bytes). Without that last term the model was
+  9–10% short on every H100 shape (0.90 at 16k tokens); with it, within 1% (the output, made
+  after the scores are freed, is never the peak).
 * flash-style kernels (sdpa-flash / -efficient / -cudnn, flex, flash-attn, xFormers): the output
   and a float32 log-sum-exp per query row; an SDPA kernel given a dense *boolean* mask also
   converts it to an additive mask of Lq·Lk·e (an ALiBi bias is additive already: measured on the
   H100, counting it over-predicted 2–5×).
 * tiled: the output plus one tile's float32 scores, probabilities and accumulators.
-* linear: eager causal keeps running D × D states for every position (2·B·H·Lk·D²·e: the outer
-  products and their cumulative sum); chunked kernels keep one D × D state (O(D²)) per head,
-  fla one per 64-token chunk.
+* linear, eager: φ(q), φ(k) and (for half inputs) v in the working precision, float32 at least.
+  Causal keeps running D × D states for every position, the outer products and their
+  cumulative sum alive together (2·B·H·Lk·D²·4: 4144 MiB measured and predicted at n = 2048,
+  16 heads, D = 128, bf16 on the H100); non-causal one D × D state and two output-sized
+  float32 tensors (``φ(q)·S`` with ``φ(q)·z``, or with the quotient).
+* linear, tiled: the same features (v also when GQA expands it), one D × D state per head, two
+  output-sized float32 tensors (the per-chunk outputs and their concatenation) and the causal
+  chunk's tile temporaries. On the H100 this replaced a features + state count that was 2.2×
+  short (91 MiB measured at n = 2048, 16 heads, D = 128, bf16).
+* ``.to(q.dtype)`` at the end of eager and tiled copies the output only for half inputs.
+* linear, fla (fla-core 0.6.0, ``chunk_linear_attn(normalize=True)``): φ(q), φ(k) in the input
+  dtype, then the larger of two phases: the chunk states (one D × D per 64-token chunk, kept in
+  the input dtype in the forward) with the unnormalized output, or the normalization, where the
+  output, the key cumsum, ``q·scale`` and its product with the cumsum are alive at once (4
+  output-sized tensors). On the H100 the second phase is the peak: 96 MiB at n = 4096, 16
+  heads, D = 128, bf16; counting float32 states over-predicted by 17%.
 * flex's block mask (O(n²/128²)) and SDPA's dense masks are built in ``prepare``, before the
   measured call, and so are not counted here.
 """
@@ -70,8 +86,8 @@ def _softmax_peak(mech: SoftmaxMechanism, backend: str, case: Case) -> int:
         scaled = (b * h * lq * d + b * case.n_kv_heads * lk * d) * 4
         expanded = 2 * b * h * lk * d * 4 if gqa else 0
         mask = lq * lk * 4 if masked or (mech.mask_kind(case) == "causal") else 0
-        out_work = b * h * lq * d * 4 + (out if half else 0)
-        return rotated + upcast + scaled + expanded + mask + 2 * s * 4 + out_work
+        safe_softmax = s + b * h * lq  # the -inf test of every score and the all-masked-row flags
+        return rotated + upcast + scaled + expanded + mask + 2 * s * 4 + safe_softmax
     if backend in FLASH_STYLE:
         # SDPA turns a boolean mask into an additive one (Lq·Lk·e); a bias is additive already.
         boolean_mask = mech.mask_kind(case) == "custom" and mech.bias_fn(case, "cpu") is None
@@ -101,12 +117,33 @@ def predicted_peak_bytes(mechanism: str | Mechanism, backend: str, case: Case) -
         bq = min(TILE, lq)
         return out + b * h * bq * (k + TILE) * (4 + 8) * 2 + b * h * bq * k * d * 4
     if mech.family == "linear":
-        work = max(e, 4)  # eager and tiled accumulate in float32 at least
-        features = 2 * b * h * max(lq, lk) * d * (work if backend in ("eager", "tiled") else e)
-        state = b * h * d * d * 4
-        if backend == "eager":
-            return features + (2 * b * h * lk * d * d * work if case.causal else state) + out
-        if backend == "fla":
-            return features + b * h * (-(-lk // 64)) * d * d * 4 + out
-        return features + state + out
+        return _linear_peak(backend, case)
     raise ValueError(f"no memory model for the {mech.family} family")
+
+
+def _linear_peak(backend: str, case: Case) -> int:
+    e = element_size(case)
+    b, h, lq, lk, d = case.batch, case.heads, case.q_len, case.k_len, case.head_dim
+    out = b * h * lq * d * e
+    if backend == "fla":
+        features = b * h * (lq + lk) * d * e
+        states = b * h * (-(-lk // 64)) * d * d * e
+        return features + max(states + out, 4 * out)
+    work = max(e, 4)  # eager and tiled accumulate in float32 at least
+    upcast, gqa = e != work, case.n_kv_heads != h
+    features = b * h * (lq + lk) * d * work
+    state = b * h * d * d * work
+    row = b * h * lq * d * work  # one output-sized tensor in the working precision
+    out_cast = out if upcast else 0  # ``.to(q.dtype)`` copies only when the precisions differ
+    if backend == "eager":
+        expanded = 2 * b * h * lk * d * e if gqa else 0  # expand_kv's copies, alive for the call
+        values = b * h * lk * d * work if upcast else 0
+        if case.causal:  # the outer products and their cumulative sum, alive together
+            return expanded + features + values + 2 * b * h * lk * d * d * work
+        return expanded + features + values + state + 2 * row + out_cast
+    if backend == "tiled":
+        values = b * h * lk * d * work if (upcast or gqa) else 0
+        bq, bk = min(TILE, lq), min(TILE, lk)
+        tiles = (2 * b * h * bq * bk + 3 * b * h * bq * d) * work if case.causal else 0
+        return features + values + state + 2 * row + tiles + out_cast
+    raise ValueError(f"no memory model for backend {backend!r} on linear attention")
