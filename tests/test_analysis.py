@@ -96,6 +96,12 @@ GPU_MEMORY_GRID = [
     for backend in ("eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex")
     for n in (1024, 4096)
     for dtype in ("float32", "bfloat16")
+] + [
+    (variant, backend, n, dtype)
+    for variant in ("linear", "linear_causal")
+    for backend in ("eager", "tiled", "fla")
+    for n in (1024, 4096)
+    for dtype in ("float32", "bfloat16")
 ]
 
 
