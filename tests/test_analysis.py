@@ -90,6 +90,10 @@ def test_fit_recovers_a_known_exponent_with_an_interval() -> None:
         fit_exponent([1], [1])
 
 
+#: Known open case: gqa × sdpa-cudnn × 1024 × bfloat16 measured 1.030 in two runs that followed
+#: other CUDA tests in the process, and failed the bound once (2026-11-28, ``-k on_gpu`` alone in
+#: a fresh process; the measured value was cut from the returned log). Not loosened: the next
+#: GPU session prints its MEMORY line to find whether cuDNN allocates a per-call workspace there.
 GPU_MEMORY_GRID = [
     (variant, backend, n, dtype)
     for variant in ("full", "causal", "sliding_window", "gqa", "alibi")

@@ -47,7 +47,7 @@ DTYPE_OF_TAG = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 
 
 def memory_lines() -> list[tuple[str, str, int, str, int]]:
-    text = (RECORDS / "pytest-linear.log").read_text()
+    text = (RECORDS / "pytest-linear.log").read_text() + (RECORDS / "pytest-memory.log").read_text()
     return [
         (m[1], m[2], int(m[3]), DTYPE_OF_TAG[m[4]], int(m[5])) for m in map(MEMORY_LINE.search, text.splitlines()) if m
     ]
@@ -56,7 +56,7 @@ def memory_lines() -> list[tuple[str, str, int, str, int]]:
 def test_records_are_there() -> None:
     assert len(analyze_rows()) >= 36
     assert len(sweep_records()) >= 16
-    assert len(memory_lines()) >= 90
+    assert len(memory_lines()) >= 110
 
 
 @pytest.mark.parametrize(("variant", "backend", "n", "dtype", "measured"), memory_lines())
