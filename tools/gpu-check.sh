@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
-# The whole GPU check on a lent H100, in phases sized so that a few of them fit one device call
-# (10 minutes). Phases that use flash-attn, xFormers, fla or asv need the GPU stack staged first
-# (../shared/tools/device-stack.sh; three calls) so that /tmp/devstack/env.sh exists; the others
-# run on the bare image. Writes everything into one archive, $OUT/gpu-check.tgz (the device
+# The whole GPU check, in phases sized so that a few of them fit one 10-minute call on a lent
+# H100. There the optional libraries and asv come from the GPU stack (device-stack.sh, staged in
+# three calls; its /tmp/devstack/env.sh is sourced when present); on a prepared GPU runner they
+# are installed. A phase whose backends are missing reports them unsupported with the reason;
+# asv and aa stop without asv. Writes everything into one archive, $OUT/gpu-check.tgz (the device
 # brings back at most 8 files); $OUT defaults to ./gpu-out.
 #   bash tools/gpu-check.sh PHASE [PHASE...]
 #   tests             correctness of every CUDA pair of the built-in backends + predicted-memory validation
 #   tests-linear      only linear attention, ALiBi and the predicted-memory validation (a quick re-check)
-#   libs              correctness of flash-attn4, flash-attn3, xFormers and fla                     (stack)
-#   tflops            TFLOP/s at 16k, bf16, 16 heads, head_dim 128, every backend but flex (sweep)   (stack)
+#   libs              correctness of flash-attn4, flash-attn3, xFormers and fla
+#   tflops            TFLOP/s at 16k, bf16, 16 heads, head_dim 128, every backend but flex (sweep)
 #   tflops-flex       the same for flex_attention (compiles each shape)
 #   exponents-sdpa    fitted time/memory exponents, 4k..32k, cuDNN full and causal (analyze --measure)
 #   exponents-linear  the same for linear attention, eager and tiled, 2k..16k
 #   exponents-flex    the same for flex's sliding window (one compile per length)
-#   exponents-fa4     the same for flash-attn4 full, causal and sliding window, measured ceilings   (stack)
-#   exponents-fla     the same for fla's chunked linear attention                                   (stack)
-#   asv               asv run in the existing environment on a GPU-grid subset (causal, 16k)         (stack)
-#   aa                A/A: regress --existing, a commit against an empty commit after it             (stack)
+#   exponents-fa4     the same for flash-attn4 full, causal and sliding window, measured ceilings
+#   exponents-fla     the same for fla's chunked linear attention
+#   asv               asv run in the existing environment on a GPU-grid subset (causal, 16k)
+#   aa                A/A: regress --existing, a commit against an empty commit after it
 # Each step has its own timeout so that one slow step cannot take the others' results with it.
 set -uo pipefail
 FINAL=${OUT:-$PWD/gpu-out}; OUT=$FINAL/raw; mkdir -p "$OUT"
@@ -27,7 +28,7 @@ LIBS="(-flash-attn4- or -flash-attn3- or -xformers- or -fla-)"  # pytest -k term
 SHAPE=(--device cuda --dtype bfloat16 --heads 16 --head-dim 128)
 LENS=4096,8192,16384,32768
 step() { echo "=== $1 ($(date +%T))"; }
-need_stack() { [[ -f /tmp/devstack/env.sh ]] || { echo "phase $1 needs the GPU stack (device-stack.sh)"; exit 2; }; }
+need_asv() { python3 -c "import asv" 2>/dev/null || { echo "phase $1 needs asv (pip install asv, or the GPU stack)"; exit 2; }; }
 pytest_gpu() {  # $1 = timeout, $2 = -k expression, $3 = log name
   timeout "$1" python3 -m pytest tests/test_backends.py tests/test_analysis.py tests/test_flex.py -q -p no:cacheprovider \
     -k "$2" -rs -s > "$OUT/$3.log" 2>&1
@@ -41,6 +42,10 @@ analyze() {  # $1 = timeout, $2 = name, $3 = variants, $4 = backends, rest = mor
 }
 asv_repo() {  # asv needs a git repository: the tree as one commit and an empty commit after it
   [[ $(git log -1 --format=%s 2>/dev/null) == a/a ]] && return
+  if git rev-parse --git-dir >/dev/null 2>&1; then  # never commit into a real checkout
+    echo "asv and aa make a throwaway history: run them in a copy without .git"
+    echo "  (git archive HEAD | tar x -C /tmp/copy, then cd /tmp/copy)"; exit 2
+  fi
   git init -q 2>/dev/null; echo /.devstack/ >> .git/info/exclude; git add -A >/dev/null; git -c user.name=gpu -c user.email=gpu@local commit -qm base >/dev/null
   git -c user.name=gpu -c user.email=gpu@local commit -q --allow-empty -m "a/a"; git branch -M main  # asv.conf.json follows main
   python3 -m asv machine --yes --machine "$(python3 -c 'from attnperf.machine import machine_tag; print(machine_tag())')" >/dev/null
@@ -60,10 +65,9 @@ for phase in "$@"; do
   tests-linear)
     pytest_gpu 150 "(cuda and (linear or alibi) and not $LIBS) or on_gpu" pytest-linear ;;
   libs)
-    need_stack libs; pytest_gpu 300 "cuda and $LIBS" pytest-libs
+    pytest_gpu 300 "cuda and $LIBS" pytest-libs
     grep -o "SKIPPED.*" "$OUT/pytest-libs.log" | sort | uniq -c | sort -rn | head -8 ;;
   tflops)
-    need_stack tflops
     timeout 200 python3 -m attnperf sweep "${SHAPE[@]}" --seq-lens 16384 --variants full,causal --repeat 10 \
       --backends sdpa-cudnn,flash-attn4,flash-attn3,sdpa-flash,xformers,sdpa-efficient,sdpa-math,eager \
       --json "$OUT/sweep16k.json" > "$OUT/sweep16k.txt" 2>&1; echo "sweep exit $?"; cat "$OUT/sweep16k.txt"
@@ -79,12 +83,12 @@ for phase in "$@"; do
   # eager linear attention keeps n·d² prefix states (34 GB at 16k): 32k would not fit.
   exponents-linear) LENS=2048,4096,8192,16384 analyze 100 linear linear_causal eager,tiled ;;
   exponents-flex) analyze 200 flex sliding_window flex ;;
-  exponents-fa4) need_stack exponents-fa4; analyze 150 fa4 full,causal,sliding_window flash-attn4 --measure-ceilings ;;
-  exponents-fla) need_stack exponents-fla; analyze 150 fla linear_causal fla ;;
+  exponents-fa4) analyze 150 fa4 full,causal,sliding_window flash-attn4 --measure-ceilings ;;
+  exponents-fla) analyze 150 fla linear_causal fla ;;
   asv)
     # asv runs each parameter combination in a fresh process (imports, CUDA, check, warm-up):
     # about 20 s each with the GPU libraries on the H100, so this subset takes ~5 minutes.
-    need_stack asv; asv_repo
+    need_asv asv; asv_repo
     M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
     ASV_PYTHONPATH=$PYTHONPATH ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal \
       ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4,flash-attn3,xformers \
@@ -94,7 +98,7 @@ for phase in "$@"; do
     echo "asv exit $?"; grep -vE "^\s*$" "$OUT/asv-run.txt" | tail -40
     tar czf "$OUT/asv-results.tgz" .asv/results 2>/dev/null ;;
   aa)
-    need_stack aa; asv_repo
+    need_asv aa; asv_repo
     M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
     ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4 timeout 200 \
       python3 -m attnperf.regress HEAD~1 HEAD --existing --rounds 2 --factor 1.02 --confirm 0 -b 'TimeForward\.' \
