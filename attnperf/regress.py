@@ -14,6 +14,8 @@ The verdict is asv's: a benchmark regresses when head/base exceeds ``--factor`` 
 Mann–Whitney test on the raw samples says the difference is significant (``asv compare``
 marks it ``+``). A flagged benchmark is measured again (``--confirm``, appending samples) and
 fails only if it is still flagged: PyTorch's dashboard likewise wants two violations in a row.
+A benchmark that ran on base and fails on head (``!``: a crash, an out-of-memory, or a wrong
+result, which the correctness check in ``setup`` raises) fails the comparison at once.
 The markdown summary (``--summary``) holds the verdict and asv's tables.
 """
 
@@ -27,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnperf.results import write_atomic
@@ -43,13 +45,24 @@ class Comparison:
     regressions: list[str]
     improvements: list[str]
     table: str
+    failures: list[str] = field(default_factory=list)  # ran on base, fails on head
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions or self.failures)
 
 
-def asv(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> str:
-    """Run ``asv`` (the one beside this Python) and return its output."""
+#: ``asv run`` exits 2 when a benchmark failed: that is a result for ``asv compare`` to report.
+BENCHMARK_FAILED = 2
+
+
+def asv(
+    args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, check: bool = True, ok: Sequence[int] = (0,)
+) -> str:
+    """Run ``asv`` (the one beside this Python) and return its output; ``ok``: accepted exit codes."""
     cmd = [sys.executable, "-m", "asv", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
+    if check and proc.returncode not in ok:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout + proc.stderr
 
@@ -59,17 +72,19 @@ def git(args: Sequence[str], *, cwd: Path) -> str:
 
 
 def parse_compare(output: str) -> Comparison:
-    """Regressions (``+``) and improvements (``-``) from ``asv compare`` output."""
-    regressions, improvements = [], []
+    """Regressions (``+``), new failures (``!``) and improvements (``-``) from ``asv compare``."""
+    regressions, improvements, failures = [], [], []
     for line in output.splitlines():
         match = _ROW.match(line.strip())
         if not match or set(match["name"]) <= {"-"} or match["name"].startswith("Benchmark"):
             continue
         if match["mark"] == "+":
             regressions.append(match["name"])
+        elif match["mark"] == "!":
+            failures.append(match["name"])
         elif match["mark"] == "-":
             improvements.append(match["name"])
-    return Comparison(regressions, improvements, output.strip())
+    return Comparison(regressions, improvements, output.strip(), failures)
 
 
 def bench_regex(names: Sequence[str]) -> str:
@@ -118,7 +133,7 @@ class Runner:
                 asv(
                     ["run", "--machine", self.machine, "--environment", f"existing:{sys.executable}",
                      "--set-commit-hash", sha, *keep, "-a", "rounds=1", *selection],
-                    cwd=self.repo, env=env,
+                    cwd=self.repo, env=env, ok=(0, BENCHMARK_FAILED),
                 )  # fmt: skip
 
     def compare(self, factor: float) -> Comparison:
@@ -130,16 +145,19 @@ class Runner:
 
 
 def summary_markdown(base: str, head: str, factor: float, first: Comparison, final: Comparison) -> str:
-    verdict = "**regression**" if final.regressions else "no regression"
+    verdict = "**regression**" if final.failed else "no regression"
     lines = [
         f"## attnperf: {verdict} (factor {factor}, head {head[:10]} vs base {base[:10]})",
         "",
         f"- flagged on the first pass: {len(first.regressions)}; "
         f"still flagged after confirmation: {len(final.regressions)}",
+        f"- failing on head only (crash, out of memory or wrong result): {len(final.failures)}",
         f"- improvements: {len(final.improvements)}",
     ]
     if final.regressions:
         lines += ["", "### Regressions", "", *[f"- `{name}`" for name in final.regressions]]
+    if final.failures:
+        lines += ["", "### Failing on head", "", *[f"- `{name}`" for name in final.failures]]
     lines += ["", "### asv compare", "", "```", final.table, "```", ""]
     return "\n".join(lines)
 
@@ -191,14 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``nox -s regress -- …``: exit 1 on a confirmed regression, 0 otherwise."""
+    """``nox -s regress -- …``: exit 1 on a confirmed regression or a new failure, 0 otherwise."""
     args = build_parser().parse_args(argv)
     result = regress(
         args.base, args.head, repo=args.repo, factor=args.factor, bench=args.bench, machine=args.machine,
         existing=args.existing, rounds=args.rounds, confirm=args.confirm, summary=args.summary,
     )  # fmt: skip
     print(Path(args.summary).read_text(encoding="utf-8"))
-    return 1 if result.regressions else 0
+    return 1 if result.failed else 0
 
 
 if __name__ == "__main__":

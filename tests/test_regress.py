@@ -1,9 +1,12 @@
-"""End to end: a deliberate 3× slowdown in one backend is caught, an A/A comparison is clean.
+"""End to end: a deliberate 3× slowdown in one backend is caught, an A/A comparison is clean,
+and a backend that turns wrong fails the comparison.
 
-A throwaway git repository is built from the project's tracked files with three commits:
-base, an A/A commit that changes only documentation, and a commit that makes the eager
-backend do its work three times. ``regress`` (what ``nox -s regress`` and perf-pr.yml call,
-in the ``--existing`` mode the GPU runner uses) must flag exactly the eager benchmark.
+A throwaway git repository is built from the project's tracked files with four commits:
+base, an A/A commit that changes only documentation, a commit that makes the eager backend do
+its work three times, and one that scales the tiled backend's output by 1.01. ``regress``
+(what ``nox -s regress`` and perf-pr.yml call, in the ``--existing`` mode the GPU runner uses)
+must flag exactly the eager benchmark for the slowdown, and exactly the tiled one as failing
+on head for the wrong result (its correctness check in ``setup`` refuses to time it).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ SLOWDOWN = (
     "                    eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n"
     "                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
 )
+WRONG = ("out5[:, :, :, qs:qe] = (acc / l).to(out.dtype)", "out5[:, :, :, qs:qe] = (acc / l * 1.01).to(out.dtype)")
 
 
 def git(repo: Path, *args: str) -> str:
@@ -64,6 +68,11 @@ def throwaway(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
     assert SLOWDOWN[0] in text, "the slowdown patch no longer applies: update SLOWDOWN"
     eager.write_text(text.replace(SLOWDOWN[0], SLOWDOWN[1]))
     git(repo, "commit", "-qam", "slow eager")
+    tiled = repo / "attnperf" / "backends" / "tiled.py"
+    text = tiled.read_text()
+    assert WRONG[0] in text, "the wrong-result patch no longer applies: update WRONG"
+    tiled.write_text(text.replace(WRONG[0], WRONG[1]))
+    git(repo, "commit", "-qam", "wrong tiled")
     return repo, git(repo, "rev-list", "--reverse", "HEAD").splitlines()
 
 
@@ -76,7 +85,7 @@ def grid_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("grid_env")
 def test_aa_comparison_reports_nothing(throwaway) -> None:
-    repo, (base, aa, _slow) = throwaway
+    repo, (base, aa, _slow, _wrong) = throwaway
     result = regress(base, aa, repo=repo, factor=1.5, bench=BENCH, machine="regress-test", existing=True,
                      summary=repo / "aa.md")  # fmt: skip
     assert result.regressions == []
@@ -89,7 +98,7 @@ def test_perf_pr_command_flags_exactly_the_slowed_backend(throwaway, monkeypatch
     """perf-pr.yml's own ``nox -s regress`` arguments, with the commits substituted. Added for
     the CPU only: the repository, a machine name, the two-point benchmark selection, and factor
     1.5 (a 2-core CI machine is noisier than the GPU runner's default 1.15 allows)."""
-    repo, (_base, aa, slow) = throwaway
+    repo, (_base, aa, slow, _wrong) = throwaway
     monkeypatch.chdir(repo)  # the workflow's relative --summary path lands in the repository
     args = [a.replace("$BASE_SHA", aa).replace("$HEAD_SHA", slow) for a in perf_pr_regress_args()]
     code = main([*args, "--repo", str(repo), "--machine", "regress-test", "-b", BENCH, "--factor", "1.5"])
@@ -101,6 +110,19 @@ def test_perf_pr_command_flags_exactly_the_slowed_backend(throwaway, monkeypatch
     assert "**regression**" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("grid_env")
+def test_a_wrong_result_on_head_fails_the_comparison(throwaway) -> None:
+    repo, (_base, _aa, slow, wrong) = throwaway
+    result = regress(slow, wrong, repo=repo, factor=1.5, bench=BENCH, machine="regress-test", existing=True,
+                     summary=repo / "wrong.md")  # fmt: skip
+    assert result.failures == ["bench_attention.TimeForward.time_forward('tiled', 'causal', 256, 64, 'float32')"]
+    assert result.regressions == []
+    summary = (repo / "wrong.md").read_text()
+    assert "**regression**" in summary
+    assert "### Failing on head" in summary
+
+
 def test_parse_compare_reads_asv_tables() -> None:
     out = """
 | Change   | Before [a] <main~1>   | After [b] <main>   |   Ratio | Benchmark (Parameter)            |
@@ -109,8 +131,10 @@ def test_parse_compare_reads_asv_tables() -> None:
 | -        | 2.0ms                 | 1.0ms              |    0.5  | b.T.time_forward('tiled', 256)   |
 | ~        | 2.0ms                 | 2.6ms              |    1.3  | b.T.time_forward('flex', 256)    |
 |          | 2.0ms                 | 2.1ms              |    1.05 | b.T.time_forward('sdpa', 256)    |
+| !        | 2.0ms                 | failed             |     n/a | b.T.time_forward('cudnn', 256)   |
 """
     parsed = parse_compare(out)
     assert parsed.regressions == ["b.T.time_forward('eager', 256)"]
     assert parsed.improvements == ["b.T.time_forward('tiled', 256)"]
+    assert parsed.failures == ["b.T.time_forward('cudnn', 256)"]
     assert bench_regex(parsed.regressions) == r"^b\.T\.time_forward\('eager',\ 256\)$"
