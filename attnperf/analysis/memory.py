@@ -5,25 +5,34 @@ roofline (a KV-cache decode step is bound by it).
 
 **Predicted peak extra memory** of one forward beyond its inputs (what
 ``torch.cuda.max_memory_allocated`` grows by), derived from each backend's code path; S is the
-number of score elements ``B·H·Lq·Lk`` and e the element size:
+number of score elements ``B·H·Lq·Lk``, e the element size and w the working precision (float32
+for half inputs, else e). Where a backend passes through phases, the peak is the largest. The
+plain-PyTorch backends (eager, sdpa-math, tiled) are held to the CPU allocator's exact peak over
+MHA/GQA/MQA, decode and cross shapes in three dtypes (tests/test_analysis.py), the fused kernels
+to the H100 (tests/test_gpu_records.py):
 
-* eager: ``q kᵀ`` then ``· scale`` (two score tensors alive at once); in float32 that is the
-  peak (2·S·4, the softmax output replacing one); in half precision the float32 softmax of a
-  float32 copy while the half scores live: S·(2 + 4 + 4). Plus GQA's expanded k/v and RoPE's
-  rotated q/k.
+* eager: ``q kᵀ`` then ``· scale`` (two score tensors alive at once); in float32/64 the scores,
+  their softmax and the output (2·S·e + out); in half precision the float32 softmax of a
+  float32 copy while the half scores live, S·(e + 8), or later the half probabilities beside
+  the scores and the output. Plus GQA's expanded k/v and RoPE's rotated q/k.
 * eager top-k: float32 scores, sort values (4 bytes) and indices (8 bytes): 16·S.
-* sdpa-math: PyTorch's composite math path upcasts half inputs to float32, scales q and k
-  (copies), turns a boolean mask into an additive one (Lq·Lk·4), and at its peak holds the
-  float32 scores, their softmax (2·S·4) and ``_safe_softmax``'s boolean ``== -inf`` test of
-  every score with its per-row flags (S + B·H·Lq bytes). Without that last term the model was
-  9–10% short on every H100 shape (0.90 at 16k tokens); with it, within 1% (the output, made
-  after the scores are freed, is never the peak).
+* sdpa-math: PyTorch's composite math path upcasts half inputs to w, expands GQA's k and v,
+  turns a boolean mask into an additive one (Lq·Lk·w) and scales q and k (copies; k's, of the
+  expanded key, is freed once q kᵀ is formed). Then the largest of: the product phase (scaled
+  q and k, S·w), the softmax phase (scores, softmax, and ``_safe_softmax``'s boolean ``== -inf``
+  test of every score with its per-row flags: 2·S·w + S + B·H·Lq) and the output phase
+  (probabilities, the output in w and its cast). Without the ``-inf`` test the model was 9–10%
+  short on every H100 shape; the output phase is the peak when Lk is not much above D.
 * flash-style kernels (sdpa-flash / -efficient / -cudnn, flex, flash-attn, xFormers): the output
   and a float32 log-sum-exp per query row; an SDPA kernel given a dense *boolean* mask also
   converts it to an additive mask of Lq·Lk·e (an ALiBi bias is additive already: measured on the
   H100, counting it over-predicted 2–5×).
-* tiled: the output plus one tile's float32 scores, probabilities and accumulators.
-* linear, eager: φ(q), φ(k) and (for half inputs) v in the working precision, float32 at least.
+* tiled: the output plus one tile's scores, probabilities and exponentials in w, the running
+  output with its rescaled copy and p·v, and with GQA the kv tile that the grouped product
+  broadcasts over the group (materialized, B·H·bk·D·e).
+* linear, eager: φ(q), φ(k) and (for half inputs) v in the working precision, float32 at least;
+  φ(x) = elu(x) + 1 holds x's converted copy, elu(x) and the result at once, which is the peak
+  with few queries and a long key sequence (decode, cross attention).
   Causal keeps running D × D states for every position, the outer products and their
   cumulative sum alive together (2·B·H·Lk·D²·4: 4144 MiB measured and predicted at n = 2048,
   16 heads, D = 128, bf16 on the H100); non-causal one D × D state and two output-sized
@@ -79,17 +88,23 @@ def _softmax_peak(mech: SoftmaxMechanism, backend: str, case: Case) -> int:
     rope = mech.qk_transform(case, "cpu", case.torch_dtype) is not None
     rotated = (b * h * lq * d + b * case.n_kv_heads * lk * d) * e if rope else 0
     masked = mech.mask_kind(case) == "custom" or mech.bias_fn(case, "cpu") is not None
+    w = max(e, 4)  # the working precision: half inputs are computed in float32
     if backend == "eager":
-        scores = 2 * s * 4 if e == 4 else max(2 * s * e, s * e + 8 * s, s * e + 4 * s + s * e)
+        # float32/64: scores and probabilities, then the output beside them; half: the scores beside
+        # their float32 copy and its softmax, later half probabilities and the output
+        scores = 2 * s * e + out if e >= 4 else max(s * e + 8 * s, 2 * s * e + out)
         expanded = 2 * b * h * lk * d * e if gqa else 0
-        return rotated + expanded + scores + out
+        return rotated + expanded + scores
     if backend == "sdpa-math":
-        upcast = (b * h * lq * d + 2 * b * case.n_kv_heads * lk * d) * 4 if half else 0
-        scaled = (b * h * lq * d + b * case.n_kv_heads * lk * d) * 4
-        expanded = 2 * b * h * lk * d * 4 if gqa else 0
-        mask = lq * lk * 4 if masked or (mech.mask_kind(case) == "causal") else 0
-        safe_softmax = s + b * h * lq  # the -inf test of every score and the all-masked-row flags
-        return rotated + upcast + scaled + expanded + mask + 2 * s * 4 + safe_softmax
+        upcast = (b * h * lq * d + 2 * b * case.n_kv_heads * lk * d) * w if half else 0
+        expanded = 2 * b * h * lk * d * w if gqa else 0
+        mask = lq * lk * w if masked or (mech.mask_kind(case) == "causal") else 0
+        q_scaled = b * h * lq * d * w
+        k_scaled = b * (h if gqa else case.n_kv_heads) * lk * d * w
+        product = q_scaled + k_scaled + s * w  # q·√scale and k·√scale while q kᵀ is formed
+        softmax = q_scaled + 2 * s * w + s + b * h * lq  # scores, probabilities, the -inf test, row flags
+        output = q_scaled + s * w + b * h * lq * d * w + (out if half else 0)  # probabilities, output, its cast
+        return rotated + upcast + expanded + mask + max(product, softmax, output)
     if backend in FLASH_STYLE:
         # SDPA turns a boolean mask into an additive one (Lq·Lk·e); a bias is additive already.
         boolean_mask = mech.mask_kind(case) == "custom" and mech.bias_fn(case, "cpu") is None
@@ -97,10 +112,11 @@ def _softmax_peak(mech: SoftmaxMechanism, backend: str, case: Case) -> int:
         return rotated + dense_mask + out + lse
     if backend == "tiled":
         bq, bk = min(TILE, lq), min(TILE, lk)
-        groups = h
-        tile = groups * b * bq * bk * 4
-        acc = 2 * b * h * bq * d * 4
-        return rotated + out + 3 * tile + acc
+        tile = b * h * bq * bk * w  # one tile's scores in the working precision
+        acc = 3 * b * h * bq * d * w  # the running output, its rescaled copy and p·v
+        # GQA: the grouped product broadcasts a kv tile over the group and materializes it
+        broadcast = b * h * bk * d * e if gqa else 0
+        return rotated + out + 3 * tile + acc + broadcast
     raise ValueError(f"no memory model for backend {backend!r} on {mech.name}")
 
 
@@ -136,18 +152,27 @@ def _linear_peak(backend: str, case: Case) -> int:
     features = b * h * (lq + lk) * d * work
     state = b * h * d * d * work
     row = b * h * lq * d * work  # one output-sized tensor in the working precision
+    key = b * h * lk * d * work  # one key-sized tensor in the working precision
     out_cast = out if upcast else 0  # ``.to(q.dtype)`` copies only when the precisions differ
+    # φ(x) = elu(x) + 1 holds x's converted copy, elu(x) and the result at once: with few queries
+    # and a long key sequence, φ(k) is the peak.
+    phi_q = (row if upcast else 0) + 2 * row
     if backend == "eager":
-        expanded = 2 * b * h * lk * d * e if gqa else 0  # expand_kv's copies, alive for the call
-        values = b * h * lk * d * work if upcast else 0
+        expanded = b * h * lk * d * e if gqa else 0  # one of expand_kv's copies of k and v
+        phi_k = row + (key if upcast else 0) + 2 * key
+        values = key if upcast else 0
         if case.causal:  # the outer products and their cumulative sum, alive together
-            return expanded + features + values + 2 * b * h * lk * d * d * work
-        return expanded + features + values + state + 2 * row + out_cast
+            main = features + values + 2 * b * h * lk * d * d * work
+        else:
+            main = features + values + state + 2 * row + out_cast
+        # rebinding v to its float32 copy frees the expanded half-precision v
+        return max(2 * expanded + max(phi_q, phi_k), (1 if upcast else 2) * expanded + main)
     if backend == "tiled":
-        values = b * h * lk * d * work if (upcast or gqa) else 0
+        values = key if (upcast or gqa) else 0
+        phi_k = row + (key if (upcast or gqa) else 0) + 2 * key
         if not case.causal:  # φ(q)·S and φ(q)·z; the cast comes after φ(q)·z is freed
-            return features + values + state + 2 * row
+            return max(phi_q, phi_k, features + values + state + 2 * row)
         bq, bk = min(TILE, lq), min(TILE, lk)
         tile = (b * h * bq * bk + b * h * bq * d) * work  # one chunk's masked scores and partial output
-        return features + values + state + 2 * row + tile + out_cast
+        return max(phi_q, phi_k, features + values + state + 2 * row + tile + out_cast)
     raise ValueError(f"no memory model for backend {backend!r} on linear attention")
