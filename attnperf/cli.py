@@ -277,7 +277,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                     for r in rows
                     if r["variant"] == name and r["backend"] == backend and isinstance(r.get("ms"), float)
                 ]
-                if len(pts) < 3:
+                if len({r["seq_len"] for r in pts}) < 3:
                     continue
                 t = fit_exponent([r["seq_len"] for r in pts], [r["ms"] for r in pts])
                 tail = tail_exponent([r["seq_len"] for r in pts], [r["ms"] for r in pts])
@@ -285,10 +285,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 m = fit_exponent([r["seq_len"] for r in mem], [r["meas_mib"] for r in mem]) if len(mem) >= 3 else None
                 fits.append({"variant": name, "backend": backend, "time_exp": t.exponent,
                              "time_ci": f"[{t.low:.2f}, {t.high:.2f}]", "tail_exp": tail.exponent,
-                             "tail_lens": f"{tail.lengths[0]}–{tail.lengths[-1]}", "mem_exp": m.exponent if m else None,
+                             "tail_lens": f"{min(tail.lengths)}–{max(tail.lengths)}", "mem_exp": m.exponent if m else None,
                              "mem_ci": f"[{m.low:.2f}, {m.high:.2f}]" if m else None})  # fmt: skip
         print("\nfitted exponents (time ∝ n^p, memory ∝ n^q; 95% intervals; 'longest half': p fitted on the longer")
-        print("half of the lengths only, where fixed per-call costs no longer flatten the slope):")
+        print("half of the lengths only, where fixed per-call costs no longer flatten the slope; two lengths")
+        print("give a slope without an interval):")
         print(format_table(fits, [("variant", "variant"), ("backend", "backend"), ("time_exp", "time p"),
                                   ("time_ci", "95% CI"), ("tail_exp", "p, longest half"), ("tail_lens", "lengths"),
                                   ("mem_exp", "memory q"), ("mem_ci", "95% CI")]))  # fmt: skip

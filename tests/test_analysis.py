@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnperf.analysis import fit_exponent, forward_flops, min_bytes, predicted_peak_bytes, roofline
+from attnperf.analysis import fit_exponent, forward_flops, min_bytes, predicted_peak_bytes, roofline, tail_exponent
 from attnperf.analysis.flops import allowed_pairs, visited_block_pairs
 from attnperf.analysis.hardware import DATASHEETS, datasheet_for
 from attnperf.backends import BACKENDS
@@ -132,6 +132,17 @@ def test_predicted_peak_memory_matches_the_cpu_allocator(
 #: other CUDA tests in the process, and failed the bound once (2026-11-28, ``-k on_gpu`` alone in
 #: a fresh process; the measured value was cut from the returned log). Not loosened: the next
 #: GPU session prints its MEMORY line to find whether cuDNN allocates a per-call workspace there.
+def test_tail_fit_sees_the_asymptote_that_a_fixed_cost_hides() -> None:
+    lengths = [8192, 1024, 2048, 4096, 4096]  # unsorted, with a repeated length
+    times = [0.05 + 1e-8 * n**2 for n in lengths]  # a fixed per-call cost plus n²
+    whole, tail = fit_exponent(lengths, times), tail_exponent(lengths, times)
+    assert whole.exponent < 1.3
+    assert 1.7 < tail.exponent < 2.0
+    assert sorted(set(tail.lengths)) == [4096, 8192]
+    with pytest.raises(ValueError, match="not all be equal"):
+        tail_exponent([4096, 4096], [1.0, 1.1])
+
+
 GPU_MEMORY_GRID = [
     (variant, backend, n, dtype)
     for variant in ("full", "causal", "sliding_window", "gqa", "alibi")

@@ -51,12 +51,13 @@ def fit_exponent(lengths: Sequence[float], values: Sequence[float]) -> Fit:
 
 
 def tail_exponent(lengths: Sequence[float], values: Sequence[float]) -> Fit:
-    """:func:`fit_exponent` over the longer half of the lengths (at least the two longest).
+    """:func:`fit_exponent` over the longer half of the distinct lengths (at least the two longest;
+    two lengths give a slope without an interval).
 
     The asymptotic exponent a complexity class predicts shows where the kernel's work dwarfs
     its fixed costs (launch, host overhead, a minimum grid), i.e. at the longest lengths.
     """
-    pairs = sorted(zip(lengths, values, strict=True))
-    keep = max(2, -(-len(pairs) // 2))
-    longest = pairs[-keep:]
+    distinct = sorted(set(lengths))
+    cutoff = distinct[-max(2, -(-len(distinct) // 2))] if len(distinct) >= 2 else distinct[0]
+    longest = [(x, y) for x, y in zip(lengths, values, strict=True) if x >= cutoff]
     return fit_exponent([x for x, _ in longest], [y for _, y in longest])
