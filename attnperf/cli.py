@@ -285,7 +285,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 m = fit_exponent([r["seq_len"] for r in mem], [r["meas_mib"] for r in mem]) if len(mem) >= 3 else None
                 fits.append({"variant": name, "backend": backend, "time_exp": t.exponent,
                              "time_ci": f"[{t.low:.2f}, {t.high:.2f}]", "tail_exp": tail.exponent,
-                             "tail_lens": f"{min(tail.lengths)}–{max(tail.lengths)}", "mem_exp": m.exponent if m else None,
+                             "tail_lens": f"{min(tail.lengths)}–{max(tail.lengths)}",
+                             "mem_exp": m.exponent if m else None,
                              "mem_ci": f"[{m.low:.2f}, {m.high:.2f}]" if m else None})  # fmt: skip
         print("\nfitted exponents (time ∝ n^p, memory ∝ n^q; 95% intervals; 'longest half': p fitted on the longer")
         print("half of the lengths only, where fixed per-call costs no longer flatten the slope; two lengths")
