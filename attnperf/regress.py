@@ -14,8 +14,9 @@ The verdict is asv's: a benchmark regresses when head/base exceeds ``--factor`` 
 Mann–Whitney test on the raw samples says the difference is significant (``asv compare``
 marks it ``+``). A flagged benchmark is measured again (``--confirm``, appending samples) and
 fails only if it is still flagged: PyTorch's dashboard likewise wants two violations in a row.
-A benchmark that ran on base and fails on head (``!``: a crash, an out-of-memory, or a wrong
-result, which the correctness check in ``setup`` raises) fails the comparison at once.
+A benchmark that fails on head but not on base (``!``: a crash, an out-of-memory, or a wrong
+result, which the correctness check in ``setup`` raises) is measured again the same way and
+fails the comparison if it still fails (a transient out-of-memory does not).
 The markdown summary (``--summary``) holds the verdict and asv's tables.
 """
 
@@ -45,7 +46,7 @@ class Comparison:
     regressions: list[str]
     improvements: list[str]
     table: str
-    failures: list[str] = field(default_factory=list)  # ran on base, fails on head
+    failures: list[str] = field(default_factory=list)  # fail on head, not on base
 
     @property
     def failed(self) -> bool:
@@ -62,7 +63,8 @@ def asv(
     """Run ``asv`` (the one beside this Python) and return its output; ``ok``: accepted exit codes."""
     cmd = [sys.executable, "-m", "asv", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if check and proc.returncode not in ok:
+    usage_error = proc.returncode == 2 and "usage:" in proc.stderr  # argparse's exit code is 2 as well
+    if check and (proc.returncode not in ok or usage_error):
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout + proc.stderr
 
@@ -176,9 +178,9 @@ def regress(
         runner.measure(bench, append=False)
         first = final = runner.compare(factor)
         for _ in range(confirm):
-            if not final.regressions:
+            if not final.failed:
                 break
-            runner.measure(bench_regex(final.regressions), append=True)
+            runner.measure(bench_regex(final.regressions + final.failures), append=True)
             final = runner.compare(factor)
     if summary is not None:
         write_atomic(summary, summary_markdown(base_sha, head_sha, factor, first, final))

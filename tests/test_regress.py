@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from attnperf.regress import bench_regex, main, parse_compare, regress
+from attnperf.regress import BENCHMARK_FAILED, asv, bench_regex, main, parse_compare, regress
 
 from .test_workflows import perf_pr_regress_args
 
@@ -121,6 +121,11 @@ def test_a_wrong_result_on_head_fails_the_comparison(throwaway) -> None:
     summary = (repo / "wrong.md").read_text()
     assert "**regression**" in summary
     assert "### Failing on head" in summary
+
+
+def test_asv_usage_errors_are_errors_even_where_exit_2_is_a_result(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="usage:"):
+        asv(["run", "--no-such-option"], cwd=tmp_path, ok=(0, BENCHMARK_FAILED))
 
 
 def test_parse_compare_reads_asv_tables() -> None:
