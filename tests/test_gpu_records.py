@@ -24,33 +24,45 @@ RECORDS = Path(__file__).resolve().parent.parent / "docs" / "gpu" / "2026-11-28"
 ANALYZE_SHAPE = {"heads": 16, "head_dim": 128, "dtype": "bfloat16", "device": "cuda"}
 
 
-def analyze_rows() -> list[tuple[str, dict]]:
+def analyze_rows() -> list:
     rows = []
     for path in sorted(RECORDS.glob("analyze-*.json")):
-        rows += [(path.name, row) for row in json.loads(path.read_text())["rows"] if row.get("meas_mib")]
+        rows += [
+            pytest.param(path.name, row, id=f"{path.stem}-{row['variant']}-{row['backend']}-{row['seq_len']}")
+            for row in json.loads(path.read_text())["rows"]
+            if row.get("meas_mib")
+        ]
     return rows
 
 
-def sweep_records() -> list[tuple[str, dict]]:
+def sweep_records() -> list:
     out = []
     for path in sorted(RECORDS.glob("sweep16k*.json")):
-        out += [(path.name, r) for r in json.loads(path.read_text())["records"] if r["status"] == "ok"]
+        out += [
+            pytest.param(path.name, r, id=f"{path.stem}-{r['backend']}-{r['case_id']}")
+            for r in json.loads(path.read_text())["records"]
+            if r["status"] == "ok"
+        ]
     return out
 
 
 #: ``MEMORY <variant> <backend> <case id> predicted <bytes> measured <bytes> ratio <r>``, printed by
 #: test_analysis.py's on-GPU test, whose shapes are batch 2, 8 heads, head_dim 64, window 256.
 MEMORY_LINE = re.compile(
-    r"MEMORY (\S+) (\S+) B2_H8_(?:KV\d+_)?S(\d+)_D64_(f32|bf16|f16)_cuda\S* predicted \d+ measured (\d+)"
+    r"MEMORY (\S+) (\S+) (B2_H8_(?:KV\d+_)?S(\d+)_D64_(f32|bf16|f16)_cuda\S*) predicted \d+ measured (\d+)"
 )
 DTYPE_OF_TAG = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 
 
-def memory_lines() -> list[tuple[str, str, int, str, int]]:
-    text = (RECORDS / "pytest-linear.log").read_text() + (RECORDS / "pytest-memory.log").read_text()
-    return [
-        (m[1], m[2], int(m[3]), DTYPE_OF_TAG[m[4]], int(m[5])) for m in map(MEMORY_LINE.search, text.splitlines()) if m
-    ]
+def memory_lines() -> list:
+    """One parameter set per MEMORY line, named by variant, backend, case id and the file's line."""
+    lines = []
+    for name in ("pytest-linear.log", "pytest-memory.log"):
+        for number, line in enumerate((RECORDS / name).read_text().splitlines(), 1):
+            if m := MEMORY_LINE.search(line):
+                values = (m[1], m[2], m[3], int(m[4]), DTYPE_OF_TAG[m[5]], int(m[6]))
+                lines.append(pytest.param(*values, id=f"{m[1]}-{m[2]}-{m[3]}-{name}:{number}"))
+    return lines
 
 
 def test_records_are_there() -> None:
@@ -59,21 +71,27 @@ def test_records_are_there() -> None:
     assert len(memory_lines()) >= 110
 
 
-@pytest.mark.parametrize(("variant", "backend", "n", "dtype", "measured"), memory_lines())
-def test_on_gpu_test_shapes_match_h100(variant: str, backend: str, n: int, dtype: str, measured: int) -> None:
+@pytest.mark.parametrize(("variant", "backend", "case_id", "n", "dtype", "measured"), memory_lines())
+def test_on_gpu_test_shapes_match_h100(
+    variant: str, backend: str, case_id: str, n: int, dtype: str, measured: int
+) -> None:
     case = get_variant(variant).case(n, batch=2, heads=8, head_dim=64, dtype=dtype, device="cuda", window=256)
+    assert case.id == case_id, "the catalog's variant no longer builds the case that was measured"
     assert predicted_peak_bytes(get_variant(variant).mechanism, backend, case) == pytest.approx(measured, rel=0.10)
 
 
-@pytest.mark.parametrize(("source", "row"), analyze_rows(), ids=lambda x: x if isinstance(x, str) else None)
+@pytest.mark.parametrize(("source", "row"), analyze_rows())
 def test_analyze_prediction_matches_h100(source: str, row: dict) -> None:
-    options = {"window": 512} if row["variant"] == "sliding_window" else {}
-    case = get_variant(row["variant"]).case(row["seq_len"], **ANALYZE_SHAPE, **options)
+    if "case" in row:
+        case = Case(**row["case"])
+    else:
+        options = {"window": 512} if row["variant"] == "sliding_window" else {}
+        case = get_variant(row["variant"]).case(row["seq_len"], **ANALYZE_SHAPE, **options)
     predicted = predicted_peak_bytes(get_variant(row["variant"]).mechanism, row["backend"], case) / 2**20
     assert predicted == pytest.approx(row["meas_mib"], rel=0.10), f"{source}: {row['variant']} {row['backend']}"
 
 
-@pytest.mark.parametrize(("source", "record"), sweep_records(), ids=lambda x: x if isinstance(x, str) else None)
+@pytest.mark.parametrize(("source", "record"), sweep_records())
 def test_sweep_prediction_matches_h100(source: str, record: dict) -> None:
     case = Case(**record["case"])
     predicted = predicted_peak_bytes(record["mechanism"], record["backend"], case)
