@@ -20,6 +20,7 @@
 #   aa                A/A: regress --existing, a commit against an empty commit after it
 # Each step has its own timeout so that one slow step cannot take the others' results with it.
 set -uo pipefail
+(($#)) || { sed -n '2,/^# Each step/p' "$0"; exit 2; }
 FINAL=${OUT:-$PWD/gpu-out}; OUT=$FINAL/raw; mkdir -p "$OUT"
 trap 'tar czf "$FINAL/gpu-check.tgz" -C "$OUT" . && rm -rf "$OUT"' EXIT
 if [[ -f /tmp/devstack/env.sh ]]; then source /tmp/devstack/env.sh; fi
@@ -28,7 +29,7 @@ LIBS="(-flash-attn4- or -flash-attn3- or -xformers- or -fla-)"  # pytest -k term
 SHAPE=(--device cuda --dtype bfloat16 --heads 16 --head-dim 128)
 LENS=4096,8192,16384,32768
 step() { echo "=== $1 ($(date +%T))"; }
-need_asv() { python3 -c "import asv" 2>/dev/null || { echo "phase $1 needs asv (pip install asv, or the GPU stack)"; exit 2; }; }
+need_asv() { python3 -c "import asv" 2>/dev/null || { echo "phase $1 needs asv (pip install asv, or the GPU stack)"; return 1; }; }
 pytest_gpu() {  # $1 = timeout, $2 = -k expression, $3 = log name
   timeout "$1" python3 -m pytest tests/test_backends.py tests/test_analysis.py tests/test_flex.py -q -p no:cacheprovider \
     -k "$2" -rs -s > "$OUT/$3.log" 2>&1
@@ -44,7 +45,7 @@ asv_repo() {  # asv needs a git repository: the tree as one commit and an empty 
   [[ $(git log -1 --format=%s 2>/dev/null) == a/a ]] && return
   if git rev-parse --git-dir >/dev/null 2>&1; then  # never commit into a real checkout
     echo "asv and aa make a throwaway history: run them in a copy without .git"
-    echo "  (git archive HEAD | tar x -C /tmp/copy, then cd /tmp/copy)"; exit 2
+    echo "  (git archive HEAD | tar x -C /tmp/copy, then cd /tmp/copy)"; return 1
   fi
   git init -q 2>/dev/null; echo /.devstack/ >> .git/info/exclude; git add -A >/dev/null; git -c user.name=gpu -c user.email=gpu@local commit -qm base >/dev/null
   git -c user.name=gpu -c user.email=gpu@local commit -q --allow-empty -m "a/a"; git branch -M main  # asv.conf.json follows main
@@ -88,7 +89,7 @@ for phase in "$@"; do
   asv)
     # asv runs each parameter combination in a fresh process (imports, CUDA, check, warm-up):
     # about 20 s each with the GPU libraries on the H100, so this subset takes ~5 minutes.
-    need_asv asv; asv_repo
+    need_asv asv && asv_repo || continue  # the later phases still run
     M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
     ASV_PYTHONPATH=$PYTHONPATH ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal \
       ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4,flash-attn3,xformers \
@@ -98,7 +99,7 @@ for phase in "$@"; do
     echo "asv exit $?"; grep -vE "^\s*$" "$OUT/asv-run.txt" | tail -40
     tar czf "$OUT/asv-results.tgz" .asv/results 2>/dev/null ;;
   aa)
-    need_asv aa; asv_repo
+    need_asv aa && asv_repo || continue
     M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
     ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4 timeout 200 \
       python3 -m attnperf.regress HEAD~1 HEAD --existing --rounds 2 --factor 1.02 --confirm 0 -b 'TimeForward\.' \

@@ -4,14 +4,17 @@
 # the site to a scratch folder, points those tags at the same libraries from the npm registry
 # (integrity attributes dropped, since the npm files are not byte-identical to the CDN builds),
 # serves it on localhost and reports what the summary page and one benchmark's graph page show.
-# Needs npm (registry access) and Debian's chromium.
+# Needs npm with access to its registry, and Debian's chromium. stupid-table-plugin 1.0.1 (the
+# CDN's) was never published to npm: 1.1.3 stands in for it.
 #   bash tools/html-check.sh [HTML_DIR (.asv/html)] [BENCHMARK (bench_attention.TimeForward.time_forward)]
 # SCREENSHOT=graph.png also saves a picture of the graph page, to see the points themselves.
 set -euo pipefail
 html=${1:-.asv/html}; bench=${2:-bench_attention.TimeForward.time_forward}
 [[ -f $html/index.html ]] || { echo "no $html/index.html: run nox -s publish first"; exit 2; }
+command -v chromium >/dev/null || { echo "chromium not found (Debian: apt-get install chromium)"; exit 2; }
+command -v npm >/dev/null || { echo "npm not found"; exit 2; }
 work=$(mktemp -d); server=
-trap '[[ -n $server ]] && kill $server 2>/dev/null; rm -rf "$work"' EXIT
+trap '{ [[ -n $server ]] && kill "$server"; } 2>/dev/null || true; rm -rf "$work"' EXIT
 cp -r "$html" "$work/site"
 (cd "$work" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund jquery@3.3.1 flot@0.8.3 \
   flot-orderbars@1.0.0 stupid-table-plugin@1.1.3 blueimp-md5@2.19.0 bootstrap@3.1.1)
@@ -48,7 +51,7 @@ failed=$(grep -c "failed to load" <<<"$summary$graph" || true)
 echo "summary page: $(grep -o 'benchmark-container' <<<"$summary" | wc -l) benchmark tiles; load failures: $failed"
 echo "graph page $bench: $(grep -o 'class="flot-base"' <<<"$graph" | wc -l) plot canvas(es)," \
   "$(grep -o 'class="legendLabel"' <<<"$graph" | wc -l) legend entries"
-grep -o 'class="legendLabel">[^<]*' <<<"$graph" | sed 's/.*>/  series: /' | head -20
+{ grep -o 'class="legendLabel">[^<]*' <<<"$graph" | sed 's/.*>/  series: /' | head -20; } || true
 if [[ -n ${SCREENSHOT:-} ]]; then
   chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
     --disable-component-update --disable-sync --user-data-dir="$work/profile" --virtual-time-budget=20000 \
