@@ -16,9 +16,8 @@ from typing import Any
 def _umask() -> int:
     """The process's umask, read without changing it where Linux tells it (``os.umask`` can only
     be read by setting it, which would briefly affect other threads creating files)."""
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        with open("/proc/self/status", encoding="ascii") as status:
-            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
