@@ -75,7 +75,11 @@ class TrackGPUMemory(_Suite):
 
 
 class TrackTFLOPs(_Suite):
-    """Achieved TFLOP/s: the analyzer's useful FLOPs over the median forward time."""
+    """Achieved TFLOP/s: the analyzer's useful FLOPs over the median forward time.
+
+    asv reads every benchmark as smaller-is-better, so a drop here shows as an improvement in
+    ``asv compare``: regressions are judged on the ``time_*`` suites, this one is for the graphs.
+    """
 
     unit = "TFLOP/s"
 
