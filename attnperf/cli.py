@@ -279,8 +279,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 ]
                 if len({r["seq_len"] for r in pts}) < 3:
                     continue
-                t = fit_exponent([r["seq_len"] for r in pts], [r["ms"] for r in pts])
-                tail = tail_exponent([r["seq_len"] for r in pts], [r["ms"] for r in pts])
+                lengths, times = [r["seq_len"] for r in pts], [r["ms"] for r in pts]
+                t, tail = fit_exponent(lengths, times), tail_exponent(lengths, times)
                 mem = [r for r in pts if r.get("meas_mib", 0) > 0]
                 m = fit_exponent([r["seq_len"] for r in mem], [r["meas_mib"] for r in mem]) if len(mem) >= 3 else None
                 fits.append({"variant": name, "backend": backend, "time_exp": t.exponent,

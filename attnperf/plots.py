@@ -67,11 +67,10 @@ def plot_scaling(records: list[dict[str, Any]], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(9, 6))
     for name, points in _series(records, "median_s").items():
         xs, ys = [p[0] for p in points], [p[1] * 1e3 for p in points]
-        slope = f" (slope {fit_exponent(xs, ys).exponent:.2f}" if len(set(xs)) >= 2 else ""
+        slopes = [f"slope {fit_exponent(xs, ys).exponent:.2f}"] if len(set(xs)) >= 2 else []
         if len(set(xs)) >= 3:  # short lengths flatten the slope: the longer half shows the asymptote
-            slope += f", longer half {tail_exponent(xs, ys).exponent:.2f}"
-        slope += ")" if slope else ""
-        ax.plot(xs, ys, marker="o", label=name + slope)
+            slopes.append(f"longer half {tail_exponent(xs, ys).exponent:.2f}")
+        ax.plot(xs, ys, marker="o", label=name + (f" ({', '.join(slopes)})" if slopes else ""))
     ax.set(xscale="log", yscale="log", xlabel="seq_len", ylabel="median time (ms)",
            title="Time against length: the slope is the empirical exponent")  # fmt: skip
     ax.legend(fontsize=7)

@@ -128,10 +128,6 @@ def test_predicted_peak_memory_matches_the_cpu_allocator(
     assert predicted == pytest.approx(measured, rel=0.10, abs=320 * 1024), f"{case.id}: {predicted} vs {measured}"
 
 
-#: Known open case: gqa × sdpa-cudnn × 1024 × bfloat16 measured 1.030 in two runs that followed
-#: other CUDA tests in the process, and failed the bound once (2026-11-28, ``-k on_gpu`` alone in
-#: a fresh process; the measured value was cut from the returned log). Not loosened: the next
-#: GPU session prints its MEMORY line to find whether cuDNN allocates a per-call workspace there.
 def test_tail_fit_sees_the_asymptote_that_a_fixed_cost_hides() -> None:
     lengths = [8192, 1024, 2048, 4096, 4096]  # unsorted, with a repeated length
     times = [0.05 + 1e-8 * n**2 for n in lengths]  # a fixed per-call cost plus n²
@@ -143,6 +139,10 @@ def test_tail_fit_sees_the_asymptote_that_a_fixed_cost_hides() -> None:
         tail_exponent([4096, 4096], [1.0, 1.1])
 
 
+#: Known open case: gqa × sdpa-cudnn × 1024 × bfloat16 measured 1.030 in two runs that followed
+#: other CUDA tests in the process, and failed the bound once (2026-11-28, ``-k on_gpu`` alone in
+#: a fresh process; the measured value was cut from the returned log). Not loosened: the next
+#: GPU session prints its MEMORY line to find whether cuDNN allocates a per-call workspace there.
 GPU_MEMORY_GRID = [
     (variant, backend, n, dtype)
     for variant in ("full", "causal", "sliding_window", "gqa", "alibi")

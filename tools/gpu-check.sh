@@ -49,11 +49,12 @@ asv_repo() {  # asv needs a git repository: the tree as one commit and an empty 
   fi
   git init -q 2>/dev/null; echo /.devstack/ >> .git/info/exclude; git add -A >/dev/null; git -c user.name=gpu -c user.email=gpu@local commit -qm base >/dev/null
   git -c user.name=gpu -c user.email=gpu@local commit -q --allow-empty -m "a/a"; git branch -M main  # asv.conf.json follows main
-  python3 -m asv machine --yes --machine "$(python3 -c 'from attnperf.machine import machine_tag; print(machine_tag())')" >/dev/null
+  python3 -m asv machine --yes --machine "$M" >/dev/null
 }
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee -a "$OUT/gpu.txt"
-python3 -c "import torch, attnperf.machine as m; print(torch.__version__, torch.version.cuda, m.machine_tag())" | tee -a "$OUT/gpu.txt"
+M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")  # asv's machine name
+python3 -c "import torch; print(torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"; echo "$M" | tee -a "$OUT/gpu.txt"
 for phase in "$@"; do
   step "$phase"
   case $phase in
@@ -90,7 +91,6 @@ for phase in "$@"; do
     # asv runs each parameter combination in a fresh process (imports, CUDA, check, warm-up):
     # about 20 s each with the GPU libraries on the H100, so this subset takes ~5 minutes.
     need_asv asv && asv_repo || continue  # the later phases still run
-    M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
     ASV_PYTHONPATH=$PYTHONPATH ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal \
       ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4,flash-attn3,xformers \
       timeout 420 python3 -m asv run --environment "existing:$(command -v python3)" --machine "$M" \
@@ -100,7 +100,6 @@ for phase in "$@"; do
     tar czf "$OUT/asv-results.tgz" .asv/results 2>/dev/null ;;
   aa)
     need_asv aa && asv_repo || continue
-    M=$(python3 -c "from attnperf.machine import machine_tag; print(machine_tag())")
     ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4 timeout 200 \
       python3 -m attnperf.regress HEAD~1 HEAD --existing --rounds 2 --factor 1.02 --confirm 0 -b 'TimeForward\.' \
       --machine "$M-aa" --summary "$OUT/aa-summary.md" > "$OUT/aa.txt" 2>&1; echo "regress exit $?"

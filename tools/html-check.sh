@@ -41,10 +41,10 @@ PY
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 python3 -m http.server -b 127.0.0.1 -d "$work/site" "$port" >/dev/null 2>&1 & server=$!
 sleep 1
+chrome=(chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking
+  --disable-component-update --disable-sync --user-data-dir="$work/profile" --virtual-time-budget=20000)
 browse() {  # $1 = page fragment; prints the DOM after scripts ran
-  chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
-    --disable-component-update --disable-sync --user-data-dir="$work/profile" --virtual-time-budget=20000 \
-    --dump-dom "http://127.0.0.1:$port/$1" 2>/dev/null
+  "${chrome[@]}" --dump-dom "http://127.0.0.1:$port/$1" 2>/dev/null
 }
 summary=$(browse "") graph=$(browse "#$bench")
 failed=$(grep -c "failed to load" <<<"$summary$graph" || true)
@@ -53,8 +53,7 @@ echo "graph page $bench: $(grep -o 'class="flot-base"' <<<"$graph" | wc -l) plot
   "$(grep -o 'class="legendLabel"' <<<"$graph" | wc -l) legend entries"
 { grep -o 'class="legendLabel">[^<]*' <<<"$graph" | sed 's/.*>/  series: /' | head -20; } || true
 if [[ -n ${SCREENSHOT:-} ]]; then
-  chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
-    --disable-component-update --disable-sync --user-data-dir="$work/profile" --virtual-time-budget=20000 \
-    --window-size=1400,900 --screenshot="$(realpath -m "$SCREENSHOT")" "http://127.0.0.1:$port/#$bench" 2>/dev/null
+  "${chrome[@]}" --window-size=1400,900 --screenshot="$(realpath -m "$SCREENSHOT")" "http://127.0.0.1:$port/#$bench" \
+    2>/dev/null
 fi
 [[ $failed -eq 0 ]] && grep -q 'class="flot-base"' <<<"$graph"

@@ -159,8 +159,8 @@ def _linear_peak(backend: str, case: Case) -> int:
     phi_q = (row if upcast else 0) + 2 * row
     if backend == "eager":
         expanded = b * h * lk * d * e if gqa else 0  # one of expand_kv's copies of k and v
-        phi_k = row + (key if upcast else 0) + 2 * key
-        values = key if upcast else 0
+        values = key if upcast else 0  # v's float32 copy; k's is made the same way for φ(k)
+        phi_k = row + values + 2 * key
         if case.causal:  # the outer products and their cumulative sum, alive together
             main = features + values + 2 * b * h * lk * d * d * work
         else:
@@ -168,8 +168,8 @@ def _linear_peak(backend: str, case: Case) -> int:
         # rebinding v to its float32 copy frees the expanded half-precision v
         return max(2 * expanded + max(phi_q, phi_k), (1 if upcast else 2) * expanded + main)
     if backend == "tiled":
-        values = key if (upcast or gqa) else 0
-        phi_k = row + (key if (upcast or gqa) else 0) + 2 * key
+        values = key if (upcast or gqa) else 0  # v's converted or expanded copy; k's alike for φ(k)
+        phi_k = row + values + 2 * key
         if not case.causal:  # φ(q)·S and φ(q)·z; the cast comes after φ(q)·z is freed
             return max(phi_q, phi_k, features + values + state + 2 * row)
         bq, bk = min(TILE, lq), min(TILE, lk)
