@@ -53,23 +53,24 @@ def asv_check(session: nox.Session) -> None:
     session.run("asv", "check", "--environment", "existing:python")
 
 
-def asv_machine(session: nox.Session) -> str:
-    """Register this machine with asv under a name that carries its hardware and stack."""
-    tag = session.run("python", "-c", "from attnperf.machine import machine_tag; print(machine_tag())", silent=True)
-    machine = str(tag).strip().splitlines()[-1]
-    session.run("asv", "machine", "--yes", "--machine", machine)
-    return machine
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The main job: benchmark the last 3 commits this machine has no results for, then publish.
+
+    Each commit is measured in one fresh process of its own batch runner (CPU grid unless CUDA is
+    visible) and recorded as asv results; ``asv publish`` then draws the history into .asv/html.
+    Extra arguments go to ``python -m attnperf.history run``, e.g. ``nox -s bench -- --steps 1``.
+    """
+    install(session, "test")
+    session.run("python", "-m", "attnperf.history", "run", *session.posargs)
+    session.run("asv", "publish")
 
 
 @nox.session(python=PYTHON)
-def bench(session: nox.Session) -> None:
-    """asv: benchmark the current commit on this machine (CPU grid unless CUDA is visible).
-
-    Extra arguments go to ``asv run``, e.g. ``nox -s bench -- --quick -b TimeForward``.
-    """
+def history(session: nox.Session) -> None:
+    """``python -m attnperf.history ...`` as it is (the workflows' measure and record steps)."""
     install(session, "test")
-    machine = asv_machine(session)
-    session.run("asv", "run", "--machine", machine, "--show-stderr", *(session.posargs or []), "HEAD^!")
+    session.run("python", "-m", "attnperf.history", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -81,12 +82,20 @@ def publish(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def regress(session: nox.Session) -> None:
-    """Base vs head: ``nox -s regress -- BASE HEAD [--existing] [--factor F] [-b REGEX]``.
+    """Base vs head: ``nox -s regress -- BASE HEAD [--grid pr-gpu] [--processes 2] [--allow-grid-change]``.
 
-    Exits non-zero on a confirmed regression and writes regress-summary.md.
+    Exits 1 on a confirmed slowdown or a benchmark that ran on base and not on head; writes
+    regress-summary.md and regress-out/verdict.json.
     """
     install(session, "test")
     session.run("python", "-m", "attnperf.regress", *(session.posargs or ["origin/main", "HEAD"]))
+
+
+@nox.session(python=PYTHON)
+def trials(session: nox.Session) -> None:
+    """The check's error rates on this machine: A/A and injected slowdowns (regress-trials.json)."""
+    install(session, "test")
+    session.run("python", "-m", "attnperf.regress", "trials", *session.posargs)
 
 
 @nox.session(python=PYTHON)

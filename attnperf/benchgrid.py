@@ -1,19 +1,33 @@
-"""The benchmark grids asv and pytest-benchmark run, and the one place a benchmark is prepared.
+"""The benchmark grids, and the points they hold, shared by asv, the batch runner and the PR check.
 
-Two grids: a CPU grid small enough for ``asv run --quick`` in CI, and a GPU grid (long
-sequences, bf16/fp16, head_dim 64/128) chosen when CUDA is present. Environment variables pick
-subsets without editing code (comma-separated lists):
+A grid names backends × variants × lengths × head dims × dtypes on one device. Its
+:meth:`BenchGrid.points` are what gets measured: a forward point per combination, a
+forward+backward point at ``backward_seq_lens``, and a decode step per ``decode_lens``. Each
+point carries the asv benchmark names it feeds (``bench_attention.TimeForward.time_forward``
+with the same parameters), so measurements made by :mod:`attnperf.batch` land in the same asv
+history as ``asv run`` would write.
+
+Four grids:
+
+=================  ===================================================================
+``cpu``            the main job on a CPU machine (``nox -s bench``): three complexity classes
+``gpu``            the main-branch history on a GPU: every GPU backend, 512 → 16k tokens
+``pr-cpu``         the pull-request check's CPU counterpart (what CI's end-to-end test runs)
+``pr-gpu``         the pull-request check on the GPU runner: every GPU backend and every
+                   mechanism class at two lengths, bf16 — sized to finish in minutes
+=================  ===================================================================
+
+Environment variables pick subsets without editing code (comma-separated lists):
 
 =====================  ====================================================
-``ATTNPERF_GRID``      ``cpu`` or ``gpu`` (default: ``gpu`` when CUDA is visible)
+``ATTNPERF_GRID``      a grid name above (default: ``gpu`` when CUDA is visible, else ``cpu``)
 ``ATTNPERF_BACKENDS``  backends, e.g. ``eager,flex``
 ``ATTNPERF_VARIANTS``  variants, e.g. ``causal,sliding_window``
 ``ATTNPERF_SEQ_LENS``  sequence lengths, e.g. ``1024,4096``
 ``ATTNPERF_HEAD_DIMS`` head dims (GPU grid default ``128``; ``64,128`` for both)
 ``ATTNPERF_DTYPES``    dtypes (GPU grid default ``bfloat16``)
+``ATTNPERF_DECODE_LENS`` KV-cache lengths of the decode step
 =====================  ====================================================
-
-asv's own ``-b REGEX`` selects benchmarks and parameter combinations on top of that.
 
 CUDA is never initialized at import time: asv forks benchmark processes from a server that
 imported this module, and a parent with a CUDA context breaks every child. The GPU check uses
@@ -22,11 +36,68 @@ NVML (``PYTORCH_NVML_BASED_CUDA_CHECK``), which is fork-safe.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from attnperf.case import Case
 from attnperf.catalog import get_variant
+
+FORWARD, BACKWARD, DECODE = "forward", "forward+backward", "decode"
+SUITE = "bench_attention"
+
+#: The asv benchmarks one point feeds, by mode: (asv name, what it holds, whether it gates a PR).
+#: Times and measured peak memory gate; derived numbers (TFLOP/s, the analyzer's prediction) are
+#: for the graphs only.
+BENCHMARKS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    FORWARD: (
+        (f"{SUITE}.TimeForward.time_forward", "time", True),
+        (f"{SUITE}.TrackPeakMemory.track_peak_bytes", "memory", True),
+        (f"{SUITE}.TrackPeakMemory.track_predicted_peak_bytes", "prediction", False),
+        (f"{SUITE}.TrackTFLOPs.track_tflops", "tflops", False),
+    ),
+    BACKWARD: ((f"{SUITE}.TimeForwardBackward.time_forward_backward", "time", True),),
+    DECODE: ((f"{SUITE}.TimeDecode.time_decode_step", "time", True),),
+}
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """One thing to measure: a backend on a variant's case, in one mode."""
+
+    backend: str
+    variant: str
+    seq_len: int
+    head_dim: int
+    dtype: str
+    mode: str
+    device: str
+    heads: int
+    batch: int = 1
+
+    @property
+    def asv_params(self) -> tuple[Any, ...]:
+        """The asv parameter values of this point, in the suites' order."""
+        if self.mode == DECODE:
+            return (self.backend, self.seq_len, self.head_dim, self.dtype)
+        return (self.backend, self.variant, self.seq_len, self.head_dim, self.dtype)
+
+    @property
+    def key(self) -> str:
+        """A stable id, asv's spelling of the point: ``TimeForward('eager', 'causal', 256, 64, 'float32')``."""
+        suite = BENCHMARKS[self.mode][0][0].split(".")[1]
+        return f"{suite}({', '.join(map(repr, self.asv_params))})"
+
+    def case(self) -> Case:
+        variant = "decode" if self.mode == DECODE else self.variant
+        return get_variant(variant).case(
+            self.seq_len, batch=self.batch, heads=self.heads, head_dim=self.head_dim, dtype=self.dtype,
+            device=self.device,
+        )  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -40,6 +111,8 @@ class BenchGrid:
     device: str
     heads: int
     batch: int = 1
+    #: Lengths at which forward+backward is measured (None: every length in ``seq_lens``).
+    backward_seq_lens: tuple[int, ...] | None = None
     options: dict[str, int] = field(default_factory=dict)
 
     def case(self, variant: str, seq_len: int, head_dim: int, dtype: str) -> Case:
@@ -47,6 +120,23 @@ class BenchGrid:
             seq_len, batch=self.batch, heads=self.heads, head_dim=head_dim, dtype=dtype, device=self.device,
             **self.options,
         )  # fmt: skip
+
+    def points(self) -> list[PointSpec]:
+        """Every point of the grid: forward, forward+backward (at ``backward_seq_lens``), decode."""
+        shape = {"device": self.device, "heads": self.heads, "batch": self.batch}
+        backward_lens = self.seq_lens if self.backward_seq_lens is None else self.backward_seq_lens
+        points = []
+        for backend in self.backends:
+            for head_dim in self.head_dims:
+                for dtype in self.dtypes:
+                    for variant in self.variants:
+                        for seq_len in self.seq_lens:
+                            points.append(PointSpec(backend, variant, seq_len, head_dim, dtype, FORWARD, **shape))
+                        for seq_len in backward_lens:
+                            points.append(PointSpec(backend, variant, seq_len, head_dim, dtype, BACKWARD, **shape))
+                    for cache_len in self.decode_lens:
+                        points.append(PointSpec(backend, "decode", cache_len, head_dim, dtype, DECODE, **shape))
+        return points
 
 
 #: asv runs every parameter combination in a process of its own (a few seconds each on a 2-core
@@ -61,12 +151,13 @@ CPU_GRID = BenchGrid(
     dtypes=("float32",),
     device="cpu",
     heads=8,
+    backward_seq_lens=(256,),
 )
 
 GPU_GRID = BenchGrid(
     backends=(
-        "eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "flash-attn4", "flash-attn3",
-        "xformers", "fla",
+        "eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "tiled", "flash-attn4",
+        "flash-attn3", "xformers", "fla", "onnxruntime",
     ),
     variants=("full", "causal", "gqa", "sliding_window", "bigbird", "linear_causal", "alibi", "rope"),
     seq_lens=(512, 1024, 2048, 4096, 8192, 16384),
@@ -76,6 +167,45 @@ GPU_GRID = BenchGrid(
     device="cuda",
     heads=16,
 )  # fmt: skip
+
+#: The pull-request grid on the GPU runner: every GPU library backend and one variant of each
+#: mechanism class (dense causal, GQA, local, block-sparse, linear, positional, decode) at a short
+#: and a long length, the backward at the short one. Sized from the H200: a process over the whole
+#: GPU-grid set of variants at these lengths took over 250 s (checks, flex compilations, 7 s a
+#: point for the plain-PyTorch ``tiled`` loops at 8k). ``tiled`` and ``onnxruntime`` (an export per
+#: shape) are left to the main-branch history and the CPU check. Its lengths are a subset of the GPU
+#: grid's, so its results are points of the same asv history.
+PR_GPU_GRID = dataclasses.replace(
+    GPU_GRID,
+    backends=tuple(b for b in GPU_GRID.backends if b not in ("tiled", "onnxruntime")),
+    variants=("causal", "gqa", "sliding_window", "bigbird", "linear_causal", "rope"),
+    seq_lens=(2048, 8192),
+    backward_seq_lens=(2048,),
+    decode_lens=(4096, 32768),
+)
+
+#: The CPU counterpart: the CPU grid's backends and variants at 256 and 1024 tokens.
+PR_CPU_GRID = dataclasses.replace(CPU_GRID, decode_lens=(1024,))
+
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Measured seconds of one :mod:`attnperf.batch` process over a grid, for the estimate the
+    regression check prints before it starts."""
+
+    startup_s: float  # interpreter, torch, GPU warm-up
+    first_point_s: float  # per point in a commit's first process: the check, compilation, measurement
+    point_s: float  # per point in later processes (verdicts cached, compile caches warm)
+    confirm_share: float  # the confirmation pass, as a share of the first pass (when something is flagged)
+    measured: str
+
+
+GRID_COSTS: dict[str, Cost] = {
+    "pr-cpu": Cost(6, 4.7, 1.4, 0.2, "2-core CPU, 2026-11-28: 40 points, 195 s first process, 61 s later"),
+}
+
+GRIDS: dict[str, BenchGrid] = {"cpu": CPU_GRID, "gpu": GPU_GRID, "pr-cpu": PR_CPU_GRID, "pr-gpu": PR_GPU_GRID}
 
 
 def cuda_visible() -> bool:
@@ -93,20 +223,31 @@ def _env_list(name: str, default: tuple, convert: type = str) -> tuple:
     return tuple(convert(item.strip()) for item in raw.split(",") if item.strip())
 
 
-def active_grid() -> BenchGrid:
-    """The grid for this machine, narrowed by the ``ATTNPERF_*`` environment variables."""
-    choice = os.environ.get("ATTNPERF_GRID") or ("gpu" if cuda_visible() else "cpu")
-    if choice not in ("cpu", "gpu"):
-        raise ValueError(f"ATTNPERF_GRID must be 'cpu' or 'gpu', got {choice!r}")
-    base = GPU_GRID if choice == "gpu" else CPU_GRID
-    return BenchGrid(
+def grid_named(name: str | None = None) -> BenchGrid:
+    """The grid called ``name`` (default: ``ATTNPERF_GRID``, else this machine's), narrowed by
+    the ``ATTNPERF_*`` environment variables."""
+    choice = name or os.environ.get("ATTNPERF_GRID") or ("gpu" if cuda_visible() else "cpu")
+    if choice not in GRIDS:
+        raise ValueError(f"grid (ATTNPERF_GRID) must be one of {sorted(GRIDS)}, got {choice!r}")
+    base = GRIDS[choice]
+    seq_lens = _env_list("ATTNPERF_SEQ_LENS", base.seq_lens, int)
+    backward = base.backward_seq_lens
+    return dataclasses.replace(
+        base,
         backends=_env_list("ATTNPERF_BACKENDS", base.backends),
         variants=_env_list("ATTNPERF_VARIANTS", base.variants),
-        seq_lens=_env_list("ATTNPERF_SEQ_LENS", base.seq_lens, int),
+        seq_lens=seq_lens,
         decode_lens=_env_list("ATTNPERF_DECODE_LENS", base.decode_lens, int),
         head_dims=_env_list("ATTNPERF_HEAD_DIMS", base.head_dims, int),
         dtypes=_env_list("ATTNPERF_DTYPES", base.dtypes),
-        device=base.device,
-        heads=base.heads,
-        batch=base.batch,
+        backward_seq_lens=None if backward is None else tuple(n for n in backward if n in seq_lens) or seq_lens[:1],
     )
+
+
+def active_grid() -> BenchGrid:
+    """The grid the asv suites declare: the full CPU or GPU grid of this machine (a PR grid's points
+    are a subset of it, so they are points of the same history)."""
+    name = os.environ.get("ATTNPERF_GRID")
+    if name and name.startswith("pr-"):
+        name = name[3:]
+    return grid_named(name)

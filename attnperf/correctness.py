@@ -16,6 +16,7 @@ import torch
 from attnperf.backends import Backend, Runner, Unsupported, get_backend
 from attnperf.case import Case, make_inputs
 from attnperf.mechanisms import Mechanism, get_mechanism
+from attnperf.mechanisms.base import expand_kv
 
 OK, WRONG, UNSUPPORTED = "ok", "wrong", "unsupported"
 #: Above this many score elements (B·H·Lq·Lk) the float64 CPU reference is computed for a
@@ -23,6 +24,10 @@ OK, WRONG, UNSUPPORTED = "ok", "wrong", "unsupported"
 #: reference of a 16k-token case would take minutes and tens of GB.
 FULL_CHECK_LIMIT = 2**26
 SAMPLED_ROWS = 64
+#: Gradients are held to this multiple of the forward bound: each one sums products over many
+#: rows or keys, so its rounding error grows past the forward's (flash-attn's own tests allow 3×
+#: the forward's error for gradients, DESIGN §2).
+GRADIENT_FACTOR = 3.0
 
 
 class WrongResult(AssertionError):
@@ -80,13 +85,34 @@ def sample_rows(case: Case, seed: int) -> torch.Tensor | None:
     return torch.cat([torch.tensor([0, case.q_len - 1]), picks]).sort().values
 
 
+def gradient_error(mech: Mechanism, be: Backend, case: Case, seed: int, rows: torch.Tensor | None) -> float:
+    """The largest relative error of the backend's ``dq, dk, dv`` against the float64 reference's
+    gradients, for a random output gradient on the checked rows (zero elsewhere: every output row
+    depends on its own query only, so the sampled rows' gradients are exact to compare)."""
+    q, k, v = make_inputs(case, seed=seed, requires_grad=True)
+    out = run_unsupported_aware(be, be.prepare(mech, case, q, k, v))
+    gen = torch.Generator().manual_seed(seed + 1)
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    if rows is not None:
+        keep = torch.zeros(case.q_len, dtype=torch.bool)
+        keep[rows] = True
+        grad[:, :, ~keep] = 0
+    out.backward(grad.to(device=out.device, dtype=out.dtype))
+    q64, k64, v64 = (t.detach().to(device="cpu", dtype=torch.float64).requires_grad_(True) for t in (q, k, v))
+    ref = mech.weights(q64, k64, case, rows) @ expand_kv(v64, case.heads)
+    ref.backward(grad if rows is None else grad[:, :, rows])
+    errors = [relative_error(t.grad, t64.grad) for t, t64 in ((q, q64), (k, k64), (v, v64))]
+    return max(errors)
+
+
 def check(
     mechanism: str | Mechanism, backend: str | Backend, case: Case, *, seed: int | None = None, backward: bool = False
 ) -> CheckResult:
     """Compare one backend with the reference on fresh random inputs (a random seed unless given).
 
-    ``backward`` also asks the backend whether it can differentiate the case (the forward is
-    what is compared)."""
+    ``backward`` also compares the gradients of ``q``, ``k`` and ``v`` with the float64
+    reference's, bounded by :data:`GRADIENT_FACTOR` × the forward bound: a backward is never timed
+    unless it is right too."""
     mech, be = get_mechanism(mechanism), get_backend(backend)
     mech.validate(case)
     result = {"mechanism": mech.name, "backend": be.name, "case_id": case.id}
@@ -104,25 +130,38 @@ def check(
     if rows is not None:
         out = out[:, :, rows.to(out.device)]
     error = relative_error(out, mech.reference(q, k, v, case, rows))
-    bound = be.bound(case.dtype)
-    return CheckResult(**result, status=OK if error <= bound else WRONG, error=error, bound=bound)
+    bound = be.bound(case.dtype) * (mech.half_precision_factor if case.dtype in ("bfloat16", "float16") else 1.0)
+    if error > bound or not backward:
+        return CheckResult(**result, status=OK if error <= bound else WRONG, error=error, bound=bound)
+    try:
+        grad_error = gradient_error(mech, be, case, seed, rows)
+    except Unsupported as exc:
+        return CheckResult(**result, status=UNSUPPORTED, reason=f"backward: {exc}")
+    grad_bound = GRADIENT_FACTOR * bound
+    status = OK if grad_error <= grad_bound else WRONG
+    reason = None if status == OK else f"gradients: relative error {grad_error:.3g} > bound {grad_bound:.3g}"
+    return CheckResult(**result, status=status, error=max(error, grad_error), bound=bound, reason=reason)
 
 
 def verified_runner(
-    mechanism: str | Mechanism, backend: str | Backend, case: Case, *, requires_grad: bool = False
-) -> tuple[Runner, CheckResult]:
+    mechanism: str | Mechanism, backend: str | Backend, case: Case, *, requires_grad: bool = False,
+    checked: CheckResult | None = None,
+) -> tuple[Runner, CheckResult]:  # fmt: skip
     """A closure to time, built only after the pair passed :func:`check` on other inputs.
 
+    ``checked``: a verdict this very code already reached for this pair and case (the batch
+    runner caches them per code fingerprint); it is used instead of checking again.
     Raises :class:`Unsupported` (with the reason) or :class:`WrongResult`; benchmarks turn the
     first into "skipped" and let the second fail loudly.
     """
     mech, be = get_mechanism(mechanism), get_backend(backend)
-    result = check(mech, be, case, backward=requires_grad)
+    result = checked if checked is not None else check(mech, be, case, backward=requires_grad)
     if result.status == UNSUPPORTED:
         raise Unsupported(result.reason or "unsupported")
     if result.status == WRONG:
         raise WrongResult(
-            f"{be.name} on {mech.name} {case.id}: relative error {result.error:.3g} > bound {result.bound:.3g}"
+            f"{be.name} on {mech.name} {case.id}: "
+            + (result.reason or f"relative error {result.error:.3g} > bound {result.bound:.3g}")
         )
-    q, k, v = make_inputs(case, requires_grad=requires_grad)
+    q, k, v = make_inputs(case, requires_grad=requires_grad, on_device=True)
     return be.prepare(mech, case, q, k, v), result

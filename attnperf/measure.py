@@ -84,6 +84,45 @@ def measure_time(
     return Timing(median=statistics.median(samples), samples=samples, number=number)
 
 
+def warm_device(device: str | torch.device, seconds: float) -> None:
+    """Keep the device busy with matrix products for ``seconds`` before the first timed sample of
+    a process: a GPU's clocks boost under load, and on the CPU the first point of a fresh process
+    otherwise read up to 3× slow (thread pools, page faults). A process measuring many points
+    warms the device once instead of once per point."""
+    cuda = torch.device(device).type == "cuda"
+    size, dtype = (4096, torch.bfloat16) if cuda else (512, torch.float32)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(10):
+            a @ a
+        synchronize(device)
+
+
+def spinner(device: str | torch.device) -> Callable[[float], None]:
+    """``spin(seconds)``: added work of a known duration, to inject a slowdown in trials.
+
+    On a GPU a ``torch.cuda._sleep`` kernel (queued after the call it slows, as a slower kernel
+    would be) with its cycle count calibrated here against the clock; on the CPU a busy wait.
+    """
+    if torch.device(device).type != "cuda":
+
+        def busy(seconds: float) -> None:
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+
+        return busy
+    cycles = 2_000_000
+    torch.cuda._sleep(cycles)  # load the kernel
+    per_second = cycles / statistics.median(time_calls(lambda: torch.cuda._sleep(cycles), device, 5) for _ in range(5))
+
+    def sleep(seconds: float) -> None:
+        torch.cuda._sleep(max(1, int(seconds * per_second)))
+
+    return sleep
+
+
 def measure_cuda_peak(fn: Callable[[], object], device: str | torch.device) -> int:
     """Peak CUDA memory allocated by one call of ``fn`` beyond what was allocated before it."""
     synchronize(device)

@@ -1,223 +1,297 @@
-"""Compare two commits with asv and fail on a regression: ``nox -s regress`` and perf-pr.yml.
+"""Compare two commits and fail on a regression: ``nox -s regress`` and perf-pr.yml.
 
-Two modes, one decision:
+    python -m attnperf.regress BASE HEAD [--grid pr-gpu] [--processes 3] [--allow-grid-change]
+    python -m attnperf.regress trials ...     (error rates of this check; see attnperf.trials)
 
-* ``virtualenv`` (default): ``asv continuous`` builds both commits into asv's environments and
-  interleaves their rounds.
-* ``--existing``: a prepared machine (the self-hosted GPU runner) keeps one Python with torch
-  and the GPU libraries; each commit is checked out into a git worktree and benchmarked in that
-  Python with the worktree first on the path (``ASV_PYTHONPATH``; asv drops ``PYTHONPATH``)
-  via ``asv run -E existing --set-commit-hash``,
-  base and head alternating for ``--rounds`` rounds, so drift over time hits both alike.
+Each commit is checked out into a git worktree and measured by its own :mod:`attnperf.batch` in
+this Python (the worktree first on ``PYTHONPATH``), so one environment with torch and the GPU
+libraries serves both. Base and head alternate (B H H B B H …) over ``--processes`` (2) fresh
+processes each; every process measures the whole grid with each library loaded once, and the
+first process of each commit checks every point against the float64 reference (later ones reuse
+that verdict, keyed by the code's fingerprint). The verdict (:mod:`attnperf.verdict`) compares
+per-process medians against the calibrated noise; flagged points and holes are measured again in
+``--confirm`` fresh processes a side and fail only if flagged again. Writes a markdown summary
+and a JSON verdict; exit 1 on a regression or a hole, 0 otherwise, 2 on a usage error.
 
-The verdict is asv's: a benchmark regresses when head/base exceeds ``--factor`` *and* asv's
-Mann–Whitney test on the raw samples says the difference is significant (``asv compare``
-marks it ``+``). A flagged benchmark is measured again (``--confirm``, appending samples) and
-fails only if it is still flagged: PyTorch's dashboard likewise wants two violations in a row.
-A benchmark that fails on head but not on base (``!``: a crash, an out-of-memory, or a wrong
-result, which the correctness check in ``setup`` raises) is measured again the same way and
-fails the comparison if it still fails (a transient out-of-memory does not).
-The markdown summary (``--summary``) holds the verdict and asv's tables.
+Needs the git history of both commits (a shallow clone fails with git's own message), and both
+commits must have ``attnperf/batch.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from attnperf.results import write_atomic
+from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec, grid_named
+from attnperf.results import read_json, write_atomic, write_json
+from attnperf.verdict import HOLE, IMPROVEMENT, MIN_EFFECT, NEW, REGRESSION, Noise, Verdict, decide
 
-#: Default regression factor. The same H100 showed up to 12% between processes for one kernel
-#: (DESIGN §4), so 10% would raise false alarms; the A/A runs in the README calibrate it.
-DEFAULT_FACTOR = 1.15
-_ROW = re.compile(r"^\|\s*(?P<mark>[+\-x!~ ]?)\s*\|.*\|\s*(?P<ratio>[\d.]+|n/a|~?[\d.]+)\s*\|\s*(?P<name>\S.*?)\s*\|$")
-
-
-@dataclass(frozen=True)
-class Comparison:
-    regressions: list[str]
-    improvements: list[str]
-    table: str
-    failures: list[str] = field(default_factory=list)  # fail on head, not on base
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.regressions or self.failures)
+BASE, HEAD = "base", "head"
+#: A process that runs longer than this is stopped; what it wrote so far counts.
+PROCESS_TIMEOUT_S = 3600
+#: Host allocations below this come from glibc's heap in every measured process (see ProcessRunner).
+MALLOC_MMAP_THRESHOLD = 1 << 30
 
 
-#: ``asv run`` exits 2 when a benchmark failed: that is a result for ``asv compare`` to report.
-BENCHMARK_FAILED = 2
-
-
-def asv(
-    args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, check: bool = True, ok: Sequence[int] = (0,)
-) -> str:
-    """Run ``asv`` (the one beside this Python) and return its output; ``ok``: accepted exit codes."""
-    cmd = [sys.executable, "-m", "asv", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    usage_error = proc.returncode == 2 and "usage:" in proc.stderr  # argparse's exit code is 2 as well
-    if check and (proc.returncode not in ok or usage_error):
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout + proc.stderr
+class RegressError(RuntimeError):
+    """An expected failure with a one-line message (git, a missing runner, a bad argument)."""
 
 
 def git(args: Sequence[str], *, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+    """git's output; its own message on failure, in one line."""
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise RegressError(f"git is needed: {exc}") from None
+    if proc.returncode != 0:
+        message = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()[0]
+        raise RegressError(f"git {' '.join(args)}: {message}")
+    return proc.stdout.strip()
 
 
-def parse_compare(output: str) -> Comparison:
-    """Regressions (``+``), new failures (``!``) and improvements (``-``) from ``asv compare``."""
-    regressions, improvements, failures = [], [], []
-    for line in output.splitlines():
-        match = _ROW.match(line.strip())
-        if not match or set(match["name"]) <= {"-"} or match["name"].startswith("Benchmark"):
-            continue
-        if match["mark"] == "+":
-            regressions.append(match["name"])
-        elif match["mark"] == "!":
-            failures.append(match["name"])
-        elif match["mark"] == "-":
-            improvements.append(match["name"])
-    return Comparison(regressions, improvements, output.strip(), failures)
+@contextmanager
+def worktrees(repo: Path, commits: dict[str, str]) -> Iterator[dict[str, Path]]:
+    """Each commit checked out (detached) into a temporary git worktree; removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="attnperf-regress-"))
+    trees: dict[str, Path] = {}
+    try:
+        for side, sha in commits.items():
+            path = root / side
+            git(["worktree", "add", "--detach", str(path), sha], cwd=repo)
+            trees[side] = path
+            if not (path / "attnperf" / "batch.py").exists():
+                raise RegressError(f"{side} commit {sha[:10]} has no attnperf/batch.py: it predates the batch runner")
+        yield trees
+    finally:
+        for path in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=repo, capture_output=True,
+                           check=False)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
 
 
-def bench_regex(names: Sequence[str]) -> str:
-    """An asv ``-b`` regex selecting exactly ``names`` (asv matches ``function(param, …)``)."""
-    return "|".join(f"^{re.escape(name)}$" for name in sorted(set(names)))
+@dataclass
+class ProcessRunner:
+    """Starts :mod:`attnperf.batch` processes of one checkout and keeps their outputs."""
+
+    workdir: Path
+    repeat: int = 10
+
+    def run(self, tree: Path, points_file: Path, label: str, *, verdicts: Path, inject: str | None = None) -> dict:
+        out = self.workdir / f"{label}.json"
+        paths = [str(tree), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        # glibc adapts its mmap threshold as a process frees memory, so one process page-faults
+        # every tensor above 128 KiB and the next reuses its heap: eager attention at 256 tokens
+        # read 1.9 ms in one process and 33 ms in the next on the 2-core CPU. A fixed threshold
+        # gives every process the same allocator behaviour.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MALLOC_MMAP_THRESHOLD))
+        # Compilations on disk, so a commit's later processes load kernels instead of building them
+        # (inductor's FX graph cache, which compiled flex uses, is on by default): flash-attn-4's
+        # CuTe kernels and Triton's autotuning results (fla) are opt-in.
+        env.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+        env.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+        cmd = [sys.executable, "-m", "attnperf.batch", "--points", str(points_file), "--out", str(out),
+               "--verdicts", str(verdicts), "--label", label, "--repeat", str(self.repeat)]  # fmt: skip
+        if inject:
+            cmd += ["--inject", inject]
+        started = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
+                                  check=False)  # fmt: skip
+            code, stderr = proc.returncode, proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            code, stderr = -1, f"stopped after {PROCESS_TIMEOUT_S} s: {exc.stderr or ''}"
+        wall = time.perf_counter() - started
+        write_atomic(self.workdir / f"{label}.log", stderr or "")
+        output = read_json(out) if out.exists() else {"records": [], "seconds": {}}
+        output.update(label=label, exit_code=code, wall_s=wall)
+        if code != 0:
+            tail = [line for line in (stderr or "").strip().splitlines() if line.strip()][-1:] or [""]
+            output["error"] = f"exit {code}: {tail[0]}"
+        write_json(out, output)
+        return output
 
 
-class Runner:
-    """Runs one or more measurement passes of base and head into asv's results."""
-
-    def __init__(self, repo: Path, base: str, head: str, machine: str, *, existing: bool, rounds: int) -> None:
-        self.repo, self.base, self.head, self.machine = repo, base, head, machine
-        self.existing, self.rounds = existing, rounds
-        self.worktrees: dict[str, Path] = {}
-
-    def __enter__(self) -> Runner:
-        asv(["machine", "--yes", "--machine", self.machine], cwd=self.repo)
-        if self.existing:
-            root = Path(tempfile.mkdtemp(prefix="attnperf-regress-"))
-            for sha in {self.base, self.head}:
-                path = root / sha[:12]
-                git(["worktree", "add", "--detach", str(path), sha], cwd=self.repo)
-                self.worktrees[sha] = path
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for path in self.worktrees.values():
-            git(["worktree", "remove", "--force", str(path)], cwd=self.repo)
-            shutil.rmtree(path.parent, ignore_errors=True)
-
-    def measure(self, bench: str | None, *, append: bool) -> None:
-        """One pass over base and head; ``append`` keeps the samples already recorded (the
-        confirmation pass), otherwise the first round replaces them (a runner's results folder
-        may hold older samples of the same commits)."""
-        selection = ["-b", bench] if bench else []
-        if not self.existing:
-            args = ["continuous", "--machine", self.machine, "--record-samples", "--interleave-rounds", *selection]
-            asv([*args, *(["--append-samples"] if append else []), self.base, self.head], cwd=self.repo, check=False)
-            return
-        for round_index in range(self.rounds):
-            for sha in (self.base, self.head) if round_index % 2 == 0 else (self.head, self.base):
-                # asv drops PYTHONPATH from benchmark processes and sets ASV_PYTHONPATH in its place.
-                paths = [str(self.worktrees[sha]), os.environ.get("PYTHONPATH", "")]
-                env = {**os.environ, "ASV_PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-                keep = ["--append-samples"] if append or round_index > 0 else ["--record-samples"]
-                asv(
-                    ["run", "--machine", self.machine, "--environment", f"existing:{sys.executable}",
-                     "--set-commit-hash", sha, *keep, "-a", "rounds=1", *selection],
-                    cwd=self.repo, env=env, ok=(0, BENCHMARK_FAILED),
-                )  # fmt: skip
-
-    def compare(self, factor: float) -> Comparison:
-        out = asv(
-            ["compare", "--machine", self.machine, "--factor", str(factor), "--split", self.base, self.head],
-            cwd=self.repo,
-        )
-        return parse_compare(out)
+def alternation(processes: int) -> list[str]:
+    """B H H B B H …: each side runs first in every other pair, so a drift hits both alike."""
+    order: list[str] = []
+    for i in range(processes):
+        order += [BASE, HEAD] if i % 2 == 0 else [HEAD, BASE]
+    return order
 
 
-def summary_markdown(base: str, head: str, factor: float, first: Comparison, final: Comparison) -> str:
-    verdict = "**regression**" if final.failed else "no regression"
-    lines = [
-        f"## attnperf: {verdict} (factor {factor}, head {head[:10]} vs base {base[:10]})",
-        "",
-        f"- flagged on the first pass: {len(first.regressions)}; "
-        f"still flagged after confirmation: {len(final.regressions)}",
-        f"- failing on head only (crash, out of memory or wrong result): {len(final.failures)}",
-        f"- improvements: {len(final.improvements)}",
-    ]
-    if final.regressions:
-        lines += ["", "### Regressions", "", *[f"- `{name}`" for name in final.regressions]]
-    if final.failures:
-        lines += ["", "### Failing on head", "", *[f"- `{name}`" for name in final.failures]]
-    lines += ["", "### asv compare", "", "```", final.table, "```", ""]
-    return "\n".join(lines)
+def measure(
+    runner: ProcessRunner, trees: dict[str, Path], points: Sequence[PointSpec], processes: int, tag: str,
+    progress: bool = True,
+) -> dict[str, list[dict]]:  # fmt: skip
+    """``processes`` alternating processes a side over ``points``: ``{side: [outputs]}``."""
+    points_file = write_json(runner.workdir / f"points-{tag}.json", {"points": [p.as_dict() for p in points]})
+    runs: dict[str, list[dict]] = {BASE: [], HEAD: []}
+    for side in alternation(processes):
+        label = f"{tag}-{side}-{len(runs[side]) + 1}"
+        output = runner.run(trees[side], points_file, label, verdicts=runner.workdir / "verdicts.json")
+        runs[side].append(output)
+        if progress:
+            note = f" ({output['error']})" if "error" in output else ""
+            print(f"  {label}: {output['wall_s']:.0f} s{note}", file=sys.stderr, flush=True)
+    return runs
+
+
+def describe(points: Sequence[PointSpec]) -> str:
+    counts = {mode: sum(p.mode == mode for p in points) for mode in (FORWARD, BACKWARD, DECODE)}
+    return f"{len(points)} points ({counts[FORWARD]} forward, {counts[BACKWARD]} forward+backward, {counts[DECODE]} decode)"
+
+
+def estimate_minutes(grid: str, n_points: int, processes: int) -> float | None:
+    """Minutes for one check of ``n_points`` with ``processes`` a side, from the measured costs
+    in :data:`attnperf.benchgrid.GRID_COSTS` (None when this grid has none)."""
+    from attnperf.benchgrid import GRID_COSTS
+
+    cost = GRID_COSTS.get(grid)
+    if cost is None:
+        return None
+    first = cost.startup_s + n_points * cost.first_point_s
+    later = cost.startup_s + n_points * cost.point_s
+    return 2 * (first + (processes - 1) * later) * (1 + cost.confirm_share) / 60
 
 
 def regress(
-    base: str, head: str, *, repo: Path = Path("."), factor: float = DEFAULT_FACTOR, bench: str | None = None,
-    machine: str | None = None, existing: bool = False, rounds: int = 2, confirm: int = 1,
-    summary: Path | None = None,
-) -> Comparison:  # fmt: skip
-    """Measure base and head, compare, confirm flagged benchmarks; return the final comparison."""
-    from attnperf.machine import machine_tag
-
+    base: str, head: str, *, repo: Path = Path("."), grid: str | None = None, processes: int = 2, confirm: int = 2,
+    noise_file: Path | None = None, min_effect: float = MIN_EFFECT, allow_grid_change: bool = False,
+    workdir: Path = Path("regress-out"), summary: Path | None = Path("regress-summary.md"), repeat: int = 10,
+) -> Verdict:  # fmt: skip
+    """Measure base and head, decide, confirm what was flagged; return the final verdict."""
     repo = repo.resolve()
-    base_sha, head_sha = git(["rev-parse", base], cwd=repo), git(["rev-parse", head], cwd=repo)
-    with Runner(repo, base_sha, head_sha, machine or machine_tag(), existing=existing, rounds=rounds) as runner:
-        runner.measure(bench, append=False)
-        first = final = runner.compare(factor)
-        for _ in range(confirm):
-            if not final.failed:
-                break
-            runner.measure(bench_regex(final.regressions + final.failures), append=True)
-            final = runner.compare(factor)
+    git(["rev-parse", "--git-dir"], cwd=repo)
+    commits = {BASE: git(["rev-parse", "--verify", f"{base}^{{commit}}"], cwd=repo),
+               HEAD: git(["rev-parse", "--verify", f"{head}^{{commit}}"], cwd=repo)}  # fmt: skip
+    grid_name = grid or ("pr-gpu" if grid_named().device == "cuda" else "pr-cpu")
+    points = grid_named(grid_name).points()
+    minutes = estimate_minutes(grid_name, len(points), processes)
+    about = f", about {minutes:.0f} minutes" if minutes is not None else ""
+    print(f"attnperf regress: grid {grid_name}: {describe(points)}, {processes} processes a side{about}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    noise = Noise.load(noise_file, min_effect=min_effect)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runner = ProcessRunner(workdir.resolve(), repeat=repeat)
+    started = time.perf_counter()
+    with worktrees(repo, commits) as trees:
+        runs = measure(runner, trees, points, processes, "pass1")
+        first = final = decide(runs[BASE], runs[HEAD], noise, allow_grid_change=allow_grid_change)
+        if first.failed and confirm > 0:
+            again = [p for p in points if p.key in first.flagged_keys()]
+            print(f"  confirming {len(again)} flagged points", file=sys.stderr, flush=True)
+            reruns = measure(runner, trees, again, confirm, "confirm")
+            final = decide(reruns[BASE], reruns[HEAD], noise, allow_grid_change=allow_grid_change,
+                           keys=first.flagged_keys())  # fmt: skip
+    elapsed = time.perf_counter() - started
+    report = {
+        "base": commits[BASE], "head": commits[HEAD], "grid": grid_name, "points": len(points),
+        "processes": processes, "confirm": confirm, "noise": noise.source, "min_effect": min_effect,
+        "wall_s": elapsed, "first": [p.as_dict() for p in first.points], "final": [p.as_dict() for p in final.points],
+        "failed": final.failed,
+    }  # fmt: skip
+    write_json(workdir / "verdict.json", report)
     if summary is not None:
-        write_atomic(summary, summary_markdown(base_sha, head_sha, factor, first, final))
+        write_atomic(summary, summary_markdown(report, first, final))
     return final
 
 
+def _row(p: Any) -> str:
+    interval = f"[{p.low:.3f}, {p.high:.3f}]" if p.low is not None else ""
+    ratio = f"{p.ratio:.3f}" if p.ratio is not None else ""
+    threshold = f"{p.threshold:.3f}" if p.threshold is not None else ""
+    return f"| `{p.key}` | {p.kind} | {ratio} | {interval} | {threshold} | {p.reason or ''} |"
+
+
+def summary_markdown(report: dict[str, Any], first: Verdict, final: Verdict) -> str:
+    verdict = "**regression**" if final.failed else "no regression"
+    lines = [
+        f"## attnperf: {verdict} (head {report['head'][:10]} vs base {report['base'][:10]})",
+        "",
+        f"- grid `{report['grid']}`: {report['points']} points, {report['processes']} processes a side, "
+        f"{report['wall_s'] / 60:.1f} minutes; noise calibration: {report['noise']}",
+        f"- flagged on the first pass: {len(first.where(REGRESSION))} slower, {len(first.where(HOLE))} holes; "
+        f"after confirmation: {len(final.where(REGRESSION))} slower, {len(final.where(HOLE))} holes",
+        f"- faster: {len(first.where(IMPROVEMENT))}; new on head: {len(first.where(NEW))}",
+        "",
+        "A point is slower when the 99% interval of head/base (per-process medians) lies above its threshold;",
+        "a hole is a benchmark that ran on base and does not run on head.",
+    ]
+    header = ["", "| benchmark | kind | head/base | 99% interval | threshold | reason |", "| --- | --- | --- | --- | --- | --- |"]
+    for title, outcome in (("Slower", REGRESSION), ("Holes (ran on base, not on head)", HOLE)):
+        rows = final.where(outcome)
+        if rows:
+            lines += ["", f"### {title}", *header, *map(_row, rows)]
+    compared = [p for p in first.points if p.ratio is not None]
+    lines += ["", "<details><summary>Every compared benchmark (first pass)</summary>", *header, *map(_row, compared),
+              "", "</details>", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m attnperf.regress", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m attnperf.regress", description=__doc__.splitlines()[0],
+                                     epilog="`python -m attnperf.regress trials --help` measures the check's error rates.")  # fmt: skip
     parser.add_argument("base", help="base commit (e.g. origin/main)")
     parser.add_argument("head", help="head commit (e.g. HEAD)")
-    parser.add_argument(
-        "--factor", type=float, default=DEFAULT_FACTOR, help=f"slowdown ratio that counts (default {DEFAULT_FACTOR})"
-    )
-    parser.add_argument("--bench", "-b", help="asv benchmark regex (default: all)")
-    parser.add_argument("--machine", help="asv machine name (default: attnperf.machine.machine_tag())")
-    parser.add_argument(
-        "--existing", action="store_true", help="benchmark in this Python via git worktrees (GPU runner)"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="alternating base/head passes in --existing mode (default 2)"
-    )
-    parser.add_argument(
-        "--confirm", type=int, default=1, help="re-measure flagged benchmarks this many times (default 1)"
-    )
+    parser.add_argument("--grid", help="grid name: pr-gpu, pr-cpu, gpu, cpu (default: pr-gpu with CUDA, else pr-cpu)")
+    parser.add_argument("--processes", type=int, default=2, help="fresh processes a side (default 2)")
+    parser.add_argument("--confirm", type=int, default=2, help="processes a side for flagged points (default 2; 0: off)")
+    parser.add_argument("--noise", type=Path, help="A/A calibration (default benchmarks/noise/MACHINE.json if present)")
+    parser.add_argument("--min-effect", type=float, default=MIN_EFFECT,
+                        help=f"smallest slowdown that counts, as a fraction (default {MIN_EFFECT})")  # fmt: skip
+    parser.add_argument("--allow-grid-change", action="store_true",
+                        help="benchmarks that ran on base but not on head pass (the PR changes the grid on purpose)")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=10, help="samples per point and process (default 10)")
+    parser.add_argument("--workdir", type=Path, default=Path("regress-out"), help="process outputs and verdict.json")
     parser.add_argument("--summary", type=Path, default=Path("regress-summary.md"), help="markdown summary path")
-    parser.add_argument("--repo", type=Path, default=Path("."), help="the git repository with asv.conf.json")
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the git repository")
     return parser
 
 
+def default_noise_file(repo: Path) -> Path:
+    from attnperf.machine import machine_tag
+
+    return repo / "benchmarks" / "noise" / f"{machine_tag()}.json"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``nox -s regress -- …``: exit 1 on a confirmed regression or a new failure, 0 otherwise."""
-    args = build_parser().parse_args(argv)
-    result = regress(
-        args.base, args.head, repo=args.repo, factor=args.factor, bench=args.bench, machine=args.machine,
-        existing=args.existing, rounds=args.rounds, confirm=args.confirm, summary=args.summary,
-    )  # fmt: skip
-    print(Path(args.summary).read_text(encoding="utf-8"))
+    """Exit 1 on a confirmed regression or a hole, 0 otherwise; 2 for usage errors."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["trials"]:
+        from attnperf.trials import main as trials_main
+
+        return trials_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, value, least in (("--processes", args.processes, 1), ("--confirm", args.confirm, 0),
+                               ("--repeat", args.repeat, 3)):  # fmt: skip
+        if value < least:
+            parser.error(f"{flag} must be at least {least}, got {value}")
+    if not 0 <= args.min_effect < 1:
+        parser.error(f"--min-effect must be a fraction in [0, 1), got {args.min_effect}")
+    try:
+        noise = args.noise or default_noise_file(args.repo)
+        result = regress(
+            args.base, args.head, repo=args.repo, grid=args.grid, processes=args.processes, confirm=args.confirm,
+            noise_file=noise, min_effect=args.min_effect, allow_grid_change=args.allow_grid_change,
+            workdir=args.workdir, summary=args.summary, repeat=args.repeat,
+        )  # fmt: skip
+    except (RegressError, ValueError) as exc:
+        print(f"attnperf regress: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    if args.summary is not None:
+        print(Path(args.summary).read_text(encoding="utf-8"))
     return 1 if result.failed else 0
 
 

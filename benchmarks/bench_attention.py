@@ -5,14 +5,19 @@ head_dim × dtype, from :func:`attnperf.benchgrid.active_grid` (CPU grid by defa
 when CUDA is visible; ``ATTNPERF_*`` environment variables pick subsets). A combination the
 backend cannot run is skipped (``NotImplementedError`` in ``setup``) with the reason.
 
+These names and parameters are also what :mod:`attnperf.history` records from the batch runner
+(``nox -s bench``), so results of ``asv run`` and of the batch runner share one history; the
+benchmark names and what they hold are listed once, in ``attnperf.benchgrid.BENCHMARKS``.
+
 Sample counts: asv's Mann–Whitney test needs 7+ samples a side to ever fire (6 a side cannot
 reach p < 0.002), so ``rounds = 2`` × ``repeat`` ≥ 7 gives at least 14 per commit.
 """
 
 from attnperf.analysis import forward_flops, predicted_peak_bytes
+from attnperf.backends import get_backend
 from attnperf.bench import BACKWARD, FORWARD, prepare_point
 from attnperf.benchgrid import active_grid
-from attnperf.measure import measure_cuda_peak, measure_time, synchronized_clock
+from attnperf.measure import measure_peak, measure_time, synchronized_clock
 
 GRID = active_grid()
 PARAMS = [list(GRID.backends), list(GRID.variants), list(GRID.seq_lens), list(GRID.head_dims), list(GRID.dtypes)]
@@ -41,7 +46,8 @@ class TimeForward(_Suite):
 
 
 class TimeForwardBackward(_Suite):
-    """Forward plus backward latency (skipped where a backend is forward-only)."""
+    """Forward plus backward latency (skipped where a backend is forward-only); gradients are
+    checked against the float64 reference's before it is timed."""
 
     mode = BACKWARD
 
@@ -49,25 +55,20 @@ class TimeForwardBackward(_Suite):
         self.point.run()
 
 
-class PeakMemForward(_Suite):
-    """Peak resident memory of the process around one forward (CPU memory; blind to GPU memory)."""
-
-    def peakmem_forward(self, *params):
-        self.point.run()
-
-
-class TrackGPUMemory(_Suite):
-    """Peak CUDA memory one forward allocates beyond its inputs (bytes)."""
+class TrackPeakMemory(_Suite):
+    """Peak memory of one forward alone, beyond its inputs (bytes): the CUDA allocator's peak on a
+    GPU (exact), RSS growth on the CPU. Not asv's ``peakmem_*``, which reads the process's lifetime
+    peak and so whatever ``setup`` allocated (the float64 check) rather than the forward."""
 
     unit = "bytes"
 
-    def setup(self, *params):
-        if GRID.device == "cpu":
-            raise NotImplementedError("GPU memory is tracked on CUDA only")
-        super().setup(*params)
-
-    def track_gpu_peak_bytes(self, *params):
-        return measure_cuda_peak(self.point.run, self.point.case.device)
+    def track_peak_bytes(self, *params):
+        point = self.point
+        own_arena = get_backend(point.backend).own_cpu_allocator
+        peak, _kind = measure_peak(point.run, point.case.device, own_cpu_allocator=own_arena)
+        if peak is None:
+            raise NotImplementedError("the backend keeps CPU memory in its own arena: not measured")
+        return peak
 
     def track_predicted_peak_bytes(self, *params):
         """The analyzer's prediction for the same point, to read beside the measured one."""
@@ -78,7 +79,7 @@ class TrackTFLOPs(_Suite):
     """Achieved TFLOP/s: the analyzer's useful FLOPs over the median forward time.
 
     asv reads every benchmark as smaller-is-better, so a drop here shows as an improvement in
-    ``asv compare``: regressions are judged on the ``time_*`` suites, this one is for the graphs.
+    ``asv compare``: it is for the graphs, and the regression check never gates on it.
     """
 
     unit = "TFLOP/s"

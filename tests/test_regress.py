@@ -1,12 +1,11 @@
-"""End to end: a deliberate 3× slowdown in one backend is caught, an A/A comparison is clean,
-and a backend that turns wrong fails the comparison.
+"""End to end: the pull-request check flags a 3× slowdown, stays quiet on A/A, and fails on a
+wrong result and on a backend that turns not importable on head.
 
-A throwaway git repository is built from the project's tracked files with four commits:
-base, an A/A commit that changes only documentation, a commit that makes the eager backend do
-its work three times, and one that scales the tiled backend's output by 1.01. ``regress``
-(what ``nox -s regress`` and perf-pr.yml call, in the ``--existing`` mode the GPU runner uses)
-must flag exactly the eager benchmark for the slowdown, and exactly the tiled one as failing
-on head for the wrong result (its correctness check in ``setup`` refuses to time it).
+A throwaway git repository is built from the project's tracked files with five commits: base,
+an A/A commit that changes only documentation, one that makes the eager backend do its work three
+times, one that scales the tiled backend's output by 1.01 (wrong: never timed), and one whose tiled
+backend cannot be imported. ``regress`` (what ``nox -s regress`` and perf-pr.yml call) runs each
+commit's own batch runner in fresh processes over a six-point slice of the ``pr-cpu`` grid.
 """
 
 from __future__ import annotations
@@ -18,17 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from attnperf.regress import BENCHMARK_FAILED, Comparison, asv, bench_regex, main, parse_compare, regress
+from attnperf.regress import RegressError, alternation, main, regress
+from attnperf.verdict import HOLE, REGRESSION
 
 from .test_workflows import perf_pr_regress_args
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = r"TimeForward\.time_forward\("
 GRID = {
-    "ATTNPERF_GRID": "cpu",
+    "ATTNPERF_BACKENDS": "eager,tiled",
     "ATTNPERF_VARIANTS": "causal",
     "ATTNPERF_SEQ_LENS": "256",
-    "ATTNPERF_BACKENDS": "eager,tiled",
+    "ATTNPERF_DECODE_LENS": "1024",
 }
 SLOWDOWN = (
     "                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
@@ -37,17 +36,26 @@ SLOWDOWN = (
     "                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
 )
 WRONG = ("out5[:, :, :, qs:qe] = (acc / l).to(out.dtype)", "out5[:, :, :, qs:qe] = (acc / l * 1.01).to(out.dtype)")
+BROKEN_IMPORT = (
+    "class Tiled(Backend):\n",
+    "class Tiled(Backend):\n    def load(self) -> None:\n"
+    "        import attnperf_no_such_module  # noqa: F401  (the regression test's broken import)\n\n",
+)
+EAGER_FORWARD = "TimeForward('eager', 'causal', 256, 64, 'float32')"
 
 
 def git(repo: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
     return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def patch(repo: Path, relative: str, change: tuple[str, str], message: str) -> None:
+    path = repo / relative
+    text = path.read_text()
+    assert change[0] in text, f"the patch for {message!r} no longer applies to {relative}: update it"
+    path.write_text(text.replace(change[0], change[1], 1))
+    git(repo, "commit", "-qam", message)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +71,11 @@ def throwaway(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
     git(repo, "commit", "-qm", "base")
     (repo / "README.md").write_text((repo / "README.md").read_text() + "\nA/A: documentation only.\n")
     git(repo, "commit", "-qam", "a/a")
-    eager = repo / "attnperf" / "backends" / "eager.py"
-    text = eager.read_text()
-    assert SLOWDOWN[0] in text, "the slowdown patch no longer applies: update SLOWDOWN"
-    eager.write_text(text.replace(SLOWDOWN[0], SLOWDOWN[1]))
-    git(repo, "commit", "-qam", "slow eager")
-    tiled = repo / "attnperf" / "backends" / "tiled.py"
-    text = tiled.read_text()
-    assert WRONG[0] in text, "the wrong-result patch no longer applies: update WRONG"
-    tiled.write_text(text.replace(WRONG[0], WRONG[1]))
-    git(repo, "commit", "-qam", "wrong tiled")
+    patch(repo, "attnperf/backends/eager.py", SLOWDOWN, "slow eager")
+    patch(repo, "attnperf/backends/tiled.py", WRONG, "wrong tiled")
+    git(repo, "checkout", "-q", "HEAD~1", "--", "attnperf/backends/tiled.py")
+    git(repo, "commit", "-qam", "tiled right again")
+    patch(repo, "attnperf/backends/tiled.py", BROKEN_IMPORT, "tiled not importable")
     return repo, git(repo, "rev-list", "--reverse", "HEAD").splitlines()
 
 
@@ -82,69 +85,79 @@ def grid_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
-def regress_here(repo: Path, base: str, head: str, summary: str) -> Comparison:
-    """``regress`` as the GPU runner calls it (``--existing``), on the two-point CPU selection with
-    factor 1.5 (a 2-core CI machine is noisier than the runner's default 1.15 allows)."""
-    return regress(base, head, repo=repo, factor=1.5, bench=BENCH, machine="regress-test", existing=True,
-                   summary=repo / summary)  # fmt: skip
+def check(repo: Path, base: str, head: str, name: str, **options: object):
+    """The check as perf-pr.yml runs it, on the six-point CPU slice, two processes a side."""
+    return regress(base, head, repo=repo, grid="pr-cpu", workdir=repo.parent / name, summary=repo.parent / f"{name}.md",
+                   **options)  # fmt: skip
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("grid_env")
 def test_aa_comparison_reports_nothing(throwaway) -> None:
-    repo, (base, aa, _slow, _wrong) = throwaway
-    result = regress_here(repo, base, aa, "aa.md")
-    assert result.regressions == []
-    assert "no regression" in (repo / "aa.md").read_text()
+    repo, (base, aa, *_rest) = throwaway
+    result = check(repo, base, aa, "aa")
+    assert result.where(REGRESSION) == []
+    assert result.where(HOLE) == []
+    assert not result.failed
+    assert "no regression" in (repo.parent / "aa.md").read_text()
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("grid_env")
 def test_perf_pr_command_flags_exactly_the_slowed_backend(throwaway, monkeypatch, capsys) -> None:
-    """perf-pr.yml's own ``nox -s regress`` arguments, with the commits substituted. Added for
-    the CPU only: the repository, a machine name, the two-point benchmark selection, and factor
-    1.5 (a 2-core CI machine is noisier than the GPU runner's default 1.15 allows)."""
-    repo, (_base, aa, slow, _wrong) = throwaway
-    monkeypatch.chdir(repo)  # the workflow's relative --summary path lands in the repository
+    """perf-pr.yml's own ``nox -s regress`` arguments, with the commits and this repository."""
+    repo, (_base, aa, slow, *_rest) = throwaway
+    monkeypatch.chdir(repo.parent)
     args = [a.replace("$BASE_SHA", aa).replace("$HEAD_SHA", slow) for a in perf_pr_regress_args()]
-    code = main([*args, "--repo", str(repo), "--machine", "regress-test", "-b", BENCH, "--factor", "1.5"])
+    code = main([*args, "--repo", str(repo), "--grid", "pr-cpu"])
     assert code == 1
-    summary = (repo / "regress-summary.md").read_text()
+    summary = Path(args[args.index("--summary") + 1]).read_text()
     assert "**regression**" in summary
-    flagged = [line for line in summary.splitlines() if line.startswith("- `")]
-    assert flagged == ["- `bench_attention.TimeForward.time_forward('eager', 'causal', 256, 64, 'float32')`"]
+    slower = summary.split("### Slower")[1].split("<details>")[0]
+    flagged = [line.split("`")[1] for line in slower.splitlines() if line.startswith("| `")]
+    assert EAGER_FORWARD in flagged
+    assert all("'eager'" in key for key in flagged), flagged
     assert "**regression**" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("grid_env")
-def test_a_wrong_result_on_head_fails_the_comparison(throwaway) -> None:
-    repo, (_base, _aa, slow, wrong) = throwaway
-    result = regress_here(repo, slow, wrong, "wrong.md")
-    assert result.failures == ["bench_attention.TimeForward.time_forward('tiled', 'causal', 256, 64, 'float32')"]
-    assert result.regressions == []
-    summary = (repo / "wrong.md").read_text()
-    assert "**regression**" in summary
-    assert "### Failing on head" in summary
+def test_a_wrong_result_on_head_is_a_hole(throwaway) -> None:
+    repo, (_base, _aa, slow, wrong, *_rest) = throwaway
+    result = check(repo, slow, wrong, "wrong", confirm=1)
+    holes = {p.key: p.reason for p in result.where(HOLE)}
+    assert "TimeForward('tiled', 'causal', 256, 64, 'float32')" in holes
+    assert all("'tiled'" in key for key in holes), holes
+    assert all(reason.startswith("wrong on head") for reason in holes.values()), holes
+    assert result.where(REGRESSION) == []
 
 
-def test_asv_usage_errors_are_errors_even_where_exit_2_is_a_result(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="usage:"):
-        asv(["run", "--no-such-option"], cwd=tmp_path, ok=(0, BENCHMARK_FAILED))
+@pytest.mark.slow
+@pytest.mark.usefixtures("grid_env")
+def test_a_backend_turning_not_importable_fails_unless_the_grid_change_is_declared(throwaway) -> None:
+    repo, (*_rest, right_again, broken) = throwaway
+    result = check(repo, right_again, broken, "broken", confirm=0)
+    holes = result.where(HOLE)
+    assert {p.key.split("(")[1].split(",")[0] for p in holes} == {"'tiled'"}
+    assert all("tiled not importable" in p.reason for p in holes), [p.reason for p in holes]
+    assert result.failed
+    declared = check(repo, right_again, broken, "broken-declared", confirm=0, allow_grid_change=True)
+    assert declared.where(HOLE) == []
 
 
-def test_parse_compare_reads_asv_tables() -> None:
-    out = """
-| Change   | Before [a] <main~1>   | After [b] <main>   |   Ratio | Benchmark (Parameter)            |
-|----------|-----------------------|--------------------|---------|----------------------------------|
-| +        | 1.53±0.3ms            | 5.26±0.4ms         |    3.45 | b.T.time_forward('eager', 256)   |
-| -        | 2.0ms                 | 1.0ms              |    0.5  | b.T.time_forward('tiled', 256)   |
-| ~        | 2.0ms                 | 2.6ms              |    1.3  | b.T.time_forward('flex', 256)    |
-|          | 2.0ms                 | 2.1ms              |    1.05 | b.T.time_forward('sdpa', 256)    |
-| !        | 2.0ms                 | failed             |     n/a | b.T.time_forward('cudnn', 256)   |
-"""
-    parsed = parse_compare(out)
-    assert parsed.regressions == ["b.T.time_forward('eager', 256)"]
-    assert parsed.improvements == ["b.T.time_forward('tiled', 256)"]
-    assert parsed.failures == ["b.T.time_forward('cudnn', 256)"]
-    assert bench_regex(parsed.regressions) == r"^b\.T\.time_forward\('eager',\ 256\)$"
+def test_unknown_revision_is_one_line_from_git(tmp_path: Path) -> None:
+    with pytest.raises(RegressError, match=r"^git rev-parse --git-dir: fatal: not a git repository"):
+        regress("nosuchref", "HEAD", repo=tmp_path)
+    with pytest.raises(RegressError, match=r"unknown revision|Needed a single revision"):
+        regress("nosuchref", "HEAD", repo=ROOT)
+
+
+def test_main_reports_git_errors_in_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["nosuchref", "HEAD", "--repo", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("attnperf regress: git rev-parse --git-dir: fatal: not a git repository")
+
+
+def test_alternation_balances_order() -> None:
+    assert alternation(3) == ["base", "head", "head", "base", "base", "head"]

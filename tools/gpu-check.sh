@@ -17,7 +17,10 @@
 #   exponents-fa4     the same for flash-attn4 full, causal and sliding window, measured ceilings
 #   exponents-fla     the same for fla's chunked linear attention
 #   asv               asv run in the existing environment on a GPU-grid subset (causal, 16k)
-#   aa                A/A: regress --existing, a commit against an empty commit after it
+#   batch             two attnperf.batch processes over the pr-gpu grid: statuses and per-point costs
+#   overhead          asv's per-point cost (one process per point, 2 points), to set against batch's
+#   prcheck           the pull-request check itself, A/A: regress HEAD~1 HEAD over pr-gpu, timed
+#   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration
 # Each step has its own timeout so that one slow step cannot take the others' results with it.
 set -uo pipefail
 (($#)) || { sed -n '2,/^# Each step/p' "$0"; exit 2; }
@@ -49,7 +52,7 @@ asv_repo() {  # asv needs a git repository: the tree as one commit and an empty 
   fi
   git init -q 2>/dev/null; echo /.devstack/ >> .git/info/exclude; git add -A >/dev/null; git -c user.name=gpu -c user.email=gpu@local commit -qm base >/dev/null
   git -c user.name=gpu -c user.email=gpu@local commit -q --allow-empty -m "a/a"; git branch -M main  # asv.conf.json follows main
-  python3 -m asv machine --yes --machine "$M" >/dev/null
+  python3 -m asv machine --yes --machine "$M" >/dev/null 2>&1 || true  # asv phases check for asv themselves
 }
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee -a "$OUT/gpu.txt"
@@ -98,12 +101,38 @@ for phase in "$@"; do
       > "$OUT/asv-run.txt" 2>&1
     echo "asv exit $?"; grep -vE "^\s*$" "$OUT/asv-run.txt" | tail -40
     tar czf "$OUT/asv-results.tgz" .asv/results 2>/dev/null ;;
-  aa)
-    need_asv aa && asv_repo || continue
-    ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4 timeout 200 \
-      python3 -m attnperf.regress HEAD~1 HEAD --existing --rounds 2 --factor 1.02 --confirm 0 -b 'TimeForward\.' \
-      --machine "$M-aa" --summary "$OUT/aa-summary.md" > "$OUT/aa.txt" 2>&1; echo "regress exit $?"
-    cat "$OUT/aa-summary.md" ;;
+  batch)
+    python3 -c "from attnperf.benchgrid import grid_named; from attnperf.batch import write_points; from pathlib import Path
+write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
+    for i in 1 2; do
+      /usr/bin/time -f "process $i: %e s wall" timeout 280 python3 -m attnperf.batch --points "$OUT/points.json" \
+        --out "$OUT/batch-$i.json" --verdicts "$OUT/verdicts.json" --label "batch-$i" 2>&1 | grep -v USDT | tail -3
+    done
+    python3 tools/batch-costs.py "$OUT"/batch-*.json | tee "$OUT/batch-costs.txt" ;;
+  overhead)
+    need_asv overhead && asv_repo || continue
+    start=$(date +%s.%N)
+    ASV_PYTHONPATH=$PYTHONPATH ATTNPERF_SEQ_LENS=8192 ATTNPERF_VARIANTS=causal ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4 \
+      timeout 200 python3 -m asv run --environment "existing:$(command -v python3)" --machine "$M" \
+      --set-commit-hash "$(git rev-parse HEAD)" -b 'TimeForward\.' > "$OUT/overhead-asv.txt" 2>&1
+    echo "asv exit $?: 2 points in $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a "$OUT/overhead-asv.txt"
+    grep -E "time_forward|ms" "$OUT/overhead-asv.txt" | tail -4 ;;
+  prcheck)
+    # Work folders in /tmp outlive the call while the machine stays warm: trials reuse the verdicts.
+    asv_repo || continue
+    start=$(date +%s.%N); rm -rf /tmp/attnperf-prcheck
+    timeout "${PRCHECK_TIMEOUT_S:-480}" python3 -m attnperf.regress HEAD~1 HEAD --grid pr-gpu --workdir /tmp/attnperf-prcheck \
+      --summary "$OUT/prcheck-summary.md" > "$OUT/prcheck.txt" 2>&1; echo "regress exit $?" | tee -a "$OUT/prcheck.txt"
+    echo "prcheck wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a "$OUT/prcheck.txt"
+    grep -v USDT "$OUT/prcheck.txt" | tail -12; head -8 "$OUT/prcheck-summary.md"
+    python3 tools/batch-costs.py /tmp/attnperf-prcheck/pass1-*.json | tee "$OUT/prcheck-costs.txt"
+    tar czf "$OUT/prcheck-runs.tgz" -C /tmp attnperf-prcheck ;;
+  trials)
+    mkdir -p /tmp/attnperf-trials && cp /tmp/attnperf-prcheck/verdicts.json /tmp/attnperf-trials/ 2>/dev/null
+    timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu --budget-s "${TRIALS_BUDGET_S:-520}" \
+      --workdir /tmp/attnperf-trials --out "$OUT/regress-trials.json" --noise-out "$OUT/noise.json" 2>&1 | grep -v USDT
+    python3 tools/batch-costs.py /tmp/attnperf-trials/trial-*.json > "$OUT/trials-costs.txt"; tail -4 "$OUT/trials-costs.txt"
+    tar czf "$OUT/trials-runs.tgz" -C /tmp attnperf-trials ;;
   *) echo "unknown phase $phase"; exit 2 ;;
   esac
 done

@@ -75,6 +75,9 @@ class Mechanism(ABC):
     summary: ClassVar[str]
     #: Case options this mechanism reads (shown by ``attnperf list`` and used in ids).
     options: ClassVar[tuple[str, ...]] = ()
+    #: Multiplies a backend's bf16/fp16 error bound where the definition itself adds a rounding
+    #: step (each use says why).
+    half_precision_factor: ClassVar[float] = 1.0
 
     def validate(self, case: Case) -> None:
         """Raise ``ValueError`` naming the option when ``case`` does not fit this mechanism."""

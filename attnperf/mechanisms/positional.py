@@ -95,6 +95,10 @@ class RoPE(SoftmaxMechanism):
     name = "rope"
     summary = "rotary position embedding on q and k (half-rotation, base 10000)"
     options = ("causal",)
+    #: The rotated q and k are rounded to the case's dtype once more (the rotation is computed in
+    #: float32); with one 16-dim query the output error is not averaged out: over 300 seeds in
+    #: bf16 (H 4, KV 2, Lq 1, Lk 257) eager reached 0.0126 and tiled 0.0114 against the 1e-2 bound.
+    half_precision_factor = 1.5
 
     def validate(self, case: Case) -> None:
         super().validate(case)

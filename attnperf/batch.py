@@ -1,0 +1,311 @@
+"""Measure many benchmark points in one process: the unit the regression check replicates.
+
+asv runs every (benchmark, parameter combination) in a process of its own; with the GPU
+libraries that costs ~18 s a point on the H200 (interpreter, imports, CUDA context, compilation,
+the float64 check, a 1 s warm-up), so a grid of hundreds of points cannot fit a pull request's
+time. This runner measures a list of points in one process, loads each library once, warms the
+GPU once, and keeps the correctness verdicts per code fingerprint in a file, so that the later
+processes of the same commit skip the check they already passed (the check itself still runs once
+per commit and point, before anything is timed). Its output feeds the verdict
+(:mod:`attnperf.verdict`) and asv's history (:mod:`attnperf.history`).
+
+    python -m attnperf.batch --points points.json --out run.json [--verdicts cache.json]
+        [--inject flash-attn4=2,3,5,10]
+
+``--inject BACKEND=PCT,...`` (trials only) measures each forward and decode time of that backend
+again with a spin after every call, sized to PCT % of the median just measured in this process
+(:func:`attnperf.measure.spinner`); the injected points are recorded beside the plain ones.
+
+Every point's record says what happened: ``ok`` with its samples, ``unsupported`` (the reason),
+``wrong`` (never timed), ``oom``, or ``failed`` (the exception's first line); the run goes on.
+The output is rewritten atomically after every point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import attnperf
+from attnperf.backends import get_backend
+from attnperf.bench import BACKWARD, DECODE, FORWARD, Point, build_point
+from attnperf.benchgrid import PointSpec
+from attnperf.correctness import CheckResult, WrongResult
+from attnperf.measure import (
+    measure_cpu_peak_rss,
+    measure_cuda_peak,
+    measure_time,
+    spinner,
+    time_calls,
+    warm_device,
+)
+from attnperf.results import read_json, write_json
+from attnperf.sweep import free_memory
+
+SCHEMA = 1
+OK, UNSUPPORTED, WRONG, OOM, FAILED = "ok", "unsupported", "wrong", "oom", "failed"
+
+
+def seconds_since_start() -> float | None:
+    """Seconds since this process started (Linux): interpreter start-up and imports included."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            now = float(uptime.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return now - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def code_fingerprint() -> str:
+    """A hash of the attnperf sources being run and the torch build: the key of cached verdicts."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    root = Path(attnperf.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class VerdictCache:
+    """Correctness verdicts by code fingerprint, in a JSON file shared by the processes of a check:
+    a commit's later processes (and another commit with the very same attnperf sources) reuse
+    the verdicts its first process reached."""
+
+    def __init__(self, path: Path | None, fingerprint: str) -> None:
+        self.path, self.fingerprint = path, fingerprint
+        self.by_code: dict[str, dict[str, dict[str, Any]]] = {}
+        if path is not None and path.exists():
+            self.by_code = read_json(path).get("fingerprints", {})
+        self.entries = self.by_code.setdefault(fingerprint, {})
+
+    def get(self, key: str) -> CheckResult | None:
+        entry = self.entries.get(key)
+        return None if entry is None else CheckResult(**entry)
+
+    def put(self, key: str, result: CheckResult) -> None:
+        self.entries[key] = result.as_dict()
+        if self.path is not None:
+            write_json(self.path, {"fingerprints": self.by_code})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class BatchRunner:
+    """Measures points one after another in this process (see the module docstring)."""
+
+    def __init__(self, *, cache: VerdictCache, repeat: int, min_sample_s: float, point_warmup_s: float) -> None:
+        self.cache, self.repeat = cache, repeat
+        self.min_sample_s, self.point_warmup_s = min_sample_s, point_warmup_s
+        self.warmed: set[str] = set()
+        self.spins: dict[str, Any] = {}
+
+    def measure(self, spec: PointSpec, inject: Sequence[float] = ()) -> list[dict[str, Any]]:
+        """The record of ``spec`` (and of its injected variants, when asked)."""
+        record: dict[str, Any] = {"key": spec.key, "spec": spec.as_dict(), "seconds": {}}
+        started = time.perf_counter()
+        try:
+            point = self._build(spec, record)
+            record["seconds"]["check"] = time.perf_counter() - started
+            return self._time(point, record, inject)
+        except NotImplementedError as exc:
+            return [record | {"status": UNSUPPORTED, "reason": str(exc)}]
+        except WrongResult as exc:
+            return [record | {"status": WRONG, "reason": str(exc)}]
+        except Exception as exc:  # the point failed; the record says how, and the run goes on
+            if is_oom(exc):
+                return [record | {"status": OOM, "reason": _first_line(exc)}]
+            return [record | {"status": FAILED, "reason": _first_line(exc)}]
+        finally:
+            record["seconds"]["total"] = time.perf_counter() - started
+            free_memory(spec.device)
+
+    def _build(self, spec: PointSpec, record: dict[str, Any]) -> Point:
+        cached = self.cache.get(spec.key)
+        record["check_cached"] = cached is not None
+        try:
+            point = build_point(spec, checked=cached)
+        except NotImplementedError as exc:
+            if cached is None:
+                self.cache.put(spec.key, CheckResult("", spec.backend, "", UNSUPPORTED, reason=str(exc)))
+            raise
+        except WrongResult as exc:
+            if cached is None:
+                self.cache.put(spec.key, CheckResult("", spec.backend, "", WRONG, reason=str(exc)))
+            raise
+        if cached is None:
+            self.cache.put(spec.key, point.checked)
+        record.update(case_id=point.case.id, rel_error=point.checked.error, bound=point.checked.bound)
+        return point
+
+    def _time(self, point: Point, record: dict[str, Any], inject: Sequence[float]) -> list[dict[str, Any]]:
+        device = point.case.device
+        if device not in self.warmed:  # once per process: clocks boost under load
+            warm_device(device, 1.0)
+            self.warmed.add(device)
+        context = torch.no_grad() if point.spec.mode != BACKWARD else torch.enable_grad()
+        with context:
+            first = time.perf_counter()
+            time_calls(point.run, device, 1)  # compilation and lazy initialisation land here
+            record["seconds"]["first_call"] = time.perf_counter() - first
+            timing = measure_time(point.run, device, repeat=self.repeat, min_sample_s=self.min_sample_s,
+                                  warmup_s=self.point_warmup_s)  # fmt: skip
+            record["seconds"]["measure"] = time.perf_counter() - first - record["seconds"]["first_call"]
+            record.update(status=OK, median=timing.median, samples=timing.samples, number=timing.number)
+            if point.spec.mode == FORWARD:
+                record.update(self._forward_figures(point, timing.median))
+            records = [record]
+            for pct in inject if point.spec.mode in (FORWARD, DECODE) else ():
+                records.append(self._injected(point, record, pct))
+        return records
+
+    def _forward_figures(self, point: Point, median: float) -> dict[str, Any]:
+        """Peak memory of one forward alone (the CUDA allocator's, exact; RSS growth on the CPU),
+        the analyzer's prediction and useful TFLOP/s (derived: for the graphs, never gating)."""
+        from attnperf.analysis import forward_flops, predicted_peak_bytes
+
+        device = point.case.device
+        figures: dict[str, Any] = {}
+        if torch.device(device).type == "cuda":
+            figures["peak_bytes"] = measure_cuda_peak(point.run, device)
+        elif not get_backend(point.backend).own_cpu_allocator:  # RSS growth: for the graphs, not exact
+            figures["peak_bytes"] = measure_cpu_peak_rss(point.run)
+        try:
+            figures["predicted_bytes"] = predicted_peak_bytes(point.mechanism, point.backend, point.case)
+            figures["tflops"] = forward_flops(point.mechanism, point.backend, point.case).useful / median / 1e12
+        except (KeyError, ValueError) as exc:  # no model for this pair: the graphs go without it
+            figures["model_reason"] = _first_line(exc)
+        return figures
+
+    def _injected(self, point: Point, plain: dict[str, Any], pct: float) -> dict[str, Any]:
+        device = point.case.device
+        if device not in self.spins:
+            self.spins[device] = spinner(device)
+        spin, extra = self.spins[device], plain["median"] * pct / 100
+
+        def slowed() -> None:
+            point.run()
+            spin(extra)
+
+        timing = measure_time(slowed, device, repeat=self.repeat, min_sample_s=self.min_sample_s,
+                              warmup_s=self.point_warmup_s)  # fmt: skip
+        return {
+            "key": f"{plain['key']}+{pct:g}%", "base_key": plain["key"], "injected_pct": pct, "spec": plain["spec"],
+            "status": OK, "median": timing.median, "samples": timing.samples, "number": timing.number,
+        }  # fmt: skip
+
+
+def process_costs(output: dict[str, Any]) -> dict[str, Any]:
+    """Where one process's seconds went: start-up (interpreter, imports), the correctness checks,
+    first calls (compilation), measurement, and the overhead per measured point (everything but
+    the measurement, over the points measured)."""
+    records = [r for r in output["records"] if "injected_pct" not in r]
+    phases = {name: sum(r["seconds"].get(name, 0.0) for r in records) for name in ("check", "first_call", "measure")}
+    total = output.get("wall_s") or output["seconds"].get("total") or 0.0
+    measured = sum(r["status"] == OK for r in records)
+    statuses: dict[str, int] = {}
+    for r in records:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    return {
+        "label": output.get("label"), "points": len(records), "statuses": statuses, "wall_s": total,
+        "startup_s": output["seconds"].get("startup"), **{f"{k}_s": v for k, v in phases.items()},
+        "overhead_per_point_s": (total - phases["measure"]) / measured if measured else None,
+    }  # fmt: skip
+
+
+def read_points(path: Path) -> list[PointSpec]:
+    return [PointSpec(**item) for item in read_json(path)["points"]]
+
+
+def write_points(path: Path, points: Sequence[PointSpec]) -> Path:
+    return write_json(path, {"points": [p.as_dict() for p in points]})
+
+
+def parse_inject(text: str | None) -> tuple[str | None, tuple[float, ...]]:
+    """``BACKEND=P1,P2`` → (backend, (P1, P2)); a ``ValueError`` names the flag."""
+    if not text:
+        return None, ()
+    backend, _, pcts = text.partition("=")
+    try:
+        values = tuple(float(p) for p in pcts.split(",") if p.strip())
+    except ValueError:
+        values = ()
+    if not backend or not values or any(v <= 0 for v in values):
+        raise ValueError(f"--inject must be BACKEND=PCT[,PCT...] with percentages > 0, got {text!r}")
+    get_backend(backend)
+    return backend, values
+
+
+def run(
+    points: Sequence[PointSpec], out: Path, *, verdicts: Path | None = None, inject: str | None = None,
+    repeat: int = 10, min_sample_s: float | None = None, label: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Measure ``points`` in this process and write the record to ``out`` after every point."""
+    from attnperf.machine import machine_tag
+
+    inject_backend, pcts = parse_inject(inject)
+    gpu = any(p.device.startswith("cuda") for p in points)
+    fingerprint = code_fingerprint()
+    runner = BatchRunner(
+        cache=VerdictCache(verdicts, fingerprint), repeat=repeat,
+        min_sample_s=min_sample_s if min_sample_s is not None else (0.01 if gpu else 0.05),
+        point_warmup_s=0.05 if gpu else 0.1,
+    )  # fmt: skip
+    started = time.perf_counter()
+    output: dict[str, Any] = {
+        "schema": SCHEMA, "label": label, "fingerprint": fingerprint, "machine": machine_tag(),
+        "torch": torch.__version__, "pid": os.getpid(), "started_unix": time.time(),
+        "seconds": {"startup": seconds_since_start()}, "records": [],
+    }  # fmt: skip
+    for spec in points:
+        output["records"] += runner.measure(spec, pcts if spec.backend == inject_backend else ())
+        output["seconds"]["points"] = time.perf_counter() - started
+        write_json(out, output)
+    output["seconds"]["total"] = seconds_since_start()
+    write_json(out, output)
+    return output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m attnperf.batch", description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=Path, required=True, help="JSON file of points (attnperf.batch.write_points)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file this process writes its records to")
+    parser.add_argument("--verdicts", type=Path, help="correctness verdicts shared by this commit's processes")
+    parser.add_argument("--inject", help="BACKEND=PCT[,PCT...]: also measure that backend slowed by PCT %% (trials)")
+    parser.add_argument("--repeat", type=int, default=10, help="samples per point (default 10)")
+    parser.add_argument("--label", help="a name for this process in the output (e.g. base-2)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.repeat < 3:
+        raise SystemExit("--repeat must be at least 3 (a median of fewer samples is one sample's noise)")
+    output = run(read_points(args.points), args.out, verdicts=args.verdicts, inject=args.inject,
+                 repeat=args.repeat, label=args.label)  # fmt: skip
+    counts: dict[str, int] = {}
+    for record in output["records"]:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    print(json.dumps({"out": str(args.out), "records": counts, "seconds": output["seconds"]}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""The benchmark history: batch-runner measurements recorded as asv results, for ``asv publish``.
+
+    python -m attnperf.history run [--steps 3] [--grid cpu] [--shard I/N] [--machine NAME]
+    python -m attnperf.history record --commit SHA RUN.json [RUN.json ...]
+
+``run`` is the main job (``nox -s bench``): it takes the last ``--steps`` commits of the current
+branch that have the batch runner and no results on this machine yet, checks each out into a
+git worktree, measures the grid in one fresh process of that commit's own
+:mod:`attnperf.batch`, and records the process into asv's results (``.asv/results``). On a
+machine without results it therefore draws a history of a few commits at once; later runs add
+only the new ones. ``--shard I/N`` measures every N-th point from the I-th (a matrix of GPU
+runners, or several nights, each records its share of the same commit; asv merges them).
+
+``record`` writes process outputs (from ``run``, a shard, or the regression check) into the
+results: asv's benchmark names and parameters are the suites' own
+(``bench_attention.TimeForward.time_forward('eager', 'causal', 256, 64, 'float32')``), so
+``asv publish``, ``asv compare`` and the HTML read them like results of ``asv run``: time
+benchmarks carry every sample of every process, the others the median over processes. A point
+that could not run is recorded as skipped (unsupported) or failed (wrong, out of memory, failed).
+Each results file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from attnperf.benchgrid import BENCHMARKS, PointSpec, grid_named
+from attnperf.regress import ProcessRunner, RegressError, git, worktrees
+from attnperf.results import read_json
+
+#: Which number of a point's record each kind of asv benchmark holds.
+FIELDS = {"time": "median", "memory": "peak_bytes", "prediction": "predicted_bytes", "tflops": "tflops"}
+SKIPPED = {"unsupported"}
+
+
+def asv(args: Sequence[str], *, cwd: Path) -> str:
+    """Run asv (the one beside this Python); its own message on failure."""
+    env = {**os.environ, "ASV_PYTHONPATH": os.pathsep.join(p for p in (str(cwd), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-m", "asv", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise RegressError(f"asv {' '.join(args)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+def values_by_benchmark(runs: Sequence[dict[str, Any]]) -> dict[str, dict[tuple[str, ...], dict[str, Any]]]:
+    """``{asv name: {param reprs: {"value"|"samples"|"number"|"status"}}}`` over the processes."""
+    records: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for record in run["records"]:
+            if "injected_pct" not in record:
+                records.setdefault(record["key"], []).append(record)
+    table: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {}
+    for group in records.values():
+        spec = PointSpec(**group[0]["spec"])
+        params = tuple(repr(p) for p in spec.asv_params)
+        ok = [r for r in group if r["status"] == "ok"]
+        for name, kind, _gates in BENCHMARKS[spec.mode]:
+            entry: dict[str, Any] = {"status": ok[0]["status"] if ok else group[0]["status"]}
+            values = [r[FIELDS[kind]] for r in ok if r.get(FIELDS[kind]) is not None]
+            if kind == "time" and ok:
+                entry.update(samples=[s for r in ok for s in r["samples"]], number=ok[0]["number"])
+            elif values:
+                entry["value"] = statistics.median(values)
+            elif ok:  # ran, but this figure was not measured here (e.g. a CPU arena): leave it out
+                continue
+            table.setdefault(name, {})[params] = entry
+    return table
+
+
+def record(runs: Sequence[dict[str, Any]], commit: str, *, repo: Path, machine: str) -> Path:
+    """Write the processes' measurements of ``commit`` into asv's results of ``machine``."""
+    from asv.benchmarks import Benchmarks
+    from asv.config import Config
+    from asv.environment import get_environments
+    from asv.machine import Machine
+    from asv.results import Results
+    from asv.runner import BenchmarkResult
+
+    repo = repo.resolve()
+    asv(["machine", "--yes", "--machine", machine], cwd=repo)
+    asv(["run", "--bench", "just-discover", "--environment", f"existing:{sys.executable}", "--machine", machine],
+        cwd=repo)  # fmt: skip
+    conf = Config.load(str(repo / "asv.conf.json"))
+    for folder in ("results_dir", "benchmark_dir", "html_dir", "env_dir"):  # relative to the repository, not the cwd
+        setattr(conf, folder, str(repo / getattr(conf, folder)))
+    results_dir = Path(conf.results_dir)
+    machine_params = Machine.load(machine_name=machine)
+    machine_params.save(str(results_dir))
+    env = next(iter(get_environments(conf, [f"existing:{sys.executable}"], verbose=False)))
+    date = int(git(["log", "-1", "--format=%at", commit], cwd=repo)) * 1000
+    params = {**machine_params.__dict__, "python": env.python, **env.requirements}
+    results = Results(params, env.requirements, commit, date, env.python, env.name, env.env_vars)
+    results.load_data(str(results_dir))
+    benchmarks = Benchmarks.load(conf)
+    table = values_by_benchmark(runs)
+    for name, measured in table.items():
+        if name not in benchmarks:
+            continue
+        benchmark = benchmarks[name]
+        combos = list(itertools.product(*benchmark["params"]))
+        result, samples, number, selected = [], [], [], set()
+        for i, combo in enumerate(combos):
+            entry = measured.get(tuple(combo))
+            value = None
+            if entry is not None:
+                selected.add(i)
+                if entry["status"] in SKIPPED:
+                    value = float("nan")
+                elif "samples" in entry:
+                    value = statistics.median(entry["samples"])
+                else:
+                    value = entry.get("value")
+            result.append(value)
+            samples.append(entry.get("samples") if entry else None)
+            number.append(entry.get("number") if entry and "samples" in entry else None)
+        if selected:
+            outcome = BenchmarkResult(result=result, samples=samples, number=number, errcode=0, stderr="",
+                                      profile=None)  # fmt: skip
+            results.add_result(benchmark, outcome, record_samples=True, selected_idx=selected)
+    return save_atomic(results, results_dir)
+
+
+def save_atomic(results: Any, results_dir: Path) -> Path:
+    """asv's ``Results.save`` writes in place; save into a scratch folder and replace the file."""
+    with tempfile.TemporaryDirectory(dir=results_dir) as scratch:
+        results.save(scratch)
+        (written,) = list(Path(scratch).rglob("*.json"))
+        target = results_dir / written.relative_to(scratch)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(written, target)
+    return target
+
+
+def recorded(repo: Path, machine: str, commit: str) -> bool:
+    folder = repo / ".asv" / "results" / machine
+    return any(folder.glob(f"{commit[:8]}-*.json"))
+
+
+def commits_to_measure(repo: Path, steps: int, machine: str) -> list[str]:
+    """The last ``steps`` first-parent commits that have the batch runner, oldest first, minus those
+    this machine has recorded already."""
+    commits = git(["rev-list", "--first-parent", f"--max-count={steps}", "HEAD"], cwd=repo).split()
+    have_runner = [c for c in commits if _has_file(repo, c, "attnperf/batch.py")]
+    return [c for c in reversed(have_runner) if not recorded(repo, machine, c)]
+
+
+def _has_file(repo: Path, commit: str, path: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=repo, capture_output=True,
+                          check=False).returncode == 0  # fmt: skip
+
+
+def shard_points(points: Sequence[PointSpec], shard: str | None) -> list[PointSpec]:
+    """The ``I/N`` share of ``points`` (every N-th from the I-th, 1-based); a ``ValueError`` names the flag."""
+    if not shard:
+        return list(points)
+    try:
+        index, count = (int(x) for x in shard.split("/"))
+    except ValueError:
+        index = count = 0
+    if not 1 <= index <= count:
+        raise ValueError(f"--shard must be I/N with 1 <= I <= N, got {shard!r}")
+    return list(points[index - 1 :: count])
+
+
+def run_history(repo: Path, *, steps: int, grid: str | None, shard: str | None, machine: str, workdir: Path) -> int:
+    """The main job: measure and record the commits :func:`commits_to_measure` names."""
+    points = shard_points(grid_named(grid).points(), shard)
+    commits = commits_to_measure(repo, steps, machine)
+    if not commits:
+        print(f"attnperf history: the last {steps} commits with the batch runner are recorded for {machine}")
+        return 0
+    runner = ProcessRunner(workdir.resolve())
+    for n, commit in enumerate(commits, 1):
+        print(f"attnperf history: commit {commit[:10]} ({n}/{len(commits)}), {len(points)} points", flush=True)
+        with worktrees(repo, {commit[:12]: commit}) as trees:
+            output = runner.run(trees[commit[:12]], _points_file(workdir, points), f"history-{commit[:12]}",
+                                verdicts=workdir / "verdicts.json")  # fmt: skip
+        statuses: dict[str, int] = {}
+        for r in output["records"]:
+            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        path = record([output], commit, repo=repo, machine=machine)
+        print(f"  {output['wall_s']:.0f} s, {json.dumps(statuses)} -> {path.relative_to(repo)}", flush=True)
+    return 0
+
+
+def measure_here(repo: Path, *, grid: str | None, shard: str | None, out: Path) -> dict[str, Any]:
+    """One batch-runner process over (a shard of) the grid in this checkout, output to ``out``."""
+    points = shard_points(grid_named(grid).points(), shard)
+    workdir = out.parent.resolve()
+    points_file = _points_file(workdir, points)
+    output = ProcessRunner(workdir).run(repo, points_file, out.stem, verdicts=workdir / "verdicts.json")
+    if output.get("error"):
+        raise RegressError(f"the batch runner failed: {output['error']} (log: {workdir / out.stem}.log)")
+    return output
+
+
+def _points_file(workdir: Path, points: Sequence[PointSpec]) -> Path:
+    from attnperf.batch import write_points
+
+    return write_points(workdir / "points.json", points)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m attnperf.history", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="measure the recent commits this machine has no results for")
+    run.add_argument("--steps", type=int, default=3, help="how many recent commits (default 3)")
+    run.add_argument("--grid", help="grid name (default: gpu with CUDA, else cpu)")
+    run.add_argument("--shard", help="I/N: measure every N-th point from the I-th")
+    run.add_argument("--workdir", type=Path, default=Path(".asv/runs"), help="process outputs")
+    meas = sub.add_parser("measure", help="measure this checkout in one process, without recording")
+    meas.add_argument("--grid", help="grid name (default: gpu with CUDA, else cpu)")
+    meas.add_argument("--shard", help="I/N: measure every N-th point from the I-th")
+    meas.add_argument("--out", type=Path, required=True, help="the process output (JSON)")
+    rec = sub.add_parser("record", help="record batch-runner outputs of one commit")
+    rec.add_argument("--commit", required=True, help="the commit the outputs measured")
+    rec.add_argument("runs", nargs="+", type=Path, help="attnperf.batch output files")
+    for p in (run, meas, rec):
+        p.add_argument("--machine", help="asv machine name (default: attnperf.machine.machine_tag())")
+        p.add_argument("--repo", type=Path, default=Path("."), help="the git repository with asv.conf.json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from attnperf.machine import machine_tag
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            if args.steps < 1:
+                parser.error(f"--steps must be at least 1, got {args.steps}")
+            return run_history(args.repo.resolve(), steps=args.steps, grid=args.grid, shard=args.shard,
+                               machine=args.machine or machine_tag(), workdir=args.workdir)  # fmt: skip
+        if args.command == "measure":
+            output = measure_here(args.repo.resolve(), grid=args.grid, shard=args.shard, out=args.out)
+            print(f"measured {len(output['records'])} points in {output['wall_s']:.0f} s into {args.out}")
+            return 0
+        commit = git(["rev-parse", "--verify", f"{args.commit}^{{commit}}"], cwd=args.repo)
+        runs = [read_json(p) for p in args.runs]
+        machine = args.machine or runs[0].get("machine") or machine_tag()  # the machine that measured them
+        path = record(runs, commit, repo=args.repo, machine=machine)
+        print(f"recorded {len(args.runs)} processes of {commit[:10]} into {path}")
+    except (RegressError, ValueError) as exc:
+        print(f"attnperf history: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""How often the regression check errs, measured on the machine it runs on.
+
+    python -m attnperf.regress trials [--grid pr-gpu] [--inject flash-attn4=2,3,5,10]
+        [--budget-s 540] [--resamples 1000] [--out regress-trials.json] [--noise-out FILE]
+
+Runs fresh :mod:`attnperf.batch` processes of this checkout, alternately labelled A and B (the
+same code: every A/B comparison is an A/A comparison). Each process measures the whole grid and,
+for the ``--inject`` backend, each of its forward and decode times again with a spin after every
+call sized to PCT % of the median that process just measured (a ``torch.cuda._sleep`` kernel on
+a GPU, calibrated against the clock; a busy wait on the CPU). The injected size is verified: the
+table reports the measured ratio injected/plain beside the nominal one.
+
+From those processes:
+
+* **Calibration**: per benchmark, the between-process spread of log medians (pooled over A and B)
+  becomes the noise file the check reads (``--noise-out``; ``benchmarks/noise/MACHINE.json``).
+* **Real trials**: disjoint groups of ``P`` A-processes and ``P`` B-processes make one check each
+  (the next ``C`` processes of each label serve as its confirmation pass, which overlaps the next
+  trial's first pass and is read only when something was flagged). For an injected size the head
+  side reads the injected records of the B-processes, so base and head come from different
+  processes, as in a real check.
+* **Resampled trials**: ``--resamples`` checks whose ``P + C`` processes a side are drawn at random
+  (without replacement within a trial) from the same pool.
+
+A trial at 0% counts when the check fails on anything (a false alarm); at x% when any benchmark
+of the slowed backend is flagged after confirmation. The JSON has one row per injected size with
+``injected_pct``, ``trials``, ``flagged``, ``rate`` and a 95% Wilson interval, split into real and
+resampled counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from attnperf.benchgrid import grid_named
+from attnperf.regress import ProcessRunner, describe
+from attnperf.results import write_json
+from attnperf.verdict import DEFAULT_SIGMA, HOLE, MIN_EFFECT, OK, REGRESSION, Noise, decide, per_process
+
+A, B = "A", "B"
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def calibrate(runs: Sequence[dict[str, Any]], floor: float = 0.001) -> dict[str, float]:
+    """Per benchmark key, the sd of log per-process medians (pooled over labels), at least ``floor``."""
+    sigma: dict[str, float] = {}
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_label.setdefault(run["trial_label"], []).append(run)
+    tables = [per_process(group) for group in by_label.values()]
+    for key in set().union(*tables):
+        if "%" in key:
+            continue
+        squares, dof = 0.0, 0
+        for table in tables:
+            logs = [math.log(r["median"]) for r in table.get(key, []) if r["status"] == OK]
+            if len(logs) > 1:
+                squares += statistics.variance(logs) * (len(logs) - 1)
+                dof += len(logs) - 1
+        if dof:
+            sigma[key] = max(floor, math.sqrt(squares / dof))
+    return sigma
+
+
+def as_head(run: dict[str, Any], pct: float, backend: str) -> dict[str, Any]:
+    """A B-process seen as a head slowed by ``pct`` % on ``backend``: its injected records take the
+    place of the plain ones they were measured beside."""
+    injected = {r["base_key"]: r for r in run["records"] if r.get("injected_pct") == pct}
+    records = []
+    for record in run["records"]:
+        if "injected_pct" in record:
+            continue
+        if record["key"] in injected and record["spec"]["backend"] == backend:
+            record = {**injected[record["key"]], "key": record["key"]}
+            record.pop("injected_pct")
+        records.append(record)
+    return {"records": records}
+
+
+def plain(run: dict[str, Any]) -> dict[str, Any]:
+    return {"records": [r for r in run["records"] if "injected_pct" not in r]}
+
+
+def one_trial(
+    base: Sequence[dict], head: Sequence[dict], base_c: Sequence[dict], head_c: Sequence[dict], noise: Noise,
+    pct: float, backend: str | None,
+) -> bool:  # fmt: skip
+    """Whether one check (first pass, then a confirmation on other processes) flags: anything at 0%,
+    a benchmark of ``backend`` at ``pct`` > 0."""
+    def heads(runs: Sequence[dict]) -> list[dict]:
+        return [as_head(r, pct, backend) if pct and backend else plain(r) for r in runs]
+
+    first = decide([plain(r) for r in base], heads(head), noise)
+    if not first.failed:
+        return False
+    final = decide([plain(r) for r in base_c], heads(head_c), noise, keys=first.flagged_keys())
+    flagged = [p for p in final.points if p.outcome == REGRESSION] + final.where(HOLE)
+    if not pct:
+        return bool(flagged)
+    return any(f"({backend!r}," in p.key for p in flagged)
+
+
+def injected_ratio(runs: Sequence[dict[str, Any]], pct: float) -> float | None:
+    """Median over processes and benchmarks of injected/plain time: the slowdown actually injected."""
+    ratios = []
+    for run in runs:
+        medians = {r["key"]: r.get("median") for r in run["records"] if r["status"] == OK}
+        for r in run["records"]:
+            if r.get("injected_pct") == pct and medians.get(r["base_key"]):
+                ratios.append(r["median"] / medians[r["base_key"]])
+    return statistics.median(ratios) if ratios else None
+
+
+def evaluate(
+    runs: Sequence[dict[str, Any]], noise: Noise, *, processes: int, confirm: int, levels: Sequence[float],
+    backend: str | None, resamples: int, seed: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    pools = {label: [r for r in runs if r["trial_label"] == label] for label in (A, B)}
+    n = min(len(pools[A]), len(pools[B]))
+    rng = random.Random(seed)
+    rows = []
+    for pct in (0.0, *levels):
+        real = []
+        for t in range(n // processes):
+            group = range(t * processes, (t + 1) * processes)
+            after = [(t + 1) * processes + i for i in range(confirm)]
+            conf = [i % n for i in after]
+            real.append(one_trial([pools[A][i] for i in group], [pools[B][i] for i in group],
+                                  [pools[A][i] for i in conf], [pools[B][i] for i in conf], noise, pct, backend))  # fmt: skip
+        sampled = []
+        if n >= processes + confirm:
+            for _ in range(resamples):
+                a, b = rng.sample(pools[A], processes + confirm), rng.sample(pools[B], processes + confirm)
+                sampled.append(one_trial(a[:processes], b[:processes], a[processes:], b[processes:], noise, pct, backend))
+        trials, flagged = len(real) + len(sampled), sum(real) + sum(sampled)
+        low, high = wilson(flagged, trials)
+        measured = injected_ratio(runs, pct) if pct else None
+        rows.append({
+            "injected_pct": pct, "measured_pct": None if measured is None else round(100 * (measured - 1), 3),
+            "trials": trials, "flagged": flagged, "rate": flagged / trials if trials else None,
+            "ci95": [round(low, 4), round(high, 4)], "real_trials": len(real), "real_flagged": sum(real),
+            "resampled_trials": len(sampled), "resampled_flagged": sum(sampled),
+        })  # fmt: skip
+    return rows
+
+
+def run_processes(
+    runner: ProcessRunner, repo: Path, points_file: Path, *, inject: str | None, budget_s: float, max_processes: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """A, B, B, A, A, B … until the budget or ``max_processes`` (an even count)."""
+    runs: list[dict[str, Any]] = []
+    started, longest = time.perf_counter(), 0.0
+    verdicts = runner.workdir / "verdicts.json"
+    while len(runs) < max_processes:
+        if runs and len(runs) % 2 == 0 and time.perf_counter() - started + 2 * longest > budget_s:
+            break
+        i = len(runs)
+        label = (A, B)[(i + (i // 2) % 2) % 2]
+        output = runner.run(repo, points_file, f"trial-{i + 1:03d}-{label}", verdicts=verdicts, inject=inject)
+        output["trial_label"] = label
+        runs.append(output)
+        longest = max(longest, output["wall_s"])
+        print(f"  process {i + 1} ({label}): {output['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    return runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m attnperf.regress trials", description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", help="grid name (default: pr-gpu with CUDA, else pr-cpu)")
+    parser.add_argument("--inject", help="BACKEND=PCT[,PCT...] (default flash-attn4=2,3,5,10 on a GPU, eager on the CPU)")
+    parser.add_argument("--processes", type=int, default=2, help="processes a side in one check (default 2)")
+    parser.add_argument("--confirm", type=int, default=2, help="processes a side in its confirmation (default 2)")
+    parser.add_argument("--budget-s", type=float, default=540, help="start no process that would end past this")
+    parser.add_argument("--max-processes", type=int, default=200, help="stop after this many processes")
+    parser.add_argument("--resamples", type=int, default=1000, help="resampled trials per injected size")
+    parser.add_argument("--min-effect", type=float, default=MIN_EFFECT, help="as regress's --min-effect")
+    parser.add_argument("--repeat", type=int, default=10, help="samples per point and process")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    parser.add_argument("--workdir", type=Path, default=Path("trials-out"), help="process outputs")
+    parser.add_argument("--out", type=Path, default=Path("regress-trials.json"), help="the table (JSON)")
+    parser.add_argument("--noise-out", type=Path, help="write the calibration here (the check's --noise)")
+    parser.add_argument("--reuse", action="store_true", help="evaluate the process outputs in --workdir again")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from attnperf.batch import parse_inject
+    from attnperf.results import read_json
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    grid_name = args.grid or ("pr-gpu" if grid_named().device == "cuda" else "pr-cpu")
+    grid = grid_named(grid_name)
+    inject = args.inject or ("flash-attn4=2,3,5,10" if grid.device == "cuda" else "eager=2,3,5,10")
+    try:
+        backend, levels = parse_inject(inject)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.processes < 1 or args.confirm < 0:
+        parser.error("--processes must be at least 1 and --confirm at least 0")
+    points = grid.points()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    runner = ProcessRunner(args.workdir.resolve(), repeat=args.repeat)
+    started = time.perf_counter()
+    if args.reuse:
+        runs = [read_json(p) for p in sorted(args.workdir.glob("trial-*.json"))]
+        for run in runs:
+            run["trial_label"] = run["label"].rsplit("-", 1)[1]
+    else:
+        print(f"attnperf trials: grid {grid_name}: {describe(points)}; inject {inject}", file=sys.stderr)
+        points_file = write_json(args.workdir / "points.json", {"points": [p.as_dict() for p in points]})
+        runs = run_processes(runner, Path.cwd(), points_file, inject=inject, budget_s=args.budget_s,
+                             max_processes=args.max_processes)  # fmt: skip
+    sigma = calibrate(runs)
+    noise = Noise(sigma=sigma, min_effect=args.min_effect, source="calibrated on these processes")
+    rows = evaluate(runs, noise, processes=args.processes, confirm=args.confirm, levels=levels, backend=backend,
+                    resamples=args.resamples, seed=args.seed)  # fmt: skip
+    walls = [r["wall_s"] for r in runs]
+    write_json(args.out, {
+        "grid": grid_name, "points": len(points), "inject": inject, "processes_a_side": args.processes,
+        "confirm_a_side": args.confirm, "min_effect": args.min_effect, "process_count": len(runs),
+        "process_wall_s": {"first": walls[:2], "median": statistics.median(walls) if walls else None},
+        "machine": runs[0].get("machine") if runs else None, "wall_s": time.perf_counter() - started,
+        "sigma_median": statistics.median(sigma.values()) if sigma else None, "rows": rows,
+    })  # fmt: skip
+    if args.noise_out is not None:
+        write_json(args.noise_out, {"sigma": sigma, "default_sigma": DEFAULT_SIGMA, "processes": len(runs),
+                                    "grid": grid_name, "machine": runs[0].get("machine") if runs else None})  # fmt: skip
+    print(f"{'injected %':>10} {'measured %':>10} {'trials':>6} {'flagged':>7} {'rate':>6}  95% interval  (real)")
+    for row in rows:
+        measured = "" if row["measured_pct"] is None else f"{row['measured_pct']:.2f}"
+        print(f"{row['injected_pct']:>10g} {measured:>10} {row['trials']:>6} {row['flagged']:>7} "
+              f"{row['rate'] or 0:>6.3f}  [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]  "
+              f"({row['real_flagged']}/{row['real_trials']})")  # fmt: skip
+    return 0

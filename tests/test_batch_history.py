@@ -1,0 +1,138 @@
+"""The batch runner (many points in one process, verdicts cached) and its records in asv's history."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from attnperf.batch import parse_inject, process_costs, read_points, run, write_points
+from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec, grid_named
+from attnperf.history import commits_to_measure, record, shard_points, values_by_benchmark
+
+from .test_regress import git
+
+ROOT = Path(__file__).resolve().parents[1]
+POINTS = [
+    PointSpec("eager", "causal", 64, 16, "float32", FORWARD, device="cpu", heads=2),
+    PointSpec("tiled", "causal", 64, 16, "float32", BACKWARD, device="cpu", heads=2),
+    PointSpec("sdpa-flash", "linear_causal", 64, 16, "float32", FORWARD, device="cpu", heads=2),
+    PointSpec("eager", "decode", 128, 16, "float32", DECODE, device="cpu", heads=2),
+]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    folder = tmp_path_factory.mktemp("batch")
+    write_points(folder / "points.json", POINTS)
+    points = read_points(folder / "points.json")
+    assert points == POINTS
+    outputs = [run(points, folder / f"run-{i}.json", verdicts=folder / "verdicts.json", inject="eager=50",
+                   repeat=3, min_sample_s=0.005) for i in (1, 2)]  # fmt: skip
+    return folder, outputs
+
+
+def test_every_point_is_recorded_with_what_happened(two_processes) -> None:
+    _, (first, _second) = two_processes
+    by_key = {r["key"]: r for r in first["records"]}
+    assert by_key[POINTS[0].key]["status"] == "ok"
+    assert len(by_key[POINTS[0].key]["samples"]) == 3
+    assert by_key[POINTS[0].key]["peak_bytes"] is not None
+    assert by_key[POINTS[1].key]["status"] == "ok"  # forward+backward, gradients checked first
+    assert by_key[POINTS[2].key] | {"status": "unsupported"} == by_key[POINTS[2].key]
+    assert "does not implement linear" in by_key[POINTS[2].key]["reason"]
+    injected = [r for r in first["records"] if "injected_pct" in r]
+    assert {r["base_key"] for r in injected} == {POINTS[0].key, POINTS[3].key}
+    assert all(r["injected_pct"] == 50 for r in injected)
+
+
+def test_the_second_process_reuses_the_first_ones_verdicts(two_processes) -> None:
+    folder, (first, second) = two_processes
+    plain = [r for r in second["records"] if "injected_pct" not in r]
+    assert not any(r.get("check_cached") for r in first["records"])
+    assert all(r["check_cached"] for r in plain)
+    cache = json.loads((folder / "verdicts.json").read_text())
+    assert list(cache["fingerprints"]) == [first["fingerprint"]]
+    costs = process_costs(second)
+    assert costs["statuses"] == {"ok": 3, "unsupported": 1}
+    assert costs["measure_s"] > 0
+
+
+def test_parse_inject_names_the_flag() -> None:
+    assert parse_inject("flash-attn4=2,3.5") == ("flash-attn4", (2.0, 3.5))
+    assert parse_inject(None) == (None, ())
+    for bad in ("flash-attn4", "flash-attn4=x", "flash-attn4=-1"):
+        with pytest.raises(ValueError, match="--inject must be BACKEND=PCT"):
+            parse_inject(bad)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        parse_inject("nosuch=3")
+
+
+def test_values_by_benchmark_pool_samples_and_take_medians(two_processes) -> None:
+    _, outputs = two_processes
+    table = values_by_benchmark(outputs)
+    forward = table["bench_attention.TimeForward.time_forward"][("'eager'", "'causal'", "64", "16", "'float32'")]
+    assert len(forward["samples"]) == 6
+    peak = table["bench_attention.TrackPeakMemory.track_peak_bytes"][("'eager'", "'causal'", "64", "16", "'float32'")]
+    assert peak["value"] == statistics.median(r["peak_bytes"] for o in outputs for r in o["records"]
+                                              if r["key"] == POINTS[0].key)  # fmt: skip
+    skipped = table["bench_attention.TimeForward.time_forward"][
+        ("'sdpa-flash'", "'linear_causal'", "64", "16", "'float32'")]  # fmt: skip
+    assert skipped["status"] == "unsupported"
+
+
+def test_shards_partition_the_grid() -> None:
+    points = grid_named("pr-cpu").points()
+    shards = [shard_points(points, f"{i}/3") for i in (1, 2, 3)]
+    assert sorted(p.key for s in shards for p in s) == sorted(p.key for p in points)
+    for bad in ("0/3", "4/3", "x"):
+        with pytest.raises(ValueError, match="--shard must be I/N"):
+            shard_points(points, bad)
+
+
+@pytest.mark.slow
+def test_record_writes_asv_results_that_publish_reads(two_processes, tmp_path: Path, monkeypatch) -> None:
+    """The records land under asv's own benchmark names; ``asv publish`` draws them."""
+    _, outputs = two_processes
+    repo = tmp_path / "repo"
+    for name in git(ROOT, "ls-files").splitlines():
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    sha = git(repo, "rev-parse", "HEAD")
+    grid = {
+        "ATTNPERF_GRID": "cpu",
+        "ATTNPERF_BACKENDS": "eager,tiled,sdpa-flash",
+        "ATTNPERF_SEQ_LENS": "64",
+        "ATTNPERF_HEAD_DIMS": "16",
+        "ATTNPERF_DECODE_LENS": "128",
+        "ATTNPERF_VARIANTS": "causal,linear_causal",
+    }
+    for key, value in grid.items():
+        monkeypatch.setenv(key, value)
+    path = record(outputs, sha, repo=repo, machine="history-test")
+    data = json.loads(path.read_text())
+    columns = data["result_columns"]
+    forward = dict(zip(columns, data["results"]["bench_attention.TimeForward.time_forward"], strict=False))
+    params = forward["params"]
+    combos = [(b, v) for b in params[0] for v in params[1]]
+    values = dict(zip(combos, forward["result"], strict=True))
+    samples = [s for o in outputs for r in o["records"] if r["key"] == POINTS[0].key for s in r["samples"]]
+    assert values[("'eager'", "'causal'")] == pytest.approx(statistics.median(samples))
+    assert math.isnan(values[("'sdpa-flash'", "'linear_causal'")])  # skipped, with its reason on record
+    assert commits_to_measure(repo, 3, "history-test") == []  # recorded already
+    published = subprocess.run(
+        ["python", "-m", "asv", "publish"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert published.returncode == 0, published.stderr
+    index = json.loads((repo / ".asv/html/index.json").read_text())
+    assert "bench_attention.TimeForward.time_forward" in index["benchmarks"]
+    assert "history-test" in index["machines"]

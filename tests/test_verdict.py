@@ -1,0 +1,113 @@
+"""The verdict and the trials' statistics on synthetic per-process medians (fast, no processes)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from attnperf.benchgrid import BACKWARD, FORWARD, PointSpec
+from attnperf.trials import as_head, calibrate, evaluate, wilson
+from attnperf.verdict import HOLE, IMPROVEMENT, NEW, REGRESSION, SAME, Noise, compare_times, decide
+
+SPEC = PointSpec("flash-attn4", "causal", 8192, 128, "bfloat16", FORWARD, device="cuda", heads=16)
+OTHER = PointSpec("sdpa-cudnn", "causal", 8192, 128, "bfloat16", BACKWARD, device="cuda", heads=16)
+
+
+def record(spec: PointSpec, median: float, status: str = "ok", **extra: object) -> dict:
+    return {"key": spec.key, "spec": spec.as_dict(), "status": status, "median": median, "samples": [median],
+            "number": 1, **extra}  # fmt: skip
+
+
+def process(*records: dict) -> dict:
+    return {"records": list(records)}
+
+
+def test_compare_times_flags_beyond_noise_and_minimum_effect() -> None:
+    base = [1.000, 1.004, 0.997]
+    ratio, low, _high, flagged = compare_times(base, [1.05 * x for x in base], sigma=0.004, min_effect=0.01)
+    assert ratio == pytest.approx(1.05)
+    assert low > 1.01
+    assert flagged
+    assert not compare_times(base, [1.005 * x for x in base], sigma=0.004, min_effect=0.01)[3]
+
+
+def test_a_noisy_run_widens_the_interval_beyond_the_calibration() -> None:
+    """The pooled spread of the run itself is used when it exceeds the calibrated one."""
+    base, head = [1.0, 1.2, 0.8], [1.08, 1.3, 0.9]
+    assert not compare_times(base, head, sigma=0.001, min_effect=0.01)[3]
+
+
+def test_decide_reports_regressions_improvements_holes_and_new() -> None:
+    noise = Noise(sigma={SPEC.key: 0.003})
+    new = PointSpec("xformers", "causal", 8192, 128, "bfloat16", FORWARD, device="cuda", heads=16)
+    base = [process(record(SPEC, 1.0 + d, peak_bytes=100 << 20), record(OTHER, 2.0 + d)) for d in (0, 0.002, -0.002)]
+    head = [process(record(SPEC, 1.05 + d, peak_bytes=110 << 20),
+                    record(OTHER, 2.0, "unsupported", reason="xformers not importable: boom"),
+                    record(new, 1.0)) for d in (0, 0.002, -0.002)]  # fmt: skip
+    verdict = decide(base, head, noise)
+    outcomes = {(p.key, p.kind): p.outcome for p in verdict.points}
+    assert outcomes[(SPEC.key, "time")] == REGRESSION
+    assert outcomes[(SPEC.key, "memory")] == REGRESSION
+    assert outcomes[(OTHER.key, "time")] == HOLE
+    assert outcomes[(new.key, "time")] == NEW
+    (hole,) = verdict.where(HOLE)
+    assert hole.reason == "unsupported on head: xformers not importable: boom"
+    assert verdict.failed
+    declared = decide(base, head, noise, allow_grid_change=True)
+    assert declared.where(HOLE) == []
+    faster = decide([process(record(SPEC, 1.0 + d)) for d in (0, 0.001, 0.002)],
+                    [process(record(SPEC, 0.9 + d)) for d in (0, 0.001, 0.002)], noise)  # fmt: skip
+    assert faster.points[0].outcome == IMPROVEMENT
+    assert not faster.failed
+
+
+def test_a_missing_head_point_is_a_hole_with_its_reason() -> None:
+    verdict = decide([process(record(SPEC, 1.0))] * 2, [process()] * 2, Noise())
+    (hole,) = verdict.where(HOLE)
+    assert hole.reason.startswith("missing on head")
+    same = decide([process(record(SPEC, 1.0))] * 2, [process(record(SPEC, 1.0))] * 2, Noise())
+    assert [p.outcome for p in same.points] == [SAME]
+
+
+def test_wilson_interval() -> None:
+    low, high = wilson(0, 100)
+    assert low == 0
+    assert high == pytest.approx(0.037, abs=0.001)
+    assert wilson(50, 100)[0] < 0.5 < wilson(50, 100)[1]
+
+
+def synthetic_runs(n: int, sigma: float, seed: int = 1) -> list[dict]:
+    """``n`` processes a label of one point with lognormal per-process noise and injected records."""
+    rng = random.Random(seed)
+    runs = []
+    for i in range(2 * n):
+        base = math.exp(rng.gauss(0, sigma))
+        injected = [{**record(SPEC, base * (1 + pct / 100)), "key": f"{SPEC.key}+{pct:g}%", "base_key": SPEC.key,
+                     "injected_pct": pct} for pct in (3.0, 10.0)]  # fmt: skip
+        runs.append({"trial_label": "AB"[i % 2], "records": [record(SPEC, base), *injected]})
+    return runs
+
+
+def test_trials_find_a_clear_slowdown_and_stay_quiet_on_aa() -> None:
+    runs = synthetic_runs(20, sigma=0.004)
+    sigma = calibrate(runs)
+    assert sigma[SPEC.key] == pytest.approx(0.004, rel=0.5)
+    rows = evaluate(runs, Noise(sigma=sigma), processes=2, confirm=2, levels=(3.0, 10.0), backend="flash-attn4",
+                    resamples=200, seed=0)  # fmt: skip
+    by_pct = {row["injected_pct"]: row for row in rows}
+    assert by_pct[0.0]["rate"] <= 0.01
+    assert by_pct[10.0]["rate"] == 1.0
+    assert by_pct[3.0]["rate"] >= 0.8
+    assert by_pct[3.0]["measured_pct"] == pytest.approx(3.0, abs=0.01)
+    assert by_pct[0.0]["real_trials"] == 10
+
+
+def test_as_head_swaps_in_the_injected_records_of_one_backend() -> None:
+    run = synthetic_runs(1, sigma=0.0)[0]
+    head = as_head(run, 10.0, "flash-attn4")
+    (rec,) = head["records"]
+    assert rec["key"] == SPEC.key
+    assert rec["median"] == pytest.approx(1.1)
+    assert as_head(run, 10.0, "sdpa-cudnn")["records"][0]["median"] == pytest.approx(1.0)
