@@ -61,9 +61,7 @@ def build_point(spec: PointSpec, *, checked: CheckResult | None = None) -> Point
     return Point(spec=spec, case=case, mechanism=mechanism, backend=spec.backend, run=run, checked=result)
 
 
-def prepare_point(
-    backend: str, variant: str, seq_len: int, head_dim: int, dtype: str, *, mode: str = FORWARD
-) -> Point:
+def prepare_point(backend: str, variant: str, seq_len: int, head_dim: int, dtype: str, *, mode: str = FORWARD) -> Point:
     """:func:`build_point` for a point of the active grid, warmed up and cached per process."""
     grid = active_grid()
     spec = PointSpec(backend, variant, seq_len, head_dim, dtype, mode, device=grid.device, heads=grid.heads,

@@ -188,7 +188,6 @@ PR_GPU_GRID = dataclasses.replace(
 PR_CPU_GRID = dataclasses.replace(CPU_GRID, decode_lens=(1024,))
 
 
-
 @dataclass(frozen=True)
 class Cost:
     """Measured seconds of one :mod:`attnperf.batch` process over a grid, for the estimate the

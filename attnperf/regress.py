@@ -149,7 +149,8 @@ def measure(
 
 def describe(points: Sequence[PointSpec]) -> str:
     counts = {mode: sum(p.mode == mode for p in points) for mode in (FORWARD, BACKWARD, DECODE)}
-    return f"{len(points)} points ({counts[FORWARD]} forward, {counts[BACKWARD]} forward+backward, {counts[DECODE]} decode)"
+    parts = f"{counts[FORWARD]} forward, {counts[BACKWARD]} forward+backward, {counts[DECODE]} decode"
+    return f"{len(points)} points ({parts})"
 
 
 def estimate_minutes(grid: str, n_points: int, processes: int) -> float | None:
@@ -228,7 +229,11 @@ def summary_markdown(report: dict[str, Any], first: Verdict, final: Verdict) -> 
         "A point is slower when the 99% interval of head/base (per-process medians) lies above its threshold;",
         "a hole is a benchmark that ran on base and does not run on head.",
     ]
-    header = ["", "| benchmark | kind | head/base | 99% interval | threshold | reason |", "| --- | --- | --- | --- | --- | --- |"]
+    header = [
+        "",
+        "| benchmark | kind | head/base | 99% interval | threshold | reason |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for title, outcome in (("Slower", REGRESSION), ("Holes (ran on base, not on head)", HOLE)):
         rows = final.where(outcome)
         if rows:
@@ -240,18 +245,26 @@ def summary_markdown(report: dict[str, Any], first: Verdict, final: Verdict) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m attnperf.regress", description=__doc__.splitlines()[0],
-                                     epilog="`python -m attnperf.regress trials --help` measures the check's error rates.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m attnperf.regress",
+        description=__doc__.splitlines()[0],
+        epilog="`python -m attnperf.regress trials --help` measures the check's error rates.",
+    )
     parser.add_argument("base", help="base commit (e.g. origin/main)")
     parser.add_argument("head", help="head commit (e.g. HEAD)")
     parser.add_argument("--grid", help="grid name: pr-gpu, pr-cpu, gpu, cpu (default: pr-gpu with CUDA, else pr-cpu)")
     parser.add_argument("--processes", type=int, default=2, help="fresh processes a side (default 2)")
-    parser.add_argument("--confirm", type=int, default=2, help="processes a side for flagged points (default 2; 0: off)")
+    parser.add_argument(
+        "--confirm", type=int, default=2, help="processes a side for flagged points (default 2; 0: off)"
+    )
     parser.add_argument("--noise", type=Path, help="A/A calibration (default benchmarks/noise/MACHINE.json if present)")
     parser.add_argument("--min-effect", type=float, default=MIN_EFFECT,
                         help=f"smallest slowdown that counts, as a fraction (default {MIN_EFFECT})")  # fmt: skip
-    parser.add_argument("--allow-grid-change", action="store_true",
-                        help="benchmarks that ran on base but not on head pass (the PR changes the grid on purpose)")  # fmt: skip
+    parser.add_argument(
+        "--allow-grid-change",
+        action="store_true",
+        help="benchmarks that ran on base but not on head pass (the PR changes the grid on purpose)",
+    )
     parser.add_argument("--repeat", type=int, default=10, help="samples per point and process (default 10)")
     parser.add_argument("--workdir", type=Path, default=Path("regress-out"), help="process outputs and verdict.json")
     parser.add_argument("--summary", type=Path, default=Path("regress-summary.md"), help="markdown summary path")

@@ -84,13 +84,14 @@ def as_head(run: dict[str, Any], pct: float, backend: str) -> dict[str, Any]:
     place of the plain ones they were measured beside."""
     injected = {r["base_key"]: r for r in run["records"] if r.get("injected_pct") == pct}
     records = []
-    for record in run["records"]:
-        if "injected_pct" in record:
+    for plain_record in run["records"]:
+        if "injected_pct" in plain_record:
             continue
-        if record["key"] in injected and record["spec"]["backend"] == backend:
-            record = {**injected[record["key"]], "key": record["key"]}
-            record.pop("injected_pct")
-        records.append(record)
+        key = plain_record["key"]
+        if key in injected and plain_record["spec"]["backend"] == backend:
+            records.append({k: v for k, v in injected[key].items() if k != "injected_pct"} | {"key": key})
+        else:
+            records.append(plain_record)
     return {"records": records}
 
 
@@ -104,6 +105,7 @@ def one_trial(
 ) -> bool:  # fmt: skip
     """Whether one check (first pass, then a confirmation on other processes) flags: anything at 0%,
     a benchmark of ``backend`` at ``pct`` > 0."""
+
     def heads(runs: Sequence[dict]) -> list[dict]:
         return [as_head(r, pct, backend) if pct and backend else plain(r) for r in runs]
 
@@ -132,23 +134,27 @@ def evaluate(
     runs: Sequence[dict[str, Any]], noise: Noise, *, processes: int, confirm: int, levels: Sequence[float],
     backend: str | None, resamples: int, seed: int,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    pools = {label: [r for r in runs if r["trial_label"] == label] for label in (A, B)}
-    n = min(len(pools[A]), len(pools[B]))
     rng = random.Random(seed)
     rows = []
     for pct in (0.0, *levels):
+        usable = [r for r in runs if not pct or any(x.get("injected_pct") == pct for x in r["records"])]
+        pools = {label: [r for r in usable if r["trial_label"] == label] for label in (A, B)}
+        n = min(len(pools[A]), len(pools[B]))
         real = []
         for t in range(n // processes):
             group = range(t * processes, (t + 1) * processes)
             after = [(t + 1) * processes + i for i in range(confirm)]
             conf = [i % n for i in after]
-            real.append(one_trial([pools[A][i] for i in group], [pools[B][i] for i in group],
-                                  [pools[A][i] for i in conf], [pools[B][i] for i in conf], noise, pct, backend))  # fmt: skip
+            first_a, first_b = [pools[A][i] for i in group], [pools[B][i] for i in group]
+            conf_a, conf_b = [pools[A][i] for i in conf], [pools[B][i] for i in conf]
+            real.append(one_trial(first_a, first_b, conf_a, conf_b, noise, pct, backend))
         sampled = []
         if n >= processes + confirm:
             for _ in range(resamples):
                 a, b = rng.sample(pools[A], processes + confirm), rng.sample(pools[B], processes + confirm)
-                sampled.append(one_trial(a[:processes], b[:processes], a[processes:], b[processes:], noise, pct, backend))
+                sampled.append(
+                    one_trial(a[:processes], b[:processes], a[processes:], b[processes:], noise, pct, backend)
+                )
         trials, flagged = len(real) + len(sampled), sum(real) + sum(sampled)
         low, high = wilson(flagged, trials)
         measured = injected_ratio(runs, pct) if pct else None
@@ -184,7 +190,9 @@ def run_processes(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attnperf.regress trials", description=__doc__.splitlines()[0])
     parser.add_argument("--grid", help="grid name (default: pr-gpu with CUDA, else pr-cpu)")
-    parser.add_argument("--inject", help="BACKEND=PCT[,PCT...] (default flash-attn4=2,3,5,10 on a GPU, eager on the CPU)")
+    parser.add_argument(
+        "--inject", help="BACKEND=PCT[,PCT...] (default flash-attn4=2,3,5,10 on a GPU, eager on the CPU)"
+    )
     parser.add_argument("--processes", type=int, default=2, help="processes a side in one check (default 2)")
     parser.add_argument("--confirm", type=int, default=2, help="processes a side in its confirmation (default 2)")
     parser.add_argument("--budget-s", type=float, default=540, help="start no process that would end past this")
@@ -197,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("regress-trials.json"), help="the table (JSON)")
     parser.add_argument("--noise-out", type=Path, help="write the calibration here (the check's --noise)")
     parser.add_argument("--reuse", action="store_true", help="evaluate the process outputs in --workdir again")
+    parser.add_argument(
+        "--add-runs", type=Path, nargs="*", default=[],
+        help="outputs of an A/A regress (its pass1-base-*/pass1-head-* files) to pool as A and B",
+    )  # fmt: skip
     return parser
 
 
@@ -228,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         points_file = write_json(args.workdir / "points.json", {"points": [p.as_dict() for p in points]})
         runs = run_processes(runner, Path.cwd(), points_file, inject=inject, budget_s=args.budget_s,
                              max_processes=args.max_processes)  # fmt: skip
+    for path in args.add_runs:  # an A/A check's processes: base as A, head as B (no injected records)
+        extra = read_json(path)
+        extra["trial_label"] = A if "-base-" in extra.get("label", "") else B
+        runs.append(extra)
     sigma = calibrate(runs)
     noise = Noise(sigma=sigma, min_effect=args.min_effect, source="calibrated on these processes")
     rows = evaluate(runs, noise, processes=args.processes, confirm=args.confirm, levels=levels, backend=backend,
@@ -241,8 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sigma_median": statistics.median(sigma.values()) if sigma else None, "rows": rows,
     })  # fmt: skip
     if args.noise_out is not None:
-        write_json(args.noise_out, {"sigma": sigma, "default_sigma": DEFAULT_SIGMA, "processes": len(runs),
-                                    "grid": grid_name, "machine": runs[0].get("machine") if runs else None})  # fmt: skip
+        machine = runs[0].get("machine") if runs else None
+        calibration = {"sigma": sigma, "default_sigma": DEFAULT_SIGMA, "processes": len(runs), "grid": grid_name}
+        write_json(args.noise_out, calibration | {"machine": machine})
     print(f"{'injected %':>10} {'measured %':>10} {'trials':>6} {'flagged':>7} {'rate':>6}  95% interval  (real)")
     for row in rows:
         measured = "" if row["measured_pct"] is None else f"{row['measured_pct']:.2f}"

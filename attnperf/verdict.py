@@ -141,7 +141,9 @@ def _why_not(records: Sequence[Mapping[str, Any]], expected: int) -> str:
     bad = [r for r in records if r["status"] != OK]
     first = bad[0] if bad else records[0]
     missing = expected - len(records)
-    return f"{first['status']} on head: {first.get('reason', '')}" + (f" ({missing} processes missing)" if missing else "")
+    return f"{first['status']} on head: {first.get('reason', '')}" + (
+        f" ({missing} processes missing)" if missing else ""
+    )
 
 
 def decide(
@@ -172,7 +174,9 @@ def decide(
     return Verdict(points)
 
 
-def _time_verdict(key: str, b: Sequence[Mapping[str, Any]], h: Sequence[Mapping[str, Any]], noise: Noise) -> PointVerdict:
+def _time_verdict(
+    key: str, b: Sequence[Mapping[str, Any]], h: Sequence[Mapping[str, Any]], noise: Noise
+) -> PointVerdict:
     sigma, min_effect = noise.of(key)
     bt = [r["median"] for r in b if r["status"] == OK]
     ht = [r["median"] for r in h if r["status"] == OK]

@@ -1,6 +1,6 @@
 """Per-process costs of attnperf.batch outputs, and every reason a point did not run.
 
-    python tools/batch-costs.py OUT.json [OUT.json ...]
+python tools/batch-costs.py OUT.json [OUT.json ...]
 """
 
 import json

@@ -129,8 +129,10 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     tar czf "$OUT/prcheck-runs.tgz" -C /tmp attnperf-prcheck ;;
   trials)
     mkdir -p /tmp/attnperf-trials && cp /tmp/attnperf-prcheck/verdicts.json /tmp/attnperf-trials/ 2>/dev/null
+    shopt -s nullglob; aa=(/tmp/attnperf-prcheck/pass1-*.json); shopt -u nullglob  # the A/A check's processes
     timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu --budget-s "${TRIALS_BUDGET_S:-520}" \
-      --workdir /tmp/attnperf-trials --out "$OUT/regress-trials.json" --noise-out "$OUT/noise.json" 2>&1 | grep -v USDT
+      --workdir /tmp/attnperf-trials --out "$OUT/regress-trials.json" --noise-out "$OUT/noise.json" \
+      ${aa[0]:+--add-runs "${aa[@]}"} 2>&1 | grep -v USDT
     python3 tools/batch-costs.py /tmp/attnperf-trials/trial-*.json > "$OUT/trials-costs.txt"; tail -4 "$OUT/trials-costs.txt"
     tar czf "$OUT/trials-runs.tgz" -C /tmp attnperf-trials ;;
   *) echo "unknown phase $phase"; exit 2 ;;
