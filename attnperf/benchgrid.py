@@ -202,6 +202,9 @@ class Cost:
 
 GRID_COSTS: dict[str, Cost] = {
     "pr-cpu": Cost(6, 4.7, 1.4, 0.2, "2-core CPU, 2026-11-28: 40 points, 195 s first process, 61 s later"),
+    # H200, 2026-11-28 (docs/gpu/2026-11-28-h200): 431 s for the first process of 200 points with cold
+    # compile caches; 0.5 s a point once verdicts and compilations are cached.
+    "pr-gpu": Cost(8, 2.1, 0.5, 0.2, "H200, 2026-11-28: 431 s first process (cold caches), ~0.5 s a point later"),
 }
 
 GRIDS: dict[str, BenchGrid] = {"cpu": CPU_GRID, "gpu": GPU_GRID, "pr-cpu": PR_CPU_GRID, "pr-gpu": PR_GPU_GRID}

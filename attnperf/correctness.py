@@ -26,7 +26,7 @@ FULL_CHECK_LIMIT = 2**26
 SAMPLED_ROWS = 64
 #: Gradients are held to this multiple of the forward bound: each one sums products over many
 #: rows or keys, so its rounding error grows past the forward's (flash-attn's own tests allow 3×
-#: the forward's error for gradients, DESIGN §2).
+#: the forward's error for gradients).
 GRADIENT_FACTOR = 3.0
 
 

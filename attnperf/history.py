@@ -176,16 +176,20 @@ def shard_points(points: Sequence[PointSpec], shard: str | None) -> list[PointSp
 def run_history(repo: Path, *, steps: int, grid: str | None, shard: str | None, machine: str, workdir: Path) -> int:
     """The main job: measure and record the commits :func:`commits_to_measure` names."""
     points = shard_points(grid_named(grid).points(), shard)
+    workdir = workdir.resolve()  # the processes run inside their worktrees
     commits = commits_to_measure(repo, steps, machine)
     if not commits:
         print(f"attnperf history: the last {steps} commits with the batch runner are recorded for {machine}")
         return 0
-    runner = ProcessRunner(workdir.resolve())
+    runner = ProcessRunner(workdir)
     for n, commit in enumerate(commits, 1):
         print(f"attnperf history: commit {commit[:10]} ({n}/{len(commits)}), {len(points)} points", flush=True)
         with worktrees(repo, {commit[:12]: commit}) as trees:
             output = runner.run(trees[commit[:12]], _points_file(workdir, points), f"history-{commit[:12]}",
                                 verdicts=workdir / "verdicts.json")  # fmt: skip
+        if output.get("error") or not output["records"]:
+            raise RegressError(f"commit {commit[:10]}: the batch runner failed: {output.get('error', 'no records')} "
+                               f"(log: {workdir / ('history-' + commit[:12])}.log)")  # fmt: skip
         statuses: dict[str, int] = {}
         for r in output["records"]:
             statuses[r["status"]] = statuses.get(r["status"], 0) + 1

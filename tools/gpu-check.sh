@@ -19,8 +19,10 @@
 #   asv               asv run in the existing environment on a GPU-grid subset (causal, 16k)
 #   batch             two attnperf.batch processes over the pr-gpu grid: statuses and per-point costs
 #   overhead          asv's per-point cost (one process per point, 2 points), to set against batch's
-#   prcheck           the pull-request check itself, A/A: regress HEAD~1 HEAD over pr-gpu, timed
-#   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration
+#   prcheck           the pull-request check itself, A/A: regress HEAD~1 HEAD over pr-gpu, timed (in a copy
+#                     without .git: tar --exclude=./.git -cf - . | tar xf - -C /tmp/copy; the device's copy has one)
+#   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
+#                     reuses its verdicts and pools its processes)
 # Each step has its own timeout so that one slow step cannot take the others' results with it.
 set -uo pipefail
 (($#)) || { sed -n '2,/^# Each step/p' "$0"; exit 2; }

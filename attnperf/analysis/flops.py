@@ -1,6 +1,6 @@
 """FLOPs per (mechanism, backend, case): useful (attended pairs) and executed (what runs).
 
-Convention (flash-attn's benchmarks, DESIGN §4): matrix-multiply FLOPs only, 2 per multiply-add.
+Convention (flash-attn's benchmarks): matrix-multiply FLOPs only, 2 per multiply-add.
 A softmax forward has two products, q kᵀ and P v, so attending Lk keys from Lq queries costs
 ``4 · B · H · Lq · Lk · D``; a causal square case attends n(n+1)/2 pairs, about half. Softmax,
 masks, biases and rotations are elementwise and not counted (nor does

@@ -1,7 +1,7 @@
 """Ceilings: datasheet peaks for common GPUs, and micro-benchmarks for the machine at hand.
 
 Datasheet numbers are leads; roofline fractions use the *measured* ceilings (a large matrix
-product for FLOP/s, a large device copy for bandwidth), as DESIGN §4 measured them on an H100:
+product for FLOP/s, a large device copy for bandwidth), as measured on an H100 (docs/measured-h100.md):
 770–798 TFLOP/s bf16 against 989 on paper, 3.0 TB/s against 3.35.
 """
 

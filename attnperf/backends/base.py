@@ -23,7 +23,7 @@ from attnperf.mechanisms import Mechanism
 
 Runner = Callable[[], torch.Tensor]
 
-#: Relative-error bounds ‖out − ref‖ / ‖ref‖ against the float64 reference (DESIGN §2).
+#: Relative-error bounds ‖out − ref‖ / ‖ref‖ against the float64 reference (docs/mechanisms.md).
 DEFAULT_TOLERANCE: dict[str, float] = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 1e-2, "float16": 1e-2}
 
 ALL_DTYPES = tuple(DTYPES)
