@@ -136,10 +136,13 @@ def measure(
 ) -> dict[str, list[dict]]:  # fmt: skip
     """``processes`` alternating processes a side over ``points``: ``{side: [outputs]}``."""
     points_file = write_json(runner.workdir / f"points-{tag}.json", {"points": [p.as_dict() for p in points]})
+    # Each pass keeps its own verdicts: a confirmation checks again what it measures, so a verdict
+    # that was wrong once (a hole) must be wrong again to fail the check.
+    verdicts = runner.workdir / f"verdicts-{tag}.json"
     runs: dict[str, list[dict]] = {BASE: [], HEAD: []}
     for side in alternation(processes):
         label = f"{tag}-{side}-{len(runs[side]) + 1}"
-        output = runner.run(trees[side], points_file, label, verdicts=runner.workdir / "verdicts.json")
+        output = runner.run(trees[side], points_file, label, verdicts=verdicts)
         runs[side].append(output)
         if progress:
             note = f" ({output['error']})" if "error" in output else ""

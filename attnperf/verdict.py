@@ -12,7 +12,7 @@ every process to its median per point, and compares those:
   :data:`DEFAULT_SIGMA`; the pooled spread of this very run is never ignored when it is larger.
 * A time regresses when the lower end of the 99% interval ``d ± z·se`` lies above
   ``log(1 + min_effect)``: it is slower beyond doubt *and* by more than the minimum effect. The
-  minimum effect is :data:`MIN_EFFECT` (1%), raised to 2σ for a benchmark whose calibrated spread is
+  minimum effect is :data:`MIN_EFFECT` (1%), raised to σ for a benchmark whose calibrated spread is
   larger, so a noisy point needs a larger effect (its threshold is in the summary).
 * Peak memory (CUDA allocator, exact) regresses when head's median exceeds base's by
   :data:`MEMORY_MIN_EFFECT` and 1 MiB. RSS growth on the CPU depends on glibc's reuse of freed pages
@@ -61,7 +61,7 @@ class Noise:
     def of(self, key: str) -> tuple[float, float]:
         """(σ, minimum effect) for ``key``."""
         sigma = self.sigma.get(key, self.default_sigma)
-        return sigma, max(self.min_effect, 2 * sigma)
+        return sigma, max(self.min_effect, sigma)
 
     @classmethod
     def load(cls, path: Path | None, *, min_effect: float = MIN_EFFECT) -> Noise:

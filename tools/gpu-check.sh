@@ -130,7 +130,7 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     python3 tools/batch-costs.py /tmp/attnperf-prcheck/pass1-*.json | tee "$OUT/prcheck-costs.txt"
     tar czf "$OUT/prcheck-runs.tgz" -C /tmp attnperf-prcheck ;;
   trials)
-    mkdir -p /tmp/attnperf-trials && cp /tmp/attnperf-prcheck/verdicts.json /tmp/attnperf-trials/ 2>/dev/null
+    mkdir -p /tmp/attnperf-trials && cp /tmp/attnperf-prcheck/verdicts-pass1.json /tmp/attnperf-trials/verdicts.json 2>/dev/null
     shopt -s nullglob; aa=(/tmp/attnperf-prcheck/pass1-*.json); shopt -u nullglob  # the A/A check's processes
     timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu --budget-s "${TRIALS_BUDGET_S:-520}" \
       --workdir /tmp/attnperf-trials --out "$OUT/regress-trials.json" --noise-out "$OUT/noise.json" \
