@@ -67,9 +67,22 @@ def seconds_since_start() -> float | None:
     return now - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+#: Distributions whose versions change what a backend computes: part of the fingerprint, so a
+#: runner image with another flash-attn or Triton checks again instead of reusing old verdicts.
+FINGERPRINT_PACKAGES = ("torch", "triton", "flash-attn-4", "fa3-fwd", "xformers", "fla-core", "onnxruntime")
+
+
 def code_fingerprint() -> str:
-    """A hash of the attnperf sources being run and the torch build: the key of cached verdicts."""
+    """A hash of the attnperf sources being run and the versions of torch and the backends'
+    libraries: the key of cached correctness verdicts."""
+    from importlib import metadata
+
     digest = hashlib.sha256(torch.__version__.encode())
+    for package in FINGERPRINT_PACKAGES:
+        try:
+            digest.update(f"{package}=={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package} absent".encode())
     root = Path(attnperf.__file__).parent
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())
