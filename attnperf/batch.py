@@ -112,6 +112,11 @@ class VerdictCache:
             write_json(self.path, {"fingerprints": self.by_code})
 
 
+def cache_key(spec: PointSpec) -> str:
+    """The whole point (device, heads and batch too), not only its asv name."""
+    return json.dumps(spec.as_dict(), sort_keys=True)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
@@ -151,20 +156,20 @@ class BatchRunner:
             free_memory(spec.device)
 
     def _build(self, spec: PointSpec, record: dict[str, Any]) -> Point:
-        cached = self.cache.get(spec.key)
+        cached = self.cache.get(cache_key(spec))
         record["check_cached"] = cached is not None
         try:
             point = build_point(spec, checked=cached)
         except NotImplementedError as exc:
             if cached is None:
-                self.cache.put(spec.key, CheckResult("", spec.backend, "", UNSUPPORTED, reason=str(exc)))
+                self.cache.put(cache_key(spec), CheckResult("", spec.backend, "", UNSUPPORTED, reason=str(exc)))
             raise
         except WrongResult as exc:
             if cached is None:
-                self.cache.put(spec.key, CheckResult("", spec.backend, "", WRONG, reason=str(exc)))
+                self.cache.put(cache_key(spec), CheckResult("", spec.backend, "", WRONG, reason=str(exc)))
             raise
         if cached is None:
-            self.cache.put(spec.key, point.checked)
+            self.cache.put(cache_key(spec), point.checked)
         record.update(case_id=point.case.id, rel_error=point.checked.error, bound=point.checked.bound)
         return point
 

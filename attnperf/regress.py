@@ -104,6 +104,7 @@ class ProcessRunner:
                "--verdicts", str(verdicts), "--label", label, "--repeat", str(self.repeat)]  # fmt: skip
         if inject:
             cmd += ["--inject", inject]
+        out.unlink(missing_ok=True)  # never read an earlier run's output as this one's
         started = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
@@ -191,6 +192,9 @@ def regress(
     started = time.perf_counter()
     with worktrees(repo, commits) as trees:
         runs = measure(runner, trees, points, processes, "pass1")
+        if not any(r["status"] == "ok" for run in runs[BASE] for r in run["records"]):
+            errors = "; ".join(run.get("error", "no records") for run in runs[BASE])
+            raise RegressError(f"base measured nothing, so nothing can be compared: {errors}")
         first = final = decide(runs[BASE], runs[HEAD], noise, allow_grid_change=allow_grid_change)
         if first.failed and confirm > 0:
             again = [p for p in points if p.key in first.flagged_keys()]

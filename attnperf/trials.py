@@ -112,7 +112,7 @@ def one_trial(
     first = decide([plain(r) for r in base], heads(head), noise)
     if not first.failed:
         return False
-    final = decide([plain(r) for r in base_c], heads(head_c), noise, keys=first.flagged_keys())
+    final = first if not base_c else decide([plain(r) for r in base_c], heads(head_c), noise, keys=first.flagged_keys())
     flagged = [p for p in final.points if p.outcome == REGRESSION] + final.where(HOLE)
     if not pct:
         return bool(flagged)
@@ -141,10 +141,10 @@ def evaluate(
         pools = {label: [r for r in usable if r["trial_label"] == label] for label in (A, B)}
         n = min(len(pools[A]), len(pools[B]))
         real = []
-        for t in range(n // processes):
+        for t in range(max(0, (n - confirm) // processes)):  # a confirmation never reuses its own processes
             group = range(t * processes, (t + 1) * processes)
             after = [(t + 1) * processes + i for i in range(confirm)]
-            conf = [i % n for i in after]
+            conf = after
             first_a, first_b = [pools[A][i] for i in group], [pools[B][i] for i in group]
             conf_a, conf_b = [pools[A][i] for i in conf], [pools[B][i] for i in conf]
             real.append(one_trial(first_a, first_b, conf_a, conf_b, noise, pct, backend))
