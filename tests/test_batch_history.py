@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import statistics
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ from attnperf.batch import parse_inject, process_costs, read_points, run, write_
 from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec, grid_named
 from attnperf.history import commits_to_measure, record, shard_points, values_by_benchmark
 
-from .test_regress import git
+from .test_regress import copy_as_repository, git
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = [
@@ -99,14 +98,7 @@ def test_shards_partition_the_grid() -> None:
 def test_record_writes_asv_results_that_publish_reads(two_processes, tmp_path: Path, monkeypatch) -> None:
     """The records land under asv's own benchmark names; ``asv publish`` draws them."""
     _, outputs = two_processes
-    repo = tmp_path / "repo"
-    for name in git(ROOT, "ls-files").splitlines():
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "base")
+    repo = copy_as_repository(tmp_path / "repo")
     sha = git(repo, "rev-parse", "HEAD")
     grid = {
         "ATTNPERF_GRID": "cpu",

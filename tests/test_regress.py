@@ -61,10 +61,8 @@ def patch(repo: Path, relative: str, change: tuple[str, str], message: str) -> N
     git(repo, "commit", "-qam", message)
 
 
-@pytest.fixture(scope="module")
-def throwaway(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    repo = tmp_path_factory.mktemp("regress") / "attnperf"
-    repo.mkdir()
+def copy_as_repository(repo: Path) -> Path:
+    """The project's files (tracked and untracked, not ignored) as one commit of a new repository."""
     for name in git(ROOT, "ls-files", "--cached", "--others", "--exclude-standard").splitlines():
         if (ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +70,12 @@ def throwaway(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "base")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def throwaway(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    repo = copy_as_repository(tmp_path_factory.mktemp("regress") / "attnperf")
     (repo / "README.md").write_text((repo / "README.md").read_text() + "\nA/A: documentation only.\n")
     git(repo, "commit", "-qam", "a/a")
     patch(repo, "attnperf/backends/eager.py", SLOWDOWN, "slow eager")
