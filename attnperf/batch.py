@@ -276,7 +276,7 @@ def run(
     repeat: int = 10, min_sample_s: float | None = None, label: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Measure ``points`` in this process and write the record to ``out`` after every point."""
-    from attnperf.machine import machine_tag
+    from attnperf.machine import host_description, machine_tag
 
     inject_backend, pcts = parse_inject(inject)
     gpu = any(p.device.startswith("cuda") for p in points)
@@ -289,7 +289,7 @@ def run(
     started = time.perf_counter()
     output: dict[str, Any] = {
         "schema": SCHEMA, "label": label, "fingerprint": fingerprint, "machine": machine_tag(),
-        "torch": torch.__version__, "pid": os.getpid(), "started_unix": time.time(),
+        "host": host_description(), "torch": torch.__version__, "pid": os.getpid(), "started_unix": time.time(),
         "seconds": {"startup": seconds_since_start()}, "records": [],
     }  # fmt: skip
     for spec in points:

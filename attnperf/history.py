@@ -88,7 +88,8 @@ def record(runs: Sequence[dict[str, Any]], commit: str, *, repo: Path, machine: 
     from asv.runner import BenchmarkResult
 
     repo = repo.resolve()
-    asv(["machine", "--yes", "--machine", machine], cwd=repo)
+    host = next((run["host"] for run in runs if run.get("host")), {})
+    asv(["machine", "--yes", "--machine", machine, *(f"--{k}={v}" for k, v in host.items() if v)], cwd=repo)
     asv(["run", "--bench", "just-discover", "--environment", f"existing:{sys.executable}", "--machine", machine],
         cwd=repo)  # fmt: skip
     conf = Config.load(str(repo / "asv.conf.json"))

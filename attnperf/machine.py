@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +45,38 @@ def machine_info() -> dict[str, Any]:
             driver=_driver_version(),
         )
     return info
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _ram_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@functools.cache
+def host_description() -> dict[str, str]:
+    """The measuring host in asv's ``machine.json`` terms (os, arch, cpu, num_cpu, ram).
+
+    Measurements are recorded into asv's results on another machine than the one that took them
+    (publish.yml's store job runs on GitHub's runner), so the host travels with the measurements
+    and is never read from the machine that records them."""
+    info = machine_info()
+    cpu = _cpu_model() + (f"; GPU {info['gpu']}" if "gpu" in info else "")
+    ram = _ram_bytes()
+    return {"os": f"{platform.system()} {platform.release()}", "arch": platform.machine(), "cpu": cpu,
+            "num_cpu": str(os.cpu_count() or ""), "ram": str(ram) if ram else ""}  # fmt: skip
 
 
 def machine_tag() -> str:

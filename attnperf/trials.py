@@ -14,6 +14,9 @@ From those processes:
 
 * **Calibration**: per benchmark, the between-process spread of log medians (pooled over A and B)
   becomes the noise file the check reads (``--noise-out``; ``benchmarks/noise/MACHINE.json``).
+  The trials below are never judged with a calibration of their own processes (that would fit
+  the noise to them): each half of the processes is judged with the other half's, or all of them
+  with an earlier calibration (``--noise``).
 * **Real trials**: disjoint groups of ``P`` A-processes and ``P`` B-processes make one check each
   (the next ``C`` processes of each label serve as its confirmation pass, which overlaps the next
   trial's first pass and is read only when something was flagged). For an injected size the head
@@ -133,9 +136,10 @@ def injected_ratio(runs: Sequence[dict[str, Any]], pct: float) -> float | None:
 def evaluate(
     runs: Sequence[dict[str, Any]], noise: Noise, *, processes: int, confirm: int, levels: Sequence[float],
     backend: str | None, resamples: int, seed: int,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> dict[float, dict[str, list[bool]]]:  # fmt: skip
+    """Per injected size, the outcomes of the real and the resampled trials among ``runs``."""
     rng = random.Random(seed)
-    rows = []
+    outcomes: dict[float, dict[str, list[bool]]] = {}
     for pct in (0.0, *levels):
         usable = [r for r in runs if not pct or any(x.get("injected_pct") == pct for x in r["records"])]
         pools = {label: [r for r in usable if r["trial_label"] == label] for label in (A, B)}
@@ -143,8 +147,7 @@ def evaluate(
         real = []
         for t in range(max(0, (n - confirm) // processes)):  # a confirmation never reuses its own processes
             group = range(t * processes, (t + 1) * processes)
-            after = [(t + 1) * processes + i for i in range(confirm)]
-            conf = after
+            conf = [(t + 1) * processes + i for i in range(confirm)]
             first_a, first_b = [pools[A][i] for i in group], [pools[B][i] for i in group]
             conf_a, conf_b = [pools[A][i] for i in conf], [pools[B][i] for i in conf]
             real.append(one_trial(first_a, first_b, conf_a, conf_b, noise, pct, backend))
@@ -155,6 +158,34 @@ def evaluate(
                 sampled.append(
                     one_trial(a[:processes], b[:processes], a[processes:], b[processes:], noise, pct, backend)
                 )
+        outcomes[pct] = {"real": real, "sampled": sampled}
+    return outcomes
+
+
+def held_out(
+    runs: Sequence[dict[str, Any]], *, noise: Noise | None = None, min_effect: float = MIN_EFFECT, **options: Any,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The error rates, each trial judged by a calibration taken from other processes than its own.
+
+    A spread calibrated on the very processes a trial compares fits the noise to them and
+    understates the false-alarm rate. With a stored calibration (``noise``, from an earlier run)
+    every process serves the trials. Otherwise the processes are cut into two halves in the order
+    they ran (whole A B B A quadruples, so each half has as many A as B), each half is judged with
+    the other half's calibration, and the counts are added."""
+    if noise is not None:
+        folds = [evaluate(runs, noise, **options)]
+    else:
+        half = len(runs) // 4 * 2
+        first, second = runs[:half], runs[half:]
+        options = options | {"resamples": options["resamples"] // 2}
+        folds = [
+            evaluate(fold, Noise(sigma=calibrate(other), min_effect=min_effect, source="the other half"), **options)
+            for fold, other in ((first, second), (second, first))
+        ]
+    rows = []
+    for pct in folds[0]:
+        real = [x for fold in folds for x in fold[pct]["real"]]
+        sampled = [x for fold in folds for x in fold[pct]["sampled"]]
         trials, flagged = len(real) + len(sampled), sum(real) + sum(sampled)
         low, high = wilson(flagged, trials)
         measured = injected_ratio(runs, pct) if pct else None
@@ -203,7 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     parser.add_argument("--workdir", type=Path, default=Path("trials-out"), help="process outputs")
     parser.add_argument("--out", type=Path, default=Path("regress-trials.json"), help="the table (JSON)")
-    parser.add_argument("--noise-out", type=Path, help="write the calibration here (the check's --noise)")
+    parser.add_argument("--noise-out", type=Path, help="write the calibration of all processes here (regress --noise)")
+    parser.add_argument(
+        "--noise", type=Path,
+        help="judge the trials with this calibration from earlier processes (default: each half of the "
+        "processes judged with the other half's)",
+    )  # fmt: skip
     parser.add_argument("--reuse", action="store_true", help="evaluate the process outputs in --workdir again")
     parser.add_argument(
         "--add-runs", type=Path, nargs="*", default=[],
@@ -245,16 +281,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra["trial_label"] = A if "-base-" in extra.get("label", "") else B
         runs.append(extra)
     sigma = calibrate(runs)
-    noise = Noise(sigma=sigma, min_effect=args.min_effect, source="calibrated on these processes")
-    rows = evaluate(runs, noise, processes=args.processes, confirm=args.confirm, levels=levels, backend=backend,
-                    resamples=args.resamples, seed=args.seed)  # fmt: skip
+    judge = Noise.load(args.noise, min_effect=args.min_effect) if args.noise else None
+    rows = held_out(runs, noise=judge, min_effect=args.min_effect, processes=args.processes, confirm=args.confirm,
+                    levels=levels, backend=backend, resamples=args.resamples, seed=args.seed)  # fmt: skip
     walls = [r["wall_s"] for r in runs]
     write_json(args.out, {
         "grid": grid_name, "points": len(points), "inject": inject, "processes_a_side": args.processes,
         "confirm_a_side": args.confirm, "min_effect": args.min_effect, "process_count": len(runs),
         "process_wall_s": {"first": walls[:2], "median": statistics.median(walls) if walls else None},
         "machine": runs[0].get("machine") if runs else None, "wall_s": time.perf_counter() - started,
-        "sigma_median": statistics.median(sigma.values()) if sigma else None, "rows": rows,
+        "sigma_median": statistics.median(sigma.values()) if sigma else None,
+        "judged_with": str(args.noise) if args.noise else "the other half's calibration", "rows": rows,
     })  # fmt: skip
     if args.noise_out is not None:
         machine = runs[0].get("machine") if runs else None

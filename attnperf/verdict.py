@@ -131,18 +131,21 @@ def per_process(runs: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, A
     return table
 
 
-def _majority_ok(records: Sequence[Mapping[str, Any]]) -> bool:
-    return sum(r["status"] == OK for r in records) * 2 > len(records)
+def _majority_ok(records: Sequence[Mapping[str, Any]], processes: int) -> bool:
+    """Whether more than half of the ``processes`` measured the point: a process that crashed
+    before it counts against it, so a head that dies on a point cannot pass on its survivors."""
+    return sum(r["status"] == OK for r in records) * 2 > processes
 
 
 def _why_not(records: Sequence[Mapping[str, Any]], expected: int) -> str:
     if not records:
         return "missing on head (the process ended before it, or head's grid lacks it)"
+    missing = f"missing in {expected - len(records)} of {expected} head processes (they ended before it)"
     bad = [r for r in records if r["status"] != OK]
-    first = bad[0] if bad else records[0]
-    missing = expected - len(records)
-    return f"{first['status']} on head: {first.get('reason', '')}" + (
-        f" ({missing} processes missing)" if missing else ""
+    if not bad:
+        return missing
+    return f"{bad[0]['status']} on head: {bad[0].get('reason', '')}" + (
+        f"; {missing}" if len(records) < expected else ""
     )
 
 
@@ -156,10 +159,10 @@ def decide(
     points: list[PointVerdict] = []
     for key in sorted(base):
         b = base[key]
-        if (wanted is not None and key not in wanted) or "injected_pct" in b[0] or not _majority_ok(b):
+        if (wanted is not None and key not in wanted) or "injected_pct" in b[0] or not _majority_ok(b, len(base_runs)):
             continue
         h = head.get(key, [])
-        if not _majority_ok(h):
+        if not _majority_ok(h, len(head_runs)):
             outcome = SAME if allow_grid_change else HOLE
             points.append(PointVerdict(key, "time", outcome, n_base=len(b), n_head=len(h),
                                        reason=_why_not(h, len(head_runs))))  # fmt: skip
@@ -169,8 +172,9 @@ def decide(
         if memory is not None:
             points.append(memory)
     for key in sorted(set(head) - set(base)):
-        if (wanted is None or key in wanted) and "injected_pct" not in head[key][0] and _majority_ok(head[key]):
-            points.append(PointVerdict(key, "time", NEW, n_head=len(head[key]), reason="not on base"))
+        new = head[key]
+        if (wanted is None or key in wanted) and "injected_pct" not in new[0] and _majority_ok(new, len(head_runs)):
+            points.append(PointVerdict(key, "time", NEW, n_head=len(new), reason="not on base"))
     return Verdict(points)
 
 

@@ -110,7 +110,12 @@ def test_record_writes_asv_results_that_publish_reads(two_processes, tmp_path: P
     }
     for key, value in grid.items():
         monkeypatch.setenv(key, value)
+    # The host travels with the measurements: the recorder (GitHub's runner in publish.yml) is not it.
+    assert outputs[0]["host"]["arch"]
+    outputs = [{**o, "host": {**o["host"], "cpu": "the measuring host's CPU; GPU X"}} for o in outputs]
     path = record(outputs, sha, repo=repo, machine="history-test")
+    machine = json.loads((repo / ".asv/results/history-test/machine.json").read_text())
+    assert machine["cpu"] == "the measuring host's CPU; GPU X"
     data = json.loads(path.read_text())
     columns = data["result_columns"]
     forward = dict(zip(columns, data["results"]["bench_attention.TimeForward.time_forward"], strict=False))

@@ -1,8 +1,8 @@
-"""End to end: the pull-request check flags a 3× slowdown, stays quiet on A/A, and fails on a
+"""End to end: the pull-request check flags a 6× slowdown, stays quiet on A/A, and fails on a
 wrong result and on a backend that turns not importable on head.
 
 A throwaway git repository is built from the project's tracked files with five commits: base,
-an A/A commit that changes only documentation, one that makes the eager backend do its work three
+an A/A commit that changes only documentation, one that makes the eager backend do its work six
 times, one that scales the tiled backend's output by 1.01 (wrong: never timed), and one whose tiled
 backend cannot be imported. ``regress`` (what ``nox -s regress`` and perf-pr.yml call) runs each
 commit's own batch runner in fresh processes over a six-point slice of the ``pr-cpu`` grid.
@@ -33,9 +33,13 @@ GRID = {
     "ATTNPERF_SEQ_LENS": "256",
     "ATTNPERF_DECODE_LENS": "1024",
 }
+# Six times the work, not three: with the CI machine's between-process spread (sigma 0.3 on the log)
+# a confirmation of two processes a side flags only ratios above 1.3 * exp(2.576 * 0.3) = 2.8, and a
+# threefold eager slowdown read 2.6 at 256 tokens (fixed costs dilute it), so one CI run did not
+# confirm it. The check is not made laxer for the test; the injected slowdown is made plain.
 SLOWDOWN = (
     "                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
-    "                for _ in range(2):  # deliberate 3x slowdown for the regression test\n"
+    "                for _ in range(5):  # deliberate 6x slowdown for the regression test\n"
     "                    eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n"
     "                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
 )
@@ -125,15 +129,15 @@ def test_perf_pr_command_flags_exactly_the_slowed_backend(throwaway, monkeypatch
     """perf-pr.yml's own ``nox -s regress`` arguments, with the commits and this repository."""
     repo, (_base, aa, slow, *_rest) = throwaway
     monkeypatch.chdir(repo.parent)
-    args = [a.replace("$BASE_SHA", aa).replace("$HEAD_SHA", slow) for a in perf_pr_regress_args()]
+    args = [a.replace("$BASE_SHA", aa).replace("$HEAD_SHA", slow) for a in perf_pr_regress_args(str(repo))]
     noise = cpu_noise(repo.parent)
-    code = main([*args, "--repo", str(repo), "--grid", "pr-cpu", "--processes", "3", "--noise", str(noise)])
+    code = main([*args, "--grid", "pr-cpu", "--processes", "3", "--noise", str(noise)])
     assert code == 1
     summary = Path(args[args.index("--summary") + 1]).read_text()
     assert "**regression**" in summary
     slower = summary.split("### Slower")[1].split("<details>")[0]
     flagged = [line.split("`")[1] for line in slower.splitlines() if line.startswith("| `")]
-    assert flagged, "the 3x slower eager backend was not flagged"
+    assert flagged, "the 6x slower eager backend was not flagged"
     assert all("'eager'" in key for key in flagged), flagged
     assert "**regression**" in capsys.readouterr().out
 

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from attnperf.benchgrid import BACKWARD, FORWARD, PointSpec
-from attnperf.trials import as_head, calibrate, evaluate, wilson
+from attnperf.trials import as_head, calibrate, held_out, wilson
 from attnperf.verdict import HOLE, IMPROVEMENT, NEW, REGRESSION, SAME, Noise, compare_times, decide
 
 SPEC = PointSpec("flash-attn4", "causal", 8192, 128, "bfloat16", FORWARD, device="cuda", heads=16)
@@ -71,6 +71,14 @@ def test_a_missing_head_point_is_a_hole_with_its_reason() -> None:
     assert [p.outcome for p in same.points] == [SAME]
 
 
+def test_head_processes_that_crashed_before_a_point_count_against_it() -> None:
+    """Two of three head processes died before the point: one survivor does not make it pass."""
+    base = [process(record(SPEC, 1.0 + d)) for d in (0, 0.001, 0.002)]
+    head = [process(record(SPEC, 1.0)), process(), process()]
+    (hole,) = decide(base, head, Noise()).where(HOLE)
+    assert hole.reason == "missing in 2 of 3 head processes (they ended before it)"
+
+
 def test_wilson_interval() -> None:
     low, high = wilson(0, 100)
     assert low == 0
@@ -94,14 +102,18 @@ def test_trials_find_a_clear_slowdown_and_stay_quiet_on_aa() -> None:
     runs = synthetic_runs(20, sigma=0.004)
     sigma = calibrate(runs)
     assert sigma[SPEC.key] == pytest.approx(0.004, rel=0.5)
-    rows = evaluate(runs, Noise(sigma=sigma), processes=2, confirm=2, levels=(3.0, 10.0), backend="flash-attn4",
-                    resamples=200, seed=0)  # fmt: skip
+    rows = held_out(runs, processes=2, confirm=2, levels=(3.0, 10.0), backend="flash-attn4", resamples=200,
+                    seed=0)  # fmt: skip
     by_pct = {row["injected_pct"]: row for row in rows}
     assert by_pct[0.0]["rate"] <= 0.01
     assert by_pct[10.0]["rate"] == 1.0
     assert by_pct[3.0]["rate"] >= 0.8
     assert by_pct[3.0]["measured_pct"] == pytest.approx(3.0, abs=0.01)
-    assert by_pct[0.0]["real_trials"] == 9  # 20 a label, 2 a trial, the last 2 only confirm
+    # Two halves of 10 processes a label, 2 a trial, the last 2 of each half only confirm: 4 + 4.
+    assert by_pct[0.0]["real_trials"] == 8
+    judged = held_out(runs, noise=Noise(sigma=sigma), processes=2, confirm=2, levels=(), backend=None, resamples=0,
+                      seed=0)  # fmt: skip
+    assert judged[0]["real_trials"] == 9  # an earlier calibration lets every process serve: 20 a label
 
 
 def test_as_head_swaps_in_the_injected_records_of_one_backend() -> None:

@@ -55,7 +55,18 @@ def test_perf_pr_gates_the_gpu_job_and_keeps_secrets_out() -> None:
     assert "gpu-pr" in bench["runs-on"], "pull-request code runs on the ephemeral gpu-pr runners only"
     assert "permissions" not in bench, "the benchmark job must keep the read-only default"
     assert "secrets." not in (ROOT / ".github/workflows/perf-pr.yml").read_text()
-    assert data["concurrency"]["group"].startswith("perf-pr-")
+    assert "concurrency" not in data, "a workflow-wide group lets a skipped event cancel a running check"
+    assert bench["concurrency"]["group"].startswith("perf-pr-")
+
+
+def test_the_check_is_judged_by_the_base_commits_code() -> None:
+    """The comparison runs from a worktree of the base; head's code runs only in its processes."""
+    steps = load("perf-pr.yml")["jobs"]["benchmark"]["steps"]
+    (judge,) = [s for s in steps if "worktree add" in s.get("run", "")]
+    assert '"$BASE_SHA"' in judge["run"]
+    (compare,) = [s for s in steps if "nox -s regress" in s.get("run", "")]
+    assert compare["working-directory"] == "${{ runner.temp }}/judge"
+    assert '--repo "$GITHUB_WORKSPACE"' in compare["run"]
 
 
 def test_a_fork_runs_only_on_the_label_event_and_on_the_labelled_commit() -> None:
@@ -111,10 +122,10 @@ def test_only_the_store_job_writes_the_history_and_it_runs_no_gpu_or_pr_code() -
                 assert step["with"]["persist-credentials"] is False
 
 
-def perf_pr_regress_args() -> list[str]:
-    """The arguments perf-pr.yml gives ``nox -s regress`` (after ``--``)."""
+def perf_pr_regress_args(workspace: str = "workspace") -> list[str]:
+    """The arguments perf-pr.yml gives ``nox -s regress`` (after ``--``), the workspace's path in."""
     (line,) = [x for x in run_lines(ROOT / ".github/workflows/perf-pr.yml") if "nox -s regress" in x]
-    tokens = shlex.split(line)
+    tokens = shlex.split(line.replace("$GITHUB_WORKSPACE", workspace))
     return tokens[tokens.index("--") + 1 :]
 
 
