@@ -152,6 +152,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             [
                 ("variant", "variant"),
                 ("backend", "backend"),
+                ("kernel", "kernel"),
                 ("case", "case"),
                 ("status", "status"),
                 ("error", "rel. error"),
@@ -197,6 +198,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     columns = [
         ("variant", "variant"),
         ("backend", "backend"),
+        ("kernel", "kernel"),
         ("seq_len", "seq_len"),
         ("batch", "batch"),
         ("ms", "median ms"),

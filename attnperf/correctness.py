@@ -53,6 +53,8 @@ class CheckResult:
     error: float | None = None
     bound: float | None = None
     reason: str | None = None
+    #: The kernel a dispatching backend (``sdpa``) picked for this case, where it says.
+    kernel: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -123,7 +125,9 @@ def check(
     q, k, v = make_inputs(case, seed=seed)
     try:
         with torch.no_grad():
-            out = run_unsupported_aware(be, be.prepare(mech, case, q, k, v))
+            runner = be.prepare(mech, case, q, k, v)
+            result["kernel"] = getattr(runner, "kernel", None)
+            out = run_unsupported_aware(be, runner)
     except Unsupported as exc:
         return CheckResult(**result, status=UNSUPPORTED, reason=str(exc))
     rows = sample_rows(case, seed)

@@ -2,8 +2,10 @@
 
 * :class:`MultiHeadAttention` — self- or cross-attention, MHA / MQA / GQA (``kv_heads``), any
   mechanism, optional positions (``"sinusoidal"``, ``"learned"`` added to the input;
-  ``"rope"``, ``"alibi"`` inside the scores), optional :class:`KVCache`, and
-  ``return_attention=True`` (eager backend: the only one that materializes the weights).
+  ``"rope"``, ``"alibi"`` inside the scores), optional :class:`KVCache`, per-call
+  ``attn_mask`` / ``key_padding_mask``, dropout, and the weights from any backend.
+* :class:`MultiheadAttention` — the same with ``torch.nn.MultiheadAttention``'s constructor,
+  call, mask convention and return values, to replace it in a model (``from_torch`` copies one).
 * :class:`KVCache` and :func:`generate` — a decode loop whose steps are ``q_len = 1`` queries
   against the growing cache (bottom-right causal), equal to one causal pass over the sequence.
 """
@@ -14,10 +16,18 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import sdpa_kernel
 
+from attnperf.backends import Unsupported, get_backend
+from attnperf.backends.eager import softmax_probs
+from attnperf.backends.sdpa import Sdpa
+from attnperf.case import Case
+from attnperf.correctness import run_unsupported_aware
 from attnperf.functional import attention, case_from_tensors
-from attnperf.mechanisms import get_mechanism
+from attnperf.mechanisms import SoftmaxMechanism, get_mechanism
+from attnperf.mechanisms.base import expand_kv
 
 POSITIONS = ("sinusoidal", "learned", "rope", "alibi")
 
@@ -76,20 +86,127 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+#: Backends that take a per-call mask and dropout: they reach SDPA's ``attn_mask`` / ``dropout_p``
+#: (or, for eager, the same arithmetic written out). Flex, tiled and the other libraries build
+#: their masks from the mechanism's index functions once per shape and take no per-call mask.
+MASK_BACKENDS = ("eager", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
+
+
+def _alias(name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    """``value``, or the same thing given under its other name; both given must agree."""
+    if alias_value is None:
+        return value
+    if value is not None and value != alias_value:
+        raise ValueError(f"{name}={value!r} and {alias}={alias_value!r} name one thing; give one of them")
+    return alias_value
+
+
+def user_bias(
+    attn_mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    batch: int,
+    heads: int,
+    q_len: int,
+    k_len: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """The caller's masks as one additive ``[B|1, H|1, Lq, Lk]`` float tensor (``-inf`` = masked).
+
+    ``attn_mask`` follows SDPA: boolean True = attend, or float added to the scores; shapes
+    ``[Lq, Lk]``, ``[B·H, Lq, Lk]`` (nn.MultiheadAttention's 3-D form) or ``[B|1, H|1, Lq, Lk]``.
+    ``key_padding_mask`` ``[B, Lk]`` follows nn.MultiheadAttention: boolean True = ignore this
+    key, or float added.
+    """
+    total = None
+    if attn_mask is not None:
+        mask = attn_mask
+        if mask.dim() == 2:
+            mask = mask[None, None]
+        elif mask.dim() == 3:
+            if mask.shape[0] != batch * heads:
+                raise ValueError(
+                    f"attn_mask of 3 dimensions must be [B·H={batch * heads}, Lq, Lk], got {tuple(mask.shape)}"
+                )
+            mask = mask.view(batch, heads, *mask.shape[1:])
+        elif mask.dim() != 4:
+            raise ValueError(f"attn_mask must be [Lq, Lk], [B·H, Lq, Lk] or [B, H, Lq, Lk], got {tuple(mask.shape)}")
+        if tuple(mask.shape[-2:]) != (q_len, k_len):
+            raise ValueError(f"attn_mask must end in [Lq={q_len}, Lk={k_len}], got {tuple(mask.shape)}")
+        total = _additive(mask, attend=True, dtype=dtype)
+    if key_padding_mask is not None:
+        if tuple(key_padding_mask.shape) != (batch, k_len):
+            raise ValueError(f"key_padding_mask must be [B={batch}, Lk={k_len}], got {tuple(key_padding_mask.shape)}")
+        pad = _additive(key_padding_mask[:, None, None, :], attend=False, dtype=dtype)
+        total = pad if total is None else total + pad
+    return total
+
+
+def _additive(mask: torch.Tensor, *, attend: bool, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask (True = ``attend`` when ``attend`` else True = ignore) or a float one, additive."""
+    if mask.dtype == torch.bool:
+        blocked = ~mask if attend else mask
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(blocked, float("-inf"))
+    if not mask.is_floating_point():
+        raise ValueError(f"masks must be boolean or floating point, got {mask.dtype}")
+    return mask.to(dtype)
+
+
+def masked_scores_bias(
+    mechanism: SoftmaxMechanism, case: Case, device: torch.device, dtype: torch.dtype, extra: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The mechanism's own mask and bias plus the caller's, as one additive float tensor."""
+    bias = mechanism.dense_bias(case, device, dtype)
+    total = bias[None] if bias is not None else None
+    if extra is not None:
+        total = extra if total is None else total + extra
+    mask = mechanism.dense_mask(case, device)
+    if mask is not None:
+        total = torch.zeros(mask.shape, dtype=dtype, device=device) if total is None else total
+        total = total.masked_fill(~mask, float("-inf"))
+    return total
+
+
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention over ``x [B, T, E]`` (self) or ``memory [B, S, E_kv]`` (cross).
+    """Multi-head attention over ``query [B, T, E]``: self, cross (``key``/``value``), MHA/MQA/GQA.
 
     ``kv_heads`` < ``heads`` gives GQA, 1 gives MQA. ``mechanism`` and the remaining keyword
     options (``causal``, ``window``, …) are those of :func:`attnperf.functional.attention`.
+
+    nn.MultiheadAttention's names are accepted too, so a model's construction call carries over:
+    ``num_heads`` (= ``heads``), ``d_model`` (= ``embed_dim``), ``kdim`` / ``vdim`` (key and
+    value widths; ``kv_dim`` sets both), ``dropout`` and ``batch_first`` (default True here:
+    ``[B, T, E]``; False reads ``[T, B, E]`` as nn.MultiheadAttention's default does).
+    :class:`MultiheadAttention` (nn's spelling) also returns what nn's layer returns.
+
+    Per call (``forward``):
+
+    * ``attn_mask``: SDPA's convention, boolean True = attend, or float added to the scores;
+      ``key_padding_mask``: nn.MultiheadAttention's, boolean True = ignore the key. Both combine
+      with the mechanism's own pattern. They need a backend of :data:`MASK_BACKENDS`, which
+      pass them to SDPA's ``attn_mask`` (eager adds them itself).
+    * ``dropout`` applies to the attention weights in training mode only, as
+      nn.MultiheadAttention and SDPA's ``dropout_p`` do; :data:`MASK_BACKENDS` honour it (SDPA
+      through ``dropout_p``; eager with ``F.dropout`` on the weights). Others refuse to train with
+      dropout rather than silently skip it.
+    * ``need_weights`` / ``return_attention``: the weights ``[B, H, Lq, Lk]`` from any backend.
+      Only eager materializes them while computing; for the others they are recomputed on the
+      reference path (the mechanism's own definition, plus the caller's masks) from the same
+      q and k — the weights before dropout, since dropout's random draw is not reproducible.
     """
 
     def __init__(
         self,
-        embed_dim: int,
-        heads: int,
+        embed_dim: int | None = None,
+        heads: int | None = None,
         *,
+        num_heads: int | None = None,
+        d_model: int | None = None,
         kv_heads: int | None = None,
         kv_dim: int | None = None,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        dropout: float = 0.0,
+        batch_first: bool = True,
         mechanism: str = "full",
         backend: str = "eager",
         positions: str | None = None,
@@ -98,6 +215,10 @@ class MultiHeadAttention(nn.Module):
         **options: Any,
     ) -> None:
         super().__init__()
+        embed_dim = _alias("embed_dim", embed_dim, "d_model", d_model)
+        heads = _alias("heads", heads, "num_heads", num_heads)
+        if embed_dim is None or heads is None:
+            raise ValueError("embed_dim (or d_model) and heads (or num_heads) are required")
         if embed_dim % heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by heads ({heads})")
         kv_heads = heads if kv_heads is None else kv_heads
@@ -105,6 +226,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
         if positions is not None and positions not in POSITIONS:
             raise ValueError(f"positions must be None or one of {list(POSITIONS)}, got {positions!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if positions in ("rope", "alibi"):
             if mechanism != "full":
                 raise ValueError(
@@ -112,12 +235,15 @@ class MultiHeadAttention(nn.Module):
                 )
             mechanism = positions
         self.mechanism = get_mechanism(mechanism).name
-        self.backend, self.options = backend, options
-        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, embed_dim // heads
-        kv_dim = embed_dim if kv_dim is None else kv_dim
+        self.backend = get_backend(backend).name
+        self.options = options
+        self.dropout, self.batch_first = dropout, batch_first
+        self.embed_dim, self.heads, self.kv_heads, self.head_dim = embed_dim, heads, kv_heads, embed_dim // heads
+        kdim = kv_dim if kdim is None else kdim
+        vdim = kv_dim if vdim is None else vdim
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(kv_dim, kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(kv_dim, kv_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(embed_dim if kdim is None else kdim, kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(embed_dim if vdim is None else vdim, kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.positions: nn.Module | None = None
         if positions == "sinusoidal":
@@ -137,32 +263,189 @@ class MultiHeadAttention(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
-        memory: torch.Tensor | None = None,
+        query: torch.Tensor,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
         *,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
         cache: KVCache | None = None,
         return_attention: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor [B, T, E], got {type(x).__name__}")
-        if return_attention and self.backend != "eager":
-            raise ValueError(
-                f"return_attention=True needs backend='eager' (the one that materializes weights), got {self.backend!r}"
-            )
+        """``query [B, T, E]``; ``key`` (and ``value``, default ``key``) for cross-attention.
+
+        Returns the output, or ``(output, weights [B, H, Lq, Lk])`` with ``need_weights`` or
+        ``return_attention`` (the same switch under nn's and attnperf's names)."""
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor [B, T, E], got {type(t).__name__}")
+        if value is not None and key is None:
+            raise ValueError("value needs key: pass key and value, or key alone (used as both)")
+        if not self.batch_first:
+            query, key, value = (t if t is None else t.transpose(0, 1) for t in (query, key, value))
         if self.positions is not None:
-            x = self.positions(x, start=cache.length if cache is not None else 0)
-        source = x if memory is None else memory
-        q = self._split(self.q_proj(x), self.heads)
-        k = self._split(self.k_proj(source), self.kv_heads)
-        v = self._split(self.v_proj(source), self.kv_heads)
+            query = self.positions(query, start=cache.length if cache is not None else 0)
+        key = query if key is None else key
+        value = key if value is None else value
+        q = self._split(self.q_proj(query), self.heads)
+        k = self._split(self.k_proj(key), self.kv_heads)
+        v = self._split(self.v_proj(value), self.kv_heads)
         if cache is not None:
             k, v = cache.append(k, v)
-        out = attention(q, k, v, mechanism=self.mechanism, backend=self.backend, **self.options)
-        out = self.out_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
-        if not return_attention:
+        dropout = self.dropout if self.training else 0.0
+        extra = user_bias(attn_mask, key_padding_mask, q.shape[0], self.heads, q.shape[2], k.shape[2], q.dtype)
+        if extra is None and dropout == 0.0:
+            out = attention(q, k, v, mechanism=self.mechanism, backend=self.backend, **self.options)
+        else:
+            out = self._masked_attention(q, k, v, extra, dropout)
+        out = self.out_proj(out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1))
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if not (need_weights or return_attention):
             return out
+        return out, self._weights(q, k, extra)
+
+    def _case(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[SoftmaxMechanism, Case]:
+        mech = get_mechanism(self.mechanism)
+        if not isinstance(mech, SoftmaxMechanism):
+            raise ValueError(
+                f"attn_mask, key_padding_mask and dropout need a softmax mechanism; {mech.name} is {mech.family}"
+            )
         case = case_from_tensors(q, k, v, **self.options)
-        return out, get_mechanism(self.mechanism).weights(q, k, case)
+        mech.validate(case)
+        return mech, case
+
+    def _masked_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: torch.Tensor | None, dropout: float
+    ) -> torch.Tensor:
+        """Attention with the caller's masks and/or dropout, through SDPA's ``attn_mask`` / ``dropout_p``."""
+        if self.backend not in MASK_BACKENDS:
+            raise ValueError(
+                f"attn_mask, key_padding_mask and dropout in training need backend in {list(MASK_BACKENDS)}, "
+                f"got {self.backend!r}"
+            )
+        mech, case = self._case(q, k, v)
+        backend = get_backend(self.backend)
+        reason = backend.supports(mech, case)
+        if reason is not None:
+            raise Unsupported(f"{backend.name} cannot run {mech.name} on {case.id}: {reason}")
+        transform = mech.qk_transform(case, q.device, q.dtype)
+        if transform is not None:
+            q, k = transform(q, k)
+        total = masked_scores_bias(mech, case, q.device, q.dtype, extra)
+        if self.backend == "eager":
+            scores = q @ expand_kv(k, case.heads).transpose(-1, -2) * case.scale
+            if total is not None:
+                scores = scores + total
+            weights = F.dropout(softmax_probs(scores, v.dtype), p=dropout, training=dropout > 0)
+            return weights @ expand_kv(v, case.heads)
+        kwargs: dict[str, Any] = {"attn_mask": total, "dropout_p": dropout, "scale": case.scale}
+        kwargs["enable_gqa"] = case.n_kv_heads != case.heads
+        if isinstance(backend, Sdpa):
+            with sdpa_kernel(backend.kernel):
+                return run_unsupported_aware(backend, lambda: F.scaled_dot_product_attention(q, k, v, **kwargs))
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    def _weights(self, q: torch.Tensor, k: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """``[B, H, Lq, Lk]`` weights on the reference path (before dropout), masks included."""
+        mech = get_mechanism(self.mechanism)
+        case = case_from_tensors(q, k, k, **self.options)
+        if extra is None:
+            return mech.weights(q, k, case)
+        soft, case = self._case(q, k, k)
+        transform = soft.qk_transform(case, q.device, q.dtype)
+        if transform is not None:
+            q, k = transform(q, k)
+        scores = q @ expand_kv(k, case.heads).transpose(-1, -2) * case.scale
+        total = masked_scores_bias(soft, case, q.device, q.dtype, extra)
+        return torch.softmax(scores if total is None else scores + total, dim=-1)
+
+
+class MultiheadAttention(MultiHeadAttention):
+    """A drop-in for ``torch.nn.MultiheadAttention``: its constructor, call and return values.
+
+    ``MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None,
+    batch_first=False)`` and ``forward(query, key, value, key_padding_mask=None,
+    need_weights=True, attn_mask=None, average_attn_weights=True)`` return
+    ``(output, weights or None)`` as nn's layer does, with weights averaged over heads unless
+    ``average_attn_weights=False``. The one convention that differs from
+    :class:`MultiHeadAttention`: a boolean ``attn_mask`` here means True = *not allowed*
+    (nn.MultiheadAttention's convention), not SDPA's True = attend. Plus ``backend=`` and the
+    attnperf options. :meth:`from_torch` copies an ``nn.MultiheadAttention``'s weights.
+    Not supported: ``add_bias_kv``, ``add_zero_attn`` (a ValueError says so).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        **options: Any,
+    ) -> None:
+        if add_bias_kv or add_zero_attn:
+            raise ValueError("add_bias_kv and add_zero_attn are not supported (allowed: False)")
+        super().__init__(
+            embed_dim, num_heads, dropout=dropout, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first, **options
+        )
+
+    def forward(  # type: ignore[override]
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """nn.MultiheadAttention's call; unbatched ``[T, E]`` inputs too."""
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = (t.unsqueeze(1 if not self.batch_first else 0) for t in (query, key, value))
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask[None]
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = ~attn_mask  # nn.MultiheadAttention: True = not allowed; SDPA: True = attend
+        result = super().forward(
+            query, key, value, key_padding_mask=key_padding_mask, attn_mask=attn_mask, need_weights=need_weights
+        )
+        out, weights = result if isinstance(result, tuple) else (result, None)
+        if weights is not None and average_attn_weights:
+            weights = weights.mean(dim=1)
+        if unbatched:
+            out = out.squeeze(1 if not self.batch_first else 0)
+            weights = None if weights is None else weights.squeeze(0)
+        return out, weights
+
+    @classmethod
+    def from_torch(cls, mha: nn.MultiheadAttention, **options: Any) -> MultiheadAttention:
+        """A layer computing what ``mha`` computes: same shape arguments, weights copied."""
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("add_bias_kv and add_zero_attn are not supported (allowed: False)")
+        layer = cls(
+            mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None, kdim=mha.kdim,
+            vdim=mha.vdim, batch_first=mha.batch_first, **options,
+        )  # fmt: skip
+        e = mha.embed_dim
+        with torch.no_grad():
+            if mha.in_proj_weight is not None:
+                weights = mha.in_proj_weight.split(e)
+            else:
+                weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+            for proj, weight in zip((layer.q_proj, layer.k_proj, layer.v_proj), weights, strict=True):
+                proj.weight.copy_(weight)
+            if mha.in_proj_bias is not None:
+                for proj, b in zip((layer.q_proj, layer.k_proj, layer.v_proj), mha.in_proj_bias.split(e), strict=True):
+                    proj.bias.copy_(b)
+            layer.out_proj.load_state_dict(mha.out_proj.state_dict())
+        return layer.to(mha.out_proj.weight.dtype)
 
 
 def generate(layer: MultiHeadAttention, prompt: torch.Tensor, steps: int) -> torch.Tensor:

@@ -77,6 +77,8 @@ def run_point(
     try:
         runner, checked = verified_runner(variant.mechanism, backend, case)
         record["rel_error"] = checked.error
+        if (kernel := getattr(runner, "kernel", None)) is not None:  # sdpa: the kernel its dispatch picked
+            record["kernel"] = kernel
         with torch.no_grad():
             timing = measure_time(runner, case.device, repeat=repeat)
             peak, record["peak_kind"] = measure_peak(runner, case.device, own_cpu_allocator=backend.own_cpu_allocator)

@@ -37,7 +37,7 @@ def test_check_reports_ok_and_exit_zero(capsys) -> None:
 def test_bad_arguments_name_the_allowed_values() -> None:
     proc = run("sweep", "--backends", "eager,turbo")
     assert proc.returncode == 2
-    assert "unknown backends ['turbo']; allowed: all or eager, sdpa-math" in proc.stderr
+    assert "unknown backends ['turbo']; allowed: all or eager, sdpa, sdpa-math" in proc.stderr
     proc = run("check", "--variants", "sliding_window", "--window", "0")
     assert proc.returncode == 2
     assert "window must be an integer >= 1, got 0" in proc.stderr

@@ -9,7 +9,7 @@ from attnperf.backends.fla import Fla
 from attnperf.backends.flash_attn import FlashAttn3, FlashAttn4
 from attnperf.backends.flex import Flex
 from attnperf.backends.onnxrt import OnnxRuntime
-from attnperf.backends.sdpa import SdpaCudnn, SdpaEfficient, SdpaFlash, SdpaMath
+from attnperf.backends.sdpa import SdpaAuto, SdpaCudnn, SdpaEfficient, SdpaFlash, SdpaMath
 from attnperf.backends.tiled import Tiled
 from attnperf.backends.xformers import XFormers
 
@@ -17,6 +17,7 @@ BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Eager(),
+        SdpaAuto(),
         SdpaMath(),
         SdpaFlash(),
         SdpaEfficient(),

@@ -1,7 +1,9 @@
-"""``torch.nn.functional.scaled_dot_product_attention`` with one kernel forced per backend.
+"""``torch.nn.functional.scaled_dot_product_attention``: one kernel forced, or SDPA's own choice.
 
-Each backend wraps the call in ``sdpa_kernel(<one kernel>)`` so that a number is never quietly
-produced by another kernel. How the mechanisms map:
+Each ``sdpa-<kernel>`` backend wraps the call in ``sdpa_kernel(<one kernel>)`` so that a number is
+never quietly produced by another kernel. The ``sdpa`` backend is the call users write by default:
+no kernel forced, SDPA dispatches; which kernel it picked is recorded (:func:`picked_kernel`).
+How the mechanisms map:
 
 * plain causal with q_len == kv_len: ``is_causal=True`` (identical to bottom-right there);
 * causal with q_len != kv_len: ``causal_lower_right`` — SDPA's ``is_causal`` is top-left and
@@ -16,12 +18,13 @@ PyTorch's own text, not as a failure.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
+from torch.nn.attention.bias import CausalBias, causal_lower_right
 
 from attnperf.backends.base import HALF_DTYPES, Backend, Runner
 from attnperf.case import Case
@@ -110,3 +113,72 @@ class SdpaCudnn(Sdpa):
     devices = ("cuda",)
     dtypes = HALF_DTYPES
     min_capability = (8, 0)
+
+
+#: SDPA's kernels under the names of the forced backends (``sdpa-<name>``).
+KERNEL_NAMES: dict[SDPBackend, str] = {
+    SDPBackend.MATH: "math",
+    SDPBackend.FLASH_ATTENTION: "flash",
+    SDPBackend.EFFICIENT_ATTENTION: "efficient",
+    SDPBackend.CUDNN_ATTENTION: "cudnn",
+    SDPBackend.OVERRIDEABLE: "overrideable",
+}
+
+
+def picked_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> str:
+    """The kernel ``F.scaled_dot_product_attention(q, k, v, **kwargs)`` runs, asked of SDPA itself.
+
+    ATen's ``scaled_dot_product_attention`` picks its kernel by calling ``_fused_sdp_choice``
+    (the CPU and CUDA selection functions in ``aten/src/ATen/native/transformers/``, which apply
+    the ``can_use_*`` checks in priority order and honour ``sdpa_kernel`` contexts); this asks the
+    same function with the same arguments. A ``causal_lower_right`` mask is dispatched in Python
+    first (``torch/nn/attention/bias.py``, ``CausalBias._dispatch``): equal lengths become
+    ``is_causal=True``; otherwise flash, then efficient, if their ``can_use_*`` checks pass, else
+    the materialized mask goes through SDPA's choice. Both paths are followed here as written
+    there. ``"math"`` also covers the CPU's math fallback.
+    """
+    mask = kwargs.get("attn_mask")
+    dropout_p, scale, gqa = kwargs.get("dropout_p", 0.0), kwargs.get("scale"), kwargs.get("enable_gqa", False)
+    if isinstance(mask, CausalBias):
+        if mask.seq_len_q == mask.seq_len_kv:
+            return picked_kernel(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
+        params = torch.backends.cuda.SDPAParams(q, k, v, None, dropout_p, False, gqa)
+        if torch.backends.cuda.can_use_flash_attention(params):
+            return KERNEL_NAMES[SDPBackend.FLASH_ATTENTION]
+        if torch.backends.cuda.can_use_efficient_attention(params):
+            return KERNEL_NAMES[SDPBackend.EFFICIENT_ATTENTION]
+        kwargs = {**kwargs, "attn_mask": mask._materialize(q.device)}
+    choice = torch._fused_sdp_choice(q, k, v, **kwargs)
+    return KERNEL_NAMES.get(SDPBackend(choice), f"unknown ({choice})")
+
+
+class SdpaAuto(Backend):
+    """SDPA as users call it: no kernel forced; the prepared closure says which kernel it picked.
+
+    The closure carries the kernel's name in its ``kernel`` attribute (``"flash"``, ``"math"``,
+    …: the forced backends' names without ``sdpa-``), and sweep records copy it into their
+    ``kernel`` field: a number from ``sdpa`` can then be compared with the forced kernel's row.
+    """
+
+    name = "sdpa"
+    summary = "SDPA with its own kernel choice (what F.scaled_dot_product_attention does by default)"
+    mechanisms = SOFTMAX_MECHANISMS
+    unsupported_errors = ("No available kernel", "No viable backend")
+
+    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        assert isinstance(mechanism, SoftmaxMechanism)
+        kwargs = sdpa_mask_args(mechanism, case, q.device, q.dtype)
+        kwargs.update(scale=case.scale, enable_gqa=case.n_kv_heads != case.heads)
+        transform = mechanism.qk_transform(case, q.device, q.dtype)
+
+        def run() -> torch.Tensor:
+            qq, kk = transform(q, k) if transform is not None else (q, k)
+            return F.scaled_dot_product_attention(qq, kk, v, **kwargs)
+
+        return with_kernel(run, picked_kernel(q, k, v, **kwargs))
+
+
+def with_kernel(run: Callable[[], torch.Tensor], kernel: str) -> Runner:
+    """``run`` with the name of the kernel it runs attached as ``run.kernel``."""
+    run.kernel = kernel  # type: ignore[attr-defined]
+    return run
