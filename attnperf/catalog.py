@@ -71,6 +71,24 @@ VARIANTS: dict[str, Variant] = _variants(
     Variant("topk", "topk", "top-32 keys per query", {"top_k": 32}),
     Variant("strided", "strided", "causal strided sparse, stride 64", {"stride": 64, "causal": True}),
     Variant(
+        "strided_columns",
+        "strided_columns",
+        "causal strided columns 0, s, 2s, … (masks scripts), stride round(√n)",
+        {"causal": True},
+    ),
+    Variant(
+        "fixed", "fixed", "causal fixed pattern (Child et al.), block round(√n), 1 summary column", {"causal": True}
+    ),
+    Variant(
+        "strided_sqrt", "strided", "causal strided sparse (Child et al.), stride round(√n): O(n√n)", {"causal": True}
+    ),
+    Variant(
+        "bigbird_tokens",
+        "bigbird_tokens",
+        "BigBird per token: window 64, 2 global, 3 random per row",
+        {"window": 64, "num_global": 2, "num_random": 3},
+    ),
+    Variant(
         "bigbird",
         "bigbird",
         "BigBird blocks of 64: 1 global, 2 random",

@@ -28,7 +28,10 @@ OPTIONS: dict[str, dict[str, int]] = {
     "window": {"window": 5},
     "topk": {"top_k": 4},
     "strided": {"stride": 4},
+    "strided_columns": {"stride": 3},
+    "fixed": {"stride": 4, "num_global": 1},
     "bigbird": {"block": 8, "num_random": 1},
+    "bigbird_tokens": {"window": 4, "num_global": 1, "num_random": 2},
 }
 SHAPES = [(1, 1), (17, 17), (257, 257), (17, 33), (1, 257)]  # (q_len, kv_len)
 HEAD_LAYOUTS = [(4, 4), (4, 2), (4, 1)]  # (heads, kv_heads): MHA, GQA, MQA
@@ -42,7 +45,10 @@ COMPILED_GRID = [
     ("window", 67, 67, 4, True),
     ("window", 67, 67, 4, False),
     ("strided", 33, 33, 2, True),
+    ("strided_columns", 33, 33, 4, True),
+    ("fixed", 40, 40, 2, True),
     ("bigbird", 40, 40, 4, False),
+    ("bigbird_tokens", 40, 40, 4, True),
     ("alibi", 17, 33, 4, True),
     ("rope", 17, 33, 2, False),
     ("decode", 1, 67, 1, True),

@@ -16,7 +16,7 @@ from attnperf.catalog import VARIANTS
 from attnperf.mechanisms import MECHANISMS, SoftmaxMechanism, get_mechanism
 from attnperf.mechanisms.linear import LINEAR_EPS, elu_feature_map
 from attnperf.mechanisms.positional import alibi_slopes, rope_tables, rotate_half_rope
-from attnperf.mechanisms.sparse import bigbird_blocks, topk_keep
+from attnperf.mechanisms.sparse import bigbird_blocks, bigbird_random_tokens, stride_of, topk_keep
 
 
 def mask_of(name: str, **kwargs: object) -> torch.Tensor:
@@ -62,6 +62,49 @@ def test_strided_matches_child_et_al() -> None:
     assert torch.equal(got, want)
     both_sides = mask_of("strided", q_len=9, stride=3)
     assert torch.equal(both_sides, brute(9, 9, lambda i, j: abs(i - j) < 3 or (i - j) % 3 == 0))
+
+
+def test_stride_defaults_to_round_sqrt_n() -> None:
+    assert stride_of(Case(q_len=100)) == 10
+    assert stride_of(Case(q_len=1)) == 1
+    assert stride_of(Case(q_len=4, kv_len=50)) == 7  # of the keys: round(7.07)
+    assert stride_of(Case(q_len=100, stride=3)) == 3
+    assert torch.equal(mask_of("strided", q_len=16, causal=True), mask_of("strided", q_len=16, stride=4, causal=True))
+
+
+def test_strided_columns_are_the_masks_scripts_pattern() -> None:
+    got = mask_of("strided_columns", q_len=12, stride=4, causal=True)
+    assert torch.equal(got, brute(12, 12, lambda i, j: j <= i and j % 4 == 0))
+    assert torch.equal(mask_of("strided_columns", q_len=9, stride=3), brute(9, 9, lambda i, j: j % 3 == 0))
+    # decode-style alignment: queries are the last positions of the keys
+    assert torch.equal(
+        mask_of("strided_columns", q_len=2, kv_len=10, stride=4, causal=True),
+        brute(2, 10, lambda i, j: j <= i + 8 and j % 4 == 0),
+    )
+
+
+def test_fixed_is_child_et_al_own_block_plus_summary_columns() -> None:
+    got = mask_of("fixed", q_len=12, stride=4, num_global=1, causal=True)
+    assert torch.equal(got, brute(12, 12, lambda i, j: j <= i and (i // 4 == j // 4 or j % 4 == 3)))
+    two = mask_of("fixed", q_len=10, stride=5, num_global=2)
+    assert torch.equal(two, brute(10, 10, lambda i, j: i // 5 == j // 5 or j % 5 >= 3))
+
+
+def test_bigbird_tokens_are_window_global_and_seeded_random() -> None:
+    case = Case(q_len=40, window=6, num_global=2, num_random=3, seed=5)
+    table = bigbird_random_tokens(case)
+    assert torch.equal(table, bigbird_random_tokens(case)), "same seed, same tokens, every call"
+    assert not torch.equal(table, bigbird_random_tokens(case.replace(seed=6)))
+    for p in range(40):
+        picked = set(table[p].nonzero().flatten().tolist())
+        seen = {j for j in range(40) if abs(j - p) <= 3 or j < 2}
+        assert len(picked) == 3, f"row {p}: {sorted(picked)}"
+        assert not picked & seen, f"row {p}: random tokens must be new keys"
+    got = mask_of("bigbird_tokens", q_len=40, window=6, num_global=2, num_random=3, seed=5)
+    want = brute(40, 40, lambda i, j: abs(i - j) <= 3 or i < 2 or j < 2 or bool(table[i, j]))
+    assert torch.equal(got, want)
+    causal = mask_of("bigbird_tokens", q_len=40, window=6, num_global=2, num_random=3, seed=5, causal=True)
+    assert torch.equal(causal, want & brute(40, 40, lambda i, j: j <= i))
 
 
 def test_bigbird_blocks_are_local_global_and_seeded_random() -> None:
@@ -168,8 +211,9 @@ def test_every_variant_gives_every_query_at_least_one_key(name: str) -> None:
         ("window", {}, r"window: the window mechanism needs window="),
         ("topk", {"top_k": 20, "q_len": 8}, r"top_k must be between 1 and kv_len \(8\), got 20"),
         ("topk", {}, r"top_k: the topk mechanism needs top_k="),
-        ("strided", {}, r"stride: the strided mechanism needs stride="),
         ("bigbird", {}, r"block: the bigbird mechanism needs block="),
+        ("bigbird_tokens", {}, r"window: the bigbird_tokens mechanism needs window="),
+        ("fixed", {"stride": 4, "num_global": 5}, r"num_global \(c, summary columns per block\) must be between 0"),
         ("rope", {"head_dim": 7}, r"head_dim must be even for RoPE, got 7"),
         (
             "window",

@@ -9,11 +9,15 @@ from attnperf.mechanisms.dense import Full
 from attnperf.mechanisms.linear import Linear
 from attnperf.mechanisms.local import Window
 from attnperf.mechanisms.positional import ALiBi, RoPE
-from attnperf.mechanisms.sparse import BigBird, Strided, TopK
+from attnperf.mechanisms.sparse import BigBird, BigBirdTokens, Fixed, Strided, StridedColumns, TopK
 
 MECHANISMS: dict[str, Mechanism] = {
-    m.name: m for m in (Full(), Window(), TopK(), Strided(), BigBird(), Linear(), ALiBi(), RoPE(), Decode())
-}
+    m.name: m
+    for m in (
+        Full(), Window(), TopK(), Strided(), StridedColumns(), Fixed(), BigBird(), BigBirdTokens(), Linear(), ALiBi(),
+        RoPE(), Decode(),
+    )
+}  # fmt: skip
 
 
 def get_mechanism(name: str | Mechanism) -> Mechanism:

@@ -1,6 +1,21 @@
-"""Sparse attention: top-k (data-dependent) and fixed patterns (strided, BigBird)."""
+"""Sparse attention: top-k (data-dependent) and fixed patterns (strided, fixed, BigBird).
+
+The fixed patterns exist in the forms different sources define; each is a mechanism of its own
+with its convention written down, so that a figure always says which one it timed:
+
+* ``strided``: Child et al.'s strided pattern (a band of s plus every s-th key back);
+* ``strided_columns``: every row sees the columns 0, s, 2s, … (the masks scripts' pattern);
+* ``fixed``: Child et al.'s "fixed" pattern (own block of s plus c summary columns per block);
+* ``bigbird``: BigBird-ITC at block level (Zaheer et al.; what the HF implementation runs);
+* ``bigbird_tokens``: BigBird at token level (window, global tokens, random tokens per row).
+
+A stride left unset defaults to round(√kv_len) (:func:`stride_of`): the choice that gives the
+strided and fixed patterns their O(n√n) cost.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -13,6 +28,13 @@ from attnperf.mechanisms.base import (
     expand_kv,
     require_option,
 )
+from attnperf.mechanisms.local import window_bounds
+
+
+def stride_of(case: Case) -> int:
+    """``case.stride``, or round(√kv_len) when unset (at least 1): Child et al. take s ≈ √n, so
+    that each query sees O(√n) keys and the whole pattern costs O(n√n)."""
+    return case.stride if case.stride is not None else max(1, round(math.sqrt(case.k_len)))
 
 
 def topk_keep(scores: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -57,7 +79,8 @@ class Strided(SoftmaxMechanism):
 
     Query at position i' = i + Δ sees key j when it is one of the last s positions
     (``|i' − j| < s``) or a multiple of s away (``(i' − j) mod s == 0``). The paper's pattern
-    is causal (``causal=True``); without it the pattern is mirrored to both sides.
+    is causal (``causal=True``); without it the pattern is mirrored to both sides. s defaults
+    to round(√kv_len) (:func:`stride_of`).
     """
 
     name = "strided"
@@ -65,12 +88,8 @@ class Strided(SoftmaxMechanism):
     options = ("stride", "causal")
     positional = True
 
-    def validate(self, case: Case) -> None:
-        super().validate(case)
-        require_option(case, "stride", self.name)
-
     def pattern(self, case: Case, device: torch.device | str) -> MaskFn:
-        stride, delta = require_option(case, "stride", self.name), case.offset
+        stride, delta = stride_of(case), case.offset
 
         def strided(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
             diff = q_idx + delta - kv_idx
@@ -130,3 +149,123 @@ class BigBird(SoftmaxMechanism):
 
         bigbird.__name__ = f"bigbird_b{block}_g{case.num_global}_r{case.num_random}"
         return bigbird
+
+
+class StridedColumns(SoftmaxMechanism):
+    """Every row sees the columns 0, s, 2s, … (the strided pattern of the masks scripts).
+
+    Key j is allowed when ``j mod s == 0``, whatever the query; with ``causal=True`` (as those
+    scripts draw it) only the columns up to the query's position i + Δ. Column 0 is always
+    among them, so no row is empty. Unlike Child et al.'s ``strided`` there is no local band:
+    a query does not see itself unless its position is a multiple of s. s defaults to
+    round(√kv_len) (:func:`stride_of`).
+    """
+
+    name = "strided_columns"
+    summary = "strided columns: every row sees keys 0, s, 2s, … (the masks scripts' pattern)"
+    options = ("stride", "causal")
+    positional = True
+
+    def pattern(self, case: Case, device: torch.device | str) -> MaskFn:
+        stride = stride_of(case)
+
+        def strided_columns(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+            return (kv_idx % stride == 0) & (q_idx >= 0)  # q_idx: broadcast to the [Lq, Lk] shape
+
+        strided_columns.__name__ = f"strided_columns_{stride}"
+        return strided_columns
+
+
+class Fixed(SoftmaxMechanism):
+    """Child et al.'s (2019) "fixed" pattern, block length l = stride, c = num_global.
+
+    Query at position i' = i + Δ sees key j when j is in its own block (``j // l == i' // l``,
+    the paper's A⁽¹⁾) or j is one of the last c positions of a block (``j mod l ≥ l − c``, the
+    "summary" columns A⁽²⁾ that carry information between blocks). The paper's pattern is causal
+    (``causal=True``); without it both halves apply on both sides. l defaults to round(√kv_len)
+    (:func:`stride_of`); c is ``num_global`` (the case's count of global positions), at most l.
+    """
+
+    name = "fixed"
+    summary = "fixed sparse (Child et al. 2019): own block of l plus c summary columns per block"
+    options = ("stride", "num_global", "causal")
+    positional = True
+
+    def validate(self, case: Case) -> None:
+        super().validate(case)
+        if case.num_global > stride_of(case):
+            raise ValueError(
+                f"num_global (c, summary columns per block) must be between 0 and the block length "
+                f"{stride_of(case)}, got {case.num_global}"
+            )
+
+    def pattern(self, case: Case, device: torch.device | str) -> MaskFn:
+        block, summary, delta = stride_of(case), case.num_global, case.offset
+
+        def fixed(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+            return ((q_idx + delta) // block == kv_idx // block) | (kv_idx % block >= block - summary)
+
+        fixed.__name__ = f"fixed_l{block}_c{summary}"
+        return fixed
+
+
+def bigbird_random_tokens(case: Case) -> torch.Tensor:
+    """``[kv_len, kv_len]`` boolean: the ``num_random`` random keys of each query position.
+
+    Row p (a query at aligned position p = i + Δ) holds ``num_random`` keys drawn uniformly,
+    without replacement, from the keys neither in its window (:func:`window_bounds`) nor global,
+    by torch's CPU generator seeded with ``case.seed``: the same keys for every backend and call.
+    Fewer remain near the edges of short sequences: then it holds all that remain. Drawn in
+    chunks of rows so the random scores never exceed 1024 × kv_len floats.
+    """
+    n, g = case.k_len, min(case.num_global, case.k_len)
+    left, right = window_bounds(case.replace(causal=False))
+    gen = torch.Generator().manual_seed(case.seed)
+    table = torch.zeros(n, n, dtype=torch.bool)
+    if case.num_random == 0:
+        return table
+    keys = torch.arange(n)
+    for start in range(0, n, 1024):
+        pos = torch.arange(start, min(n, start + 1024))[:, None]
+        seen = ((keys >= pos - left) & (keys <= pos + right)) | (keys < g)
+        scores = torch.rand(len(pos), n, generator=gen).masked_fill(seen, -1.0)
+        picks = scores.topk(min(case.num_random, n), dim=-1)
+        table[start : start + len(pos)].scatter_(-1, picks.indices, picks.values >= 0)
+    return table
+
+
+class BigBirdTokens(SoftmaxMechanism):
+    """BigBird at token level (Zaheer et al. 2020, Fig. 1): window, global and random tokens.
+
+    Query at position i' = i + Δ sees key j when
+    * j is in its window: the symmetric band of :func:`window_bounds` (``window`` = W, keys
+      i' − W//2 … i' + W//2), the paper's w neighbours;
+    * i' or j is one of the first ``num_global`` positions (global rows and columns); or
+    * j is one of the ``num_random`` random keys drawn for position i' (:func:`bigbird_random_tokens`,
+      seeded from the case, the same for every backend).
+    The window is symmetric even with ``causal=True``: causality then intersects the whole
+    pattern (keys after i' are dropped, random ones included). The block-level ``bigbird`` is
+    what the HF implementation runs; this is the paper's definition drawn per token.
+    """
+
+    name = "bigbird_tokens"
+    summary = "BigBird per token: window, global tokens and seeded random tokens per row"
+    options = ("window", "num_global", "num_random", "seed", "causal")
+    positional = True
+
+    def validate(self, case: Case) -> None:
+        super().validate(case)
+        require_option(case, "window", self.name)
+
+    def pattern(self, case: Case, device: torch.device | str) -> MaskFn:
+        left, right = window_bounds(case.replace(causal=False))
+        table = bigbird_random_tokens(case).to(device)
+        g, delta = case.num_global, case.offset
+
+        def bigbird_tokens(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+            pos = q_idx + delta
+            local = (kv_idx >= pos - left) & (kv_idx <= pos + right)
+            return local | (kv_idx < g) | (pos < g) | table[pos, kv_idx]
+
+        bigbird_tokens.__name__ = f"bigbird_tokens_w{case.window}_g{g}_r{case.num_random}"
+        return bigbird_tokens
