@@ -305,7 +305,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from attnperf.analysis.hardware import datasheet_for, measured
-    from attnperf.plots import PICTURE_PLOTS, RESULT_PLOTS, plot_pictures, plot_results
+    from attnperf.plots import PICTURE_PLOTS, RESULT_PLOTS, PictureOptions, plot_pictures, plot_results
     from attnperf.results import read_json
 
     out = Path(args.out)
@@ -313,7 +313,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     unknown = [k for k in kinds if k not in RESULT_PLOTS + PICTURE_PLOTS]
     if unknown:
         raise ValueError(f"--kinds: unknown {unknown}; allowed: {', '.join(RESULT_PLOTS + PICTURE_PLOTS)}")
-    paths = plot_pictures(out, [k for k in kinds if k in PICTURE_PLOTS])
+    tokens = tuple(args.tokens.split()) if args.tokens else None
+    picture = PictureOptions(n=len(tokens) if tokens else args.n, window=args.window, top_k=args.top_k,
+                             stride=args.stride, tokens=tokens)  # fmt: skip
+    paths = plot_pictures(out, [k for k in kinds if k in PICTURE_PLOTS], picture)
     result_kinds = [k for k in kinds if k in RESULT_PLOTS]
     if args.results and result_kinds:
         records, machine = [], {}
@@ -414,6 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="scaling, memory, throughput, roofline (need results); masks, heatmaps, positions, heads",
     )
+    p.add_argument("--n", type=int, default=64, help="tokens in the mechanism pictures (default 64)")
+    p.add_argument("--window", type=int, default=32, help="window of the pictures' local variants (default 32)")
+    p.add_argument("--top-k", type=int, default=32, help="k of the pictures' top-k panel (default 32)")
+    p.add_argument("--stride", type=int, default=None, help="stride of the strided pictures (default round(√n))")
+    p.add_argument("--tokens", default=None, help="space-separated tokens labelling the pictures' axes (sets n)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("tune", help="per backend, the batch size of highest throughput under memory/latency limits")

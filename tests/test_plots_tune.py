@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from attnperf.cli import main
 from attnperf.tune import tune_backend
@@ -68,3 +70,62 @@ def test_tune_respects_memory_and_latency(tmp_path, capsys) -> None:
     assert all(t["peak_bytes"] <= 2 * 2**20 for t in fitting)
     assert result["best_batch"] in {t["batch"] for t in fitting}
     assert "best batch" in capsys.readouterr().out
+
+
+def test_pictures_take_the_seeds_parameters_and_tokens(tmp_path, capsys) -> None:
+    tokens = "a b c d e f g h i j k l"
+    assert main(["plot", "--kinds", "masks,heatmaps", "--tokens", tokens, "--window", "4", "--top-k", "3",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (tmp_path / "masks.png").stat().st_size > 5000
+    svg = (tmp_path / "masks.svg").read_text()
+    assert "n = 12" in svg  # n follows the tokens
+    assert "window=4" in svg
+    assert "top_k=3" in svg
+    assert "full" in svg
+    assert main(["plot", "--kinds", "masks", "--n", "128", "--out", str(tmp_path)]) == 0
+    assert "n = 128" in (tmp_path / "masks.svg").read_text()
+    assert "s=11" in (tmp_path / "masks.svg").read_text()  # the stride defaults to round(√128)
+
+
+def test_picture_options_and_layer_weights_validate() -> None:
+    from attnperf.plots import PictureOptions, plot_layer_weights
+
+    with pytest.raises(ValueError, match=r"tokens: 2 given, n is 64"):
+        PictureOptions(tokens=("a", "b"))
+    with pytest.raises(ValueError, match=r"window must be an integer >= 1, got 0"):
+        PictureOptions(window=0)
+    with pytest.raises(ValueError, match=r"weights must be \[B, H, Lq, Lk\]"):
+        plot_layer_weights(torch.zeros(5), Path("unused"))
+    with pytest.raises(ValueError, match=r"tokens: 2 given for 3 keys"):
+        plot_layer_weights(torch.zeros(3, 3), Path("unused"), tokens=["a", "b"])
+
+
+def test_layer_weights_one_panel_per_head(tmp_path) -> None:
+    from attnperf.layers import MultiheadAttention
+    from attnperf.plots import plot_layer_weights
+
+    layer = MultiheadAttention(16, 4, batch_first=True, backend="sdpa")
+    x = torch.randn(1, 5, 16)
+    _, weights = layer(x, x, x, average_attn_weights=False)
+    plot_layer_weights(weights, tmp_path, tokens=list("abcde"))
+    svg = (tmp_path / "layer_weights.svg").read_text()
+    assert all(f"head {h}" in svg for h in range(4))
+    assert "head 4" not in svg
+
+
+def test_result_plots_are_small_multiples(results, tmp_path) -> None:
+    import matplotlib.pyplot as plt
+
+    from attnperf.plots import _small_multiples
+    from attnperf.results import read_json
+
+    records = read_json(results)["records"]
+    fig = _small_multiples(records, "median_s", 1e3, "ms", "t", slopes=True)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert sorted(ax.get_title() for ax in panels) == ["causal", "linear_causal"]  # one panel per variant
+    for ax in panels:
+        colours = {line.get_label().split()[0]: line.get_color() for line in ax.get_lines()}
+        assert len(set(colours.values())) == len(colours)  # a colour per backend
+    same = [line.get_color() for ax in panels for line in ax.get_lines() if line.get_label().startswith("eager")]
+    assert len(set(same)) == 1  # the same colour for one backend in every panel
+    plt.close(fig)
