@@ -227,7 +227,32 @@ def hardware_for(device: str, dtype: str, measure: bool) -> Any:
     return measured(device, dtype)
 
 
+def print_complexity_table(args: argparse.Namespace) -> int:
+    """``attnperf analyze --table``: big-O classes beside the exponents fitted over --seq-lens."""
+    from attnperf.analysis.complexity import complexity_rows
+    from attnperf.sweep import run_sweep
+
+    measured: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    if args.measure:
+        for r in run_sweep(grid_of(args), repeat=args.repeat):
+            if r["status"] == "ok":
+                measured.setdefault((r["variant"], r["backend"]), []).append((r["seq_len"], r["median_s"]))
+    rows = complexity_rows(args.variants, args.seq_lens, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
+                           measured_times=measured)  # fmt: skip
+    columns = [("variant", "variant"), ("time", "time"), ("time_p", "p (useful FLOPs)"),
+               ("fused_space", "space, fused"), ("fused_q", "q (tiled)"),
+               ("materialized_space", "space, materialized"), ("materialized_q", "q (eager)")]  # fmt: skip
+    columns += [(f"measured_p_{b}", f"p measured {b}") for b in args.backends if args.measure]
+    print(f"exponents fitted over n = {', '.join(map(str, args.seq_lens))}: time ∝ n^p, memory ∝ n^q")
+    print("n tokens, d head dim, w window, k top-k, s stride (√n unless the variant fixes it: strided has s = 64),")
+    print("b block, g global, r random, c summary columns; batch and heads multiply every entry")
+    print(format_table(rows, columns))
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
+    if args.table:
+        return print_complexity_table(args)
     from attnperf.analysis import fit_exponent, forward_flops, min_bytes, predicted_peak_bytes, roofline, tail_exponent
     from attnperf.registry import reason_for
     from attnperf.results import write_json
@@ -406,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeat", type=int, default=5, help="timed samples per point with --measure (default 5)")
     p.add_argument("--json", help="write the table and fits to this JSON file, atomically")
+    p.add_argument(
+        "--table", action="store_true",
+        help="the complexity table: big-O time and space per variant beside exponents fitted over --seq-lens "
+        "(from the analyzer; with --measure, from timings of --backends too)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("plot", help="plots from sweep result files, and pictures of the mechanisms (PNG and SVG)")
