@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
+from attnperf.analysis import memory
 from attnperf.backends.base import HALF_DTYPES, Backend, Runner
 from attnperf.case import Case
 from attnperf.mechanisms import MECHANISMS, Mechanism, SoftmaxMechanism
@@ -55,8 +56,9 @@ class Sdpa(Backend):
     mechanisms = SOFTMAX_MECHANISMS
     unsupported_errors = ("No available kernel", "No viable backend")
 
-    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
-        assert isinstance(mechanism, SoftmaxMechanism)
+    def prepare_softmax(
+        self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
         kwargs = sdpa_mask_args(mechanism, case, q.device, q.dtype)
         kwargs.update(scale=case.scale, enable_gqa=case.n_kv_heads != case.heads)
         transform = mechanism.qk_transform(case, q.device, q.dtype)
@@ -69,11 +71,18 @@ class Sdpa(Backend):
 
         return run
 
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        return memory.fused_softmax_peak(mechanism, case, converts_boolean_mask=True)
+
 
 class SdpaMath(Sdpa):
     name = "sdpa-math"
     summary = "SDPA math kernel (materializes the scores; runs everywhere)"
     kernel = SDPBackend.MATH
+    block_size = None
+
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        return memory.sdpa_math_peak(mechanism, case)
 
 
 class SdpaFlash(Sdpa):
