@@ -41,18 +41,18 @@ from attnperf.bench import BACKWARD, DECODE, FORWARD, Point, build_point
 from attnperf.benchgrid import PointSpec
 from attnperf.correctness import CheckResult, WrongResult
 from attnperf.measure import (
+    ensure_warm,
     measure_cpu_peak_rss,
     measure_cuda_peak,
     measure_time,
     spinner,
     time_calls,
-    warm_device,
 )
+from attnperf.records import Status
 from attnperf.results import read_json, write_json
 from attnperf.sweep import free_memory
 
 SCHEMA = 1
-OK, UNSUPPORTED, WRONG, OOM, FAILED = "ok", "unsupported", "wrong", "oom", "failed"
 
 
 def seconds_since_start() -> float | None:
@@ -104,7 +104,7 @@ class VerdictCache:
 
     def get(self, key: str) -> CheckResult | None:
         entry = self.entries.get(key)
-        return None if entry is None else CheckResult(**entry)
+        return None if entry is None else CheckResult.from_dict(entry)
 
     def put(self, key: str, result: CheckResult) -> None:
         self.entries[key] = result.as_dict()
@@ -129,10 +129,8 @@ def is_oom(exc: BaseException) -> bool:
 class BatchRunner:
     """Measures points one after another in this process (see the module docstring)."""
 
-    def __init__(self, *, cache: VerdictCache, repeat: int, min_sample_s: float, point_warmup_s: float) -> None:
-        self.cache, self.repeat = cache, repeat
-        self.min_sample_s, self.point_warmup_s = min_sample_s, point_warmup_s
-        self.warmed: set[str] = set()
+    def __init__(self, *, cache: VerdictCache, repeat: int, min_sample_s: float | None = None) -> None:
+        self.cache, self.repeat, self.min_sample_s = cache, repeat, min_sample_s
         self.spins: dict[str, Any] = {}
 
     def measure(self, spec: PointSpec, inject: Sequence[float] = ()) -> list[dict[str, Any]]:
@@ -144,13 +142,13 @@ class BatchRunner:
             record["seconds"]["check"] = time.perf_counter() - started
             return self._time(point, record, inject)
         except NotImplementedError as exc:
-            return [record | {"status": UNSUPPORTED, "reason": str(exc)}]
+            return [record | {"status": Status.UNSUPPORTED.value, "reason": str(exc)}]
         except WrongResult as exc:
-            return [record | {"status": WRONG, "reason": str(exc)}]
+            return [record | {"status": Status.WRONG.value, "reason": str(exc)}]
         except Exception as exc:  # the point failed; the record says how, and the run goes on
             if is_oom(exc):
-                return [record | {"status": OOM, "reason": _first_line(exc)}]
-            return [record | {"status": FAILED, "reason": _first_line(exc)}]
+                return [record | {"status": Status.OOM.value, "reason": _first_line(exc)}]
+            return [record | {"status": Status.FAILED.value, "reason": _first_line(exc)}]
         finally:
             record["seconds"]["total"] = time.perf_counter() - started
             free_memory(spec.device)
@@ -162,11 +160,11 @@ class BatchRunner:
             point = build_point(spec, checked=cached)
         except NotImplementedError as exc:
             if cached is None:
-                self.cache.put(cache_key(spec), CheckResult("", spec.backend, "", UNSUPPORTED, reason=str(exc)))
+                self.cache.put(cache_key(spec), CheckResult("", spec.backend, "", Status.UNSUPPORTED, reason=str(exc)))
             raise
         except WrongResult as exc:
             if cached is None:
-                self.cache.put(cache_key(spec), CheckResult("", spec.backend, "", WRONG, reason=str(exc)))
+                self.cache.put(cache_key(spec), CheckResult("", spec.backend, "", Status.WRONG, reason=str(exc)))
             raise
         if cached is None:
             self.cache.put(cache_key(spec), point.checked)
@@ -175,18 +173,15 @@ class BatchRunner:
 
     def _time(self, point: Point, record: dict[str, Any], inject: Sequence[float]) -> list[dict[str, Any]]:
         device = point.case.device
-        if device not in self.warmed:  # once per process: clocks boost under load
-            warm_device(device, 1.0)
-            self.warmed.add(device)
+        ensure_warm(device)  # before the first call, so that its time is not read on a cold device
         context = torch.no_grad() if point.spec.mode != BACKWARD else torch.enable_grad()
         with context:
             first = time.perf_counter()
             time_calls(point.run, device, 1)  # compilation and lazy initialisation land here
             record["seconds"]["first_call"] = time.perf_counter() - first
-            timing = measure_time(point.run, device, repeat=self.repeat, min_sample_s=self.min_sample_s,
-                                  warmup_s=self.point_warmup_s)  # fmt: skip
+            timing = measure_time(point.run, device, repeat=self.repeat, min_sample_s=self.min_sample_s)
             record["seconds"]["measure"] = time.perf_counter() - first - record["seconds"]["first_call"]
-            record.update(status=OK, median=timing.median, samples=timing.samples, number=timing.number)
+            record.update(status=Status.OK.value, median=timing.median, samples=timing.samples, number=timing.number)
             if point.spec.mode == FORWARD:
                 record.update(self._forward_figures(point, timing.median))
             records = [record]
@@ -222,11 +217,10 @@ class BatchRunner:
             point.run()
             spin(extra)
 
-        timing = measure_time(slowed, device, repeat=self.repeat, min_sample_s=self.min_sample_s,
-                              warmup_s=self.point_warmup_s)  # fmt: skip
+        timing = measure_time(slowed, device, repeat=self.repeat, min_sample_s=self.min_sample_s)
         return {
             "key": f"{plain['key']}+{pct:g}%", "base_key": plain["key"], "injected_pct": pct, "spec": plain["spec"],
-            "status": OK, "median": timing.median, "samples": timing.samples, "number": timing.number,
+            "status": Status.OK.value, "median": timing.median, "samples": timing.samples, "number": timing.number,
         }  # fmt: skip
 
 
@@ -237,7 +231,7 @@ def process_costs(output: dict[str, Any]) -> dict[str, Any]:
     records = [r for r in output["records"] if "injected_pct" not in r]
     phases = {name: sum(r["seconds"].get(name, 0.0) for r in records) for name in ("check", "first_call", "measure")}
     total = output.get("wall_s") or output["seconds"].get("total") or 0.0
-    measured = sum(r["status"] == OK for r in records)
+    measured = sum(r["status"] == Status.OK for r in records)
     statuses: dict[str, int] = {}
     for r in records:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
@@ -249,7 +243,7 @@ def process_costs(output: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_points(path: Path) -> list[PointSpec]:
-    return [PointSpec(**item) for item in read_json(path)["points"]]
+    return [PointSpec.from_dict(item) for item in read_json(path)["points"]]
 
 
 def write_points(path: Path, points: Sequence[PointSpec]) -> Path:
@@ -279,13 +273,8 @@ def run(
     from attnperf.machine import host_description, machine_tag
 
     inject_backend, pcts = parse_inject(inject)
-    gpu = any(p.device.startswith("cuda") for p in points)
     fingerprint = code_fingerprint()
-    runner = BatchRunner(
-        cache=VerdictCache(verdicts, fingerprint), repeat=repeat,
-        min_sample_s=min_sample_s if min_sample_s is not None else (0.01 if gpu else 0.05),
-        point_warmup_s=0.05 if gpu else 0.1,
-    )  # fmt: skip
+    runner = BatchRunner(cache=VerdictCache(verdicts, fingerprint), repeat=repeat, min_sample_s=min_sample_s)
     started = time.perf_counter()
     output: dict[str, Any] = {
         "schema": SCHEMA, "label": label, "fingerprint": fingerprint, "machine": machine_tag(),

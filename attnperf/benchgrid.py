@@ -1,8 +1,10 @@
-"""The benchmark grids, and the points they hold, shared by asv, the batch runner and the PR check.
+"""The grid: what gets measured, for every entry point (asv, the batch runner and the PR check,
+``attnperf sweep`` / ``check`` / ``analyze`` / ``tune``, pytest-benchmark).
 
-A grid names backends × variants × lengths × head dims × dtypes on one device. Its
-:meth:`BenchGrid.points` are what gets measured: a forward point per combination, a
-forward+backward point at ``backward_seq_lens``, and a decode step per ``decode_lens``. Each
+A :class:`Grid` names backends × variants × lengths × head dims × dtypes × batch sizes on one
+device, with mechanism options. Its :meth:`Grid.points` are what the benchmark history measures:
+a forward point per combination, a forward+backward point at ``backward_seq_lens``, and a decode
+step per ``decode_lens``; :meth:`Grid.forward_points` are a sweep's points. Each
 point carries the asv benchmark names it feeds (``bench_attention.TimeForward.time_forward``
 with the same parameters), so measurements made by :mod:`attnperf.batch` land in the same asv
 history as ``asv run`` would write.
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from attnperf.case import Case
@@ -75,6 +77,8 @@ class PointSpec:
     device: str
     heads: int
     batch: int = 1
+    #: Mechanism options over the variant's own (``window``, ``top_k``, …), as sorted pairs.
+    options: tuple[tuple[str, int], ...] = ()
 
     @property
     def asv_params(self) -> tuple[Any, ...]:
@@ -85,64 +89,96 @@ class PointSpec:
 
     @property
     def key(self) -> str:
-        """A stable id, asv's spelling of the point: ``TimeForward('eager', 'causal', 256, 64, 'float32')``."""
+        """A stable id, asv's spelling of the point: ``TimeForward('eager', 'causal', 256, 64, 'float32')``
+        (a batch size other than 1, which asv's suites do not have, is appended)."""
         suite = BENCHMARKS[self.mode][0][0].split(".")[1]
-        return f"{suite}({', '.join(map(repr, self.asv_params))})"
+        batch = f"[batch={self.batch}]" if self.batch != 1 else ""
+        return f"{suite}({', '.join(map(repr, self.asv_params))}){batch}"
+
+    @property
+    def mechanism(self) -> str:
+        return get_variant(self.variant_name).mechanism
+
+    @property
+    def variant_name(self) -> str:
+        return "decode" if self.mode == DECODE else self.variant
 
     def case(self) -> Case:
-        variant = "decode" if self.mode == DECODE else self.variant
-        return get_variant(variant).case(
+        return get_variant(self.variant_name).case(
             self.seq_len, batch=self.batch, heads=self.heads, head_dim=self.head_dim, dtype=self.dtype,
-            device=self.device,
+            device=self.device, **dict(self.options),
         )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PointSpec:
+        """The inverse of :meth:`as_dict` through JSON (which turns tuples into lists)."""
+        return cls(**data | {"options": tuple(tuple(pair) for pair in data.get("options", ()))})
+
 
 @dataclass(frozen=True)
-class BenchGrid:
+class Grid:
     backends: tuple[str, ...]
     variants: tuple[str, ...]
     seq_lens: tuple[int, ...]
-    decode_lens: tuple[int, ...]
-    head_dims: tuple[int, ...]
-    dtypes: tuple[str, ...]
-    device: str
-    heads: int
-    batch: int = 1
+    decode_lens: tuple[int, ...] = ()
+    head_dims: tuple[int, ...] = (64,)
+    dtypes: tuple[str, ...] = ("float32",)
+    device: str = "cpu"
+    heads: int = 8
+    batches: tuple[int, ...] = (1,)
     #: Lengths at which forward+backward is measured (None: every length in ``seq_lens``).
     backward_seq_lens: tuple[int, ...] | None = None
-    options: dict[str, int] = field(default_factory=dict)
+    #: Mechanism options over each variant's own, as sorted pairs (``(("window", 32),)``).
+    options: tuple[tuple[str, int], ...] = ()
 
-    def case(self, variant: str, seq_len: int, head_dim: int, dtype: str) -> Case:
-        return get_variant(variant).case(
-            seq_len, batch=self.batch, heads=self.heads, head_dim=head_dim, dtype=dtype, device=self.device,
-            **self.options,
+    def spec(self, backend: str, variant: str, seq_len: int, *, mode: str = FORWARD, batch: int | None = None,
+             head_dim: int | None = None, dtype: str | None = None) -> PointSpec:  # fmt: skip
+        """The point of this grid (its first head dim, dtype and batch unless given)."""
+        return PointSpec(
+            backend, variant, seq_len, head_dim or self.head_dims[0], dtype or self.dtypes[0], mode,
+            device=self.device, heads=self.heads, batch=batch or self.batches[0], options=self.options,
         )  # fmt: skip
+
+    def case(self, variant: str, seq_len: int, *, batch: int | None = None) -> Case:
+        """The case of ``variant`` at ``seq_len`` with this grid's shape and options."""
+        return self.spec("", variant, seq_len, batch=batch).case()
 
     def points(self) -> list[PointSpec]:
         """Every point of the grid: forward, forward+backward (at ``backward_seq_lens``), decode."""
-        shape = {"device": self.device, "heads": self.heads, "batch": self.batch}
         backward_lens = self.seq_lens if self.backward_seq_lens is None else self.backward_seq_lens
         points = []
         for backend in self.backends:
             for head_dim in self.head_dims:
                 for dtype in self.dtypes:
-                    for variant in self.variants:
-                        for seq_len in self.seq_lens:
-                            points.append(PointSpec(backend, variant, seq_len, head_dim, dtype, FORWARD, **shape))
-                        for seq_len in backward_lens:
-                            points.append(PointSpec(backend, variant, seq_len, head_dim, dtype, BACKWARD, **shape))
-                    for cache_len in self.decode_lens:
-                        points.append(PointSpec(backend, "decode", cache_len, head_dim, dtype, DECODE, **shape))
+                    for batch in self.batches:
+                        shape = {"head_dim": head_dim, "dtype": dtype, "batch": batch}
+                        for variant in self.variants:
+                            points += [self.spec(backend, variant, n, **shape) for n in self.seq_lens]
+                            points += [self.spec(backend, variant, n, mode=BACKWARD, **shape) for n in backward_lens]
+                        points += [self.spec(backend, "decode", n, mode=DECODE, **shape) for n in self.decode_lens]
         return points
+
+    def forward_points(self) -> list[PointSpec]:
+        """A sweep's points: forward only, the backends innermost, so that the baseline and the
+        others at one point are measured next to each other."""
+        return [
+            self.spec(backend, variant, seq_len, batch=batch, head_dim=head_dim, dtype=dtype)
+            for head_dim in self.head_dims
+            for dtype in self.dtypes
+            for variant in self.variants
+            for seq_len in self.seq_lens
+            for batch in self.batches
+            for backend in self.backends
+        ]
 
 
 #: asv runs every parameter combination in a process of its own (a few seconds each on a 2-core
 #: machine, flex compiling in each), so the default CPU grid is kept to what shows the three
 #: complexity classes; every other variant and backend is one environment variable away.
-CPU_GRID = BenchGrid(
+CPU_GRID = Grid(
     backends=("eager", "sdpa-flash", "flex", "tiled"),
     variants=("causal", "sliding_window", "linear_causal"),
     seq_lens=(256, 1024),
@@ -154,7 +190,7 @@ CPU_GRID = BenchGrid(
     backward_seq_lens=(256,),
 )
 
-GPU_GRID = BenchGrid(
+GPU_GRID = Grid(
     backends=(
         "eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "tiled", "flash-attn4",
         "flash-attn3", "xformers", "fla", "onnxruntime",
@@ -207,7 +243,7 @@ GRID_COSTS: dict[str, Cost] = {
     "pr-gpu": Cost(8, 2.1, 0.5, 0.2, "H200, 2026-11-28: 431 s first process (cold caches), ~0.5 s a point later"),
 }
 
-GRIDS: dict[str, BenchGrid] = {"cpu": CPU_GRID, "gpu": GPU_GRID, "pr-cpu": PR_CPU_GRID, "pr-gpu": PR_GPU_GRID}
+GRIDS: dict[str, Grid] = {"cpu": CPU_GRID, "gpu": GPU_GRID, "pr-cpu": PR_CPU_GRID, "pr-gpu": PR_GPU_GRID}
 
 
 def cuda_visible() -> bool:
@@ -225,7 +261,7 @@ def _env_list(name: str, default: tuple, convert: type = str) -> tuple:
     return tuple(convert(item.strip()) for item in raw.split(",") if item.strip())
 
 
-def grid_named(name: str | None = None) -> BenchGrid:
+def grid_named(name: str | None = None) -> Grid:
     """The grid called ``name`` (default: ``ATTNPERF_GRID``, else this machine's), narrowed by
     the ``ATTNPERF_*`` environment variables."""
     choice = name or os.environ.get("ATTNPERF_GRID") or ("gpu" if cuda_visible() else "cpu")
@@ -246,7 +282,7 @@ def grid_named(name: str | None = None) -> BenchGrid:
     )
 
 
-def active_grid() -> BenchGrid:
+def active_grid() -> Grid:
     """The grid the asv suites declare: the full CPU or GPU grid of this machine (a PR grid's points
     are a subset of it, so they are points of the same history)."""
     name = os.environ.get("ATTNPERF_GRID")

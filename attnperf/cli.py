@@ -12,6 +12,8 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,19 +21,42 @@ from typing import Any
 from attnperf.backends import BACKENDS
 from attnperf.case import DTYPES
 from attnperf.catalog import VARIANTS
+from attnperf.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Failure, UsageError, check_output, exclusive
 
-OPTION_FLAGS = ("window", "top_k", "stride", "block", "num_global", "num_random")
+#: Mechanism options and head layout, each a flag that overrides the variants' own.
+OPTION_FLAGS = ("window", "top_k", "stride", "block", "num_global", "num_random", "kv_heads")
 
 
 def csv_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("give at least one value (comma-separated)")
+    return items
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value:g}")
+    return value
 
 
 def int_list(text: str) -> list[int]:
-    try:
-        return [int(item) for item in csv_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    """Comma-separated integers, each at least 1, at least one."""
+    return [positive_int(item) for item in csv_list(text)]
 
 
 def choices_list(allowed: Sequence[str], what: str) -> Any:
@@ -43,6 +68,24 @@ def choices_list(allowed: Sequence[str], what: str) -> Any:
         return items
 
     return parse
+
+
+def device_arg(text: str) -> str:
+    """``cpu`` or ``cuda[:N]``, refused at once when no such GPU is visible."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no GPU visible to torch here (allowed: cpu)")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} GPUs")
+    return text
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
@@ -85,13 +128,13 @@ def add_shape_arguments(parser: argparse.ArgumentParser, *, seq_lens: str) -> No
 
 def add_case_arguments(parser: argparse.ArgumentParser) -> None:
     """Heads, head_dim, dtype, device and the mechanism options, shared by every command."""
-    parser.add_argument("--heads", type=int, default=8, help="query heads (default 8)")
-    parser.add_argument("--head-dim", type=int, default=64, help="head dimension (default 64)")
+    parser.add_argument("--heads", type=positive_int, default=8, help="query heads (default 8)")
+    parser.add_argument("--head-dim", type=positive_int, default=64, help="head dimension (default 64)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="default float32")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--device", type=device_arg, default="cpu", help="cpu (default) or cuda[:N]")
     for name in OPTION_FLAGS:
         parser.add_argument(
-            f"--{name.replace('_', '-')}", type=int, default=None, help=f"override the variants' {name}"
+            f"--{name.replace('_', '-')}", type=positive_int, default=None, help=f"override the variants' {name}"
         )
 
 
@@ -122,109 +165,121 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def grid_of(args: argparse.Namespace) -> Any:
-    """The :class:`attnperf.sweep.Grid` the shape arguments describe."""
-    from attnperf.sweep import Grid
+    """The :class:`attnperf.benchgrid.Grid` the shape arguments describe."""
+    from attnperf.benchgrid import Grid
 
     return Grid(
-        variants=tuple(args.variants), backends=tuple(args.backends), seq_lens=tuple(args.seq_lens),
-        batches=tuple(getattr(args, "batches", (1,))), heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
-        device=args.device, options=tuple(sorted(options_of(args).items())),
+        variants=tuple(getattr(args, "variants", None) or [args.variant]), backends=tuple(args.backends),
+        seq_lens=tuple(getattr(args, "seq_lens", None) or [args.seq_len]), head_dims=(args.head_dim,),
+        dtypes=(args.dtype,), device=args.device, heads=args.heads, batches=tuple(getattr(args, "batches", (1,))),
+        options=tuple(sorted(options_of(args).items())),
     )  # fmt: skip
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from attnperf.correctness import check
+    from attnperf.records import Status
+    from attnperf.registry import fit
 
-    rows, failed = [], 0
-    grid = grid_of(args)
-    for name in args.variants:
-        variant = VARIANTS[name]
-        for seq_len in args.seq_lens:
-            case = grid.case(name, seq_len)
-            for backend in args.backends:
-                result = check(variant.mechanism, backend, case)
-                failed += result.status == "wrong"
-                rows.append({"variant": name, "case": case.id, **result.as_dict()})
-    shown = rows if args.all else [r for r in rows if r["status"] != "unsupported"]
-    print(
-        format_table(
-            shown,
-            [
-                ("variant", "variant"),
-                ("backend", "backend"),
-                ("kernel", "kernel"),
-                ("case", "case"),
-                ("status", "status"),
-                ("error", "rel. error"),
-                ("bound", "bound"),
-            ],
-        )
-    )
-    print(
-        f"\n{sum(r['status'] == 'ok' for r in rows)} ok, {failed} wrong, "
-        f"{sum(r['status'] == 'unsupported' for r in rows)} unsupported (attnperf list shows why)"
-    )
-    return 1 if failed else 0
+    rows = []
+    for spec in grid_of(args).forward_points():
+        case, reason = fit(spec)
+        if case is None:
+            rows.append({"variant": spec.variant, "backend": spec.backend, "case": f"seq_len {spec.seq_len}",
+                         "status": Status.UNSUPPORTED, "reason": reason})  # fmt: skip
+            continue
+        result = check(spec.mechanism, spec.backend, case)
+        rows.append({"variant": spec.variant, "case": case.id, **result.as_dict()})
+    count = {status: sum(r["status"] == status for r in rows) for status in Status}
+    shown = rows if args.all else [r for r in rows if r["status"] != Status.UNSUPPORTED]
+    print(format_table(shown, [("variant", "variant"), ("backend", "backend"), ("kernel", "kernel"), ("case", "case"),
+                               ("status", "status"), ("error", "rel. error"), ("bound", "bound")]))  # fmt: skip
+    print(f"\n{count[Status.OK]} ok, {count[Status.WRONG]} wrong, "
+          f"{count[Status.UNSUPPORTED]} unsupported (attnperf list shows why)")  # fmt: skip
+    return EXIT_FAILURE if count[Status.WRONG] else 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tqdm import tqdm
 
     from attnperf.machine import machine_info
-    from attnperf.results import write_csv, write_json
+    from attnperf.records import Record, Status, load_records, save_records
+    from attnperf.results import write_csv
     from attnperf.sweep import run_sweep
 
     if args.quick:
         args.seq_lens, args.repeat = args.seq_lens[:2], min(args.repeat, 3)
     grid = grid_of(args)
+    json_path = Path(args.json) if args.json else None
+    if args.resume and json_path is None:
+        raise UsageError("--resume continues the run in --json FILE; give --json")
+    done: list[Record] = []
+    if json_path is not None:  # every check before the first point runs
+        check_output(json_path, "--json", existing_ok=args.force or args.resume)
+        if args.resume and json_path.exists():
+            done = resumable(load_records(json_path), grid, machine_info())
+    if args.csv:
+        check_output(args.csv, "--csv")
+    saved: list[Record] = list(done)
 
-    def save(records: list[dict[str, Any]]) -> None:  # after every point: a killed sweep keeps what it did
-        if args.json:
-            write_json(args.json, {"machine": machine_info(), "records": records})
+    def save(records: list[Record]) -> None:  # after every point: a stopped sweep keeps what it did
+        saved[:] = records
+        if json_path is not None:
+            save_records(json_path, records, machine=machine_info())
         if args.csv:
-            write_csv(args.csv, [{k: v for k, v in r.items() if k not in ("case", "samples_s")} for r in records])
+            write_csv(args.csv, [{k: v for k, v in r.to_dict().items() if k not in ("case", "samples_s")}
+                                 for r in records])  # fmt: skip
 
     def progress(points: Any) -> Any:
         return tqdm(points, desc="sweep", unit="point", file=sys.stderr)
 
-    records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save)
+    with exclusive(json_path) if json_path is not None else contextlib.nullcontext():
+        try:
+            records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save, done=done)
+        except KeyboardInterrupt:
+            where = f" to {json_path}" if json_path is not None else " (no --json: nothing written)"
+            print(f"attnperf: interrupted; {len(saved)} points saved{where}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    rows = []
     for r in records:
-        if r["status"] == "ok":
-            r["ms"] = r["median_s"] * 1e3
-            if r.get("peak_bytes") is not None:
-                r["peak_mib"] = r["peak_bytes"] / 2**20
-        else:
-            r["ms"] = r["status"]
-    columns = [
-        ("variant", "variant"),
-        ("backend", "backend"),
-        ("kernel", "kernel"),
-        ("seq_len", "seq_len"),
-        ("batch", "batch"),
-        ("ms", "median ms"),
-        ("tokens_per_s", "tokens/s"),
-        ("useful_tflops", "TFLOP/s"),
-        ("peak_mib", "peak MiB"),
-        ("speedup", "speedup vs eager"),
-        ("memory_ratio", "memory vs eager"),
-    ]
-    print(format_table([r for r in records if args.all or r["status"] != "unsupported"], columns))
+        row = r.to_dict()
+        row["ms"] = r.median_s * 1e3 if r.median_s is not None else str(r.status)
+        row["peak_mib"] = r.peak_bytes / 2**20 if r.peak_bytes is not None else None
+        rows.append(row)
+    columns = [("variant", "variant"), ("backend", "backend"), ("kernel", "kernel"), ("seq_len", "seq_len"),
+               ("batch", "batch"),
+               ("ms", "median ms"), ("tokens_per_s", "tokens/s"), ("useful_tflops", "TFLOP/s"),
+               ("peak_mib", "peak MiB"), ("speedup", "speedup vs eager"),
+               ("memory_ratio", "memory vs eager")]  # fmt: skip
+    print(format_table([row for row, r in zip(rows, records, strict=True)
+                        if args.all or r.status is not Status.UNSUPPORTED], columns))  # fmt: skip
     for r in records:
-        if r["status"] in ("wrong", "oom") or (args.all and r["status"] == "unsupported"):
-            print(f"  {r['variant']} × {r['backend']} @ {r['seq_len']}: {r['status']}: {r['reason']}")
-    return 1 if any(r["status"] == "wrong" for r in records) else 0
+        if r.status in (Status.WRONG, Status.OOM, Status.REFUSED) or (args.all and r.status is Status.UNSUPPORTED):
+            print(f"  {r.variant} × {r.backend} @ {r.seq_len}: {r.status}: {r.reason}")
+    return EXIT_FAILURE if any(r.status is Status.WRONG for r in records) else 0
 
 
-def hardware_for(device: str, dtype: str, measure: bool) -> Any:
-    from attnperf.analysis.hardware import datasheet_for, measured
-
-    if device.startswith("cuda") and not measure:
-        import torch
-
-        sheet = datasheet_for(torch.cuda.get_device_name(torch.device(device)))
-        if sheet is not None:
-            return sheet
-    return measured(device, dtype)
+def resumable(results: Any, grid: Any, machine: dict[str, Any]) -> list[Any]:
+    """The records of an earlier run of this sweep that a resumed run keeps: refused when the
+    file was written on another machine or with another shape for the same points."""
+    if dict(results.machine) != machine:
+        stack = f"torch {results.machine.get('torch')}, {results.machine.get('gpu', 'cpu')}"
+        raise UsageError(f"--resume: {results.path} was written on another machine or software stack ({stack}); "
+                         "--force starts over")  # fmt: skip
+    wanted = {(p.variant, p.backend, p.seq_len, p.batch): p for p in grid.forward_points()}
+    kept = []
+    for record in results.records:
+        spec = wanted.get(record.point)
+        if spec is None:
+            continue
+        case = spec.case().as_dict() if record.case_id else dict(spec.options)
+        if dict(record.case) != case:
+            raise UsageError(f"--resume: {results.path} has {record.variant} × {record.backend} at {record.seq_len} "
+                             "with another shape or options; --force starts over")  # fmt: skip
+        kept.append(record)
+    return kept
 
 
 def print_complexity_table(args: argparse.Namespace) -> int:
@@ -235,8 +290,8 @@ def print_complexity_table(args: argparse.Namespace) -> int:
     measured: dict[tuple[str, str], list[tuple[int, float]]] = {}
     if args.measure:
         for r in run_sweep(grid_of(args), repeat=args.repeat):
-            if r["status"] == "ok":
-                measured.setdefault((r["variant"], r["backend"]), []).append((r["seq_len"], r["median_s"]))
+            if r.ok and r.median_s is not None:
+                measured.setdefault((r.variant, r.backend), []).append((r.seq_len, r.median_s))
     rows = complexity_rows(args.variants, args.seq_lens, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
                            measured_times=measured)  # fmt: skip
     columns = [("variant", "variant"), ("time", "time"), ("time_p", "p (useful FLOPs)"),
@@ -253,68 +308,28 @@ def print_complexity_table(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     if args.table:
         return print_complexity_table(args)
-    from attnperf.analysis import fit_exponent, forward_flops, min_bytes, predicted_peak_bytes, roofline, tail_exponent
-    from attnperf.registry import reason_for
+    from attnperf.analysis.hardware import ceilings
+    from attnperf.analysis.report import fit_exponents, join, predict
     from attnperf.results import write_json
     from attnperf.sweep import run_sweep
 
-    hardware = hardware_for(args.device, args.dtype, args.measure_ceilings)
+    if args.json:
+        check_output(args.json, "--json")
+    hardware = ceilings(args.device, args.dtype, measure=args.measure_ceilings)
     grid = grid_of(args)
-    rows = []
-    for name in args.variants:
-        variant = VARIANTS[name]
-        for seq_len in args.seq_lens:
-            case = grid.case(name, seq_len)
-            for backend in args.backends:
-                if reason_for(variant.mechanism, backend, case) is not None:
-                    continue
-                flops = forward_flops(variant.mechanism, backend, case)
-                bound = roofline(variant.mechanism, backend, case, hardware)
-                rows.append({
-                    "variant": name, "backend": backend, "seq_len": seq_len, "useful_gflop": flops.useful / 1e9,
-                    "executed_gflop": flops.executed / 1e9, "min_mb": min_bytes(case) / 1e6,
-                    "pred_mib": predicted_peak_bytes(variant.mechanism, backend, case) / 2**20,
-                    "bound_ms": bound.bound_s * 1e3, "limit": bound.limited_by, "case": case.as_dict(),
-                })  # fmt: skip
+    rows = predict(grid, hardware)
     columns = [("variant", "variant"), ("backend", "backend"), ("seq_len", "seq_len"),
                ("useful_gflop", "useful GFLOP"), ("executed_gflop", "executed GFLOP"), ("min_mb", "min MB"),
                ("pred_mib", "pred. peak MiB"), ("bound_ms", "roofline ms"), ("limit", "bound")]  # fmt: skip
     if args.measure:
-        measured = {(r["variant"], r["backend"], r["seq_len"]): r for r in run_sweep(grid, repeat=args.repeat)}
-        for row in rows:
-            m = measured.get((row["variant"], row["backend"], row["seq_len"]), {})
-            if m.get("status") != "ok":
-                row["ms"] = m.get("status", "-")
-                continue
-            row["ms"] = m["median_s"] * 1e3
-            row["tflops"] = row["useful_gflop"] / 1e3 / m["median_s"]
-            row["roofline_pct"] = 100 * row["bound_ms"] / row["ms"]
-            row["meas_mib"] = m["peak_bytes"] / 2**20
-            row["pred_over_meas"] = row["pred_mib"] / row["meas_mib"] if row["meas_mib"] > 0 else None
+        rows = join(rows, run_sweep(grid, repeat=args.repeat))
         columns += [("ms", "median ms"), ("tflops", "useful TFLOP/s"), ("roofline_pct", "% roofline"),
                     ("meas_mib", "meas. peak MiB"), ("pred_over_meas", "pred/meas")]  # fmt: skip
+    table = [row.as_dict() for row in rows]
     print(f"hardware: {hardware.name}; {hardware.flops} FLOP/s, {hardware.bandwidth / 1e9:.0f} GB/s")
-    print(format_table(rows, columns))
-    fits = []
-    if args.measure and len(args.seq_lens) >= 3:
-        for name in args.variants:
-            for backend in args.backends:
-                pts = [
-                    r
-                    for r in rows
-                    if r["variant"] == name and r["backend"] == backend and isinstance(r.get("ms"), float)
-                ]
-                if len({r["seq_len"] for r in pts}) < 3:
-                    continue
-                lengths, times = [r["seq_len"] for r in pts], [r["ms"] for r in pts]
-                t, tail = fit_exponent(lengths, times), tail_exponent(lengths, times)
-                mem = [r for r in pts if r.get("meas_mib", 0) > 0]
-                m = fit_exponent([r["seq_len"] for r in mem], [r["meas_mib"] for r in mem]) if len(mem) >= 3 else None
-                fits.append({"variant": name, "backend": backend, "time_exp": t.exponent,
-                             "time_ci": f"[{t.low:.2f}, {t.high:.2f}]", "tail_exp": tail.exponent,
-                             "tail_lens": f"{min(tail.lengths)}–{max(tail.lengths)}",
-                             "mem_exp": m.exponent if m else None,
-                             "mem_ci": f"[{m.low:.2f}, {m.high:.2f}]" if m else None})  # fmt: skip
+    print(format_table(table, columns))
+    fits = fit_exponents(rows) if args.measure else []
+    if fits:
         print("\nfitted exponents (time ∝ n^p, memory ∝ n^q; 95% intervals; 'longest half': p fitted on the longer")
         print("half of the lengths only, where fixed per-call costs no longer flatten the slope; two lengths")
         print("give a slope without an interval):")
@@ -322,40 +337,44 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                   ("time_ci", "95% CI"), ("tail_exp", "p, longest half"), ("tail_lens", "lengths"),
                                   ("mem_exp", "memory q"), ("mem_ci", "95% CI")]))  # fmt: skip
     if args.json:
-        write_json(args.json, {"hardware": hardware.name, "rows": rows, "fits": fits})
+        write_json(args.json, {"hardware": hardware.name, "rows": table, "fits": fits})
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from attnperf.analysis.hardware import datasheet_for, measured
+    from attnperf.analysis.hardware import ceilings
     from attnperf.plots import PICTURE_PLOTS, RESULT_PLOTS, PictureOptions, plot_pictures, plot_results
-    from attnperf.results import read_json
+    from attnperf.records import load_records
 
     out = Path(args.out)
     kinds = args.kinds or [*RESULT_PLOTS, *PICTURE_PLOTS]
     unknown = [k for k in kinds if k not in RESULT_PLOTS + PICTURE_PLOTS]
     if unknown:
-        raise ValueError(f"--kinds: unknown {unknown}; allowed: {', '.join(RESULT_PLOTS + PICTURE_PLOTS)}")
+        raise UsageError(f"--kinds: unknown {unknown}; allowed: {', '.join(RESULT_PLOTS + PICTURE_PLOTS)}")
     tokens = tuple(args.tokens.split()) if args.tokens else None
     picture = PictureOptions(n=len(tokens) if tokens else args.n, window=args.window, top_k=args.top_k,
                              stride=args.stride, tokens=tokens)  # fmt: skip
-    paths = plot_pictures(out, [k for k in kinds if k in PICTURE_PLOTS], picture)
     result_kinds = [k for k in kinds if k in RESULT_PLOTS]
-    if args.results and result_kinds:
-        records, machine = [], {}
-        for path in args.results:
-            data = read_json(path)
-            records += data["records"]
-            machine = data.get("machine", machine)
-        hardware = datasheet_for(machine["gpu"]) if "gpu" in machine else None
-        if hardware is None and "roofline" in result_kinds:  # the CPU: measure this machine's ceilings
-            dtype = next((r["case"]["dtype"] for r in records if r.get("status") == "ok"), "float32")
-            hardware = measured("cpu", dtype)
+    if result_kinds and args.kinds and not args.results:
+        raise UsageError(f"--kinds {', '.join(result_kinds)} need result files (attnperf sweep --json FILE)")
+    files = [load_records(path) for path in args.results]  # every file checked before any picture is drawn
+    for results in files:
+        if not any(r.ok for r in results.records):
+            raise Failure(f"results file {results.path}: no point ran successfully, nothing to plot "
+                          f"({len(results.records)} records)")  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    paths = plot_pictures(out, [k for k in kinds if k in PICTURE_PLOTS], picture)
+    if files and result_kinds:
+        records = [r.to_dict() for results in files for r in results.records]
+        machine = files[-1].machine
+        hardware = None
+        if "roofline" in result_kinds:
+            dtype = next(r["case"]["dtype"] for r in records if r["status"] == "ok")
+            hardware = ceilings("cpu", dtype, gpu_name=machine.get("gpu"))
         paths += plot_results(records, out, result_kinds, hardware)
-    elif result_kinds and args.kinds:
-        raise ValueError(f"--kinds {', '.join(result_kinds)} need result files (attnperf sweep --json FILE)")
     for path in paths:
         print(path)
     return 0
@@ -365,20 +384,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from attnperf.results import write_csv, write_json
     from attnperf.tune import tune_backend
 
-    shape = {"seq_len": args.seq_len, "heads": args.heads, "head_dim": args.head_dim, "dtype": args.dtype,
-             "device": args.device, **options_of(args)}  # fmt: skip
+    for flag in ("json", "csv"):
+        if getattr(args, flag):
+            check_output(getattr(args, flag), f"--{flag}")
+    grid = grid_of(args)
     rows, results = [], []
     for backend in args.backends:
-        result = tune_backend(args.variant, backend, shape, memory_limit=int(args.memory_limit_mib * 2**20),
+        result = tune_backend(grid, args.variant, backend, memory_limit=int(args.memory_limit_mib * 2**20),
                               p95_ms=args.p95_ms, max_batch=args.max_batch, repeat=args.repeat)  # fmt: skip
-        results.append(
-            {"backend": backend, "best_batch": result.best_batch, "reason": result.reason, "trials": result.trials}
-        )
-        best = result.best or {}
-        rows.append({"backend": backend, "best": result.best_batch or "-", "tokens_per_s": best.get("tokens_per_s"),
-                     "median_ms": best.get("median_ms"), "p95_ms": best.get("p95_ms"),
-                     "peak_mib": best["peak_bytes"] / 2**20 if best else None,
-                     "tried": " ".join(f"{t['batch']}{'' if t['fits'] else '✗'}" for t in result.trials),
+        results.append({"backend": backend, "best_batch": result.best_batch, "reason": result.reason,
+                        "trials": [t.record.to_dict() | {"fits": t.fits, "why_not": t.why_not, "p95_ms": t.p95_ms}
+                                   for t in result.trials]})  # fmt: skip
+        best = result.best
+        record = best.record if best is not None else None
+        rows.append({"backend": backend, "best": result.best_batch or "-",
+                     "tokens_per_s": record.tokens_per_s if record else None,
+                     "median_ms": record.median_s * 1e3 if record and record.median_s else None,
+                     "p95_ms": best.p95_ms if best else None,
+                     "peak_mib": record.peak_bytes / 2**20 if record and record.peak_bytes else None,
+                     "tried": " ".join(f"{t.batch}{'' if t.fits else '✗'}" for t in result.trials),
                      "reason": result.reason or ""})  # fmt: skip
     limit = f"memory ≤ {args.memory_limit_mib:g} MiB" + (f", p95 ≤ {args.p95_ms:g} ms" if args.p95_ms else "")
     print(f"{args.variant} at seq_len {args.seq_len}, {args.dtype} on {args.device}; {limit} (✗ = did not fit)")
@@ -386,10 +410,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
                               ("median_ms", "median ms"), ("p95_ms", "p95 ms"), ("peak_mib", "peak MiB"),
                               ("tried", "batches tried"), ("reason", "why none")]))  # fmt: skip
     if args.json:
-        write_json(args.json, {"variant": args.variant, "shape": shape, "limit": limit, "results": results})
+        write_json(
+            args.json, {"variant": args.variant, "grid": dataclasses.asdict(grid), "limit": limit, "results": results}
+        )
     if args.csv:
         write_csv(args.csv, rows)
-    return 0
+    return EXIT_FAILURE if not any(r["best_batch"] for r in results) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -401,9 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="support matrix of variants × backends on this machine, with reasons")
     p.add_argument("--variants", type=choices_list(list(VARIANTS), "variants"), default=list(VARIANTS))
     p.add_argument("--backends", type=choices_list(list(BACKENDS), "backends"), default=list(BACKENDS))
-    p.add_argument("--seq-len", type=int, default=1024, help="sequence length of the probe case (default 1024)")
+    p.add_argument(
+        "--seq-len", type=positive_int, default=1024, help="sequence length of the probe case (default 1024)"
+    )
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu (default) or cuda[:N]")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("check", help="compare backends with the float64 reference (fresh random inputs)")
@@ -414,9 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="check, then time variants × backends × seq lens × batch sizes")
     add_shape_arguments(p, seq_lens="256,1024,4096")
     p.add_argument("--batches", type=int_list, default=[1], help="comma-separated batch sizes (default 1)")
-    p.add_argument("--repeat", type=int, default=7, help="timed samples per point; the median is reported (default 7)")
+    p.add_argument(
+        "--repeat", type=positive_int, default=7, help="timed samples per point; the median is reported (default 7)"
+    )
     p.add_argument("--quick", action="store_true", help="first two seq lens only, 3 samples")
-    p.add_argument("--json", help="write all records (with samples and machine) to this JSON file, atomically")
+    p.add_argument(
+        "--json", help="write all records (with samples and machine) to this JSON file, atomically after every point"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --json FILE: skip its recorded points")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json FILE")
     p.add_argument("--csv", help="write the records to this CSV file, atomically")
     p.add_argument("--all", action="store_true", help="also show unsupported points and their reasons")
     p.set_defaults(func=cmd_sweep)
@@ -429,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--measure-ceilings", action="store_true", help="measure matmul/copy ceilings on a GPU instead of its datasheet"
     )
-    p.add_argument("--repeat", type=int, default=5, help="timed samples per point with --measure (default 5)")
+    p.add_argument("--repeat", type=positive_int, default=5, help="timed samples per point with --measure (default 5)")
     p.add_argument("--json", help="write the table and fits to this JSON file, atomically")
     p.add_argument(
         "--table", action="store_true",
@@ -459,12 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backends", type=choices_list(list(BACKENDS), "backends"), default=["eager", "sdpa-flash", "tiled"]
     )
-    p.add_argument("--seq-len", type=int, default=1024, help="default 1024")
+    p.add_argument("--seq-len", type=positive_int, default=1024, help="default 1024")
     add_case_arguments(p)
-    p.add_argument("--memory-limit-mib", type=float, required=True, help="peak extra memory allowed per call")
-    p.add_argument("--p95-ms", type=float, default=None, help="optional p95 latency target per call")
-    p.add_argument("--max-batch", type=int, default=256, help="largest batch considered (default 256)")
-    p.add_argument("--repeat", type=int, default=7, help="timed samples per batch size (default 7)")
+    p.add_argument("--memory-limit-mib", type=positive_float, required=True, help="peak extra memory allowed per call")
+    p.add_argument("--p95-ms", type=positive_float, default=None, help="optional p95 latency target per call")
+    p.add_argument("--max-batch", type=positive_int, default=256, help="largest batch considered (default 256)")
+    p.add_argument("--repeat", type=positive_int, default=7, help="timed samples per batch size (default 7)")
     p.add_argument("--json", help="write every trial to this JSON file, atomically")
     p.add_argument("--csv", help="write the table to this CSV file, atomically")
     p.set_defaults(func=cmd_tune)
@@ -472,9 +506,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; expected failures end in one line and the exit codes of
+    :mod:`attnperf.errors` (2 usage, 1 failure, 130 interrupted). A bug keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ValueError as exc:  # bad input: say which parameter and what is allowed
-        print(f"attnperf: error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # bad input (UsageError, a Case field, a results file): name it
+        print(f"attnperf {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Failure as exc:
+        print(f"attnperf {args.command}: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # a file or device that went away after it was checked
+        print(f"attnperf {args.command}: failed: {exc.filename or ''} {exc.strerror or exc}".strip(), file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"attnperf {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

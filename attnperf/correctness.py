@@ -17,8 +17,8 @@ from attnperf.backends import Backend, Runner, Unsupported, get_backend
 from attnperf.case import Case, make_inputs
 from attnperf.mechanisms import Mechanism, get_mechanism
 from attnperf.mechanisms.base import expand_kv
+from attnperf.records import Status
 
-OK, WRONG, UNSUPPORTED = "ok", "wrong", "unsupported"
 #: Above this many score elements (B·H·Lq·Lk) the float64 CPU reference is computed for a
 #: sample of query rows only: rows are independent in every mechanism, and a full float64
 #: reference of a 16k-token case would take minutes and tens of GB.
@@ -49,7 +49,7 @@ class CheckResult:
     mechanism: str
     backend: str
     case_id: str
-    status: str
+    status: Status
     error: float | None = None
     bound: float | None = None
     reason: str | None = None
@@ -58,10 +58,14 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == OK
+        return self.status is Status.OK
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"status": self.status.value}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckResult:
+        return cls(**data | {"status": Status(data["status"])})
 
 
 def run_unsupported_aware(backend: Backend, fn: Runner) -> torch.Tensor:
@@ -120,7 +124,7 @@ def check(
     result = {"mechanism": mech.name, "backend": be.name, "case_id": case.id}
     reason = be.supports(mech, case, backward=backward)
     if reason is not None:
-        return CheckResult(**result, status=UNSUPPORTED, reason=reason)
+        return CheckResult(**result, status=Status.UNSUPPORTED, reason=reason)
     seed = secrets.randbelow(2**31) if seed is None else seed
     q, k, v = make_inputs(case, seed=seed)
     try:
@@ -129,21 +133,21 @@ def check(
             result["kernel"] = getattr(runner, "kernel", None)
             out = run_unsupported_aware(be, runner)
     except Unsupported as exc:
-        return CheckResult(**result, status=UNSUPPORTED, reason=str(exc))
+        return CheckResult(**result, status=Status.UNSUPPORTED, reason=str(exc))
     rows = sample_rows(case, seed)
     if rows is not None:
         out = out[:, :, rows.to(out.device)]
     error = relative_error(out, mech.reference(q, k, v, case, rows))
     bound = be.bound(case.dtype) * (mech.half_precision_factor if case.dtype in ("bfloat16", "float16") else 1.0)
     if error > bound or not backward:
-        return CheckResult(**result, status=OK if error <= bound else WRONG, error=error, bound=bound)
+        return CheckResult(**result, status=Status.OK if error <= bound else Status.WRONG, error=error, bound=bound)
     try:
         grad_error = gradient_error(mech, be, case, seed, rows)
     except Unsupported as exc:
-        return CheckResult(**result, status=UNSUPPORTED, reason=f"backward: {exc}")
+        return CheckResult(**result, status=Status.UNSUPPORTED, reason=f"backward: {exc}")
     grad_bound = GRADIENT_FACTOR * bound
-    status = OK if grad_error <= grad_bound else WRONG
-    reason = None if status == OK else f"gradients: relative error {grad_error:.3g} > bound {grad_bound:.3g}"
+    status = Status.OK if grad_error <= grad_bound else Status.WRONG
+    reason = None if status is Status.OK else f"gradients: relative error {grad_error:.3g} > bound {grad_bound:.3g}"
     return CheckResult(**result, status=status, error=max(error, grad_error), bound=bound, reason=reason)
 
 
@@ -160,9 +164,9 @@ def verified_runner(
     """
     mech, be = get_mechanism(mechanism), get_backend(backend)
     result = checked if checked is not None else check(mech, be, case, backward=requires_grad)
-    if result.status == UNSUPPORTED:
+    if result.status is Status.UNSUPPORTED:
         raise Unsupported(result.reason or "unsupported")
-    if result.status == WRONG:
+    if result.status is Status.WRONG:
         raise WrongResult(
             f"{be.name} on {mech.name} {case.id}: "
             + (result.reason or f"relative error {result.error:.3g} > bound {result.bound:.3g}")

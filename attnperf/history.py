@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from attnperf.benchgrid import BENCHMARKS, PointSpec, grid_named
+from attnperf.records import Status
 from attnperf.regress import ProcessRunner, RegressError, git, worktrees
 from attnperf.results import read_json
 
 #: Which number of a point's record each kind of asv benchmark holds.
 FIELDS = {"time": "median", "memory": "peak_bytes", "prediction": "predicted_bytes", "tflops": "tflops"}
-SKIPPED = {"unsupported"}
+SKIPPED = {Status.UNSUPPORTED}
 
 
 def asv(args: Sequence[str], *, cwd: Path) -> str:
@@ -62,9 +63,9 @@ def values_by_benchmark(runs: Sequence[dict[str, Any]]) -> dict[str, dict[tuple[
                 records.setdefault(record["key"], []).append(record)
     table: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {}
     for group in records.values():
-        spec = PointSpec(**group[0]["spec"])
+        spec = PointSpec.from_dict(group[0]["spec"])
         params = tuple(repr(p) for p in spec.asv_params)
-        ok = [r for r in group if r["status"] == "ok"]
+        ok = [r for r in group if r["status"] == Status.OK]
         for name, kind, _gates in BENCHMARKS[spec.mode]:
             entry: dict[str, Any] = {"status": ok[0]["status"] if ok else group[0]["status"]}
             values = [r[FIELDS[kind]] for r in ok if r.get(FIELDS[kind]) is not None]

@@ -58,6 +58,24 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def available_bytes(device: str) -> int | None:
+    """Bytes a new allocation can take now on ``device``: the GPU's free memory, or on the CPU the
+    kernel's ``MemAvailable`` (Linux); None where it cannot be known."""
+    if torch.device(device).type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        text = Path("/proc/meminfo").read_text(encoding="ascii")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def _ram_bytes() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

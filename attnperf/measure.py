@@ -1,9 +1,12 @@
 """Timing and memory, one module, so asv, pytest-benchmark and the CLI measure the same way.
 
 * GPU work is asynchronous: every sample synchronizes the device before reading the host clock.
-* Warm-up runs first for a minimum wall time (an idle H100 sits at 345 MHz and needs load to
-  reach its ~1.9 GHz boost; without it the repeat CV was 6.6%, with it 0.6–1.0%), which also
-  keeps compilation (flex, flash-attn-4's JIT) out of the samples.
+* One warm-up :class:`Policy` per kind of device, for every entry point (asv, the batch runner,
+  the sweep, the tuner, pytest-benchmark): the device is kept busy once per process (an idle H100
+  sits at 345 MHz and needs load to reach its ~1.9 GHz boost; without it the repeat CV was 6.6%,
+  with it 0.6–1.0%; a fresh CPU process read up to 3× slow at its first point), then each point
+  is called for a short while before its samples, which keeps compilation (flex, flash-attn-4's
+  JIT) and first-call caches out of them.
 * Each sample times enough back-to-back calls to last ``min_sample_s`` (as ``timeit``'s
   autorange), and the median of the samples is reported with all samples kept.
 """
@@ -20,6 +23,37 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How every entry point warms up and samples on one kind of device."""
+
+    device_warmup_s: float  #: once per process, before its first point (clocks, thread pools)
+    point_warmup_s: float  #: before each point's samples (compilation, first-call caches)
+    min_sample_s: float  #: a sample times enough calls to last this long
+
+
+POLICIES: dict[str, Policy] = {"cuda": Policy(1.0, 0.05, 0.01), "cpu": Policy(1.0, 0.1, 0.05)}
+_WARMED: set[str] = set()
+
+
+def policy(device: str | torch.device) -> Policy:
+    return POLICIES.get(torch.device(device).type, POLICIES["cpu"])
+
+
+def ensure_warm(device: str | torch.device) -> None:
+    """Warm the device once in this process (:attr:`Policy.device_warmup_s`)."""
+    kind = torch.device(device).type
+    if kind not in _WARMED:
+        warm_device(device, policy(device).device_warmup_s)
+        _WARMED.add(kind)
+
+
+def warm_point(fn: Callable[[], object], device: str | torch.device) -> float:
+    """The policy's warm-up of one point (the device's first): returns the last call's time."""
+    ensure_warm(device)
+    return warm_up(fn, device, policy(device).point_warmup_s)
 
 
 def synchronize(device: str | torch.device) -> None:
@@ -65,20 +99,16 @@ def warm_up(fn: Callable[[], object], device: str | torch.device, seconds: float
 
 
 def measure_time(
-    fn: Callable[[], object],
-    device: str | torch.device,
-    *,
-    repeat: int = 7,
-    min_sample_s: float = 0.05,
-    warmup_s: float | None = None,
+    fn: Callable[[], object], device: str | torch.device, *, repeat: int = 7, min_sample_s: float | None = None
 ) -> Timing:
-    """Median seconds per call of ``fn`` over ``repeat`` samples, after a warm-up.
+    """Median seconds per call of ``fn`` over ``repeat`` samples, after the policy's warm-up.
 
-    ``warmup_s`` defaults to 1 s on CUDA (clock boost) and 0.1 s on the CPU.
+    ``min_sample_s`` overrides the policy's (0: every sample is one call, as a latency
+    percentile needs).
     """
-    if warmup_s is None:
-        warmup_s = 1.0 if torch.device(device).type == "cuda" else 0.1
-    one = max(warm_up(fn, device, warmup_s), 1e-9)
+    one = max(warm_point(fn, device), 1e-9)
+    if min_sample_s is None:
+        min_sample_s = policy(device).min_sample_s
     number = max(1, int(min_sample_s / one))
     samples = [time_calls(fn, device, number) for _ in range(repeat)]
     return Timing(median=statistics.median(samples), samples=samples, number=number)

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec, grid_named
+from attnperf.errors import Failure
+from attnperf.records import Status
 from attnperf.results import read_json, write_atomic, write_json
 from attnperf.verdict import HOLE, IMPROVEMENT, MIN_EFFECT, NEW, REGRESSION, Noise, Verdict, decide
 
@@ -43,7 +45,7 @@ PROCESS_TIMEOUT_S = 3600
 MALLOC_MMAP_THRESHOLD = 1 << 30
 
 
-class RegressError(RuntimeError):
+class RegressError(Failure):
     """An expected failure with a one-line message (git, a missing runner, a bad argument)."""
 
 
@@ -192,7 +194,7 @@ def regress(
     started = time.perf_counter()
     with worktrees(repo, commits) as trees:
         runs = measure(runner, trees, points, processes, "pass1")
-        if not any(r["status"] == "ok" for run in runs[BASE] for r in run["records"]):
+        if not any(r["status"] == Status.OK for run in runs[BASE] for r in run["records"]):
             errors = "; ".join(run.get("error", "no records") for run in runs[BASE])
             raise RegressError(f"base measured nothing, so nothing can be compared: {errors}")
         first = final = decide(runs[BASE], runs[HEAD], noise, allow_grid_change=allow_grid_change)

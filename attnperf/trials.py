@@ -44,9 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from attnperf.benchgrid import grid_named
+from attnperf.records import Status
 from attnperf.regress import ProcessRunner, describe
 from attnperf.results import write_json
-from attnperf.verdict import DEFAULT_SIGMA, HOLE, MIN_EFFECT, OK, REGRESSION, Noise, decide, per_process
+from attnperf.verdict import DEFAULT_SIGMA, HOLE, MIN_EFFECT, REGRESSION, Noise, decide, per_process
 
 A, B = "A", "B"
 
@@ -73,7 +74,7 @@ def calibrate(runs: Sequence[dict[str, Any]], floor: float = 0.001) -> dict[str,
             continue
         squares, dof = 0.0, 0
         for table in tables:
-            logs = [math.log(r["median"]) for r in table.get(key, []) if r["status"] == OK]
+            logs = [math.log(r["median"]) for r in table.get(key, []) if r["status"] == Status.OK]
             if len(logs) > 1:
                 squares += statistics.variance(logs) * (len(logs) - 1)
                 dof += len(logs) - 1
@@ -126,7 +127,7 @@ def injected_ratio(runs: Sequence[dict[str, Any]], pct: float) -> float | None:
     """Median over processes and benchmarks of injected/plain time: the slowdown actually injected."""
     ratios = []
     for run in runs:
-        medians = {r["key"]: r.get("median") for r in run["records"] if r["status"] == OK}
+        medians = {r["key"]: r.get("median") for r in run["records"] if r["status"] == Status.OK}
         for r in run["records"]:
             if r.get("injected_pct") == pct and medians.get(r["base_key"]):
                 ratios.append(r["median"] / medians[r["base_key"]])

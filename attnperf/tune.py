@@ -11,85 +11,89 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
 
-import torch
-
-from attnperf.backends import Unsupported, get_backend
-from attnperf.catalog import get_variant
-from attnperf.correctness import WrongResult, verified_runner
-from attnperf.measure import measure_peak, measure_time
-from attnperf.sweep import free_memory
-
-
-@dataclass
-class TuneResult:
-    backend: str
-    best_batch: int | None = None
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    reason: str | None = None
-
-    @property
-    def best(self) -> dict[str, Any] | None:
-        return next((t for t in self.trials if t["batch"] == self.best_batch), None)
+from attnperf.benchgrid import Grid
+from attnperf.records import Record, Status
+from attnperf.sweep import free_memory, run_point
 
 
 def p95(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=20)[-1] if len(samples) >= 2 else samples[0]
 
 
-def trial(variant: str, backend: str, batch: int, shape: dict[str, Any], repeat: int) -> dict[str, Any]:
-    """Check, time and measure one batch size; the record says ``ok``, ``oom`` or why not."""
-    case = get_variant(variant).case(batch=batch, **shape)
-    try:
-        runner, _ = verified_runner(get_variant(variant).mechanism, backend, case)
-        with torch.no_grad():
-            timing = measure_time(runner, case.device, repeat=repeat, min_sample_s=0.0)
-            peak, kind = measure_peak(runner, case.device, own_cpu_allocator=get_backend(backend).own_cpu_allocator)
-    except torch.OutOfMemoryError:
-        free_memory(case.device)
-        return {"batch": batch, "status": "oom"}
-    except (Unsupported, WrongResult) as exc:
-        return {"batch": batch, "status": "unsupported", "reason": str(exc)}
-    if peak is None:  # a memory limit cannot be held to a peak nobody measured
-        return {"batch": batch, "status": "unsupported", "reason": f"peak memory {kind}"}
-    tokens = batch * case.q_len
-    return {
-        "batch": batch, "status": "ok", "median_ms": timing.median * 1e3, "p95_ms": p95(timing.samples) * 1e3,
-        "tokens_per_s": tokens / timing.median, "peak_bytes": peak,
-    }  # fmt: skip
+@dataclass(frozen=True)
+class Trial:
+    """One batch size: its record (:func:`attnperf.sweep.run_point`) and whether it met the limits."""
+
+    record: Record
+    fits: bool
+    why_not: str | None = None  # the limit it broke, or the status and reason it did not run
+
+    @property
+    def batch(self) -> int:
+        return self.record.batch
+
+    @property
+    def p95_ms(self) -> float | None:
+        return p95(list(self.record.samples_s)) * 1e3 if self.record.samples_s else None
+
+
+@dataclass
+class TuneResult:
+    backend: str
+    best_batch: int | None = None
+    trials: list[Trial] = field(default_factory=list)
+    reason: str | None = None
+
+    @property
+    def best(self) -> Trial | None:
+        return next((t for t in self.trials if t.batch == self.best_batch), None)
+
+
+def trial(grid: Grid, variant: str, backend: str, batch: int, *, memory_limit: int, p95_ms: float | None,
+          repeat: int) -> Trial:  # fmt: skip
+    """Check, time and measure one batch size (one call a sample, for the p95) against the limits."""
+    record = run_point(grid.spec(backend, variant, grid.seq_lens[0], batch=batch), repeat=repeat, min_sample_s=0.0)
+    free_memory(grid.device)
+    mib = 2**20
+    if record.status is not Status.OK:
+        return Trial(record, False, f"{record.status}: {record.reason}" if record.reason else str(record.status))
+    if record.peak_bytes is None:  # a memory limit cannot be held to a peak nobody measured
+        return Trial(record, False, f"peak memory {record.peak_kind}")
+    if record.peak_bytes > memory_limit:
+        return Trial(record, False, f"peak {record.peak_bytes / mib:.3g} MiB > limit {memory_limit / mib:.3g} MiB")
+    result = Trial(record, True)
+    if p95_ms is not None and result.p95_ms is not None and result.p95_ms > p95_ms:
+        return Trial(record, False, f"p95 {result.p95_ms:.3g} ms > limit {p95_ms:g} ms")
+    return result
 
 
 def tune_backend(
-    variant: str, backend: str, shape: dict[str, Any], *, memory_limit: int, p95_ms: float | None = None,
-    max_batch: int = 1024, repeat: int = 7,
+    grid: Grid, variant: str, backend: str, *, memory_limit: int, p95_ms: float | None = None, max_batch: int = 1024,
+    repeat: int = 7,
 ) -> TuneResult:  # fmt: skip
-    """Search batch sizes for ``backend``; ``shape`` holds seq_len, heads, head_dim, dtype, device."""
+    """Search batch sizes for ``backend`` on ``variant`` at the grid's first length and shape."""
     result = TuneResult(backend)
-    tried: dict[int, dict[str, Any]] = {}
+    tried: dict[int, Trial] = {}
     smallest_bad = max_batch + 1
 
     def run(batch: int) -> bool:
         nonlocal smallest_bad
         if batch >= smallest_bad or batch in tried:  # a known failure rules out every larger size
-            return batch in tried and tried[batch]["fits"]
-        record = trial(variant, backend, batch, shape, repeat)
-        fits = record["status"] == "ok" and record["peak_bytes"] <= memory_limit
-        if fits and p95_ms is not None:
-            fits = record["p95_ms"] <= p95_ms
-        record["fits"] = fits
-        tried[batch] = record
-        result.trials.append(record)
-        if not fits:
+            return batch in tried and tried[batch].fits
+        outcome = trial(grid, variant, backend, batch, memory_limit=memory_limit, p95_ms=p95_ms, repeat=repeat)
+        tried[batch] = outcome
+        result.trials.append(outcome)
+        if not outcome.fits:
             smallest_bad = min(smallest_bad, batch)
-        return fits
+        return outcome.fits
 
     good, batch = 0, 1
     while batch <= max_batch and run(batch):
         good, batch = batch, batch * 2
     if good == 0:
-        first = tried.get(1, {})
-        result.reason = first.get("reason") or f"batch 1 does not fit ({first.get('status', 'not run')})"
+        first = tried.get(1)
+        result.reason = f"batch 1 does not fit: {first.why_not}" if first is not None else "not run"
         return result
     low, high = good, min(smallest_bad, max_batch + 1)
     while high - low > 1:
@@ -98,6 +102,6 @@ def tune_backend(
             low = mid
         else:
             high = mid
-    fitting = [t for t in result.trials if t["fits"]]
-    result.best_batch = max(fitting, key=lambda t: t["tokens_per_s"])["batch"]
+    fitting = [t for t in result.trials if t.fits]
+    result.best_batch = max(fitting, key=lambda t: t.record.tokens_per_s or 0.0).batch
     return result

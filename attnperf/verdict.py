@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from attnperf.benchgrid import FORWARD
+from attnperf.records import Status
 from attnperf.results import read_json
 
 #: Between-process spread (sd of log medians) assumed where no A/A calibration is stored: about
@@ -45,7 +46,6 @@ MEMORY_MIN_EFFECT = 0.02
 MEMORY_MIN_BYTES = 1 << 20
 #: Two-sided 99% normal quantile.
 Z = 2.576
-OK = "ok"
 REGRESSION, IMPROVEMENT, SAME, HOLE, NEW = "regression", "improvement", "same", "hole", "new"
 
 
@@ -134,14 +134,14 @@ def per_process(runs: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, A
 def _majority_ok(records: Sequence[Mapping[str, Any]], processes: int) -> bool:
     """Whether more than half of the ``processes`` measured the point: a process that crashed
     before it counts against it, so a head that dies on a point cannot pass on its survivors."""
-    return sum(r["status"] == OK for r in records) * 2 > processes
+    return sum(r["status"] == Status.OK for r in records) * 2 > processes
 
 
 def _why_not(records: Sequence[Mapping[str, Any]], expected: int) -> str:
     if not records:
         return "missing on head (the process ended before it, or head's grid lacks it)"
     missing = f"missing in {expected - len(records)} of {expected} head processes (they ended before it)"
-    bad = [r for r in records if r["status"] != OK]
+    bad = [r for r in records if r["status"] != Status.OK]
     if not bad:
         return missing
     return f"{bad[0]['status']} on head: {bad[0].get('reason', '')}" + (
@@ -182,8 +182,8 @@ def _time_verdict(
     key: str, b: Sequence[Mapping[str, Any]], h: Sequence[Mapping[str, Any]], noise: Noise
 ) -> PointVerdict:
     sigma, min_effect = noise.of(key)
-    bt = [r["median"] for r in b if r["status"] == OK]
-    ht = [r["median"] for r in h if r["status"] == OK]
+    bt = [r["median"] for r in b if r["status"] == Status.OK]
+    ht = [r["median"] for r in h if r["status"] == Status.OK]
     ratio, low, high, flagged = compare_times(bt, ht, sigma, min_effect)
     if flagged:
         outcome = REGRESSION

@@ -38,7 +38,7 @@ def test_useful_pairs_match_brute_force_and_theory() -> None:
     case = Case(q_len=n, window=16, causal=True)
     assert allowed_pairs(window, case) == sum(min(16, i + 1) for i in range(n))
     # flex/tiled visit whole 128-blocks: more than useful, far less than dense
-    visited = visited_block_pairs(window, Case(q_len=4096, window=256, causal=True))
+    visited = visited_block_pairs(window, Case(q_len=4096, window=256, causal=True), block=128)
     assert 4096 * 256 < visited < 4096 * 4096 / 8
 
 

@@ -40,7 +40,7 @@ def test_bad_arguments_name_the_allowed_values() -> None:
     assert "unknown backends ['turbo']; allowed: all or eager, sdpa, sdpa-math" in proc.stderr
     proc = run("check", "--variants", "sliding_window", "--window", "0")
     assert proc.returncode == 2
-    assert "window must be an integer >= 1, got 0" in proc.stderr
+    assert "argument --window: expected an integer >= 1, got 0" in proc.stderr
 
 
 def test_sweep_writes_json_and_csv_and_ratios(tmp_path) -> None:

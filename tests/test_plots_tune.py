@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnperf.benchgrid import Grid
 from attnperf.cli import main
-from attnperf.tune import tune_backend
+from attnperf.records import Record, Status
+from attnperf.tune import Trial, tune_backend
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +46,18 @@ def test_tune_never_runs_a_known_failure_again(monkeypatch) -> None:
 
     calls: list[int] = []
 
-    def fake_trial(variant, backend, batch, shape, repeat):
+    def fake_trial(grid, variant, backend, batch, *, memory_limit, p95_ms, repeat):
         calls.append(batch)
+        head = {"variant": variant, "mechanism": "full", "backend": backend, "seq_len": 8, "batch": batch,
+                "case_id": "", "case": {}}  # fmt: skip
         if batch > 40:
-            return {"batch": batch, "status": "oom"}
-        return {"batch": batch, "status": "ok", "median_ms": 1.0, "p95_ms": 1.0, "tokens_per_s": float(batch),
-                "peak_bytes": batch}  # fmt: skip
+            return Trial(Record(**head, status=Status.OOM), False, "oom")
+        return Trial(Record(**head, status=Status.OK, median_s=1e-3, samples_s=(1e-3,), tokens_per_s=float(batch),
+                            peak_bytes=batch), True)  # fmt: skip
 
     monkeypatch.setattr(tune_module, "trial", fake_trial)
-    result = tune_backend("causal", "eager", {"seq_len": 8}, memory_limit=10**9, max_batch=256)
+    grid = Grid(backends=("eager",), variants=("causal",), seq_lens=(8,))
+    result = tune_backend(grid, "causal", "eager", memory_limit=10**9, max_batch=256)
     assert result.best_batch == 40
     assert calls == [1, 2, 4, 8, 16, 32, 64, 48, 40, 44, 42, 41]
     assert len(calls) == len(set(calls))

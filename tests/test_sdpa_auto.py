@@ -16,10 +16,11 @@ from torch.profiler import profile
 
 from attnperf.backends import get_backend
 from attnperf.backends.sdpa import picked_kernel
+from attnperf.benchgrid import Grid
 from attnperf.case import Case, make_inputs
 from attnperf.correctness import check
 from attnperf.mechanisms import get_mechanism
-from attnperf.sweep import Grid, run_point
+from attnperf.sweep import run_point
 
 from .conftest import DEVICES, SEED
 
@@ -89,7 +90,7 @@ def test_check_and_sweep_rows_say_the_kernel() -> None:
     assert result.status == "ok"
     assert result.kernel in KERNEL_OPS
     assert check("full", "sdpa-math", case, seed=SEED).kernel is None  # forced kernels need no report
-    grid = Grid(variants=("causal",), backends=("sdpa",), seq_lens=(64,), heads=2, head_dim=16)
-    record = run_point(grid, "causal", "sdpa", 64, 1, repeat=3)
-    assert record["status"] == "ok"
-    assert record["kernel"] == result.kernel
+    grid = Grid(variants=("causal",), backends=("sdpa",), seq_lens=(64,), heads=2, head_dims=(16,))
+    record = run_point(grid.spec("sdpa", "causal", 64), repeat=3)
+    assert record.status == "ok"
+    assert record.kernel == result.kernel

@@ -8,28 +8,28 @@ masks, biases and rotations are elementwise and not counted (nor does
 
 * **useful**: only the attended (query, key) pairs, so an O(n·w) window kernel is not credited
   with n² work; for top-k, the n² scores it must compute to choose plus the k products.
-* **executed**: what the backend really multiplies — dense for backends that materialize the
-  scores (eager, sdpa-math, and SDPA kernels given a dense mask), whole 128 × 128 blocks for
-  block-skipping kernels (flex, tiled, flash-attn, xFormers, SDPA's native causal), the
-  associative O(n·D²) form for linear attention.
+* **executed**: what the backend really multiplies, from two facts each backend states about
+  itself (:class:`attnperf.backends.Backend`): its ``block_size`` (None for code that works on
+  whole tensors and materializes every score: eager, sdpa-math, onnxruntime's eager graph) and
+  :meth:`~attnperf.backends.Backend.native_mask` (whether its kernel takes this mask itself and
+  can skip the blocks it leaves empty). So: dense for whole-tensor code and for kernels given a
+  dense mask, whole blocks for block-skipping kernels (flex, tiled, flash-attn, xFormers, SDPA's
+  native causal), the associative O(n·D²) form for linear attention (chunked where the backend
+  works in chunks).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from attnperf.case import Case
-from attnperf.mechanisms import Mechanism, SoftmaxMechanism, get_mechanism
-from attnperf.mechanisms.local import Window
+from attnperf.mechanisms import Family, Mechanism, SoftmaxMechanism, get_mechanism
 
-BLOCK = 128
-#: Backends that compute every (query, key) score whatever the mask.
-MATERIALIZING = frozenset({"eager", "sdpa-math"})
-#: Backends whose kernels skip blocks for causal / window masks natively.
-BLOCK_SKIPPING = frozenset({"flex", "tiled", "flash-attn4", "flash-attn3", "xformers"})
-SDPA_KERNELS = frozenset({"sdpa-flash", "sdpa-efficient", "sdpa-cudnn"})
+if TYPE_CHECKING:
+    from attnperf.backends import Backend
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def allowed_pairs(mechanism: SoftmaxMechanism, case: Case) -> int:
     return sum(int(fn(torch.arange(s, e)[:, None], kv_idx).expand(e - s, case.k_len).sum()) for s, e in _rows(case))
 
 
-def visited_block_pairs(mechanism: SoftmaxMechanism, case: Case, block: int = BLOCK) -> int:
+def visited_block_pairs(mechanism: SoftmaxMechanism, case: Case, block: int) -> int:
     """(query, key) pairs inside the ``block × block`` tiles that have any allowed pair."""
     fn = mechanism.mask_fn(case, "cpu")
     if fn is None:
@@ -68,47 +68,36 @@ def visited_block_pairs(mechanism: SoftmaxMechanism, case: Case, block: int = BL
     return total
 
 
-def native_mask(mechanism: SoftmaxMechanism, case: Case, backend: str) -> bool:
-    """Whether ``backend`` expresses this mask natively (so it can skip blocks) on ``case``."""
-    if mechanism.bias_fn(case, "cpu") is not None:
-        return backend in ("flex", "tiled")  # a bias rides along as a score mod
-    kind = mechanism.mask_kind(case)
-    if kind != "custom":
-        return True
-    if backend in ("flex", "tiled"):
-        return True
-    return isinstance(mechanism, Window) and backend in ("flash-attn4", "xformers")
-
-
-def executed_pairs(mechanism: SoftmaxMechanism, case: Case, backend: str) -> int:
-    if backend in MATERIALIZING or not native_mask(mechanism, case, backend):
+def executed_pairs(mechanism: SoftmaxMechanism, case: Case, backend: Backend) -> int:
+    if backend.block_size is None or not backend.native_mask(mechanism, case):
         return case.q_len * case.k_len
-    return visited_block_pairs(mechanism, case)
+    return visited_block_pairs(mechanism, case, backend.block_size)
 
 
-def forward_flops(mechanism: str | Mechanism, backend: str, case: Case) -> Flops:
+def forward_flops(mechanism: str | Mechanism, backend: str | Backend, case: Case) -> Flops:
     """Useful and executed forward FLOPs of ``backend`` computing ``mechanism`` on ``case``."""
+    from attnperf.backends import get_backend  # backends import the analysis; resolve names late
+
     mech = get_mechanism(mechanism)
+    be = get_backend(backend).for_case(mech, case)
     bh, d = case.batch * case.heads, case.head_dim
-    if isinstance(mech, SoftmaxMechanism):
-        return Flops(4 * bh * d * allowed_pairs(mech, case), 4 * bh * d * executed_pairs(mech, case, backend))
-    if mech.family == "topk":
-        k = case.top_k or 0
-        scores = 2 * bh * d * case.q_len * case.k_len
-        useful = scores + 2 * bh * d * case.q_len * k
-        # eager multiplies the masked P with every v; tiled gathers the k kept rows
-        executed = 2 * scores if backend == "eager" else useful
-        return Flops(useful, executed)
-    if mech.family == "linear":
-        state = 2 * bh * d * d * case.k_len  # Σ φ(k) vᵀ
-        readout = 2 * bh * d * d * case.q_len  # φ(q) S
-        useful = state + readout
-        if backend == "eager" and case.causal:
-            executed = readout  # the running states are an elementwise outer product + cumsum
-        elif backend in ("tiled", "fla") and case.causal:
-            chunk = BLOCK if backend == "tiled" else 64
-            executed = useful + 4 * bh * d * case.q_len * chunk  # intra-chunk q kᵀ and P v
-        else:
-            executed = useful
-        return Flops(useful, executed)
-    raise ValueError(f"no FLOP model for the {mech.family} family")
+    match mech.family:
+        case Family.SOFTMAX:
+            assert isinstance(mech, SoftmaxMechanism)
+            return Flops(4 * bh * d * allowed_pairs(mech, case), 4 * bh * d * executed_pairs(mech, case, be))
+        case Family.TOPK:
+            scores = 2 * bh * d * case.q_len * case.k_len
+            useful = scores + 2 * bh * d * case.q_len * (case.top_k or 0)
+            # whole-tensor code multiplies the masked P with every v; a tiled kernel gathers the k kept rows
+            return Flops(useful, 2 * scores if be.block_size is None else useful)
+        case Family.LINEAR:
+            state = 2 * bh * d * d * case.k_len  # Σ φ(k) vᵀ
+            readout = 2 * bh * d * d * case.q_len  # φ(q) S
+            useful = state + readout
+            if case.causal and be.block_size is None:
+                executed = readout  # the running states are an elementwise outer product + cumsum
+            elif case.causal:
+                executed = useful + 4 * bh * d * case.q_len * be.block_size  # intra-chunk q kᵀ and P v
+            else:
+                executed = useful
+            return Flops(useful, executed)

@@ -74,3 +74,20 @@ def measured(device: str, dtype: str) -> Hardware:
     return Hardware(
         f"{name} (measured)", {dtype: measure_matmul_flops(device, torch_dtype)}, measure_copy_bandwidth(device)
     )
+
+
+def ceilings(device: str, dtype: str, *, gpu_name: str | None = None, measure: bool = False) -> Hardware:
+    """The ceilings a roofline is drawn against, chosen here only: a GPU's datasheet (the GPU
+    ``gpu_name`` that results were measured on, else ``device``'s), or this machine's measured
+    ones (the CPU, ``measure=True``, or a GPU without a datasheet entry)."""
+    on_gpu = device.startswith("cuda")
+    if gpu_name is None and on_gpu:
+        gpu_name = torch.cuda.get_device_name(torch.device(device))
+    if gpu_name is not None and not measure:
+        sheet = datasheet_for(gpu_name)
+        if sheet is not None:
+            return sheet
+    if gpu_name is not None and not on_gpu:
+        raise ValueError(f"no datasheet ceilings for {gpu_name!r} (known: {', '.join(DATASHEETS)}), and a GPU's "
+                         "ceilings cannot be measured on this machine")  # fmt: skip
+    return measured(device, dtype)

@@ -4,7 +4,10 @@
 roofline (a KV-cache decode step is bound by it).
 
 **Predicted peak extra memory** of one forward beyond its inputs (what
-``torch.cuda.max_memory_allocated`` grows by), derived from each backend's code path; S is the
+``torch.cuda.max_memory_allocated`` grows by), derived from each code path. This module holds the
+formulas, one per code path; each backend names the ones its code follows
+(:meth:`attnperf.backends.Backend.predicted_peak_bytes`), so a new backend brings its model with
+it and ``tests/test_backends.py`` proves every registered backend has one. S is the
 number of score elements ``B·H·Lq·Lk``, e the element size and w the working precision (float32
 for half inputs, else e). Where a backend passes through phases, the peak is the largest. The
 plain-PyTorch backends (eager, sdpa-math, tiled) are held to the CPU allocator's exact peak over
@@ -50,19 +53,23 @@ to the H100 (tests/test_gpu_records.py):
   output, the key cumsum, ``q·scale`` and its product with the cumsum are alive at once (4
   output-sized tensors). On the H100 the second phase is the peak: 96 MiB at n = 4096, 16
   heads, D = 128, bf16; counting float32 states over-predicted by 17%.
+* onnxruntime runs the exported eager graph: the eager formulas are its model, an upper estimate
+  (ONNX Runtime plans and reuses its own buffers) that no measurement holds: its CPU arena is
+  invisible to RSS growth and its CUDA memory to PyTorch's allocator.
 * flex's block mask (O(n²/128²)) and SDPA's dense masks are built in ``prepare``, before the
   measured call, and so are not counted here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from attnperf.case import Case
 from attnperf.mechanisms import Mechanism, SoftmaxMechanism, get_mechanism
 
-FLASH_STYLE = frozenset(
-    {"sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "flash-attn4", "flash-attn3", "xformers"}
-)
-TILE = 128
+if TYPE_CHECKING:
+    from attnperf.backends import Backend
 
 
 def element_size(case: Case) -> int:
@@ -77,102 +84,155 @@ def min_bytes(case: Case) -> int:
     return e * (2 * q + 2 * kv)
 
 
-def _softmax_peak(mech: SoftmaxMechanism, backend: str, case: Case) -> int:
-    e = element_size(case)
-    b, h, lq, lk, d = case.batch, case.heads, case.q_len, case.k_len, case.head_dim
-    s = b * h * lq * lk
-    out = b * h * lq * d * e
-    lse = b * h * lq * 4
-    half = e < 4
-    gqa = case.n_kv_heads != case.heads
-    rope = mech.qk_transform(case, "cpu", case.torch_dtype) is not None
-    rotated = (b * h * lq * d + b * case.n_kv_heads * lk * d) * e if rope else 0
-    masked = mech.mask_kind(case) == "custom" or mech.bias_fn(case, "cpu") is not None
-    w = max(e, 4)  # the working precision: half inputs are computed in float32
-    if backend == "eager":
-        # float32/64: scores and probabilities, then the output beside them; half: the scores beside
-        # their float32 copy and its softmax, later half probabilities and the output
-        scores = 2 * s * e + out if e >= 4 else max(s * e + 8 * s, 2 * s * e + out)
-        expanded = 2 * b * h * lk * d * e if gqa else 0
-        return rotated + expanded + scores
-    if backend == "sdpa-math":
-        upcast = (b * h * lq * d + 2 * b * case.n_kv_heads * lk * d) * w if half else 0
-        expanded = 2 * b * h * lk * d * w if gqa else 0
-        mask = lq * lk * w if masked or (mech.mask_kind(case) == "causal") else 0
-        q_scaled = b * h * lq * d * w
-        k_scaled = b * (h if gqa else case.n_kv_heads) * lk * d * w
-        product = q_scaled + k_scaled + s * w  # q·√scale and k·√scale while q kᵀ is formed
-        softmax = q_scaled + 2 * s * w + s + b * h * lq  # scores, probabilities, the -inf test, row flags
-        output = q_scaled + s * w + b * h * lq * d * w + (out if half else 0)  # probabilities, output, its cast
-        return rotated + upcast + expanded + mask + max(product, softmax, output)
-    if backend in FLASH_STYLE:
-        # SDPA turns a boolean mask into an additive one (Lq·Lk·e); a bias is additive already.
-        boolean_mask = mech.mask_kind(case) == "custom" and mech.bias_fn(case, "cpu") is None
-        dense_mask = lq * lk * e if boolean_mask and backend.startswith("sdpa-") else 0
-        return rotated + dense_mask + out + lse
-    if backend == "tiled":
-        bq, bk = min(TILE, lq), min(TILE, lk)
-        tile = b * h * bq * bk * w  # one tile's scores in the working precision
-        acc = 3 * b * h * bq * d * w  # the running output, its rescaled copy and p·v
-        # GQA: the grouped product broadcasts a kv tile over the group and materializes it
-        broadcast = b * h * bk * d * e if gqa else 0
-        return rotated + out + 3 * tile + acc + broadcast
-    raise ValueError(f"no memory model for backend {backend!r} on {mech.name}")
-
-
-def predicted_peak_bytes(mechanism: str | Mechanism, backend: str, case: Case) -> int:
+def predicted_peak_bytes(mechanism: str | Mechanism, backend: str | Backend, case: Case) -> int:
     """Predicted peak extra bytes of one forward of ``backend`` on ``case`` (see module doc)."""
-    mech = get_mechanism(mechanism)
-    if isinstance(mech, SoftmaxMechanism):
-        return _softmax_peak(mech, backend, case)
+    from attnperf.backends import get_backend  # backends import this module's formulas
+
+    return get_backend(backend).predicted_peak_bytes(get_mechanism(mechanism), case)
+
+
+def _rotated(mech: SoftmaxMechanism, case: Case) -> int:
+    """RoPE's rotated copies of q and k (0 for every other mechanism)."""
+    if mech.qk_transform(case, "cpu", case.torch_dtype) is None:
+        return 0
+    return (
+        (case.batch * case.heads * case.q_len + case.batch * case.n_kv_heads * case.k_len)
+        * case.head_dim
+        * (element_size(case))
+    )
+
+
+def eager_softmax_peak(mech: SoftmaxMechanism, case: Case) -> int:
+    """float32/64: scores and probabilities, then the output beside them; half: the scores beside
+    their float32 copy and its softmax, later half probabilities and the output."""
+    e = element_size(case)
+    b, h, lq, lk, d = case.batch, case.heads, case.q_len, case.k_len, case.head_dim
+    s, out = b * h * lq * lk, b * h * lq * d * e
+    scores = 2 * s * e + out if e >= 4 else max(s * e + 8 * s, 2 * s * e + out)
+    expanded = 2 * b * h * lk * d * e if case.n_kv_heads != h else 0
+    return _rotated(mech, case) + expanded + scores
+
+
+def sdpa_math_peak(mech: SoftmaxMechanism, case: Case) -> int:
+    """PyTorch's composite math path: upcasts, expanded GQA heads, the additive mask, then the
+    largest of its product, softmax and output phases (module doc)."""
+    e = element_size(case)
+    b, h, lq, lk, d = case.batch, case.heads, case.q_len, case.k_len, case.head_dim
+    s, out = b * h * lq * lk, b * h * lq * d * e
+    half, gqa = e < 4, case.n_kv_heads != h
+    w = max(e, 4)  # the working precision: half inputs are computed in float32
+    masked = mech.mask_kind(case) == "custom" or mech.bias_fn(case, "cpu") is not None
+    upcast = (b * h * lq * d + 2 * b * case.n_kv_heads * lk * d) * w if half else 0
+    expanded = 2 * b * h * lk * d * w if gqa else 0
+    mask = lq * lk * w if masked or (mech.mask_kind(case) == "causal") else 0
+    q_scaled = b * h * lq * d * w
+    k_scaled = b * (h if gqa else case.n_kv_heads) * lk * d * w
+    product = q_scaled + k_scaled + s * w  # q·√scale and k·√scale while q kᵀ is formed
+    softmax = q_scaled + 2 * s * w + s + b * h * lq  # scores, probabilities, the -inf test, row flags
+    output = q_scaled + s * w + b * h * lq * d * w + (out if half else 0)  # probabilities, output, its cast
+    return _rotated(mech, case) + upcast + expanded + mask + max(product, softmax, output)
+
+
+def fused_softmax_peak(mech: SoftmaxMechanism, case: Case, *, converts_boolean_mask: bool) -> int:
+    """Flash-style kernels: the output and a float32 log-sum-exp per query row; SDPA's kernels
+    (``converts_boolean_mask``) also turn a dense boolean mask into an additive one (Lq·Lk·e)."""
+    e = element_size(case)
+    b, h, lq, lk, d = case.batch, case.heads, case.q_len, case.k_len, case.head_dim
+    boolean_mask = mech.mask_kind(case) == "custom" and mech.bias_fn(case, "cpu") is None
+    dense_mask = lq * lk * e if boolean_mask and converts_boolean_mask else 0
+    return _rotated(mech, case) + dense_mask + b * h * lq * d * e + b * h * lq * 4
+
+
+def tiled_softmax_peak(mech: SoftmaxMechanism, case: Case, tile: int) -> int:
+    """The output plus one tile's scores, probabilities and exponentials, the running output with
+    its rescaled copy and p·v, and with GQA the kv tile broadcast over the group."""
+    e = element_size(case)
+    b, h, lq, lk, d = case.batch, case.heads, case.q_len, case.k_len, case.head_dim
+    w = max(e, 4)
+    bq, bk = min(tile, lq), min(tile, lk)
+    scores = b * h * bq * bk * w  # one tile's scores in the working precision
+    acc = 3 * b * h * bq * d * w  # the running output, its rescaled copy and p·v
+    broadcast = b * h * bk * d * e if case.n_kv_heads != h else 0  # GQA's materialized kv tile
+    return _rotated(mech, case) + b * h * lq * d * e + 3 * scores + acc + broadcast
+
+
+def eager_topk_peak(case: Case) -> int:
+    """float32 scores, sort values (4 bytes) and indices (8 bytes): 16·S, plus the output."""
+    b, h, lq, lk, d = case.batch, case.heads, case.q_len, case.k_len, case.head_dim
+    return 16 * b * h * lq * lk + b * h * lq * d * element_size(case)
+
+
+def tiled_topk_peak(case: Case, tile: int) -> int:
+    """The output, one query tile's running k best with a key tile's candidates (values and
+    indices, twice while merged) and the gathered values."""
+    b, h, lq, d = case.batch, case.heads, case.q_len, case.head_dim
+    k, bq = case.top_k or 0, min(tile, lq)
+    return b * h * lq * d * element_size(case) + b * h * bq * (k + tile) * (4 + 8) * 2 + b * h * bq * k * d * 4
+
+
+def fla_linear_peak(case: Case, chunk: int) -> int:
+    """fla's chunked linear attention: φ(q), φ(k), then the larger of the chunk states with the
+    unnormalized output and the normalization's four output-sized tensors."""
     e = element_size(case)
     b, h, lq, lk, d = case.batch, case.heads, case.q_len, case.k_len, case.head_dim
     out = b * h * lq * d * e
-    if mech.family == "topk":
-        k = case.top_k or 0
-        if backend == "eager":
-            return 16 * b * h * lq * lk + out
-        bq = min(TILE, lq)
-        return out + b * h * bq * (k + TILE) * (4 + 8) * 2 + b * h * bq * k * d * 4
-    if mech.family == "linear":
-        return _linear_peak(backend, case)
-    raise ValueError(f"no memory model for the {mech.family} family")
+    features = b * h * (lq + lk) * d * e
+    states = b * h * (-(-lk // chunk)) * d * d * e
+    return features + max(states + out, 4 * out)
 
 
-def _linear_peak(backend: str, case: Case) -> int:
-    e = element_size(case)
-    b, h, lq, lk, d = case.batch, case.heads, case.q_len, case.k_len, case.head_dim
-    out = b * h * lq * d * e
-    if backend == "fla":
-        features = b * h * (lq + lk) * d * e
-        states = b * h * (-(-lk // 64)) * d * d * e
-        return features + max(states + out, 4 * out)
-    work = max(e, 4)  # eager and tiled accumulate in float32 at least
-    upcast, gqa = e != work, case.n_kv_heads != h
-    features = b * h * (lq + lk) * d * work
-    state = b * h * d * d * work
-    row = b * h * lq * d * work  # one output-sized tensor in the working precision
-    key = b * h * lk * d * work  # one key-sized tensor in the working precision
-    out_cast = out if upcast else 0  # ``.to(q.dtype)`` copies only when the precisions differ
-    # φ(x) = elu(x) + 1 holds x's converted copy, elu(x) and the result at once: with few queries
-    # and a long key sequence, φ(k) is the peak.
-    phi_q = (row if upcast else 0) + 2 * row
-    if backend == "eager":
-        expanded = b * h * lk * d * e if gqa else 0  # one of expand_kv's copies of k and v
-        values = key if upcast else 0  # v's float32 copy; k's is made the same way for φ(k)
-        phi_k = row + values + 2 * key
-        if case.causal:  # the outer products and their cumulative sum, alive together
-            main = features + values + 2 * b * h * lk * d * d * work
-        else:
-            main = features + values + state + 2 * row + out_cast
-        # rebinding v to its float32 copy frees the expanded half-precision v
-        return max(2 * expanded + max(phi_q, phi_k), (1 if upcast else 2) * expanded + main)
-    if backend == "tiled":
-        values = key if (upcast or gqa) else 0  # v's converted or expanded copy; k's alike for φ(k)
-        phi_k = row + values + 2 * key
-        if not case.causal:  # φ(q)·S and φ(q)·z; the cast comes after φ(q)·z is freed
-            return max(phi_q, phi_k, features + values + state + 2 * row)
-        bq, bk = min(TILE, lq), min(TILE, lk)
-        tile = (b * h * bq * bk + b * h * bq * d) * work  # one chunk's masked scores and partial output
-        return max(phi_q, phi_k, features + values + state + 2 * row + tile + out_cast)
-    raise ValueError(f"no memory model for backend {backend!r} on linear attention")
+@dataclass(frozen=True)
+class _LinearTerms:
+    """The tensors eager's and tiled's linear attention share (module doc), in bytes."""
+
+    work: int  # eager and tiled accumulate in float32 at least
+    upcast: bool  # half inputs: converted copies exist
+    gqa: bool
+    features: int  # φ(q) and φ(k) in the working precision
+    state: int  # one D × D state per head
+    row: int  # one output-sized tensor in the working precision
+    key: int  # one key-sized tensor in the working precision
+    out_cast: int  # ``.to(q.dtype)`` copies only when the precisions differ
+    phi_q: int  # φ(x) = elu(x) + 1 holds x's converted copy, elu(x) and the result at once
+
+    @classmethod
+    def of(cls, case: Case) -> _LinearTerms:
+        e = element_size(case)
+        b, h, lq, lk, d = case.batch, case.heads, case.q_len, case.k_len, case.head_dim
+        work = max(e, 4)
+        upcast = e != work
+        row = b * h * lq * d * work
+        return cls(work=work, upcast=upcast, gqa=case.n_kv_heads != h, features=b * h * (lq + lk) * d * work,
+                   state=b * h * d * d * work, row=row, key=b * h * lk * d * work,
+                   out_cast=b * h * lq * d * e if upcast else 0, phi_q=(row if upcast else 0) + 2 * row)  # fmt: skip
+
+
+def eager_linear_peak(case: Case) -> int:
+    """Feature maps, then causal's running D × D states (outer products and their cumulative sum
+    alive together) or non-causal's one state and two output-sized tensors. With few queries and a
+    long key sequence, φ(k) is the peak."""
+    t = _LinearTerms.of(case)
+    b, h, lk, d = case.batch, case.heads, case.k_len, case.head_dim
+    expanded = b * h * lk * d * element_size(case) if t.gqa else 0  # one of expand_kv's copies of k and v
+    values = t.key if t.upcast else 0  # v's float32 copy; k's is made the same way for φ(k)
+    phi_k = t.row + values + 2 * t.key
+    if case.causal:  # the outer products and their cumulative sum, alive together
+        main = t.features + values + 2 * b * h * lk * d * d * t.work
+    else:
+        main = t.features + values + t.state + 2 * t.row + t.out_cast
+    # rebinding v to its float32 copy frees the expanded half-precision v
+    return max(2 * expanded + max(t.phi_q, phi_k), (1 if t.upcast else 2) * expanded + main)
+
+
+def tiled_linear_peak(case: Case, tile: int) -> int:
+    """The same features, one D × D state per head and two output-sized tensors; causal adds one
+    chunk's masked scores and partial output."""
+    t = _LinearTerms.of(case)
+    values = t.key if (t.upcast or t.gqa) else 0  # v's converted or expanded copy; k's alike for φ(k)
+    phi_k = t.row + values + 2 * t.key
+    if not case.causal:  # φ(q)·S and φ(q)·z; the cast comes after φ(q)·z is freed
+        return max(t.phi_q, phi_k, t.features + values + t.state + 2 * t.row)
+    b, h, d = case.batch, case.heads, case.head_dim
+    bq, bk = min(tile, case.q_len), min(tile, case.k_len)
+    chunk = (b * h * bq * bk + b * h * bq * d) * t.work  # one chunk's masked scores and partial output
+    return max(t.phi_q, phi_k, t.features + values + t.state + 2 * t.row + chunk + t.out_cast)

@@ -6,20 +6,27 @@ reason a case does not fit, and the relative-error bounds live on the class. Opt
 libraries are imported lazily in :meth:`Backend.load`, so importing attnperf never needs them.
 
 ``prepare(mechanism, case, q, k, v)`` does all set-up (masks, layouts, compilation handles)
-and returns a zero-argument closure; asv, pytest-benchmark and the CLI time that closure.
+and returns a zero-argument closure; asv, pytest-benchmark and the CLI time that closure. It
+dispatches on the mechanism's :class:`~attnperf.mechanisms.Family` here, once for every backend,
+to the ``prepare_softmax`` / ``prepare_topk`` / ``prepare_linear`` a backend implements.
+
+A backend also states its performance facts, which the analyzer reads: its ``block_size`` and
+:meth:`Backend.native_mask` (the FLOP model) and its memory model
+(:meth:`Backend.predicted_peak_bytes`, from the formulas in :mod:`attnperf.analysis.memory`).
+Adding a backend is one module and a line in the registry; ``tests/test_backends.py`` proves that
+every registered backend has every model for every mechanism it implements.
 """
 
 from __future__ import annotations
 
 import functools
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 
 from attnperf.case import DTYPES, Case
-from attnperf.mechanisms import Mechanism
+from attnperf.mechanisms import Family, Mechanism, SoftmaxMechanism
 
 Runner = Callable[[], torch.Tensor]
 
@@ -47,7 +54,7 @@ def compute_capability(case: Case) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(torch.device(case.device))
 
 
-class Backend(ABC):
+class Backend:
     """One implementation family of the mechanisms it lists."""
 
     name: ClassVar[str]
@@ -69,6 +76,10 @@ class Backend(ABC):
     compiles_per_shape: ClassVar[bool] = False
     #: Keeps CPU memory in an arena of its own, invisible to RSS growth: its CPU peak is not measured.
     own_cpu_allocator: ClassVar[bool] = False
+    #: The query/key block (or linear attention's chunk) its kernel works in, which the FLOP model
+    #: counts whole; None for code that works on whole tensors and materializes every score
+    #: (so it skips nothing). 128 is flex's and FlashAttention's usual tile.
+    block_size: int | None = 128
 
     def load(self) -> None:
         """Import the backend's optional library; raise ImportError (or any error) if unusable."""
@@ -121,13 +132,66 @@ class Backend(ABC):
         reasons = self.not_supported_reasons(mechanism, case, backward=backward)
         return "; ".join(reasons) if reasons else None
 
+    def native_mask(self, mechanism: SoftmaxMechanism, case: Case) -> bool:
+        """Whether the kernel takes this mask itself, and so can skip the blocks it leaves empty.
+
+        By default the causal mask only (the one argument every fused kernel has); a custom mask
+        or a bias reaches such a kernel as a dense tensor, and then every block is computed."""
+        return mechanism.bias_fn(case, "cpu") is None and mechanism.mask_kind(case) != "custom"
+
+    def for_case(self, mechanism: Mechanism, case: Case) -> Backend:
+        """The backend whose performance facts hold for ``case``: itself, except for a backend that
+        dispatches to other kernels (``sdpa``), which answers with the kernel it would pick."""
+        return self
+
+    def predicted_peak_bytes(self, mechanism: Mechanism, case: Case) -> int:
+        """Predicted peak extra bytes of one forward on ``case`` (:mod:`attnperf.analysis.memory`)."""
+        facts = self.for_case(mechanism, case)
+        if facts is not self:
+            return facts.predicted_peak_bytes(mechanism, case)
+        match mechanism.family:
+            case Family.SOFTMAX:
+                assert isinstance(mechanism, SoftmaxMechanism)
+                return self.softmax_peak_bytes(mechanism, case)
+            case Family.TOPK:
+                return self.topk_peak_bytes(case)
+            case Family.LINEAR:
+                return self.linear_peak_bytes(case)
+
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        raise NotImplementedError(f"{self.name} has no memory model for softmax mechanisms")
+
+    def topk_peak_bytes(self, case: Case) -> int:
+        raise NotImplementedError(f"{self.name} has no memory model for top-k attention")
+
+    def linear_peak_bytes(self, case: Case) -> int:
+        raise NotImplementedError(f"{self.name} has no memory model for linear attention")
+
     def bound(self, dtype: str) -> float:
         """Relative-error bound for results in ``dtype``."""
         return self.tolerance.get(dtype, DEFAULT_TOLERANCE[dtype])
 
-    @abstractmethod
     def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
         """Set everything up and return a closure computing the ``[B, H, Lq, D]`` output."""
+        match mechanism.family:
+            case Family.SOFTMAX:
+                assert isinstance(mechanism, SoftmaxMechanism)
+                return self.prepare_softmax(mechanism, case, q, k, v)
+            case Family.TOPK:
+                return self.prepare_topk(case, q, k, v)
+            case Family.LINEAR:
+                return self.prepare_linear(case, q, k, v)
+
+    def prepare_softmax(
+        self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
+        raise NotImplementedError(f"{self.name} does not implement softmax mechanisms")
+
+    def prepare_topk(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        raise NotImplementedError(f"{self.name} does not implement top-k attention")
+
+    def prepare_linear(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        raise NotImplementedError(f"{self.name} does not implement linear attention")
 
     def __repr__(self) -> str:
         return f"<backend {self.name}>"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from attnperf.analysis import memory
 from attnperf.backends.base import Backend, Runner
 from attnperf.case import Case
-from attnperf.mechanisms import MECHANISMS, Mechanism, SoftmaxMechanism
+from attnperf.mechanisms import MECHANISMS, SoftmaxMechanism
 from attnperf.mechanisms.base import dense_causal, expand_kv
 from attnperf.mechanisms.linear import LINEAR_EPS, elu_feature_map
 from attnperf.mechanisms.sparse import topk_keep
@@ -66,35 +67,47 @@ class Eager(Backend):
     name = "eager"
     summary = "plain PyTorch, materializes the scores (the baseline)"
     mechanisms = frozenset(MECHANISMS)
+    block_size = None
 
-    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+    def prepare_softmax(
+        self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
         heads = case.heads
-        if isinstance(mechanism, SoftmaxMechanism):
-            mask = mechanism.dense_mask(case, q.device)
-            bias = mechanism.dense_bias(case, q.device, q.dtype)
-            transform = mechanism.qk_transform(case, q.device, q.dtype)
+        mask = mechanism.dense_mask(case, q.device)
+        bias = mechanism.dense_bias(case, q.device, q.dtype)
+        transform = mechanism.qk_transform(case, q.device, q.dtype)
 
-            def run_softmax() -> torch.Tensor:
-                qq, kk = transform(q, k) if transform is not None else (q, k)
-                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)
+        def run_softmax() -> torch.Tensor:
+            qq, kk = transform(q, k) if transform is not None else (q, k)
+            return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)
 
-            return run_softmax
-        if mechanism.family == "topk":
-            top_k = case.top_k
-            assert top_k is not None  # mechanism.validate() guarantees it
-            allowed = dense_causal(case, q.device) if case.causal else None
+        return run_softmax
 
-            def run_topk() -> torch.Tensor:
-                # Selection on float32 scores: a flipped choice between near-equal keys is an O(1)
-                # error, not a rounding one (bfloat16 scores tie and flip often).
-                work = torch.promote_types(q.dtype, torch.float32)
-                scores = q.to(work) @ expand_kv(k, heads).to(work).transpose(-1, -2) * case.scale
-                if allowed is not None:
-                    scores = scores.masked_fill(~allowed, float("-inf"))
-                scores = scores.masked_fill(~topk_keep(scores, top_k), float("-inf"))
-                return softmax_probs(scores, v.dtype) @ expand_kv(v, heads)
+    def prepare_topk(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        heads, top_k = case.heads, case.top_k
+        assert top_k is not None  # mechanism.validate() guarantees it
+        allowed = dense_causal(case, q.device) if case.causal else None
 
-            return run_topk
-        if mechanism.family == "linear":
-            return lambda: eager_linear(q, expand_kv(k, heads), expand_kv(v, heads), case)
-        raise NotImplementedError(f"eager has no implementation for the {mechanism.family} family")
+        def run_topk() -> torch.Tensor:
+            # Selection on float32 scores: a flipped choice between near-equal keys is an O(1)
+            # error, not a rounding one (bfloat16 scores tie and flip often).
+            work = torch.promote_types(q.dtype, torch.float32)
+            scores = q.to(work) @ expand_kv(k, heads).to(work).transpose(-1, -2) * case.scale
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
+            scores = scores.masked_fill(~topk_keep(scores, top_k), float("-inf"))
+            return softmax_probs(scores, v.dtype) @ expand_kv(v, heads)
+
+        return run_topk
+
+    def prepare_linear(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        return lambda: eager_linear(q, expand_kv(k, case.heads), expand_kv(v, case.heads), case)
+
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        return memory.eager_softmax_peak(mechanism, case)
+
+    def topk_peak_bytes(self, case: Case) -> int:
+        return memory.eager_topk_peak(case)
+
+    def linear_peak_bytes(self, case: Case) -> int:
+        return memory.eager_linear_peak(case)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from attnperf.analysis import memory
 from attnperf.backends.base import Backend, Runner
 from attnperf.case import Case
 from attnperf.mechanisms import Mechanism
@@ -32,6 +33,7 @@ class Fla(Backend):
     # 2.11, fla-core 0.6.0, lengths 1 to 257, seed 20261123), above the 3e-4 of one TF32 product.
     # bfloat16 and float16 keep the common 1e-2 bound.
     tolerance: ClassVar[dict[str, float]] = {"float32": 2e-3}
+    block_size: int = 64  # chunk_linear_attn's chunk
 
     chunk_linear_attn: Any = None
 
@@ -48,7 +50,7 @@ class Fla(Backend):
             reasons.append("fla needs q_len == kv_len (one sequence of queries and keys)")
         return reasons
 
-    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+    def prepare_linear(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
         self.load()
         fn, heads = self.chunk_linear_attn, case.heads
         qt = q.transpose(1, 2).contiguous()
@@ -60,3 +62,6 @@ class Fla(Backend):
             return out.transpose(1, 2)
 
         return run
+
+    def linear_peak_bytes(self, case: Case) -> int:
+        return memory.fla_linear_peak(case, chunk=self.block_size)

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from attnperf.analysis import memory
 from attnperf.backends.base import HALF_DTYPES, Backend, Runner
 from attnperf.case import Case
-from attnperf.mechanisms import Mechanism, SoftmaxMechanism
+from attnperf.mechanisms import SoftmaxMechanism
 from attnperf.mechanisms.local import Window, window_bounds
 
 
@@ -51,8 +52,9 @@ class FlashAttnBase(Backend):
     ) -> torch.Tensor:
         return self.fn(q, k, v, softmax_scale=scale, **mask)
 
-    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
-        assert isinstance(mechanism, SoftmaxMechanism)
+    def prepare_softmax(
+        self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
         self.load()
         mask = flash_mask_args(mechanism, case)
         vt = to_bthd(v)
@@ -66,6 +68,12 @@ class FlashAttnBase(Backend):
             return run_rope
         qt, kt = to_bthd(q), to_bthd(k)
         return lambda: self.call(qt, kt, vt, case.scale, mask).transpose(1, 2)
+
+    def native_mask(self, mechanism: SoftmaxMechanism, case: Case) -> bool:
+        return isinstance(mechanism, Window) or super().native_mask(mechanism, case)  # window_size
+
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        return memory.fused_softmax_peak(mechanism, case, converts_boolean_mask=False)
 
 
 class FlashAttn4(FlashAttnBase):

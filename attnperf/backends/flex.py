@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from attnperf.analysis import memory
 from attnperf.backends.base import Backend, Runner
 from attnperf.backends.sdpa import SOFTMAX_MECHANISMS
 from attnperf.case import Case
@@ -91,8 +92,9 @@ class Flex(Backend):
             reasons.append("compiled flex_attention on the CPU is inference-only (no backward)")
         return reasons
 
-    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
-        assert isinstance(mechanism, SoftmaxMechanism)
+    def prepare_softmax(
+        self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
         flex = compiled_flex()
         block_mask = block_mask_for(mechanism, case, q.device)
         bias_fn = mechanism.bias_fn(case, q.device)
@@ -112,3 +114,9 @@ class Flex(Backend):
             return flex(qq, kk, v, score_mod=score_mod, block_mask=block_mask, scale=case.scale, enable_gqa=gqa)
 
         return run
+
+    def native_mask(self, mechanism: SoftmaxMechanism, case: Case) -> bool:
+        return True  # any mask becomes a block mask, any bias a score mod
+
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        return memory.fused_softmax_peak(mechanism, case, converts_boolean_mask=False)

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
+from attnperf.analysis import memory
 from attnperf.backends.base import Backend, Runner, Unsupported
 from attnperf.backends.eager import eager_linear, eager_softmax
 from attnperf.backends.sdpa import SOFTMAX_MECHANISMS
 from attnperf.case import Case
-from attnperf.mechanisms import Mechanism, SoftmaxMechanism
+from attnperf.mechanisms import Mechanism, SoftmaxMechanism, get_mechanism
 from attnperf.mechanisms.base import expand_kv
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -54,6 +55,7 @@ class OnnxRuntime(Backend):
     dtypes = ("float32", "float16")
     supports_backward = False
     compiles_per_shape = True  # one export per shape
+    block_size = None  # the exported eager graph materializes every score
     own_cpu_allocator = True  # ONNX Runtime's CPU arena keeps its memory between runs
 
     ort: Any = None
@@ -76,9 +78,26 @@ class OnnxRuntime(Backend):
             return ["float16 unsupported on ONNX Runtime's CPU provider (no float16 MatMul/Softmax kernels)"]
         return []
 
-    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+    def prepare_softmax(
+        self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
+        return self.session_runner(AttentionGraph(mechanism, case, q.device, q.dtype), case, q, k, v)
+
+    def prepare_linear(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        return self.session_runner(AttentionGraph(get_mechanism("linear"), case, q.device, q.dtype), case, q, k, v)
+
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        return memory.eager_softmax_peak(mechanism, case)  # the eager graph (analysis.memory says how far)
+
+    def linear_peak_bytes(self, case: Case) -> int:
+        return memory.eager_linear_peak(case)
+
+    def session_runner(
+        self, graph: AttentionGraph, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
+        """Export ``graph`` and return a closure running it in an ONNX Runtime session."""
         self.load()
-        graph = AttentionGraph(mechanism, case, q.device, q.dtype).eval()
+        graph = graph.eval()
         buffer = io.BytesIO()
         try:
             torch.onnx.export(

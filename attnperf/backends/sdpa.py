@@ -18,6 +18,7 @@ PyTorch's own text, not as a failure.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import CausalBias, causal_lower_right
 
+from attnperf.analysis import memory
 from attnperf.backends.base import HALF_DTYPES, Backend, Runner
 from attnperf.case import Case
 from attnperf.mechanisms import MECHANISMS, Mechanism, SoftmaxMechanism
@@ -58,8 +60,9 @@ class Sdpa(Backend):
     mechanisms = SOFTMAX_MECHANISMS
     unsupported_errors = ("No available kernel", "No viable backend")
 
-    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
-        assert isinstance(mechanism, SoftmaxMechanism)
+    def prepare_softmax(
+        self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
         kwargs = sdpa_mask_args(mechanism, case, q.device, q.dtype)
         kwargs.update(scale=case.scale, enable_gqa=case.n_kv_heads != case.heads)
         transform = mechanism.qk_transform(case, q.device, q.dtype)
@@ -72,11 +75,18 @@ class Sdpa(Backend):
 
         return run
 
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        return memory.fused_softmax_peak(mechanism, case, converts_boolean_mask=True)
+
 
 class SdpaMath(Sdpa):
     name = "sdpa-math"
     summary = "SDPA math kernel (materializes the scores; runs everywhere)"
     kernel = SDPBackend.MATH
+    block_size = None
+
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        return memory.sdpa_math_peak(mechanism, case)
 
 
 class SdpaFlash(Sdpa):
@@ -165,8 +175,9 @@ class SdpaAuto(Backend):
     mechanisms = SOFTMAX_MECHANISMS
     unsupported_errors = ("No available kernel", "No viable backend")
 
-    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
-        assert isinstance(mechanism, SoftmaxMechanism)
+    def prepare_softmax(
+        self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
         kwargs = sdpa_mask_args(mechanism, case, q.device, q.dtype)
         kwargs.update(scale=case.scale, enable_gqa=case.n_kv_heads != case.heads)
         transform = mechanism.qk_transform(case, q.device, q.dtype)
@@ -176,6 +187,28 @@ class SdpaAuto(Backend):
             return F.scaled_dot_product_attention(qq, kk, v, **kwargs)
 
         return with_kernel(run, picked_kernel(q, k, v, **kwargs))
+
+    def for_case(self, mechanism: Mechanism, case: Case) -> Backend:
+        """The forced backend of the kernel SDPA picks for ``case``: its FLOP and memory models.
+
+        The choice depends on the device, dtype, head dim, mask and head layout, not on the
+        lengths, so it is asked on inputs of at most 64 queries and keys (the same relation of
+        the two lengths), which costs nothing even for a case too large to allocate."""
+        assert isinstance(mechanism, SoftmaxMechanism)
+        q_len = min(case.q_len, 64)
+        kv_len = q_len if case.k_len == case.q_len else max(q_len, min(case.k_len, 64))
+        small = dataclasses.replace(case, batch=1, q_len=q_len, kv_len=kv_len)
+        dtype = small.torch_dtype
+        shape_q, shape_kv = (1, small.heads, q_len, small.head_dim), (1, small.n_kv_heads, kv_len, small.head_dim)
+        q = torch.zeros(shape_q, dtype=dtype, device=small.device)
+        k = torch.zeros(shape_kv, dtype=dtype, device=small.device)
+        kwargs = sdpa_mask_args(mechanism, small, q.device, q.dtype)
+        kwargs.update(scale=small.scale, enable_gqa=small.n_kv_heads != small.heads)
+        return FORCED.get(picked_kernel(q, k, torch.zeros_like(k), **kwargs), FORCED["math"])
+
+
+#: The forced backends by the kernel names :func:`picked_kernel` gives.
+FORCED: dict[str, Sdpa] = {"math": SdpaMath(), "flash": SdpaFlash(), "efficient": SdpaEfficient(), "cudnn": SdpaCudnn()}
 
 
 def with_kernel(run: Callable[[], torch.Tensor], kernel: str) -> Runner:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import torch
 
+from attnperf.analysis import memory
 from attnperf.backends.base import Backend, Runner
 from attnperf.case import Case
-from attnperf.mechanisms import MECHANISMS, Mechanism, SoftmaxMechanism
+from attnperf.mechanisms import MECHANISMS, SoftmaxMechanism
 from attnperf.mechanisms.base import MaskFn, causal_fn, expand_kv
 from attnperf.mechanisms.linear import LINEAR_EPS, elu_feature_map
 
@@ -67,22 +68,18 @@ class Tiled(Backend):
     summary = "plain-PyTorch tiled exact attention (online softmax, streaming top-k, chunked linear)"
     mechanisms = frozenset(MECHANISMS)
 
+    block_size: int
+
     def __init__(self, tile: int = TILE) -> None:
-        self.tile = tile
+        self.block_size = tile
 
-    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
-        if isinstance(mechanism, SoftmaxMechanism):
-            return self._prepare_softmax(mechanism, case, q, k, v)
-        if mechanism.family == "topk":
-            return self._prepare_topk(case, q, k, v)
-        if mechanism.family == "linear":
-            return self._prepare_linear(case, q, k, v)
-        raise NotImplementedError(f"tiled has no implementation for the {mechanism.family} family")
+    def native_mask(self, mechanism: SoftmaxMechanism, case: Case) -> bool:
+        return True  # every mask and bias is applied tile by tile, empty tiles skipped
 
-    def _prepare_softmax(
+    def prepare_softmax(
         self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> Runner:
-        device, tile, hkv = q.device, self.tile, case.n_kv_heads
+        device, tile, hkv = q.device, self.block_size, case.n_kv_heads
         mask_fn = mechanism.mask_fn(case, device)
         bias_fn = mechanism.bias_fn(case, device)
         transform = mechanism.qk_transform(case, device, q.dtype)
@@ -123,8 +120,8 @@ class Tiled(Backend):
 
         return run
 
-    def _prepare_topk(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
-        device, tile, hkv = q.device, self.tile, case.n_kv_heads
+    def prepare_topk(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        device, tile, hkv = q.device, self.block_size, case.n_kv_heads
         top_k = case.top_k
         assert top_k is not None  # mechanism.validate() guarantees it
         causal = causal_fn(case) if case.causal else None
@@ -160,8 +157,8 @@ class Tiled(Backend):
 
         return run
 
-    def _prepare_linear(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
-        tile, heads, delta = self.tile, case.heads, case.offset
+    def prepare_linear(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        tile, heads, delta = self.block_size, case.heads, case.offset
 
         work = torch.promote_types(q.dtype, torch.float32)
 
@@ -192,3 +189,12 @@ class Tiled(Backend):
             return torch.cat(chunks, dim=2).to(q.dtype)
 
         return run
+
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        return memory.tiled_softmax_peak(mechanism, case, self.block_size)
+
+    def topk_peak_bytes(self, case: Case) -> int:
+        return memory.tiled_topk_peak(case, self.block_size)
+
+    def linear_peak_bytes(self, case: Case) -> int:
+        return memory.tiled_linear_peak(case, self.block_size)

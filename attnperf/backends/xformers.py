@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from attnperf.analysis import memory
 from attnperf.backends.base import Backend, Runner
 from attnperf.case import Case
-from attnperf.mechanisms import Mechanism, SoftmaxMechanism
+from attnperf.mechanisms import SoftmaxMechanism
 from attnperf.mechanisms.local import Window, window_bounds
 
 _MISSING = object()
@@ -64,8 +65,9 @@ class XFormers(Backend):
             return bias.LowerTriangularFromBottomRightMask()
         return None
 
-    def prepare(self, mechanism: Mechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
-        assert isinstance(mechanism, SoftmaxMechanism)
+    def prepare_softmax(
+        self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
         self.load()
         attn_bias = self.attn_bias(mechanism, case)
         hkv, groups = case.n_kv_heads, case.heads // case.n_kv_heads
@@ -94,3 +96,9 @@ class XFormers(Backend):
             return run_rope
         qt, kt = layout_q(q), layout_kv(k)
         return lambda: finish(attention(qt, kt, vt, attn_bias=attn_bias, scale=case.scale))
+
+    def native_mask(self, mechanism: SoftmaxMechanism, case: Case) -> bool:
+        return isinstance(mechanism, Window) or super().native_mask(mechanism, case)  # local attention biases
+
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        return memory.fused_softmax_peak(mechanism, case, converts_boolean_mask=False)

@@ -3,7 +3,7 @@ line in :data:`MECHANISMS`; tests, benchmarks and ``attnperf list`` pick it up f
 
 from __future__ import annotations
 
-from attnperf.mechanisms.base import Mechanism, SoftmaxMechanism
+from attnperf.mechanisms.base import Family, Mechanism, SoftmaxMechanism
 from attnperf.mechanisms.decode import Decode
 from attnperf.mechanisms.dense import Full
 from attnperf.mechanisms.linear import Linear
@@ -30,4 +30,4 @@ def get_mechanism(name: str | Mechanism) -> Mechanism:
         raise ValueError(f"mechanism must be one of {sorted(MECHANISMS)}, got {name!r}") from None
 
 
-__all__ = ["MECHANISMS", "Mechanism", "SoftmaxMechanism", "get_mechanism"]
+__all__ = ["MECHANISMS", "Family", "Mechanism", "SoftmaxMechanism", "get_mechanism"]

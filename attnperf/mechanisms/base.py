@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from enum import Enum
 from typing import ClassVar
 
 import torch
@@ -26,6 +27,15 @@ from attnperf.case import Case
 MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BiasFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 QKTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Family(Enum):
+    """What a backend must compute for a mechanism; backends, the FLOP model and the memory model
+    each dispatch on it once (``match mechanism.family``)."""
+
+    SOFTMAX = "softmax"  #: softmax over the keys a mask allows, with a bias and a q/k transform
+    TOPK = "topk"  #: softmax over each query's k best keys (data-dependent selection)
+    LINEAR = "linear"  #: kernelized attention without a softmax
 
 
 def expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -71,7 +81,7 @@ class Mechanism(ABC):
     """A mathematical definition of attention; backends implement it, tests hold them to it."""
 
     name: ClassVar[str]
-    family: ClassVar[str]
+    family: ClassVar[Family]
     summary: ClassVar[str]
     #: Case options this mechanism reads (shown by ``attnperf list`` and used in ids).
     options: ClassVar[tuple[str, ...]] = ()
@@ -108,7 +118,7 @@ class SoftmaxMechanism(Mechanism):
     ``case.causal`` composes with every pattern (bottom-right alignment, see :func:`causal_fn`).
     """
 
-    family = "softmax"
+    family = Family.SOFTMAX
     #: True when the pattern is positional and needs each query's aligned position i + Δ ≥ 0.
     positional: ClassVar[bool] = False
 

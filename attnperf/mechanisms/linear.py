@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from attnperf.case import Case
-from attnperf.mechanisms.base import Mechanism, dense_causal, expand_kv
+from attnperf.mechanisms.base import Family, Mechanism, dense_causal, expand_kv
 
 #: Added to the normalizer, as fast-transformers does (fla uses 1e-10; see its backend).
 LINEAR_EPS = 1e-6
@@ -26,7 +26,7 @@ class Linear(Mechanism):
     """
 
     name = "linear"
-    family = "linear"
+    family = Family.LINEAR
     summary = "linear attention, elu+1 feature map, eps 1e-6 (Katharopoulos et al. 2020)"
     options = ("causal",)
 

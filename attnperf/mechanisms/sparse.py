@@ -21,6 +21,7 @@ import torch
 
 from attnperf.case import Case
 from attnperf.mechanisms.base import (
+    Family,
     MaskFn,
     Mechanism,
     SoftmaxMechanism,
@@ -56,7 +57,7 @@ class TopK(Mechanism):
     """
 
     name = "topk"
-    family = "topk"
+    family = Family.TOPK
     summary = "top-k sparse: each query keeps its k highest-scoring keys (ties: lower index)"
     options = ("top_k", "causal")
 

@@ -1,0 +1,206 @@
+"""Every expected failure of the command: one line naming the parameter or file, the documented
+exit code (2 usage, 1 failure, 130 interrupted), no traceback and no partial file (CPU only)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnperf.cli import main
+from attnperf.errors import exclusive
+
+SMALL = ["--heads", "2", "--head-dim", "16", "--repeat", "3"]
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``attnperf ARGS`` in this process: (exit code, stderr)."""
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+USAGE = [
+    # (arguments, what the one line says)
+    (["sweep", "--seq-lens", "64,0"], "argument --seq-lens: expected an integer >= 1, got 0"),
+    (["sweep", "--seq-lens", ""], "argument --seq-lens: give at least one value"),
+    (["sweep", "--seq-lens", "64", "--repeat", "0"], "argument --repeat: expected an integer >= 1, got 0"),
+    (["sweep", "--backends", "eager,turbo"], "unknown backends ['turbo']"),
+    (["analyze", "--device", "cuda"], "argument --device: cuda: no GPU visible to torch here (allowed: cpu)"),
+    (["analyze", "--device", "tpu"], "argument --device: expected cpu or cuda[:N], got 'tpu'"),
+    (["tune", "--memory-limit-mib", "-5"], "argument --memory-limit-mib: expected a number > 0, got -5"),
+    (["tune", "--memory-limit-mib", "10", "--p95-ms", "0"], "argument --p95-ms: expected a number > 0, got 0"),
+    (["check", "--kv-heads", "0"], "argument --kv-heads: expected an integer >= 1, got 0"),
+    (["plot", "--kinds", "pie"], "--kinds: unknown ['pie']"),
+    (["plot", "--kinds", "scaling"], "--kinds scaling need result files"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), USAGE, ids=[" ".join(a) for a, _ in USAGE])
+def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    assert message in err
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_output_paths_are_checked_before_the_first_point(capsys, tmp_path) -> None:
+    missing = tmp_path / "no-such-folder" / "r.json"
+    code, err = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "64", *SMALL,
+                         "--json", str(missing)], capsys)  # fmt: skip
+    assert code == 2
+    assert f"--json {missing}: the folder {missing.parent} does not exist" in err
+    assert not missing.parent.exists(), "a missing folder is not created silently"
+    code, err = run_cli(["analyze", "--variants", "causal", "--backends", "eager", "--json", str(tmp_path)], capsys)
+    assert code == 2
+    assert "is a folder; give a file name" in err
+
+
+def test_a_point_too_large_for_memory_is_refused_and_the_sweep_goes_on(capsys, tmp_path) -> None:
+    """200k tokens of eager causal attention would need terabytes: refused by the analyzer's
+    prediction before it runs, with both numbers; the next point runs and the file is written."""
+    out = tmp_path / "r.json"
+    code, _ = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "200000,64", *SMALL,
+                       "--json", str(out)], capsys)  # fmt: skip
+    assert code == 0
+    records = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    assert records[200000]["status"] == "refused"
+    assert records[200000]["predicted_peak_bytes"] > records[200000]["available_bytes"]
+    assert "GiB free on cpu" in records[200000]["reason"]
+    assert records[64]["status"] == "ok"
+
+
+def test_a_case_that_does_not_fit_is_recorded_and_the_sweep_goes_on(capsys, tmp_path) -> None:
+    out = tmp_path / "r.json"
+    code, _ = run_cli(["sweep", "--variants", "topk", "--backends", "eager", "--seq-lens", "16,64", "--top-k", "32",
+                       *SMALL, "--json", str(out)], capsys)  # fmt: skip
+    assert code == 0
+    records = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    assert records[16]["status"] == "unsupported"
+    assert records[16]["reason"].startswith("case does not fit topk: top_k")
+    assert records[64]["status"] == "ok"
+    code, _ = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "16", "--heads", "4",
+                       "--kv-heads", "3", "--json", str(out), "--force"], capsys)  # fmt: skip
+    assert code == 0
+    (record,) = json.loads(out.read_text())["records"]
+    assert record["status"] == "unsupported"
+    assert "heads (4) must be divisible by kv_heads (3)" in record["reason"]
+
+
+def test_an_existing_results_file_is_refused_resumed_or_overwritten(capsys, tmp_path) -> None:
+    out = tmp_path / "r.json"
+    argv = ["sweep", "--variants", "causal", "--backends", "eager,tiled", "--seq-lens", "32,64", *SMALL,
+            "--json", str(out)]  # fmt: skip
+    assert run_cli(argv, capsys)[0] == 0
+    first = json.loads(out.read_text())
+    code, err = run_cli(argv, capsys)
+    assert code == 2
+    assert "exists; --resume continues that run, --force overwrites it" in err
+    assert json.loads(out.read_text()) == first, "the earlier run is untouched"
+    # An interrupted run: only its first two points were saved. --resume measures the other two.
+    out.write_text(json.dumps(first | {"records": first["records"][:2]}))
+    assert run_cli([*argv, "--resume"], capsys)[0] == 0
+    resumed = json.loads(out.read_text())["records"]
+    assert len(resumed) == 4
+    assert resumed[0]["samples_s"] == first["records"][0]["samples_s"], "kept, not measured again"
+    assert {(r["backend"], r["seq_len"]) for r in resumed} == {(b, n) for b in ("eager", "tiled") for n in (32, 64)}
+    code, err = run_cli([*argv, "--resume", "--heads", "4"], capsys)
+    assert code == 2
+    assert "with another shape or options; --force starts over" in err
+    assert run_cli([*argv, "--force"], capsys)[0] == 0
+
+
+def test_two_sweeps_cannot_write_one_file(capsys, tmp_path) -> None:
+    out = tmp_path / "r.json"
+    with exclusive(out):
+        code, err = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "32", *SMALL,
+                             "--json", str(out), "--force"], capsys)  # fmt: skip
+    assert code == 1
+    assert f"another run is writing {out}" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "is empty"),
+        ('{"machine": {}, "records": [{"variant": "causal"', "is not valid JSON (truncated?)"),
+        ('{"rows": []}', "is not a sweep's results (no 'records' list"),
+        ('{"records": [{"variant": "causal"}]}', "record 0: record lacks"),
+    ],
+    ids=["empty", "truncated", "wrong shape", "bad record"],
+)
+def test_plot_names_the_file_and_the_problem(content: str, message: str, capsys, tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    out = tmp_path / "plots"
+    code, err = run_cli(["plot", str(bad), "--out", str(out)], capsys)
+    assert code == 2
+    assert f"results file {bad}" in err
+    assert message in err
+    assert not out.exists(), "no picture is drawn before the input is known to be good"
+
+
+def test_plot_refuses_results_without_a_successful_point(capsys, tmp_path) -> None:
+    results = tmp_path / "r.json"
+    record = {"variant": "linear", "mechanism": "linear", "backend": "sdpa-math", "seq_len": 64, "batch": 1,
+              "case_id": "x", "case": {}, "status": "unsupported", "reason": "no"}  # fmt: skip
+    results.write_text(json.dumps({"machine": {}, "records": [record]}))
+    code, err = run_cli(["plot", str(results), "--out", str(tmp_path / "plots")], capsys)
+    assert code == 1
+    assert "no point ran successfully, nothing to plot" in err
+
+
+def test_tune_says_which_limit_nothing_met(capsys) -> None:
+    code = main(["tune", "--variant", "causal", "--backends", "eager", "--seq-len", "128", *SMALL,
+                 "--memory-limit-mib", "0.25", "--max-batch", "4"])  # fmt: skip
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "batch 1 does not fit: peak" in out
+    assert "> limit 0.25 MiB" in out
+
+
+def test_regress_gives_gits_own_message_in_one_line(tmp_path) -> None:
+    for args, cwd, message in (
+        (["nosuchref", "HEAD"], Path(__file__).parents[1], "fatal: Needed a single revision"),
+        (["--repo", str(tmp_path), "main", "HEAD"], tmp_path, "not a git repository"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "attnperf.regress", *args], cwd=cwd, capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+        assert proc.returncode == 1
+        assert message in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_saves_what_was_measured_and_exits_130(tmp_path) -> None:
+    out = tmp_path / "r.json"
+    lengths = "64,96,128,160,192,224,256,288"
+    argv = [sys.executable, "-m", "attnperf", "sweep", "--variants", "causal", "--backends", "eager,tiled",
+            "--seq-lens", lengths, "--batches", "1,2,3", *SMALL, "--json", str(out)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert out.exists(), "the first point was saved"
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    saved = len(json.loads(out.read_text())["records"])
+    assert 1 <= saved < 48
+    assert f"interrupted; {saved} points saved to {out}" in stderr
+    assert "Traceback" not in stderr
+    with contextlib.suppress(FileNotFoundError):
+        assert not [p for p in os.listdir(tmp_path) if p.endswith((".tmp", ".lock"))]
