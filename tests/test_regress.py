@@ -38,10 +38,10 @@ GRID = {
 # threefold eager slowdown read 2.6 at 256 tokens (fixed costs dilute it), so one CI run did not
 # confirm it. The check is not made laxer for the test; the injected slowdown is made plain.
 SLOWDOWN = (
-    "                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
-    "                for _ in range(5):  # deliberate 6x slowdown for the regression test\n"
-    "                    eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n"
-    "                return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
+    "            return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
+    "            for _ in range(5):  # deliberate 6x slowdown for the regression test\n"
+    "                eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n"
+    "            return eager_softmax(qq, expand_kv(kk, heads), expand_kv(v, heads), case.scale, mask, bias)\n",
 )
 WRONG = ("out5[:, :, :, qs:qe] = (acc / l).to(out.dtype)", "out5[:, :, :, qs:qe] = (acc / l * 1.01).to(out.dtype)")
 BROKEN_IMPORT = (
