@@ -50,7 +50,7 @@ from attnperf.measure import (
 )
 from attnperf.records import Status
 from attnperf.results import read_json, write_json
-from attnperf.sweep import free_memory
+from attnperf.sweep import free_memory, is_oom
 
 SCHEMA = 1
 
@@ -120,10 +120,6 @@ def cache_key(spec: PointSpec) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 class BatchRunner:

@@ -37,6 +37,13 @@ def free_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def is_oom(exc: BaseException) -> bool:
+    """An allocation failure: CUDA's ``OutOfMemoryError``, or the CPU allocator's RuntimeError
+    ("DefaultCPUAllocator: can't allocate memory")."""
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def memory_refusal(spec: PointSpec, case: Case) -> tuple[str, int, int] | None:
     """(reason, predicted, available) when the point's inputs and predicted peak exceed the memory
     the device has free now; None when it fits or nothing is known."""
@@ -76,9 +83,11 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
         return Record(**head, status=Status.UNSUPPORTED, reason=str(exc))
     except WrongResult as exc:
         return Record(**head, status=Status.WRONG, reason=str(exc))
-    except torch.OutOfMemoryError as exc:
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not is_oom(exc):
+            raise
         free_memory(case.device)
-        return Record(**head, status=Status.OOM, reason=str(exc).splitlines()[0])
+        return Record(**head, status=Status.OOM, reason=str(exc).strip().splitlines()[0])
     flops = forward_flops(spec.mechanism, backend, case)
     return Record(
         **head, status=Status.OK, rel_error=checked.error, median_s=timing.median, samples_s=tuple(timing.samples),

@@ -204,3 +204,19 @@ def test_ctrl_c_saves_what_was_measured_and_exits_130(tmp_path) -> None:
     assert "Traceback" not in stderr
     with contextlib.suppress(FileNotFoundError):
         assert not [p for p in os.listdir(tmp_path) if p.endswith((".tmp", ".lock"))]
+
+
+def test_an_allocation_that_fails_anyway_is_recorded_as_oom(monkeypatch, capsys, tmp_path) -> None:
+    """Without the refusal (as when the prediction is too low), the CPU allocator's failure is an
+    ``oom`` record with its message, and the next point still runs."""
+    import attnperf.sweep
+
+    monkeypatch.setattr(attnperf.sweep, "memory_refusal", lambda spec, case: None)
+    out = tmp_path / "r.json"
+    code, _ = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "200000,64", *SMALL,
+                       "--json", str(out)], capsys)  # fmt: skip
+    assert code == 0
+    records = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    assert records[200000]["status"] == "oom"
+    assert "allocate" in records[200000]["reason"]
+    assert records[64]["status"] == "ok"
