@@ -55,6 +55,8 @@ class CheckResult:
     reason: str | None = None
     #: The kernel a dispatching backend (``sdpa``) picked for this case, where it says.
     kernel: str | None = None
+    #: The seed of the random inputs (``check(..., seed=)`` replays a wrong result exactly).
+    seed: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -126,6 +128,7 @@ def check(
     if reason is not None:
         return CheckResult(**result, status=Status.UNSUPPORTED, reason=reason)
     seed = secrets.randbelow(2**31) if seed is None else seed
+    result["seed"] = seed
     q, k, v = make_inputs(case, seed=seed)
     try:
         with torch.no_grad():
@@ -170,6 +173,7 @@ def verified_runner(
         raise WrongResult(
             f"{be.name} on {mech.name} {case.id}: "
             + (result.reason or f"relative error {result.error:.3g} > bound {result.bound:.3g}")
+            + (f" (inputs of seed {result.seed})" if result.seed is not None else "")
         )
     q, k, v = make_inputs(case, requires_grad=requires_grad, on_device=True)
     return be.prepare(mech, case, q, k, v), result
