@@ -192,9 +192,11 @@ class BatchRunner:
 
         device = point.case.device
         figures: dict[str, Any] = {}
+        backend = get_backend(point.backend)
         if torch.device(device).type == "cuda":
-            figures["peak_bytes"] = measure_cuda_peak(point.run, device)
-        elif not get_backend(point.backend).own_cpu_allocator:  # RSS growth: for the graphs, not exact
+            if not backend.own_cuda_allocator:
+                figures["peak_bytes"] = measure_cuda_peak(point.run, device)
+        elif not backend.own_cpu_allocator:  # RSS growth: for the graphs, not exact
             figures["peak_bytes"] = measure_cpu_peak_rss(point.run)
         try:
             figures["predicted_bytes"] = predicted_peak_bytes(point.mechanism, point.backend, point.case)

@@ -193,7 +193,7 @@ CPU_GRID = Grid(
 GPU_GRID = Grid(
     backends=(
         "eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "tiled", "flash-attn4",
-        "flash-attn3", "xformers", "fla", "onnxruntime",
+        "flash-attn3", "xformers", "fla", "onnxruntime-cuda", "onnxruntime-trt",
     ),
     variants=("full", "causal", "gqa", "sliding_window", "bigbird", "linear_causal", "alibi", "rope"),
     seq_lens=(512, 1024, 2048, 4096, 8192, 16384),
@@ -208,12 +208,12 @@ GPU_GRID = Grid(
 #: mechanism class (dense causal, GQA, local, block-sparse, linear, positional, decode) at a short
 #: and a long length, the backward at the short one. Sized from the H200: a process over the whole
 #: GPU-grid set of variants at these lengths took over 250 s (checks, flex compilations, 7 s a
-#: point for the plain-PyTorch ``tiled`` loops at 8k). ``tiled`` and ``onnxruntime`` (an export per
+#: point for the plain-PyTorch ``tiled`` loops at 8k). ``tiled`` and the ONNX Runtime backends (an export per
 #: shape) are left to the main-branch history and the CPU check. Its lengths are a subset of the GPU
 #: grid's, so its results are points of the same asv history.
 PR_GPU_GRID = dataclasses.replace(
     GPU_GRID,
-    backends=tuple(b for b in GPU_GRID.backends if b not in ("tiled", "onnxruntime")),
+    backends=tuple(b for b in GPU_GRID.backends if b not in ("tiled", "onnxruntime-cuda", "onnxruntime-trt")),
     variants=("causal", "gqa", "sliding_window", "bigbird", "linear_causal", "rope"),
     seq_lens=(2048, 8192),
     backward_seq_lens=(2048,),

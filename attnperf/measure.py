@@ -239,11 +239,17 @@ def measure_cpu_allocated_peak(fn: Callable[[], object]) -> int:
 
 
 def measure_peak(
-    fn: Callable[[], object], device: str | torch.device, *, own_cpu_allocator: bool = False
+    fn: Callable[[], object],
+    device: str | torch.device,
+    *,
+    own_cpu_allocator: bool = False,
+    own_cuda_allocator: bool = False,
 ) -> tuple[int | None, str]:
     """Peak extra memory of one call and what was measured: the CUDA allocator's peak on a GPU,
-    RSS growth on the CPU, or nothing (``None``) for a backend whose own CPU arena hides it."""
+    RSS growth on the CPU, or nothing (``None``) for a backend whose own arena hides it."""
     if torch.device(device).type == "cuda":
+        if own_cuda_allocator:
+            return None, "not measured: the backend keeps GPU memory in its own arena"
         return measure_cuda_peak(fn, device), "cuda-allocated"
     if own_cpu_allocator:
         return None, "not measured: the backend keeps CPU memory in its own arena"

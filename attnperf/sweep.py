@@ -78,7 +78,8 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
         kernel = getattr(runner, "kernel", None)  # sdpa: the kernel its dispatch picked
         with torch.no_grad():
             timing = measure_time(runner, case.device, repeat=repeat, min_sample_s=min_sample_s)
-            peak, peak_kind = measure_peak(runner, case.device, own_cpu_allocator=backend.own_cpu_allocator)
+            peak, peak_kind = measure_peak(runner, case.device, own_cpu_allocator=backend.own_cpu_allocator,
+                                           own_cuda_allocator=backend.own_cuda_allocator)  # fmt: skip
     except Unsupported as exc:
         return Record(**head, status=Status.UNSUPPORTED, reason=str(exc))
     except WrongResult as exc:

@@ -64,10 +64,11 @@ class TrackPeakMemory(_Suite):
 
     def track_peak_bytes(self, *params):
         point = self.point
-        own_arena = get_backend(point.backend).own_cpu_allocator
-        peak, _kind = measure_peak(point.run, point.case.device, own_cpu_allocator=own_arena)
+        backend = get_backend(point.backend)
+        peak, kind = measure_peak(point.run, point.case.device, own_cpu_allocator=backend.own_cpu_allocator,
+                                  own_cuda_allocator=backend.own_cuda_allocator)  # fmt: skip
         if peak is None:
-            raise NotImplementedError("the backend keeps CPU memory in its own arena: not measured")
+            raise NotImplementedError(kind)
         return peak
 
     def track_predicted_peak_bytes(self, *params):

@@ -149,3 +149,66 @@ def test_whole_tensor_backends_execute_every_score() -> None:
     for name in ("eager", "sdpa-math", "onnxruntime"):
         assert forward_flops("full", name, case).executed == dense, name
     assert forward_flops("full", "flex", case).executed < 0.6 * dense
+
+
+def test_onnxruntime_backends_one_provider_each_and_say_why_they_cannot_run() -> None:
+    """One backend name per execution provider; a provider this build lacks is named as the reason
+    (beside "runs on cuda only" on a CPU case), never silently replaced by another provider."""
+    import onnxruntime
+
+    from attnperf.backends.onnxrt import OnnxRuntime
+
+    onnx_backends = {name: b for name, b in BACKENDS.items() if isinstance(b, OnnxRuntime)}
+    assert set(onnx_backends) == {"onnxruntime", "onnxruntime-cuda", "onnxruntime-trt"}
+    firsts = [b.providers[0] for b in onnx_backends.values()]
+    assert len(set(firsts)) == len(firsts), firsts
+    available = onnxruntime.get_available_providers()
+    case = Case(heads=4, q_len=64, head_dim=16, causal=True)
+    for name, backend in onnx_backends.items():
+        reason = backend.supports(MECHANISMS["full"], case) or ""
+        if backend.providers[0] not in available:
+            assert f"{backend.providers[0]} not among onnxruntime" in reason, (name, reason)
+        if "cpu" not in backend.devices:
+            assert "runs on cuda only" in reason, (name, reason)
+    assert BACKENDS["onnxruntime"].supports(MECHANISMS["full"], case) is None
+    half = Case(heads=4, q_len=64, head_dim=16, dtype="float16")
+    assert "dtype float16 unsupported" in (BACKENDS["onnxruntime"].supports(MECHANISMS["full"], half) or "")
+
+
+def test_onnxruntime_session_on_another_provider_than_the_backends_is_refused() -> None:
+    """ONNX Runtime falls back to the CPU provider when the one asked for cannot load: such a session
+    must be refused, or CPU figures would be recorded under a GPU provider's name."""
+    import onnxruntime
+
+    from attnperf.backends import Unsupported
+    from attnperf.backends.onnxrt import OnnxRuntime
+    from attnperf.case import make_inputs
+
+    class AskingForCuda(OnnxRuntime):
+        name = "onnxruntime-asking-for-cuda"
+        providers = ("CUDAExecutionProvider",)
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime build has the CUDA provider: no fallback to provoke")
+    case = Case(heads=2, q_len=16, head_dim=8)
+    q, k, v = make_inputs(case, seed=SEED)
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"), pytest.raises(Unsupported, match="could not start"):
+        AskingForCuda().prepare(MECHANISMS["full"], case, q, k, v)
+
+
+def test_onnxruntime_gpu_peak_is_not_read_from_torchs_allocator() -> None:
+    """The CUDA and TensorRT providers allocate from their own arena: torch's CUDA statistics would
+    read about zero, so the peak is reported as not measured (and the call is not even made)."""
+    from attnperf.measure import measure_peak
+
+    def must_not_run() -> None:
+        raise AssertionError("measure_peak ran the call although it measures nothing")
+
+    for name in ("onnxruntime-cuda", "onnxruntime-trt"):
+        backend = BACKENDS[name]
+        peak, kind = measure_peak(must_not_run, "cuda", own_cuda_allocator=backend.own_cuda_allocator)
+        assert peak is None, (name, peak)
+        assert kind.startswith("not measured"), (name, kind)
+    peak, kind = measure_peak(lambda: None, "cpu", own_cpu_allocator=BACKENDS["onnxruntime"].own_cpu_allocator)
+    assert peak is None, peak
+    assert kind.startswith("not measured"), kind

@@ -27,5 +27,7 @@ run "attnperf plot" "Figures from the sweep above and pictures of the mechanisms
   attnperf plot "$tmp/sweep.json" --out docs/plots
 run "attnperf tune" "Per backend, the batch of highest throughput under a 256 MiB limit and a 400 ms p95 (✗: a size that did not fit)." \
   attnperf tune --variant causal --seq-len 1024 --backends eager,sdpa-flash,tiled --memory-limit-mib 256 --p95-ms 400 --max-batch 64 --repeat 5
-mv "$tmp/doc" "$out"; cp "$tmp/sweep.json" docs/results/cpu-sweep.json; rm -rf "$tmp"
+run "attnperf model" "A Llama-3.2-1B-shaped decoder (random weights), each transformers attention implementation checked against eager, then prefill and per-token decode timed." \
+  attnperf model --size small --prompt-len 128 --new-tokens 16 --repeat 5 --json "$tmp/model.json"
+mv "$tmp/doc" "$out"; cp "$tmp/sweep.json" docs/results/cpu-sweep.json; cp "$tmp/model.json" docs/results/cpu-model-small.json; rm -rf "$tmp"
 echo "wrote $out"

@@ -8,7 +8,7 @@ from attnperf.backends.eager import Eager
 from attnperf.backends.fla import Fla
 from attnperf.backends.flash_attn import FlashAttn3, FlashAttn4
 from attnperf.backends.flex import Flex
-from attnperf.backends.onnxrt import OnnxRuntime
+from attnperf.backends.onnxrt import OnnxRuntime, OnnxRuntimeCuda, OnnxRuntimeTensorRT
 from attnperf.backends.sdpa import SdpaAuto, SdpaCudnn, SdpaEfficient, SdpaFlash, SdpaMath
 from attnperf.backends.tiled import Tiled
 from attnperf.backends.xformers import XFormers
@@ -29,6 +29,8 @@ BACKENDS: dict[str, Backend] = {
         XFormers(),
         Fla(),
         OnnxRuntime(),
+        OnnxRuntimeCuda(),
+        OnnxRuntimeTensorRT(),
     )
 }
 

@@ -76,6 +76,9 @@ class Backend:
     compiles_per_shape: ClassVar[bool] = False
     #: Keeps CPU memory in an arena of its own, invisible to RSS growth: its CPU peak is not measured.
     own_cpu_allocator: ClassVar[bool] = False
+    #: Allocates GPU memory from an arena of its own, invisible to torch's CUDA allocator statistics:
+    #: its GPU peak is not measured either.
+    own_cuda_allocator: ClassVar[bool] = False
     #: The query/key block (or linear attention's chunk) its kernel works in, which the FLOP model
     #: counts whole; None for code that works on whole tensors and materializes every score
     #: (so it skips nothing). 128 is flex's and FlashAttention's usual tile.

@@ -34,15 +34,23 @@ RECOMPILE_LIMIT = 256
 COMPILE_BLOCK_MASK_FROM = 65536
 
 
-@functools.cache
-def compiled_flex() -> Callable[..., torch.Tensor]:
-    """The one compiled ``flex_attention`` of this process, with fallback turned into errors."""
+def guard_recompiles() -> None:
+    """Raise dynamo's recompile limits and make hitting them an error, so that a compiled
+    ``flex_attention`` never falls back to the unfused path unseen (also used by the model run,
+    where transformers compiles flex itself)."""
     import torch._dynamo.config as dynamo_config
-    from torch.nn.attention.flex_attention import flex_attention
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
     dynamo_config.fail_on_recompile_limit_hit = True
+
+
+@functools.cache
+def compiled_flex() -> Callable[..., torch.Tensor]:
+    """The one compiled ``flex_attention`` of this process, with fallback turned into errors."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    guard_recompiles()
     return torch.compile(flex_attention, dynamic=False, fullgraph=True)
 
 

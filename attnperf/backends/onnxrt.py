@@ -1,17 +1,27 @@
-"""ONNX Runtime: the eager attention exported with ``torch.onnx`` and run by an inference session.
+"""ONNX Runtime: the eager attention exported with ``torch.onnx`` and run by an inference session,
+one backend per execution provider so that the providers can be compared side by side.
 
 ``prepare`` wraps the mechanism's eager computation (the same code as the ``eager`` backend:
 mask, bias and RoPE tables become constants of the graph) in a module, exports it with the
-``torch.export``-based exporter (one graph per shape, a few seconds each) and opens a session
-with the best execution provider present: TensorRT, then CUDA for a CUDA case, the CPU
-otherwise. CPU inputs are handed over as NumPy views; CUDA inputs through I/O binding, so the
-timed call is the session run alone.
+``torch.export``-based exporter (one graph per shape, a few seconds each) and opens a session on
+the backend's one provider:
+
+* ``onnxruntime``: the CPU provider (float32; the name of the single backend this once was, so
+  its CPU history continues);
+* ``onnxruntime-cuda``: the CUDA provider, float32 and float16;
+* ``onnxruntime-trt``: the TensorRT provider, float32 and float16, with the CUDA provider behind
+  it for the nodes TensorRT does not take (ONNX Runtime's documented set-up).
+
+The graph is exported in the case's dtype, so float16 is FP16 throughout. ONNX Runtime quietly
+falls back to the CPU when a provider's libraries fail to load; a session whose first provider is
+not the backend's is refused rather than timed under the wrong name. CPU inputs are handed over as
+NumPy views; CUDA inputs through I/O binding, so the timed call is the session run alone.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -22,8 +32,6 @@ from attnperf.backends.sdpa import SOFTMAX_MECHANISMS
 from attnperf.case import Case
 from attnperf.mechanisms import Mechanism, SoftmaxMechanism, get_mechanism
 from attnperf.mechanisms.base import expand_kv
-
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 class AttentionGraph(torch.nn.Module):
@@ -48,15 +56,24 @@ class AttentionGraph(torch.nn.Module):
 
 
 class OnnxRuntime(Backend):
+    """The CPU execution provider; the base of the per-provider backends below."""
+
     name = "onnxruntime"
-    summary = "torch.onnx export of the eager attention, run by ONNX Runtime (CPU; CUDA/TensorRT when present)"
+    summary = "torch.onnx export of the eager attention, run by ONNX Runtime's CPU provider"
     mechanisms = SOFTMAX_MECHANISMS | {"linear"}
-    # bfloat16 lacks CPU kernels for several of the graph's operators in ONNX Runtime.
-    dtypes = ("float32", "float16")
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    # The CPU provider has no float16 MatMul/Softmax kernels, and bfloat16 lacks CPU kernels for
+    # several of the graph's operators.
+    dtypes: ClassVar[tuple[str, ...]] = ("float32",)
     supports_backward = False
     compiles_per_shape = True  # one export per shape
     block_size = None  # the exported eager graph materializes every score
     own_cpu_allocator = True  # ONNX Runtime's CPU arena keeps its memory between runs
+    #: The session's execution providers, in ONNX Runtime's order of preference; the first is the
+    #: one this backend stands for, the rest take the nodes it declines.
+    providers: ClassVar[tuple[str, ...]] = ("CPUExecutionProvider",)
+    #: What to install when the provider is missing.
+    install_hint: ClassVar[str] = "onnxruntime"
 
     ort: Any = None
 
@@ -66,17 +83,21 @@ class OnnxRuntime(Backend):
 
         self.ort = onnxruntime
 
-    def providers(self, case: Case) -> list[str]:
-        if case.device.startswith("cuda"):
-            return [p for p in GPU_PROVIDERS if p in self.ort.get_available_providers()]
-        return ["CPUExecutionProvider"]
+    def provider_reason(self) -> str | None:
+        """Why this backend's provider is missing from this ONNX Runtime build, or None."""
+        available = self.ort.get_available_providers()
+        if self.providers[0] in available:
+            return None
+        return (f"{self.providers[0]} not among onnxruntime {self.ort.__version__}'s providers here "
+                f"({', '.join(available)}); install {self.install_hint}")  # fmt: skip
 
-    def case_reasons(self, mechanism: Mechanism, case: Case) -> list[str]:
-        if not self.providers(case):
-            return ["onnxruntime has no CUDA or TensorRT execution provider here (install onnxruntime-gpu)"]
-        if case.device == "cpu" and case.dtype == "float16":
-            return ["float16 unsupported on ONNX Runtime's CPU provider (no float16 MatMul/Softmax kernels)"]
-        return []
+    def not_supported_reasons(self, mechanism: Mechanism, case: Case, *, backward: bool = False) -> list[str]:
+        """Every reason, the missing provider included even when the case has other reasons too
+        (``attnperf list`` on a CPU machine then says both "runs on cuda only" and what to install)."""
+        reasons = super().not_supported_reasons(mechanism, case, backward=backward)
+        if self.library_reason is None and (why := self.provider_reason()) is not None:
+            reasons.append(why)
+        return reasons
 
     def prepare_softmax(
         self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -106,8 +127,12 @@ class OnnxRuntime(Backend):
             )  # fmt: skip
         except Exception as exc:  # the exporter's many failure types all mean "cannot export this"
             raise Unsupported(f"torch.onnx export failed: {str(exc).strip().splitlines()[0]}") from exc
-        session = self.ort.InferenceSession(buffer.getvalue(), providers=self.providers(case))
-        if not case.device.startswith("cuda"):
+        session = self.ort.InferenceSession(buffer.getvalue(), providers=list(self.providers))
+        if session.get_providers()[0] != self.providers[0]:  # a provider whose libraries failed to load
+            running = ", ".join(session.get_providers())
+            raise Unsupported(f"onnxruntime could not start {self.providers[0]} (the session runs on {running}); "
+                              "its log names the library it could not load")  # fmt: skip
+        if case.device == "cpu":
             feeds = {"q": q.detach().numpy(), "k": k.detach().numpy(), "v": v.detach().numpy()}
             return lambda: torch.from_numpy(session.run(None, feeds)[0])
         out = torch.empty_like(q)
@@ -128,3 +153,29 @@ class OnnxRuntime(Backend):
             return out
 
         return run_bound
+
+
+class OnnxRuntimeCuda(OnnxRuntime):
+    """ONNX Runtime's CUDA execution provider: FP16 with ``--dtype float16``."""
+
+    name = "onnxruntime-cuda"
+    summary = "torch.onnx export of the eager attention, run by ONNX Runtime's CUDA provider (FP16 or FP32)"
+    devices = ("cuda",)
+    # bfloat16 is left out: the provider lacks bfloat16 kernels for several of the graph's operators.
+    dtypes = ("float32", "float16")
+    own_cpu_allocator = False
+    # The provider allocates from its own CUDA arena, which torch's allocator statistics do not see.
+    own_cuda_allocator = True
+    providers = ("CUDAExecutionProvider",)
+    install_hint = "onnxruntime-gpu (with CUDA and cuDNN libraries it can load)"
+
+
+class OnnxRuntimeTensorRT(OnnxRuntimeCuda):
+    """ONNX Runtime's TensorRT execution provider (an engine built per shape at session start), with
+    the CUDA provider for the nodes TensorRT declines. FP16 with ``--dtype float16``: the graph is
+    exported in float16, so no precision flag of TensorRT's is needed."""
+
+    name = "onnxruntime-trt"
+    summary = "torch.onnx export of the eager attention, run by ONNX Runtime's TensorRT provider (FP16 or FP32)"
+    providers = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    install_hint = "onnxruntime-gpu and TensorRT's libraries"
