@@ -84,8 +84,7 @@ def start(device: str) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "0"))
     if "RANK" not in os.environ or world < 2:
         raise LaunchError(
-            "needs torchrun with WORLD_SIZE >= 2: torchrun --nproc-per-node 2 -m attnperf.cp "
-            + " ".join(sys.argv[1:])
+            "needs torchrun with WORLD_SIZE >= 2: torchrun --nproc-per-node 2 -m attnperf.cp " + " ".join(sys.argv[1:])
         )
     if device == "cuda":
         if not torch.cuda.is_available() or torch.cuda.device_count() < int(os.environ.get("LOCAL_WORLD_SIZE", world)):
@@ -207,11 +206,15 @@ def time_ring(case: Case, seed: int, repeat: int) -> dict[str, Any]:
 def ring_refusal(case: Case) -> str | None:
     """Why the analyzer predicts the ring cannot fit on some rank now (inputs + predicted peak)."""
     free = available_bytes(case.device)
-    shard_bytes = (case.heads + 2 * case.n_kv_heads) * case.batch * case.head_dim * case.q_len * case.torch_dtype.itemsize
+    shard_bytes = (
+        (case.heads + 2 * case.n_kv_heads) * case.batch * case.head_dim * case.q_len * case.torch_dtype.itemsize
+    )
     needed = shard_bytes // dist.get_world_size() + BACKEND.predicted_peak_bytes(get_mechanism("full"), case)
     frees = gathered(free)
     if any(f is not None and needed > f for f in frees):
-        return f"predicted {needed / GIB:.1f} GiB per rank > {min(f for f in frees if f is not None) / GIB:.1f} GiB free"
+        return (
+            f"predicted {needed / GIB:.1f} GiB per rank > {min(f for f in frees if f is not None) / GIB:.1f} GiB free"
+        )
     return None
 
 
@@ -307,11 +310,17 @@ def table(rows: Sequence[dict[str, Any]], ranks: int) -> str:
         many = _cell(ring, (ring or {}).get("median_s"))
         one_mem = (best["peak_bytes"] or 0) + _input_bytes(best["case"]) if best else None
         many_mem = (ring or {}).get("peak_per_rank_bytes")
-        mem = " → ".join(f"{m / GIB:.2f} GiB" if m else "-" for m in (one_mem, many_mem))
+        mem = " → ".join(_bytes(m) for m in (one_mem, many_mem))
         speed = f"{row['speedup']:.2f}×" if "speedup" in row else "-"
         eff = f"{row['efficiency']:.0%}" if "efficiency" in row else "-"
         lines.append(f"| {row['variant']} | {row['seq_len']} | {one} | {many} | {speed} | {eff} | {mem} |")
     return "\n".join(lines) + "\n"
+
+
+def _bytes(n: int | None) -> str:
+    if not n:
+        return "-"
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
 def _input_bytes(case: dict[str, Any]) -> int:
@@ -376,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--kv-heads", type=int, help="GQA/MQA: kv heads (default: --heads)")
         p.add_argument("--head-dim", type=int, default=128)
         p.add_argument("--rotate", choices=("allgather", "alltoall"), default="allgather",
-                       help="how the ring moves keys and values (PyTorch's set_rotate_method; default allgather)")  # fmt: skip
+                       help="how the ring moves keys and values (set_rotate_method; default allgather)")  # fmt: skip
         p.add_argument("--seed", type=int, help="input seed (default: drawn on rank 0)")
     check = sub.choices["check"]
     check.add_argument("--seq-lens", type=_ints, default=[4096, 16384], help="comma-separated (default 4096,16384)")
@@ -385,9 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seq-lens", type=_ints, default=[16384, 32768, 65536, 131072, 262144],
                    help="timed lengths, each checked first (default 16384 … 262144)")  # fmt: skip
     b.add_argument("--max-seq-len", type=int, default=0,
-                   help="double past the last timed length up to this, until each configuration fails (default: off)")  # fmt: skip
+                   help="double past the timed lengths up to this, until each fails (default off)")  # fmt: skip
     b.add_argument("--baselines", type=lambda s: [x for x in s.split(",") if x],
-                   help=f"single-device backends (default {BASELINES['cuda']} on cuda, {BASELINES['cpu']} on cpu)")  # fmt: skip
+                   help=f"single-device backends (default {BASELINES['cuda']}; cpu: {BASELINES['cpu']})")  # fmt: skip
     b.add_argument("--repeat", type=int, default=7, help="samples per timed point (default 7)")
     b.add_argument("--out", type=Path, required=True, help="folder for cp-<machine>-x<N>.json and .md")
     return parser
