@@ -22,6 +22,8 @@ from attnperf.case import Case
 from attnperf.cp import MULTICAST_OFF, build_parser, keep_multicast_off, main
 from attnperf.mechanisms import MECHANISMS
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -30,10 +32,15 @@ def free_port() -> int:
 
 
 def torchrun(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on a small machine: no oversubscription
+    # two ranks on a small machine: no oversubscription; this checkout's attnperf in every rank
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                str(free_port()), "-m", "attnperf.cp", *args]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False, cwd=ROOT)
 
 
 def test_two_gloo_ranks_match_the_float64_reference(tmp_path: Path) -> None:
