@@ -110,3 +110,15 @@ def sweep(session: nox.Session) -> None:
         "results/sweep.json",
     ]
     session.run("attnperf", "sweep", *args)
+
+
+@nox.session(python=PYTHON)
+def cp(session: nox.Session) -> None:
+    """Context-parallel attention under torchrun: ``nox -s cp -- check|bench ...`` (``attnperf.cp``).
+
+    ``ATTNPERF_NPROC`` ranks (default 2): one GPU each with CUDA (NCCL), else gloo on the CPU.
+    NVLink multicast stays off (the launcher sets NCCL_NVLS_ENABLE=0 and the others when absent).
+    """
+    install(session, "test")
+    nproc = os.environ.get("ATTNPERF_NPROC", "2")
+    session.run("torchrun", "--nproc-per-node", nproc, "-m", "attnperf.cp", *(session.posargs or ["check"]))

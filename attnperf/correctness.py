@@ -135,6 +135,11 @@ def check(
             runner = be.prepare(mech, case, q, k, v)
             result["kernel"] = getattr(runner, "kernel", None)
             out = run_unsupported_aware(be, runner)
+            # A runner that computes a shard of the output (context parallelism: this rank's
+            # part of the sequence) carries ``gather``, which assembles the whole output.
+            gather = getattr(runner, "gather", None)
+            if gather is not None:
+                out = gather(out)
     except Unsupported as exc:
         return CheckResult(**result, status=Status.UNSUPPORTED, reason=str(exc))
     rows = sample_rows(case, seed)

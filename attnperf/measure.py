@@ -99,13 +99,25 @@ def warm_up(fn: Callable[[], object], device: str | torch.device, seconds: float
 
 
 def measure_time(
-    fn: Callable[[], object], device: str | torch.device, *, repeat: int = 7, min_sample_s: float | None = None
+    fn: Callable[[], object],
+    device: str | torch.device,
+    *,
+    repeat: int = 7,
+    min_sample_s: float | None = None,
+    number: int | None = None,
 ) -> Timing:
     """Median seconds per call of ``fn`` over ``repeat`` samples, after the policy's warm-up.
 
     ``min_sample_s`` overrides the policy's (0: every sample is one call, as a latency
-    percentile needs).
+    percentile needs). ``number`` fixes the calls: two warm-up calls, then ``number`` per sample.
+    A collective ``fn`` (context parallelism) needs that, since every rank must make the same
+    calls, which a warm-up by the clock and a per-rank calibration would not give.
     """
+    if number is not None:
+        ensure_warm(device)
+        warm_up(fn, device, 0.0)
+        samples = [time_calls(fn, device, number) for _ in range(repeat)]
+        return Timing(median=statistics.median(samples), samples=samples, number=number)
     one = max(warm_point(fn, device), 1e-9)
     if min_sample_s is None:
         min_sample_s = policy(device).min_sample_s

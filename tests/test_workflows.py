@@ -137,3 +137,15 @@ def test_perf_pr_regress_command_parses() -> None:
     )
     assert args.grid == "pr-gpu"
     assert (args.base, args.head) == ("b", "h")
+
+
+def test_the_two_gpu_job_runs_trusted_code_read_only_with_multicast_off() -> None:
+    job = load("publish.yml")["jobs"]["context-parallel"]
+    assert {"self-hosted", "gpu-trusted", "h200x2"} <= set(job["runs-on"])
+    assert "gpu-pr" not in job["runs-on"]
+    assert "permissions" not in job
+    labels = yaml.safe_load((ROOT / ".github/actionlint.yaml").read_text())["self-hosted-runner"]["labels"]
+    assert "h200x2" in labels
+    from attnperf.cp import MULTICAST_OFF
+
+    assert {name: job["env"][name] for name in MULTICAST_OFF} == MULTICAST_OFF

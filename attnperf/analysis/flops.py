@@ -69,6 +69,9 @@ def visited_block_pairs(mechanism: SoftmaxMechanism, case: Case, block: int) -> 
 
 
 def executed_pairs(mechanism: SoftmaxMechanism, case: Case, backend: Backend) -> int:
+    """Pairs a single kernel call multiplies: every pair for whole-tensor code or a dense mask, else
+    the visited blocks. The default of :meth:`Backend.executed_pairs`, which a backend that splits
+    the work differently (context parallelism's ring) replaces with its own count."""
     if backend.block_size is None or not backend.native_mask(mechanism, case):
         return case.q_len * case.k_len
     return visited_block_pairs(mechanism, case, backend.block_size)
@@ -84,7 +87,7 @@ def forward_flops(mechanism: str | Mechanism, backend: str | Backend, case: Case
     match mech.family:
         case Family.SOFTMAX:
             assert isinstance(mech, SoftmaxMechanism)
-            return Flops(4 * bh * d * allowed_pairs(mech, case), 4 * bh * d * executed_pairs(mech, case, be))
+            return Flops(4 * bh * d * allowed_pairs(mech, case), 4 * bh * d * be.executed_pairs(mech, case))
         case Family.TOPK:
             scores = 2 * bh * d * case.q_len * case.k_len
             useful = scores + 2 * bh * d * case.q_len * (case.top_k or 0)

@@ -4,6 +4,7 @@ in :data:`BACKENDS`; the correctness suite, the benchmarks and ``attnperf list``
 from __future__ import annotations
 
 from attnperf.backends.base import Backend, Runner, Unsupported
+from attnperf.backends.context_parallel import ContextParallel
 from attnperf.backends.eager import Eager
 from attnperf.backends.fla import Fla
 from attnperf.backends.flash_attn import FlashAttn3, FlashAttn4
@@ -31,6 +32,7 @@ BACKENDS: dict[str, Backend] = {
         OnnxRuntime(),
         OnnxRuntimeCuda(),
         OnnxRuntimeTensorRT(),
+        ContextParallel(),
     )
 }
 

@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import torch
 
+from attnperf.analysis import flops
 from attnperf.case import DTYPES, Case
 from attnperf.mechanisms import Family, Mechanism, SoftmaxMechanism
 
@@ -141,6 +142,11 @@ class Backend:
         By default the causal mask only (the one argument every fused kernel has); a custom mask
         or a bias reaches such a kernel as a dense tensor, and then every block is computed."""
         return mechanism.bias_fn(case, "cpu") is None and mechanism.mask_kind(case) != "custom"
+
+    def executed_pairs(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        """(query, key) pairs the backend multiplies, summed over every device it runs on: the
+        executed side of the FLOP model (:mod:`attnperf.analysis.flops`)."""
+        return flops.executed_pairs(mechanism, case, self)
 
     def for_case(self, mechanism: Mechanism, case: Case) -> Backend:
         """The backend whose performance facts hold for ``case``: itself, except for a backend that

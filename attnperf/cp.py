@@ -1,0 +1,432 @@
+"""Context-parallel attention under torchrun: checked against the float64 reference, then timed.
+
+    torchrun --nproc-per-node N -m attnperf.cp check [--device cuda] [--seq-lens 4096,16384] [--json F]
+    torchrun --nproc-per-node N -m attnperf.cp bench [--seq-lens 16384,...,262144] [--max-seq-len M] --out DIR
+
+``check``: every rank draws the same seeded inputs (the seed is drawn on rank 0 and broadcast),
+runs the ``context-parallel`` backend on its shard, the output is gathered
+(``context_parallel_unshard``) and rank 0 compares it with the mechanism's float64 reference; the
+verdict goes back to every rank. Exit 1 when any result is wrong.
+
+``bench``: for each variant and length, first one device: the single-device baselines (the
+fastest is the "1 GPU" figure) run on rank 0 through the sweep's checked path while the other
+ranks wait; then every rank: the same check as above, and the ring timed on shards each rank
+draws on its own device (what a context-parallel model holds: no rank ever sees the whole
+sequence), every rank making the same calls, with a barrier before the samples; the step takes
+as long as its slowest rank. Per-rank peak memory, speedup (N-rank throughput ÷ the best
+single-device throughput) and efficiency (speedup ÷ N). Past the timed lengths ``--max-seq-len``
+doubles the length until each configuration fails (``oom``, or ``refused`` where the analyzer's
+prediction exceeds the free memory), each configuration run once there. Results go to
+``DIR/cp-<machine>-x<N>.json`` (atomically, after every length) and a Markdown table beside it.
+
+NVLink multicast stays off in every process (NCCL_NVLS_ENABLE=0,
+TORCH_SYMM_MEM_DISABLE_MULTICAST=1, NVSHMEM_DISABLE_NVLS=1, set before torch.distributed starts
+unless the environment sets them already).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+#: NVLink multicast off (the lent multi-GPU hosts need it; see docs/context-parallel.md).
+MULTICAST_OFF: dict[str, str] = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+
+
+def keep_multicast_off(env: dict[str, str] | os._Environ[str] = os.environ) -> None:
+    """Set each of :data:`MULTICAST_OFF` that ``env`` lacks (before any NCCL communicator exists)."""
+    for name, value in MULTICAST_OFF.items():
+        env.setdefault(name, value)
+
+
+keep_multicast_off()
+
+import torch  # noqa: E402  (after the environment: NCCL reads it when it loads)
+import torch.distributed as dist  # noqa: E402
+
+from attnperf.analysis.flops import forward_flops  # noqa: E402
+from attnperf.backends import BACKENDS, Unsupported  # noqa: E402
+from attnperf.backends.context_parallel import ContextParallel, ring_runner  # noqa: E402
+from attnperf.benchgrid import FORWARD, PointSpec  # noqa: E402
+from attnperf.case import DTYPES, Case, make_inputs  # noqa: E402
+from attnperf.catalog import get_variant  # noqa: E402
+from attnperf.correctness import CheckResult, relative_error, run_unsupported_aware, sample_rows  # noqa: E402
+from attnperf.machine import available_bytes, machine_tag  # noqa: E402
+from attnperf.measure import measure_peak, measure_time, policy, time_calls  # noqa: E402
+from attnperf.mechanisms import get_mechanism  # noqa: E402
+from attnperf.records import Record, Status  # noqa: E402
+from attnperf.results import write_atomic, write_json  # noqa: E402
+from attnperf.sweep import free_memory, run_point  # noqa: E402
+
+VARIANTS = ("full", "causal")
+BASELINES = {"cuda": "sdpa-cudnn,sdpa-flash,flash-attn4", "cpu": "eager,sdpa-flash"}
+BACKEND: ContextParallel = BACKENDS["context-parallel"]  # type: ignore[assignment]
+GIB = 2**30
+
+
+class LaunchError(RuntimeError):
+    """The process was not started the way the command needs (no torchrun, one rank)."""
+
+
+def start(device: str) -> tuple[int, int]:
+    """Join the process group torchrun describes: NCCL with one GPU per rank, or gloo on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "0"))
+    if "RANK" not in os.environ or world < 2:
+        raise LaunchError(
+            "needs torchrun with WORLD_SIZE >= 2: torchrun --nproc-per-node 2 -m attnperf.cp " + " ".join(sys.argv[1:])
+        )
+    if device == "cuda":
+        if not torch.cuda.is_available() or torch.cuda.device_count() < int(os.environ.get("LOCAL_WORLD_SIZE", world)):
+            raise LaunchError(f"--device cuda needs one GPU per local rank; torch sees {torch.cuda.device_count()}")
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # The long single-device points run on rank 0 while the others wait at a barrier.
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=timedelta(minutes=60))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def any_rank(flag: bool, device: str) -> bool:
+    """True on every rank when ``flag`` is true on any."""
+    t = torch.tensor([int(flag)], device=device if device == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_case(case: Case, seed: int) -> CheckResult:
+    """Context-parallel attention on every rank, the gathered output against the float64
+    reference on rank 0; every rank returns rank 0's verdict."""
+    mech = get_mechanism("full")
+    head = {"mechanism": mech.name, "backend": BACKEND.name, "case_id": case.id}
+    reason = BACKEND.supports(mech, case)
+    if reason is not None:
+        return CheckResult(**head, status=Status.UNSUPPORTED, reason=reason)
+    q, k, v = make_inputs(case, seed=seed)
+    try:
+        with torch.no_grad():
+            runner = BACKEND.prepare(mech, case, q, k, v)
+            out = runner.gather(run_unsupported_aware(BACKEND, runner))  # type: ignore[attr-defined]
+    except Unsupported as exc:
+        return CheckResult(**head, status=Status.UNSUPPORTED, reason=str(exc))
+    verdict = None
+    if dist.get_rank() == 0:
+        rows = sample_rows(case, seed)
+        if rows is not None:
+            out = out[:, :, rows.to(out.device)]
+        error = relative_error(out, mech.reference(q, k, v, case, rows))
+        half = case.dtype in ("bfloat16", "float16")
+        bound = BACKEND.bound(case.dtype) * (mech.half_precision_factor if half else 1.0)
+        verdict = CheckResult(**head, status=Status.OK if error <= bound else Status.WRONG, error=error, bound=bound)
+    return from_rank0(verdict)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The shape flags every length shares."""
+
+    device: str
+    dtype: str
+    batch: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    def case(self, variant: str, seq_len: int) -> Case:
+        return get_variant(variant).case(seq_len, batch=self.batch, heads=self.heads, head_dim=self.head_dim,
+                                         dtype=self.dtype, device=self.device, kv_heads=self.kv_heads)  # fmt: skip
+
+
+def shards(case: Case, seed: int, rank: int, ranks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's q, k, v shards, drawn on its own device (the timed inputs need no reference)."""
+    gen = torch.Generator(device=case.device).manual_seed(seed + rank)
+    rows = case.q_len // ranks
+    shapes = [(case.batch, case.heads, rows, case.head_dim)] + [(case.batch, case.n_kv_heads, rows, case.head_dim)] * 2
+    q, k, v = (torch.randn(s, generator=gen, device=case.device, dtype=case.torch_dtype) for s in shapes)
+    return q, k, v
+
+
+def gathered(value: Any) -> list[Any]:
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def time_ring(case: Case, seed: int, repeat: int) -> dict[str, Any]:
+    """The ring on fresh shards: the slowest rank's median, every rank's peak extra memory."""
+    rank, ranks = dist.get_rank(), dist.get_world_size()
+    result: dict[str, Any] = {}
+    try:
+        q, k, v = shards(case, seed, rank, ranks)
+        runner = ring_runner(case, q, k, v)
+        with torch.no_grad():
+            runner()
+            one = torch.tensor([time_calls(runner, case.device, 1)], dtype=torch.float64, device=q.device)
+            dist.all_reduce(one, op=dist.ReduceOp.MAX)
+            # the same calls on every rank: the calibration is the slowest rank's
+            number = max(1, int(policy(case.device).min_sample_s / max(float(one.item()), 1e-9)))
+            dist.barrier()
+            timing = measure_time(runner, case.device, repeat=repeat, number=number)
+            peak, peak_kind = measure_peak(runner, case.device)
+        inputs = sum(t.numel() * t.element_size() for t in (q, k, v))
+        mine = {"median_s": timing.median, "samples_s": timing.samples, "peak_bytes": peak, "inputs_bytes": inputs}
+        result["peak_kind"] = peak_kind
+    except torch.OutOfMemoryError as exc:
+        mine = {"oom": str(exc).splitlines()[0]}
+    free_memory(case.device)
+    per_rank = gathered(mine)
+    oom = [r["oom"] for r in per_rank if "oom" in r]
+    if oom:
+        return {"status": Status.OOM.value, "reason": oom[0]}
+    median = max(r["median_s"] for r in per_rank)
+    flops = forward_flops("full", BACKEND, case)
+    return result | {
+        "status": Status.OK.value, "median_s": median, "tokens_per_s": case.batch * case.q_len / median,
+        "useful_tflops": flops.useful / median / 1e12, "per_rank": per_rank,
+        "peak_per_rank_bytes": max(r["peak_bytes"] or 0 for r in per_rank) + max(r["inputs_bytes"] for r in per_rank),
+        "predicted_peak_bytes": BACKEND.predicted_peak_bytes(get_mechanism("full"), case),
+    }  # fmt: skip
+
+
+def ring_refusal(case: Case) -> str | None:
+    """Why the analyzer predicts the ring cannot fit on some rank now (inputs + predicted peak)."""
+    free = available_bytes(case.device)
+    shard_bytes = (
+        (case.heads + 2 * case.n_kv_heads) * case.batch * case.head_dim * case.q_len * case.torch_dtype.itemsize
+    )
+    needed = shard_bytes // dist.get_world_size() + BACKEND.predicted_peak_bytes(get_mechanism("full"), case)
+    frees = gathered(free)
+    if any(f is not None and needed > f for f in frees):
+        return (
+            f"predicted {needed / GIB:.1f} GiB per rank > {min(f for f in frees if f is not None) / GIB:.1f} GiB free"
+        )
+    return None
+
+
+def single_device(shape: Shape, variant: str, seq_len: int, baselines: Sequence[str], repeat: int) -> list[Record]:
+    """The baselines on rank 0 alone, through the sweep's checked path (others wait)."""
+    records = []
+    if dist.get_rank() == 0:
+        for name in baselines:
+            spec = PointSpec(backend=name, variant=variant, seq_len=seq_len, head_dim=shape.head_dim,
+                             dtype=shape.dtype, mode=FORWARD, device=shape.device, heads=shape.heads,
+                             batch=shape.batch, options=(("kv_heads", shape.kv_heads),))  # fmt: skip
+            records.append(run_point(spec, repeat=repeat))
+            free_memory(shape.device)
+    dist.barrier()
+    return records
+
+
+def bench(args: argparse.Namespace, shape: Shape) -> int:
+    rank, ranks = dist.get_rank(), dist.get_world_size()
+    tag = f"{machine_tag()}-x{ranks}"
+    out_json = args.out / f"cp-{tag}.json"
+    seed = from_rank0(args.seed if args.seed is not None else secrets.randbelow(2**31))
+    rows: list[dict[str, Any]] = []
+    for variant in args.variants:
+        lengths = list(args.seq_lens)
+        while lengths[-1] * 2 <= args.max_seq_len:
+            lengths.append(lengths[-1] * 2)
+        failed_single = failed_ring = False
+        for seq_len in lengths:
+            timed = seq_len in args.seq_lens
+            repeat = args.repeat if timed else 1
+            case = shape.case(variant, seq_len)
+            row: dict[str, Any] = {"variant": variant, "seq_len": seq_len, "case_id": case.id, "timed": timed}
+            if not failed_single:
+                singles = single_device(shape, variant, seq_len, args.baselines, repeat)
+                row["single"] = [r.to_dict() for r in singles]
+                ok = [r for r in singles if r.status is Status.OK]
+                best = min(ok, key=lambda r: r.median_s or float("inf")) if ok else None
+                row["best_single"] = best.to_dict() if best else None
+                failed_single = from_rank0(rank == 0 and not ok and not timed)
+            if not failed_ring:
+                check = check_case(case, seed) if timed else None
+                row["check"] = check.as_dict() if check else None
+                if check is not None and not check.ok:
+                    row["ring"] = {"status": check.status.value, "reason": check.reason}
+                elif (why := ring_refusal(case)) is not None:
+                    row["ring"] = {"status": Status.REFUSED.value, "reason": why}
+                else:
+                    row["ring"] = time_ring(case, seed, repeat)
+                failed_ring = not timed and row["ring"]["status"] != Status.OK.value
+            rows.append(row | derived(row, ranks))
+            if rank == 0:
+                report = {"machine": tag, "ranks": ranks, "seed": seed, "layout": BACKEND.describe(),
+                          "shape": vars(shape), "rows": rows}  # fmt: skip
+                write_json(out_json, report)
+                write_atomic(out_json.with_suffix(".md"), table(rows, ranks))
+            if failed_single and failed_ring:
+                break
+    if rank == 0:
+        print(table(rows, ranks), end="")
+        print(f"wrote {out_json} and {out_json.with_suffix('.md')}")
+    wrong = any((r.get("check") or {}).get("status") == Status.WRONG.value for r in rows)
+    return 1 if wrong else 0
+
+
+def derived(row: dict[str, Any], ranks: int) -> dict[str, Any]:
+    """Speedup (N-rank throughput ÷ the best single device's) and efficiency (speedup ÷ N)."""
+    best, ring = row.get("best_single"), row.get("ring") or {}
+    if not best or ring.get("status") != Status.OK.value:
+        return {}
+    speedup = best["median_s"] / ring["median_s"]
+    return {"speedup": speedup, "efficiency": speedup / ranks}
+
+
+def _cell(part: dict[str, Any] | None, seconds: float | None) -> str:
+    if part is None:
+        return "-"
+    if part.get("status") != Status.OK.value:
+        return part.get("status", "-")
+    return f"{seconds * 1e3:.3g} ms" if seconds is not None else "-"
+
+
+def table(rows: Sequence[dict[str, Any]], ranks: int) -> str:
+    """The Markdown table: length, 1 device (its backend), N ranks, speedup, efficiency, memory."""
+    lines = [
+        f"| variant | length | 1 device (best) | {ranks} ranks | speedup | efficiency | peak/rank 1 → {ranks} |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        best, ring = row.get("best_single"), row.get("ring")
+        single_failed = next((r["status"] for r in row.get("single", []) if r["status"] != Status.OK.value), "-")
+        one = f"{_cell(best, best['median_s'])} ({best['backend']})" if best else single_failed
+        many = _cell(ring, (ring or {}).get("median_s"))
+        one_mem = (best["peak_bytes"] or 0) + _input_bytes(best["case"]) if best else None
+        many_mem = (ring or {}).get("peak_per_rank_bytes")
+        mem = " → ".join(_bytes(m) for m in (one_mem, many_mem))
+        speed = f"{row['speedup']:.2f}×" if "speedup" in row else "-"
+        eff = f"{row['efficiency']:.0%}" if "efficiency" in row else "-"
+        lines.append(f"| {row['variant']} | {row['seq_len']} | {one} | {many} | {speed} | {eff} | {mem} |")
+    return "\n".join(lines) + "\n"
+
+
+def _bytes(n: int | None) -> str:
+    if not n:
+        return "-"
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
+def _input_bytes(case: dict[str, Any]) -> int:
+    c = Case(**case)
+    return (c.heads * c.q_len + 2 * c.n_kv_heads * c.k_len) * c.batch * c.head_dim * c.torch_dtype.itemsize
+
+
+def check_all(args: argparse.Namespace, shape: Shape) -> int:
+    rank = dist.get_rank()
+    seed = from_rank0(args.seed if args.seed is not None else secrets.randbelow(2**31))
+    results = []
+    for variant in args.variants:
+        for seq_len in args.seq_lens:
+            result = check_case(shape.case(variant, seq_len), seed)
+            results.append(result)
+            if rank == 0:
+                detail = f"error {result.error:.3g} <= {result.bound:.3g}" if result.ok else result.reason or ""
+                if result.status is Status.WRONG:
+                    detail = f"error {result.error:.3g} > bound {result.bound:.3g}"
+                print(f"{result.status.value:12} {variant:7} {result.case_id}  {detail}", flush=True)
+    if rank == 0 and args.json is not None:
+        write_json(args.json, {"machine": f"{machine_tag()}-x{dist.get_world_size()}", "seed": seed,
+                               "layout": BACKEND.describe(), "results": [r.as_dict() for r in results]})  # fmt: skip
+    return 1 if any(r.status is Status.WRONG for r in results) else 0
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _names(allowed: Sequence[str]) -> Any:
+    def parse(text: str) -> list[str]:
+        names = [x for x in text.split(",") if x]
+        bad = [n for n in names if n not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}; got {text!r}")
+        return names
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m attnperf.cp",
+                                     description=__doc__.splitlines()[0])  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    gpu = torch.cuda.is_available()
+    for name, what in (("check", "the gathered output against the float64 reference"),
+                       ("bench", "time and memory against length, 1 device vs N ranks")):  # fmt: skip
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if gpu else "cpu",
+                       help="cuda: NCCL, one GPU per rank; cpu: gloo (default: cuda when visible)")  # fmt: skip
+        p.add_argument("--dtype", choices=sorted(DTYPES), help="default bfloat16 on cuda, float32 on cpu")
+        p.add_argument("--variants", type=_names(VARIANTS), default=list(VARIANTS), help="full,causal (default both)")
+        p.add_argument("--batch", type=int, default=1)
+        p.add_argument("--heads", type=int, default=16)
+        p.add_argument("--kv-heads", type=int, help="GQA/MQA: kv heads (default: --heads)")
+        p.add_argument("--head-dim", type=int, default=128)
+        p.add_argument("--rotate", choices=("allgather", "alltoall"), default="allgather",
+                       help="how the ring moves keys and values (set_rotate_method; default allgather)")  # fmt: skip
+        p.add_argument("--seed", type=int, help="input seed (default: drawn on rank 0)")
+    check = sub.choices["check"]
+    check.add_argument("--seq-lens", type=_ints, default=[4096, 16384], help="comma-separated (default 4096,16384)")
+    check.add_argument("--json", type=Path, help="write the verdicts here")
+    b = sub.choices["bench"]
+    b.add_argument("--seq-lens", type=_ints, default=[16384, 32768, 65536, 131072, 262144],
+                   help="timed lengths, each checked first (default 16384 … 262144)")  # fmt: skip
+    b.add_argument("--max-seq-len", type=int, default=0,
+                   help="double past the timed lengths up to this, until each fails (default off)")  # fmt: skip
+    b.add_argument("--baselines", type=lambda s: [x for x in s.split(",") if x],
+                   help=f"single-device backends (default {BASELINES['cuda']}; cpu: {BASELINES['cpu']})")  # fmt: skip
+    b.add_argument("--repeat", type=int, default=7, help="samples per timed point (default 7)")
+    b.add_argument("--out", type=Path, required=True, help="folder for cp-<machine>-x<N>.json and .md")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if getattr(args, "baselines", None) is None and args.command == "bench":
+        args.baselines = BASELINES[args.device].split(",")
+    if args.command == "bench":
+        unknown = [b for b in args.baselines if b not in BACKENDS or b == BACKEND.name]
+        if unknown:
+            print(f"error: --baselines: unknown {unknown}; choose from {sorted(set(BACKENDS) - {BACKEND.name})}")
+            return 2
+    try:
+        shape = Shape(args.device, args.dtype, args.batch, args.heads, args.kv_heads or args.heads, args.head_dim)
+        shape.case("full", 64)  # validates heads, kv_heads, head_dim and batch with Case's own messages
+        start(args.device)
+    except (ValueError, LaunchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from torch.distributed.tensor.experimental._attention import set_rotate_method
+
+    set_rotate_method(args.rotate)
+    try:
+        return check_all(args, shape) if args.command == "check" else bench(args, shape)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
