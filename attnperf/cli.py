@@ -242,7 +242,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save, done=done)
         except KeyboardInterrupt:
             where = f" to {json_path}" if json_path is not None else " (no --json: nothing written)"
-            print(f"attnperf: interrupted; {len(saved)} points saved{where}", file=sys.stderr)
+            print(f"attnperf sweep: interrupted; {len(saved)} points saved{where}", file=sys.stderr)
             return EXIT_INTERRUPTED
     rows = []
     for r in records:
