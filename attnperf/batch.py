@@ -201,7 +201,7 @@ class BatchRunner:
         try:
             figures["predicted_bytes"] = predicted_peak_bytes(point.mechanism, point.backend, point.case)
             figures["tflops"] = forward_flops(point.mechanism, point.backend, point.case).useful / median / 1e12
-        except (KeyError, ValueError) as exc:  # no model for this pair: the graphs go without it
+        except (KeyError, ValueError, NotImplementedError) as exc:  # no model: the graphs go without it
             figures["model_reason"] = _first_line(exc)
         return figures
 

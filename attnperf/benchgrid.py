@@ -110,12 +110,20 @@ class PointSpec:
         )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The JSON form; empty options are left out, so that a base commit's older batch runner
+        (whose ``PointSpec`` has no ``options``) reads the points file the check writes."""
+        data = dataclasses.asdict(self)
+        if not self.options:
+            del data["options"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PointSpec:
-        """The inverse of :meth:`as_dict` through JSON (which turns tuples into lists)."""
-        return cls(**data | {"options": tuple(tuple(pair) for pair in data.get("options", ()))})
+        """The inverse of :meth:`as_dict` through JSON (which turns tuples into lists); fields a
+        newer writer added are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**known | {"options": tuple(tuple(pair) for pair in data.get("options", ()))})
 
 
 @dataclass(frozen=True)
