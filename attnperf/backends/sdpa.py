@@ -53,6 +53,13 @@ def sdpa_mask_args(mechanism: SoftmaxMechanism, case: Case, device: torch.device
     return {"attn_mask": bias[None]}  # [1, H, Lq, Lk]: SDPA takes 2-D or 4-D masks
 
 
+def sdpa_call_args(mechanism: SoftmaxMechanism, case: Case, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Every keyword of the SDPA call for ``case``: the mask arguments, the scale and GQA."""
+    kwargs = sdpa_mask_args(mechanism, case, device, dtype)
+    kwargs.update(scale=case.scale, enable_gqa=case.n_kv_heads != case.heads)
+    return kwargs
+
+
 class Sdpa(Backend):
     """One SDPA kernel, forced."""
 
@@ -63,8 +70,7 @@ class Sdpa(Backend):
     def prepare_softmax(
         self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> Runner:
-        kwargs = sdpa_mask_args(mechanism, case, q.device, q.dtype)
-        kwargs.update(scale=case.scale, enable_gqa=case.n_kv_heads != case.heads)
+        kwargs = sdpa_call_args(mechanism, case, q.device, q.dtype)
         transform = mechanism.qk_transform(case, q.device, q.dtype)
         kernel = self.kernel
 
@@ -178,8 +184,7 @@ class SdpaAuto(Backend):
     def prepare_softmax(
         self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> Runner:
-        kwargs = sdpa_mask_args(mechanism, case, q.device, q.dtype)
-        kwargs.update(scale=case.scale, enable_gqa=case.n_kv_heads != case.heads)
+        kwargs = sdpa_call_args(mechanism, case, q.device, q.dtype)
         transform = mechanism.qk_transform(case, q.device, q.dtype)
 
         def run() -> torch.Tensor:
@@ -202,8 +207,7 @@ class SdpaAuto(Backend):
         shape_q, shape_kv = (1, small.heads, q_len, small.head_dim), (1, small.n_kv_heads, kv_len, small.head_dim)
         q = torch.zeros(shape_q, dtype=dtype, device=small.device)
         k = torch.zeros(shape_kv, dtype=dtype, device=small.device)
-        kwargs = sdpa_mask_args(mechanism, small, q.device, q.dtype)
-        kwargs.update(scale=small.scale, enable_gqa=small.n_kv_heads != small.heads)
+        kwargs = sdpa_call_args(mechanism, small, q.device, q.dtype)
         return FORCED.get(picked_kernel(q, k, torch.zeros_like(k), **kwargs), FORCED["math"])
 
 
