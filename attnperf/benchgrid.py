@@ -200,7 +200,7 @@ CPU_GRID = Grid(
 
 GPU_GRID = Grid(
     backends=(
-        "eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "tiled", "flash-attn4",
+        "eager", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "tiled", "flash-attn4",
         "flash-attn3", "xformers", "fla", "onnxruntime-cuda", "onnxruntime-trt",
     ),
     variants=("full", "causal", "gqa", "sliding_window", "bigbird", "linear_causal", "alibi", "rope"),

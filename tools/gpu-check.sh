@@ -21,6 +21,9 @@
 #   overhead          asv's per-point cost (one process per point, 2 points), to set against batch's
 #   prcheck           the pull-request check itself, A/A: regress HEAD~1 HEAD over pr-gpu, timed (in a copy
 #                     without .git: tar --exclude=./.git -cf - . | tar xf - -C /tmp/copy; the device's copy has one)
+#   rows16            the optimization suite's rows (vanilla / SDPA / FlashAttention-2 / xFormers / ORT FP16 /
+#                     TensorRT) at fp16, SDPA's own choice against every forced kernel, and the model-level run
+#                     at Llama-3.2-1B's size
 #   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
 #                     reuses its verdicts and pools its processes)
 # Each step has its own timeout so that one slow step cannot take the others' results with it.
@@ -129,7 +132,21 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     grep -v USDT "$OUT/prcheck.txt" | tail -12; head -8 "$OUT/prcheck-summary.md"
     python3 tools/batch-costs.py /tmp/attnperf-prcheck/pass1-*.json | tee "$OUT/prcheck-costs.txt"
     tar czf "$OUT/prcheck-runs.tgz" -C /tmp attnperf-prcheck ;;
+  rows16)
+    timeout 200 python3 -m attnperf sweep --device cuda --dtype float16 --heads 16 --head-dim 128 --variants causal \
+      --seq-lens 1024,4096,16384 --repeat 10 --json "$OUT/rows16-fp16.json" \
+      --backends eager,sdpa,sdpa-flash,xformers,onnxruntime-cuda,onnxruntime-trt,sdpa-efficient,sdpa-cudnn,flash-attn4 \
+      > "$OUT/rows16-fp16.txt" 2>&1; echo "rows fp16 exit $?"; cat "$OUT/rows16-fp16.txt"
+    timeout 150 python3 -m attnperf sweep "${SHAPE[@]}" --variants full,causal,gqa,sliding_window,alibi,decode \
+      --seq-lens 4096 --backends sdpa,sdpa-flash,sdpa-efficient,sdpa-cudnn,sdpa-math --repeat 10 \
+      --json "$OUT/sdpa-choice.json" > "$OUT/sdpa-choice.txt" 2>&1; echo "sdpa choice exit $?"; cat "$OUT/sdpa-choice.txt"
+    timeout 240 python3 -m attnperf model --size 1b --device cuda --dtype bfloat16 --prompt-len 2048 --new-tokens 32 \
+      --json "$OUT/model-1b.json" > "$OUT/model-1b.txt" 2>&1; echo "model exit $?"; cat "$OUT/model-1b.txt" ;;
   trials)
+    if [[ -n ${DEADLINE_UNIX:-} ]]; then  # what is left of the session's device time, less a minute to hand back
+      TRIALS_BUDGET_S=$(( DEADLINE_UNIX - $(date +%s) - 60 )); TRIALS_TIMEOUT_S=$(( TRIALS_BUDGET_S + 50 ))
+      ((TRIALS_BUDGET_S > 60)) || { echo "trials: no time left before the deadline"; continue; }
+    fi
     mkdir -p /tmp/attnperf-trials && cp /tmp/attnperf-prcheck/verdicts-pass1.json /tmp/attnperf-trials/verdicts.json 2>/dev/null
     shopt -s nullglob; aa=(/tmp/attnperf-prcheck/pass1-*.json); shopt -u nullglob  # the A/A check's processes
     timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu --budget-s "${TRIALS_BUDGET_S:-520}" \
