@@ -45,6 +45,30 @@ PROCESS_TIMEOUT_S = 3600
 MALLOC_MMAP_THRESHOLD = 1 << 30
 
 
+#: A folder for every compilation cache the measured libraries keep (``ATTNPERF_COMPILE_CACHE``):
+#: one path that a workflow restores before the check and saves after main's history run.
+COMPILE_CACHE_DIRS = {
+    "TRITON_CACHE_DIR": "triton",  # Triton kernels and autotuning results (fla, flex's kernels)
+    "TORCHINDUCTOR_CACHE_DIR": "inductor",  # inductor's FX graph and autotune caches (compiled flex)
+    "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": "cute",  # flash-attn-4's compiled CuTe kernels
+}
+
+
+def compile_cache_env(environ: dict[str, str]) -> dict[str, str]:
+    """The variables that keep compilations on disk, so that a commit's later processes load kernels
+    instead of building them: about 270 of the 431 s of the H200's first pr-gpu process were spent
+    compiling (fla's Triton autotuning 159 s, flex 59 s, flash-attn-4's CuTe kernels 49 s).
+    Inductor's FX graph cache is on by default; flash-attn-4's cache and Triton's autotuning
+    results are opt-in. With
+    ``ATTNPERF_COMPILE_CACHE`` set, every cache lives under that one folder. Variables the caller
+    set already win."""
+    wanted = {"FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1", "TRITON_CACHE_AUTOTUNING": "1"}
+    root = environ.get("ATTNPERF_COMPILE_CACHE")
+    if root:
+        wanted |= {name: os.path.join(root, sub) for name, sub in COMPILE_CACHE_DIRS.items()}
+    return {name: environ.get(name) or value for name, value in wanted.items()}
+
+
 class RegressError(Failure):
     """An expected failure with a one-line message (git, a missing runner, a bad argument)."""
 
@@ -97,11 +121,7 @@ class ProcessRunner:
         # read 1.9 ms in one process and 33 ms in the next on the 2-core CPU. A fixed threshold
         # gives every process the same allocator behaviour.
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MALLOC_MMAP_THRESHOLD))
-        # Compilations on disk, so a commit's later processes load kernels instead of building them
-        # (inductor's FX graph cache, which compiled flex uses, is on by default): flash-attn-4's
-        # CuTe kernels and Triton's autotuning results (fla) are opt-in.
-        env.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
-        env.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+        env.update(compile_cache_env(env))
         cmd = [sys.executable, "-m", "attnperf.batch", "--points", str(points_file), "--out", str(out),
                "--verdicts", str(verdicts), "--label", label, "--repeat", str(self.repeat)]  # fmt: skip
         if inject:

@@ -183,3 +183,15 @@ def test_main_reports_git_errors_in_one_line(tmp_path: Path, capsys) -> None:
 
 def test_alternation_balances_order() -> None:
     assert alternation(3) == ["base", "head", "head", "base", "base", "head"]
+
+
+def test_compile_caches_live_under_one_folder_when_asked() -> None:
+    from attnperf.regress import COMPILE_CACHE_DIRS, compile_cache_env
+
+    plain = compile_cache_env({})
+    assert plain == {"FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1", "TRITON_CACHE_AUTOTUNING": "1"}
+    env = compile_cache_env({"ATTNPERF_COMPILE_CACHE": "/c", "TRITON_CACHE_DIR": "/mine"})
+    assert env["TRITON_CACHE_DIR"] == "/mine", "a variable the caller set wins"
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == "/c/inductor"
+    assert env["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == "/c/cute"
+    assert set(COMPILE_CACHE_DIRS) <= set(env)

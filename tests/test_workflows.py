@@ -149,3 +149,28 @@ def test_the_two_gpu_job_runs_trusted_code_read_only_with_multicast_off() -> Non
     from attnperf.cp import MULTICAST_OFF
 
     assert {name: job["env"][name] for name in MULTICAST_OFF} == MULTICAST_OFF
+
+
+def test_compiled_kernels_are_saved_by_main_and_only_restored_by_pull_requests() -> None:
+    """The first process of a check would compile for minutes; main's history run saves each
+    shard's compilations and the pull-request check restores all of them, never saving."""
+    pr_steps = load("perf-pr.yml")["jobs"]["benchmark"]["steps"]
+    uses = [step.get("uses", "") for step in pr_steps]
+    assert not any(u.startswith(("actions/cache@", "actions/cache/save@")) for u in uses), "a PR must not save"
+    restored = [
+        step["with"]["restore-keys"] for step in pr_steps if step.get("uses", "").startswith("actions/cache/restore@")
+    ]
+    measure = load("publish.yml")["jobs"]["measure"]
+    shards = measure["strategy"]["matrix"]["shard"]
+    saves = [step for step in measure["steps"] if step.get("uses", "").startswith("actions/cache/save@")]
+    assert len(saves) == 1
+    assert "${{ matrix.shard }}" in saves[0]["with"]["key"]
+    for shard in shards:
+        prefix = saves[0]["with"]["key"].replace("${{ matrix.shard }}", str(shard)).split("${{ github.sha }}")[0]
+        assert prefix in restored, f"shard {shard}'s cache is never restored"
+    for steps in (pr_steps, measure["steps"]):
+        runs = " ".join(step.get("run", "") for step in steps)
+        assert "ATTNPERF_COMPILE_CACHE=$HOME/.cache/attnperf-compile" in runs
+        assert all(
+            s["with"]["path"] == "~/.cache/attnperf-compile" for s in steps if "actions/cache" in s.get("uses", "")
+        )
