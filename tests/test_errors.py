@@ -4,6 +4,7 @@ exit code (2 usage, 1 failure, 130 interrupted), no traceback and no partial fil
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from attnperf.cli import main
-from attnperf.errors import exclusive
+from attnperf.errors import Failure, exclusive
 
 SMALL = ["--heads", "2", "--head-dim", "16", "--repeat", "3"]
 
@@ -130,6 +131,29 @@ def test_two_sweeps_cannot_write_one_file(capsys, tmp_path) -> None:
     assert code == 1
     assert f"another run is writing {out}" in err
     assert not out.exists()
+
+
+def test_a_lock_file_removed_while_it_is_being_locked_is_not_a_lock(monkeypatch, tmp_path) -> None:
+    """Run A ends and removes its lock file after run B opened it; run C locks a new file at the
+    same path. B's lock on the removed file must not count: B sees C's lock and fails."""
+    out = tmp_path / "r.json"
+    lock = tmp_path / "r.json.lock"
+    real_flock, third_run = fcntl.flock, []
+
+    def flock_after_a_and_c(fd: object, operation: int) -> None:
+        if not third_run:  # between B's open and B's flock: A removes the file, C locks a new one
+            lock.unlink()
+            third_run.append(lock.open("w"))
+            real_flock(third_run[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_and_c)
+    with pytest.raises(Failure, match=f"another run is writing {out}"), exclusive(out):
+        pass
+    third_run[0].close()
+    with exclusive(out):  # C is done: the path's lock is free again
+        assert lock.exists()
+    assert not lock.exists()
 
 
 @pytest.mark.parametrize(
