@@ -56,6 +56,24 @@ def positive_float(text: str) -> float:
     return value
 
 
+#: Tokens the mechanism pictures may have (``plot --n``, or the count of ``--tokens``): below one
+#: BigBird block of 8 the sparse patterns do not show; above 512 a cell is under a pixel in the
+#: figures and each of the 12 panels is a dense n × n mask (512 takes about 30 s on 2 CPU cores).
+PICTURE_N = (8, 512)
+
+
+def picture_size(text: str) -> int:
+    """``plot --n``: an integer in :data:`PICTURE_N`."""
+    low, high = PICTURE_N
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {value}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     """Comma-separated integers, each at least 1, at least one."""
     return [positive_int(item) for item in csv_list(text)]
@@ -284,11 +302,27 @@ def resumable(results: Any, grid: Any, machine: dict[str, Any]) -> list[Any]:
     return kept
 
 
+def case_from_flags(variant: str, seq_len: int, **shape: Any) -> Any:
+    """``variant``'s :class:`~attnperf.case.Case` at ``seq_len`` in the shape the flags give. Case
+    raises ValueError for combinations it refuses (``--heads 9`` with gqa's heads/4 kv heads);
+    from flags that is the user's input, so it becomes a UsageError naming the point."""
+    try:
+        return VARIANTS[variant].case(seq_len, **shape)
+    except ValueError as exc:
+        raise UsageError(f"{variant} at {seq_len} tokens: {exc}") from None
+
+
 def print_complexity_table(args: argparse.Namespace) -> int:
     """``attnperf analyze --table``: big-O classes beside the exponents fitted over --seq-lens."""
     from attnperf.analysis.complexity import complexity_rows
     from attnperf.sweep import run_sweep
 
+    if len(set(args.seq_lens)) < 2:  # checked before --measure times anything
+        raise UsageError(f"--seq-lens: --table fits exponents over the lengths; give at least 2 distinct lengths, "
+                         f"got {','.join(map(str, args.seq_lens))}")  # fmt: skip
+    for variant in args.variants:
+        for n in args.seq_lens:
+            case_from_flags(variant, n, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype)
     measured: dict[tuple[str, str], list[tuple[int, float]]] = {}
     if args.measure:
         for r in run_sweep(grid_of(args), repeat=args.repeat):
@@ -356,6 +390,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--kinds: unknown {unknown}; allowed: {', '.join(RESULT_PLOTS + PICTURE_PLOTS)}")
     tokens = tuple(args.tokens.split()) if args.tokens else None
+    if tokens is not None and not PICTURE_N[0] <= len(tokens) <= PICTURE_N[1]:
+        raise UsageError(f"--tokens: {len(tokens)} given; the pictures take {PICTURE_N[0]} to {PICTURE_N[1]} tokens")
     picture = PictureOptions(n=len(tokens) if tokens else args.n, window=args.window, top_k=args.top_k,
                              stride=args.stride, tokens=tokens)  # fmt: skip
     result_kinds = [k for k in kinds if k in RESULT_PLOTS]
@@ -430,9 +466,9 @@ def cmd_model(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output(args.json, "--json")
+    values = model_config(args.size, layers=args.layers, hidden=args.hidden, vocab=args.vocab)  # input first
     if (why := transformers_reason()) is not None:
         raise Failure(why)
-    values = model_config(args.size, layers=args.layers, hidden=args.hidden, vocab=args.vocab)
     run = ModelRun(values, prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch=args.batch,
                    dtype=args.dtype, device=args.device, seed=args.seed)  # fmt: skip
     rows = [run.row(impl, repeat=args.repeat) for impl in tqdm(args.implementations, desc="model", unit="impl",
@@ -534,11 +570,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="scaling, memory, throughput, roofline (need results); masks, heatmaps, positions, heads",
     )
-    p.add_argument("--n", type=int, default=64, help="tokens in the mechanism pictures (default 64)")
-    p.add_argument("--window", type=int, default=32, help="window of the pictures' local variants (default 32)")
-    p.add_argument("--top-k", type=int, default=32, help="k of the pictures' top-k panel (default 32)")
-    p.add_argument("--stride", type=int, default=None, help="stride of the strided pictures (default round(√n))")
-    p.add_argument("--tokens", default=None, help="space-separated tokens labelling the pictures' axes (sets n)")
+    p.add_argument(
+        "--n", type=picture_size, default=64,
+        help=f"tokens in the mechanism pictures, {PICTURE_N[0]} to {PICTURE_N[1]} (default 64)",
+    )  # fmt: skip
+    p.add_argument(
+        "--window", type=positive_int, default=32, help="window of the pictures' local variants (default 32)"
+    )
+    p.add_argument("--top-k", type=positive_int, default=32, help="k of the pictures' top-k panel (default 32)")
+    p.add_argument(
+        "--stride", type=positive_int, default=None, help="stride of the strided pictures (default round(√n))"
+    )
+    p.add_argument(
+        "--tokens", default=None,
+        help=f"space-separated tokens labelling the pictures' axes (sets n: {PICTURE_N[0]} to {PICTURE_N[1]} of them)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("tune", help="per backend, the batch size of highest throughput under memory/latency limits")
@@ -587,11 +633,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; expected failures end in one line and the exit codes of
-    :mod:`attnperf.errors` (2 usage, 1 failure, 130 interrupted). A bug keeps its traceback."""
+    :mod:`attnperf.errors` (2 usage, 1 failure, 130 interrupted). A bug keeps its traceback:
+    only :class:`UsageError` is bad input, so a ``ValueError`` raised inside the library is not
+    passed off as the user's mistake (input checks raise UsageError, or are converted to it
+    where the command builds a case from flags, :func:`case_from_flags`)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ValueError as exc:  # bad input (UsageError, a Case field, a results file): name it
+    except UsageError as exc:  # bad input (a flag, a combination Case refuses, a results file): name it
         print(f"attnperf {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Failure as exc:

@@ -1,7 +1,8 @@
 """The failures the command expects, and how each ends: one line, and a documented exit code.
 
-* :class:`UsageError` (and any ``ValueError`` from checking input, such as a :class:`Case` field
-  out of range): a bad argument, option or input file, named with what is allowed. Exit 2.
+* :class:`UsageError`: a bad argument, option or input file, named with what is allowed. Exit 2.
+  Only this class: a plain ``ValueError`` (a :class:`Case` refusing a combination, say) is
+  converted where the command builds it from flags, so one raised by a bug keeps its traceback.
 * :class:`Failure`: something outside the input went wrong in an expected way (git refused, a
   file is locked by another run, nothing in a results file ran). Exit 1.
 * Ctrl-C: exit 130, saying what was saved.

@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from attnperf.errors import UsageError
 from attnperf.results import write_json
 
 
@@ -128,23 +129,24 @@ class ResultFile:
 
 
 def load_records(path: str | Path) -> ResultFile:
-    """Read a file written by :func:`save_records`; a ``ValueError`` names the file and the problem
-    (missing, empty, truncated, not a sweep's results, a malformed record)."""
+    """Read a file written by :func:`save_records`; a :class:`~attnperf.errors.UsageError` (a bad
+    input file: exit 2 from the command) names the file and the problem (missing, empty,
+    truncated, not a sweep's results, a malformed record)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"results file {path}: cannot read it ({exc.strerror or exc})") from None
+        raise UsageError(f"results file {path}: cannot read it ({exc.strerror or exc})") from None
     if not text.strip():
-        raise ValueError(f"results file {path} is empty")
+        raise UsageError(f"results file {path} is empty")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(
+        raise UsageError(
             f"results file {path} is not valid JSON (truncated?): {exc.msg} at line {exc.lineno}"
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-        raise ValueError(f"results file {path} is not a sweep's results (no 'records' list; write it with "
+        raise UsageError(f"results file {path} is not a sweep's results (no 'records' list; write it with "
                          "attnperf sweep --json)")  # fmt: skip
     records = []
     for i, item in enumerate(data["records"]):
@@ -153,5 +155,5 @@ def load_records(path: str | Path) -> ResultFile:
                 raise ValueError("not an object")
             records.append(Record.from_dict(item))
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"results file {path}: record {i}: {exc}") from None
+            raise UsageError(f"results file {path}: record {i}: {exc}") from None
     return ResultFile(path, data.get("machine") or {}, records)

@@ -45,6 +45,14 @@ USAGE = [
     (["check", "--kv-heads", "0"], "argument --kv-heads: expected an integer >= 1, got 0"),
     (["plot", "--kinds", "pie"], "--kinds: unknown ['pie']"),
     (["plot", "--kinds", "scaling"], "--kinds scaling need result files"),
+    (["plot", "--n", "4"], "argument --n: expected an integer from 8 to 512, got 4"),
+    (["plot", "--n", "100000"], "argument --n: expected an integer from 8 to 512, got 100000"),
+    (["plot", "--kinds", "masks", "--tokens", "the cat sat"], "--tokens: 3 given; the pictures take 8 to 512"),
+    (["plot", "--kinds", "masks", "--stride", "0"], "argument --stride: expected an integer >= 1, got 0"),
+    # a combination Case refuses, built from flags: gqa has heads // 4 = 2 kv heads, and 9 % 2 != 0
+    (["analyze", "--table", "--variants", "gqa", "--heads", "9"], "gqa at 1024 tokens: heads (9) must be divisible"),
+    (["analyze", "--table", "--seq-lens", "64,64", "--measure"], "--seq-lens: --table fits exponents"),
+    (["model", "--hidden", "100"], "hidden must be a multiple of 256"),
 ]
 
 
@@ -55,6 +63,19 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, capsys
     assert code == 2
     assert message in err
     assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_a_value_error_from_inside_the_library_keeps_its_traceback(monkeypatch) -> None:
+    """Only UsageError is bad input (exit 2); a ValueError a bug raises is not passed off as the
+    user's mistake: it leaves main, so Python prints its traceback and exits 1."""
+    import attnperf.sweep
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug, not the user's input")
+
+    monkeypatch.setattr(attnperf.sweep, "run_sweep", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "32", *SMALL])
 
 
 def test_output_paths_are_checked_before_the_first_point(capsys, tmp_path) -> None:
