@@ -282,24 +282,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def resumable(results: Any, grid: Any, machine: dict[str, Any]) -> list[Any]:
-    """The records of an earlier run of this sweep that a resumed run keeps: refused when the
-    file was written on another machine or with another shape for the same points."""
+    """The records of an earlier run of this sweep that a resumed run keeps: all of them, points
+    outside the new grid too (they were measured, and the user asked to continue that run).
+    Refused when the file was written on another machine or software stack, or when a record's
+    shape or options differ from what this run's flags give at its point: the file would hold
+    two runs under one name."""
     if dict(results.machine) != machine:
         stack = f"torch {results.machine.get('torch')}, {results.machine.get('gpu', 'cpu')}"
         raise UsageError(f"--resume: {results.path} was written on another machine or software stack ({stack}); "
                          "--force starts over")  # fmt: skip
-    wanted = {(p.variant, p.backend, p.seq_len, p.batch): p for p in grid.forward_points()}
-    kept = []
-    for record in results.records:
-        spec = wanted.get(record.point)
-        if spec is None:
-            continue
-        case = spec.case().as_dict() if record.case_id else dict(spec.options)
-        if dict(record.case) != case:
-            raise UsageError(f"--resume: {results.path} has {record.variant} × {record.backend} at {record.seq_len} "
-                             "with another shape or options; --force starts over")  # fmt: skip
-        kept.append(record)
-    return kept
+    changed = [record for record in results.records if shape_change(record, grid) is not None]
+    if changed:
+        first = changed[0]
+        more = f" (and {len(changed) - 1} more points)" if len(changed) > 1 else ""
+        raise UsageError(f"--resume: {results.path} has {first.variant} × {first.backend} at {first.seq_len} "
+                         f"{shape_change(first, grid)}{more}; --force starts over")  # fmt: skip
+    return list(results.records)
+
+
+def shape_change(record: Any, grid: Any) -> str | None:
+    """None when ``record`` has the shape and options ``grid``'s flags give at its point (whether
+    or not the point is in the grid), else how it differs: compared with the case for a record
+    that has one, else with :func:`attnperf.sweep.intended_shape`."""
+    from attnperf.sweep import intended_shape
+
+    spec = grid.spec(record.backend, record.variant, record.seq_len, batch=record.batch)
+    if not record.case_id:
+        if "heads" not in record.case:  # written before the shape was stored: nothing to compare
+            return "without its shape (an older attnperf's record)"
+        return None if dict(record.case) == intended_shape(spec) else "with another shape or options"
+    try:
+        case = spec.case().as_dict()
+    except ValueError:  # these flags cannot build the point's case (another variant list, kv heads)
+        return "with another shape or options"
+    return None if dict(record.case) == case else "with another shape or options"
 
 
 def case_from_flags(variant: str, seq_len: int, **shape: Any) -> Any:
@@ -538,7 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json", help="write all records (with samples and machine) to this JSON file, atomically after every point"
     )
-    p.add_argument("--resume", action="store_true", help="continue the run in --json FILE: skip its recorded points")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --json FILE: keep all its records (points outside this grid too) and measure "
+        "the rest; refused if a record's shape or options differ from these flags",
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="overwrite an existing --json FILE")
     p.add_argument("--csv", help="write the records to this CSV file, atomically")
     p.add_argument("--all", action="store_true", help="also show unsupported points and their reasons")

@@ -59,13 +59,23 @@ def memory_refusal(spec: PointSpec, case: Case) -> tuple[str, int, int] | None:
     return reason, needed, available
 
 
+def intended_shape(spec: PointSpec) -> dict[str, Any]:
+    """What a point was asked to measure: the grid's shape and mechanism options. The ``case`` of a
+    record whose case could not be built or does not run here (``case_id`` ""): a resumed sweep
+    compares it as it compares an ok record's case, so that a run with other heads, head dim,
+    dtype, device or batch size is refused instead of keeping these records as its own."""
+    shape = {"batch": spec.batch, "heads": spec.heads, "head_dim": spec.head_dim, "dtype": spec.dtype,
+             "device": spec.device}  # fmt: skip
+    return shape | dict(spec.options)
+
+
 def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None) -> Record:
     """Check and time one point; the record always says what happened."""
     head = {"variant": spec.variant, "mechanism": spec.mechanism, "backend": spec.backend, "seq_len": spec.seq_len,
             "batch": spec.batch}  # fmt: skip
     case, reason = fit(spec)
     if case is None:
-        return Record(**head, case_id="", case=dict(spec.options), status=Status.UNSUPPORTED, reason=reason)
+        return Record(**head, case_id="", case=intended_shape(spec), status=Status.UNSUPPORTED, reason=reason)
     head |= {"case_id": case.id, "case": case.as_dict()}
     refusal = memory_refusal(spec, case)
     if refusal is not None:

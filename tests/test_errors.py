@@ -140,8 +140,55 @@ def test_an_existing_results_file_is_refused_resumed_or_overwritten(capsys, tmp_
     assert {(r["backend"], r["seq_len"]) for r in resumed} == {(b, n) for b in ("eager", "tiled") for n in (32, 64)}
     code, err = run_cli([*argv, "--resume", "--heads", "4"], capsys)
     assert code == 2
-    assert "with another shape or options; --force starts over" in err
+    assert "with another shape or options (and 3 more points); --force starts over" in err
+    code, err = run_cli([*argv, "--resume", "--kv-heads", "3"], capsys)  # flags that cannot build the case
+    assert code == 2
+    assert "with another shape or options" in err
     assert run_cli([*argv, "--force"], capsys)[0] == 0
+
+
+def test_resume_keeps_the_points_outside_the_new_grid(capsys, tmp_path) -> None:
+    """Resumed with other lengths, the earlier run's points are kept (they were measured in the
+    run the user asked to continue), the new ones are added, none is measured twice."""
+    out = tmp_path / "r.json"
+    argv = ["sweep", "--variants", "causal", "--backends", "eager", *SMALL, "--json", str(out)]
+    assert run_cli([*argv, "--seq-lens", "32,64"], capsys)[0] == 0
+    first = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    assert run_cli([*argv, "--seq-lens", "64,96", "--resume"], capsys)[0] == 0
+    resumed = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    assert sorted(resumed) == [32, 64, 96]
+    for n in (32, 64):
+        assert resumed[n]["samples_s"] == first[n]["samples_s"], f"{n}: kept, not measured again"
+    code, err = run_cli([*argv, "--seq-lens", "128", "--resume", "--head-dim", "8"], capsys)
+    assert code == 2, "points outside the grid are held to its shape too"
+    assert "causal × eager at 32 with another shape or options (and 2 more points)" in err
+
+
+def test_resume_refuses_unbuildable_points_of_another_shape(capsys, tmp_path) -> None:
+    """A point whose case does not fit records the shape it was asked for, so that a resumed run
+    with other heads, head dim, dtype or batch does not keep it as its own."""
+    out = tmp_path / "r.json"
+    argv = ["sweep", "--variants", "topk", "--backends", "eager", "--seq-lens", "16", "--top-k", "32", *SMALL,
+            "--json", str(out)]  # fmt: skip
+    assert run_cli(argv, capsys)[0] == 0
+    (record,) = json.loads(out.read_text())["records"]
+    assert (record["status"], record["case_id"]) == ("unsupported", "")
+    assert record["case"] == {"batch": 1, "heads": 2, "head_dim": 16, "dtype": "float32", "device": "cpu",
+                              "top_k": 32}  # fmt: skip
+    assert run_cli([*argv, "--resume"], capsys)[0] == 0
+    for change in (["--heads", "4"], ["--head-dim", "8"], ["--dtype", "float64"], ["--top-k", "20"]):
+        code, err = run_cli([*argv, "--resume", *change], capsys)
+        assert code == 2, change
+        assert "topk × eager at 16 with another shape or options; --force starts over" in err
+    code, err = run_cli([*argv, "--resume", "--batches", "2"], capsys)  # another batch: another point, kept
+    assert code == 0
+    assert [r["batch"] for r in json.loads(out.read_text())["records"]] == [1, 2]
+    legacy = json.loads(out.read_text())
+    legacy["records"][0]["case"] = {"top_k": 32}  # as written before the shape was stored
+    out.write_text(json.dumps(legacy))
+    code, err = run_cli([*argv, "--resume"], capsys)
+    assert code == 2
+    assert "without its shape (an older attnperf's record)" in err
 
 
 def test_two_sweeps_cannot_write_one_file(capsys, tmp_path) -> None:
