@@ -420,14 +420,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
                           f"({len(results.records)} records)")  # fmt: skip
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
+    records = [r.to_dict() for results in files for r in results.records]
+    hardware = None
+    if records and "roofline" in result_kinds:  # chosen before any picture: it may refuse the results
+        dtype = next(r["case"]["dtype"] for r in records if r["status"] == "ok")
+        hardware = ceilings("cpu", dtype, gpu_name=files[-1].machine.get("gpu"))
     paths = plot_pictures(out, [k for k in kinds if k in PICTURE_PLOTS], picture)
-    if files and result_kinds:
-        records = [r.to_dict() for results in files for r in results.records]
-        machine = files[-1].machine
-        hardware = None
-        if "roofline" in result_kinds:
-            dtype = next(r["case"]["dtype"] for r in records if r["status"] == "ok")
-            hardware = ceilings("cpu", dtype, gpu_name=machine.get("gpu"))
+    if records and result_kinds:
         paths += plot_results(records, out, result_kinds, hardware)
     for path in paths:
         print(path)

@@ -255,6 +255,21 @@ def test_plot_refuses_results_without_a_successful_point(capsys, tmp_path) -> No
     assert "no point ran successfully, nothing to plot" in err
 
 
+def test_plot_chooses_the_ceilings_before_drawing_anything(capsys, tmp_path) -> None:
+    """Results from a GPU without a datasheet cannot have a roofline on this machine: refused
+    before the first picture is drawn, so no partial set of pictures is left behind."""
+    results = tmp_path / "r.json"
+    record = {"variant": "causal", "mechanism": "full", "backend": "eager", "seq_len": 64, "batch": 1,
+              "case_id": "B1_H2_S64_D16_f32_causal", "case": {"dtype": "float32"}, "status": "ok",
+              "median_s": 1e-3, "useful_tflops": 0.1, "tokens_per_s": 64e3}  # fmt: skip
+    results.write_text(json.dumps({"machine": {"gpu": "Imaginary GPU 9000"}, "records": [record]}))
+    out = tmp_path / "plots"
+    code, err = run_cli(["plot", str(results), "--out", str(out)], capsys)
+    assert code == 2
+    assert "no datasheet ceilings for 'Imaginary GPU 9000'" in err
+    assert not out.exists(), "no picture is drawn before the ceilings are known"
+
+
 def test_tune_says_which_limit_nothing_met(capsys) -> None:
     code = main(["tune", "--variant", "causal", "--backends", "eager", "--seq-len", "128", *SMALL,
                  "--memory-limit-mib", "0.25", "--max-batch", "4"])  # fmt: skip
