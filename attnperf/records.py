@@ -28,7 +28,7 @@ class Status(str, Enum):
     UNSUPPORTED = "unsupported"  #: the backend cannot run the case here (the reason says why)
     WRONG = "wrong"  #: the result differs from the float64 reference beyond the bound: never timed
     OOM = "oom"  #: an allocation failed while it ran
-    REFUSED = "refused"  #: the predicted peak memory exceeds what is available: not run
+    REFUSED = "refused"  #: inputs, output and predicted peak exceed the free memory: not run
     FAILED = "failed"  #: any other error (the batch runner records it and goes on)
 
     def __str__(self) -> str:
@@ -59,7 +59,12 @@ class Record:
     executed_tflops: float | None = None
     peak_bytes: int | None = None
     peak_kind: str | None = None
+    #: The backend's predicted peak extra memory of the call (the analyzer's figure, as in
+    #: ``analyze`` and asv's ``track_predicted_peak_bytes``); set on refused points.
     predicted_peak_bytes: int | None = None
+    #: A refused point: inputs, output and predicted peak, what it needed free ...
+    needed_bytes: int | None = None
+    #: ... and what the device had free.
     available_bytes: int | None = None
     speedup: float | None = None
     memory_ratio: float | None = None
@@ -83,7 +88,9 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
-        """A record from its JSON form; a ``ValueError`` names what is missing or unknown."""
+        """A record from its JSON form; a ``ValueError`` names what is missing or unknown. A refused
+        record written before ``needed_bytes`` existed held that sum under ``predicted_peak_bytes``:
+        it is read as ``needed_bytes``, so that the name means one quantity in every record."""
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         missing = sorted(required - set(data))
@@ -96,6 +103,8 @@ class Record:
                 f"record status must be one of {[s.value for s in Status]}, got {data['status']!r}"
             ) from None
         values = {k: v for k, v in data.items() if k in names}
+        if status is Status.REFUSED and "needed_bytes" not in values and "predicted_peak_bytes" in values:
+            values["needed_bytes"] = values.pop("predicted_peak_bytes")  # written when that name held the sum
         return cls(**values | {"status": status, "samples_s": tuple(values.get("samples_s", ()))})
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from attnperf.analysis import min_bytes, predicted_peak_bytes
+from attnperf.case import Case
 from attnperf.cli import main
 from attnperf.errors import Failure, exclusive
 
@@ -98,8 +100,12 @@ def test_a_point_too_large_for_memory_is_refused_and_the_sweep_goes_on(capsys, t
                        "--json", str(out)], capsys)  # fmt: skip
     assert code == 0
     records = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
-    assert records[200000]["status"] == "refused"
-    assert records[200000]["predicted_peak_bytes"] > records[200000]["available_bytes"]
+    refused = records[200000]
+    assert refused["status"] == "refused"
+    assert refused["needed_bytes"] > refused["available_bytes"]
+    case = Case(**refused["case"])
+    assert refused["predicted_peak_bytes"] == predicted_peak_bytes("full", "eager", case), "the analyzer's figure"
+    assert refused["needed_bytes"] == min_bytes(case) + refused["predicted_peak_bytes"]
     assert "GiB free on cpu" in records[200000]["reason"]
     assert records[64]["status"] == "ok"
 
