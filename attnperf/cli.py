@@ -258,9 +258,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with exclusive(json_path) if json_path is not None else contextlib.nullcontext():
         try:
             records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save, done=done)
-        except KeyboardInterrupt:
-            where = f" to {json_path}" if json_path is not None else " (no --json: nothing written)"
-            print(f"attnperf sweep: interrupted; {len(saved)} points saved{where}", file=sys.stderr)
+        except KeyboardInterrupt:  # save() wrote every finished point to each file asked for
+            files = " and ".join(str(path) for path in (json_path, args.csv) if path is not None)
+            where = f"saved to {files}" if files else "measured (no --json or --csv: nothing written)"
+            print(f"attnperf sweep: interrupted; {len(saved)} points {where}", file=sys.stderr)
             return EXIT_INTERRUPTED
     rows = []
     for r in records:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -317,6 +318,33 @@ def test_ctrl_c_saves_what_was_measured_and_exits_130(tmp_path) -> None:
     assert "Traceback" not in stderr
     with contextlib.suppress(FileNotFoundError):
         assert not [p for p in os.listdir(tmp_path) if p.endswith((".tmp", ".lock"))]
+
+
+@pytest.mark.parametrize("outputs", [["--csv"], ["--json", "--csv"], []], ids=["csv", "json+csv", "none"])
+def test_ctrl_c_names_every_file_it_wrote(outputs: list[str], monkeypatch, capsys, tmp_path) -> None:
+    """The line after Ctrl-C says where the finished points are: each of --json and --csv given
+    (both are rewritten after every point), or that nothing was written."""
+    import attnperf.sweep
+    from attnperf.records import Record
+
+    record = Record.from_dict({"variant": "causal", "mechanism": "full", "backend": "eager", "seq_len": 32,
+                               "batch": 1, "case_id": "x", "case": {}, "status": "unsupported"})  # fmt: skip
+
+    def one_point_then_ctrl_c(grid: object, *, on_record: Any, **kwargs: object) -> None:
+        on_record([record])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(attnperf.sweep, "run_sweep", one_point_then_ctrl_c)
+    paths = {"--json": tmp_path / "r.json", "--csv": tmp_path / "r.csv"}
+    argv = [arg for flag in outputs for arg in (flag, str(paths[flag]))]
+    code, err = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "32", *SMALL, *argv],
+                        capsys)  # fmt: skip
+    assert code == 130
+    if outputs:
+        assert f"interrupted; 1 points saved to {' and '.join(str(paths[f]) for f in outputs)}" in err
+        assert all(paths[flag].exists() for flag in outputs)
+    else:
+        assert "interrupted; 1 points measured (no --json or --csv: nothing written)" in err
 
 
 def test_an_allocation_that_fails_anyway_is_recorded_as_oom(monkeypatch, capsys, tmp_path) -> None:
