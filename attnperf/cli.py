@@ -332,8 +332,13 @@ def case_from_flags(variant: str, seq_len: int, **shape: Any) -> Any:
 def print_complexity_table(args: argparse.Namespace) -> int:
     """``attnperf analyze --table``: big-O classes beside the exponents fitted over --seq-lens."""
     from attnperf.analysis.complexity import complexity_rows
+    from attnperf.results import write_json
     from attnperf.sweep import run_sweep
 
+    if args.measure_ceilings:  # the table has no roofline: the flag would be silently ignored
+        raise UsageError("--measure-ceilings: --table draws no roofline and uses no ceilings; leave one of them out")
+    if args.json:
+        check_output(args.json, "--json")
     if len(set(args.seq_lens)) < 2:  # checked before --measure times anything
         raise UsageError(f"--seq-lens: --table fits exponents over the lengths; give at least 2 distinct lengths, "
                          f"got {','.join(map(str, args.seq_lens))}")  # fmt: skip
@@ -355,6 +360,8 @@ def print_complexity_table(args: argparse.Namespace) -> int:
     print("n tokens, d head dim, w window, k top-k, s stride (√n unless the variant fixes it: strided has s = 64),")
     print("b block, g global, r random, c summary columns; batch and heads multiply every entry")
     print(format_table(rows, columns))
+    if args.json:
+        write_json(args.json, {"table": "complexity", "seq_lens": args.seq_lens, "rows": rows})
     return 0
 
 
@@ -570,14 +577,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--measure", action="store_true", help="also time each point and measure its peak memory, and fit exponents"
     )
     p.add_argument(
-        "--measure-ceilings", action="store_true", help="measure matmul/copy ceilings on a GPU instead of its datasheet"
-    )
+        "--measure-ceilings", action="store_true",
+        help="measure matmul/copy ceilings on a GPU instead of its datasheet (not with --table)",
+    )  # fmt: skip
     p.add_argument("--repeat", type=positive_int, default=5, help="timed samples per point with --measure (default 5)")
-    p.add_argument("--json", help="write the table and fits to this JSON file, atomically")
+    p.add_argument("--json", help="write the table (and fits) to this JSON file, atomically")
     p.add_argument(
         "--table", action="store_true",
         help="the complexity table: big-O time and space per variant beside exponents fitted over --seq-lens "
-        "(from the analyzer; with --measure, from timings of --backends too)",
+        "(from the analyzer; with --measure, from timings of --backends too); --json writes its rows",
     )  # fmt: skip
     p.set_defaults(func=cmd_analyze)
 

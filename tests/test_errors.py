@@ -56,6 +56,7 @@ USAGE = [
     (["analyze", "--table", "--variants", "gqa", "--heads", "9"], "gqa at 1024 tokens: heads (9) must be divisible"),
     (["analyze", "--table", "--seq-lens", "64,64", "--measure"], "--seq-lens: --table fits exponents"),
     (["model", "--hidden", "100"], "hidden must be a multiple of 256"),
+    (["analyze", "--table", "--measure-ceilings"], "--measure-ceilings: --table draws no roofline"),
 ]
 
 
