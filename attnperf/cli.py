@@ -56,6 +56,24 @@ def positive_float(text: str) -> float:
     return value
 
 
+#: Tokens the mechanism pictures may have (``plot --n``, or the count of ``--tokens``): below one
+#: BigBird block of 8 the sparse patterns do not show; above 512 a cell is under a pixel in the
+#: figures and each of the 12 panels is a dense n × n mask (512 takes about 30 s on 2 CPU cores).
+PICTURE_N = (8, 512)
+
+
+def picture_size(text: str) -> int:
+    """``plot --n``: an integer in :data:`PICTURE_N`."""
+    low, high = PICTURE_N
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {value}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     """Comma-separated integers, each at least 1, at least one."""
     return [positive_int(item) for item in csv_list(text)]
@@ -240,9 +258,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with exclusive(json_path) if json_path is not None else contextlib.nullcontext():
         try:
             records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save, done=done)
-        except KeyboardInterrupt:
-            where = f" to {json_path}" if json_path is not None else " (no --json: nothing written)"
-            print(f"attnperf sweep: interrupted; {len(saved)} points saved{where}", file=sys.stderr)
+        except KeyboardInterrupt:  # save() wrote every finished point to each file asked for
+            files = " and ".join(str(path) for path in (json_path, args.csv) if path is not None)
+            where = f"saved to {files}" if files else "measured (no --json or --csv: nothing written)"
+            print(f"attnperf sweep: interrupted; {len(saved)} points {where}", file=sys.stderr)
             return EXIT_INTERRUPTED
     rows = []
     for r in records:
@@ -264,31 +283,68 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def resumable(results: Any, grid: Any, machine: dict[str, Any]) -> list[Any]:
-    """The records of an earlier run of this sweep that a resumed run keeps: refused when the
-    file was written on another machine or with another shape for the same points."""
+    """The records of an earlier run of this sweep that a resumed run keeps: all of them, points
+    outside the new grid too (they were measured, and the user asked to continue that run).
+    Refused when the file was written on another machine or software stack, or when a record's
+    shape or options differ from what this run's flags give at its point: the file would hold
+    two runs under one name."""
     if dict(results.machine) != machine:
         stack = f"torch {results.machine.get('torch')}, {results.machine.get('gpu', 'cpu')}"
         raise UsageError(f"--resume: {results.path} was written on another machine or software stack ({stack}); "
                          "--force starts over")  # fmt: skip
-    wanted = {(p.variant, p.backend, p.seq_len, p.batch): p for p in grid.forward_points()}
-    kept = []
-    for record in results.records:
-        spec = wanted.get(record.point)
-        if spec is None:
-            continue
-        case = spec.case().as_dict() if record.case_id else dict(spec.options)
-        if dict(record.case) != case:
-            raise UsageError(f"--resume: {results.path} has {record.variant} × {record.backend} at {record.seq_len} "
-                             "with another shape or options; --force starts over")  # fmt: skip
-        kept.append(record)
-    return kept
+    changed = [record for record in results.records if shape_change(record, grid) is not None]
+    if changed:
+        first = changed[0]
+        more = f" (and {len(changed) - 1} more points)" if len(changed) > 1 else ""
+        raise UsageError(f"--resume: {results.path} has {first.variant} × {first.backend} at {first.seq_len} "
+                         f"{shape_change(first, grid)}{more}; --force starts over")  # fmt: skip
+    return list(results.records)
+
+
+def shape_change(record: Any, grid: Any) -> str | None:
+    """None when ``record`` has the shape and options ``grid``'s flags give at its point (whether
+    or not the point is in the grid), else how it differs: compared with the case for a record
+    that has one, else with :func:`attnperf.sweep.intended_shape`."""
+    from attnperf.sweep import intended_shape
+
+    spec = grid.spec(record.backend, record.variant, record.seq_len, batch=record.batch)
+    if not record.case_id:
+        if "heads" not in record.case:  # written before the shape was stored: nothing to compare
+            return "without its shape (an older attnperf's record)"
+        return None if dict(record.case) == intended_shape(spec) else "with another shape or options"
+    try:
+        case = spec.case().as_dict()
+    except ValueError:  # these flags cannot build the point's case (another variant list, kv heads)
+        return "with another shape or options"
+    return None if dict(record.case) == case else "with another shape or options"
+
+
+def case_from_flags(variant: str, seq_len: int, **shape: Any) -> Any:
+    """``variant``'s :class:`~attnperf.case.Case` at ``seq_len`` in the shape the flags give. Case
+    raises ValueError for combinations it refuses (``--heads 9`` with gqa's heads/4 kv heads);
+    from flags that is the user's input, so it becomes a UsageError naming the point."""
+    try:
+        return VARIANTS[variant].case(seq_len, **shape)
+    except ValueError as exc:
+        raise UsageError(f"{variant} at {seq_len} tokens: {exc}") from None
 
 
 def print_complexity_table(args: argparse.Namespace) -> int:
     """``attnperf analyze --table``: big-O classes beside the exponents fitted over --seq-lens."""
     from attnperf.analysis.complexity import complexity_rows
+    from attnperf.results import write_json
     from attnperf.sweep import run_sweep
 
+    if args.measure_ceilings:  # the table has no roofline: the flag would be silently ignored
+        raise UsageError("--measure-ceilings: --table draws no roofline and uses no ceilings; leave one of them out")
+    if args.json:
+        check_output(args.json, "--json")
+    if len(set(args.seq_lens)) < 2:  # checked before --measure times anything
+        raise UsageError(f"--seq-lens: --table fits exponents over the lengths; give at least 2 distinct lengths, "
+                         f"got {','.join(map(str, args.seq_lens))}")  # fmt: skip
+    for variant in args.variants:
+        for n in args.seq_lens:
+            case_from_flags(variant, n, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype)
     measured: dict[tuple[str, str], list[tuple[int, float]]] = {}
     if args.measure:
         for r in run_sweep(grid_of(args), repeat=args.repeat):
@@ -304,6 +360,8 @@ def print_complexity_table(args: argparse.Namespace) -> int:
     print("n tokens, d head dim, w window, k top-k, s stride (√n unless the variant fixes it: strided has s = 64),")
     print("b block, g global, r random, c summary columns; batch and heads multiply every entry")
     print(format_table(rows, columns))
+    if args.json:
+        write_json(args.json, {"table": "complexity", "seq_lens": args.seq_lens, "rows": rows})
     return 0
 
 
@@ -356,6 +414,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--kinds: unknown {unknown}; allowed: {', '.join(RESULT_PLOTS + PICTURE_PLOTS)}")
     tokens = tuple(args.tokens.split()) if args.tokens else None
+    if tokens is not None and not PICTURE_N[0] <= len(tokens) <= PICTURE_N[1]:
+        raise UsageError(f"--tokens: {len(tokens)} given; the pictures take {PICTURE_N[0]} to {PICTURE_N[1]} tokens")
     picture = PictureOptions(n=len(tokens) if tokens else args.n, window=args.window, top_k=args.top_k,
                              stride=args.stride, tokens=tokens)  # fmt: skip
     result_kinds = [k for k in kinds if k in RESULT_PLOTS]
@@ -368,14 +428,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
                           f"({len(results.records)} records)")  # fmt: skip
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
+    records = [r.to_dict() for results in files for r in results.records]
+    hardware = None
+    if records and "roofline" in result_kinds:  # chosen before any picture: it may refuse the results
+        dtype = next(r["case"]["dtype"] for r in records if r["status"] == "ok")
+        hardware = ceilings("cpu", dtype, gpu_name=files[-1].machine.get("gpu"))
     paths = plot_pictures(out, [k for k in kinds if k in PICTURE_PLOTS], picture)
-    if files and result_kinds:
-        records = [r.to_dict() for results in files for r in results.records]
-        machine = files[-1].machine
-        hardware = None
-        if "roofline" in result_kinds:
-            dtype = next(r["case"]["dtype"] for r in records if r["status"] == "ok")
-            hardware = ceilings("cpu", dtype, gpu_name=machine.get("gpu"))
+    if records and result_kinds:
         paths += plot_results(records, out, result_kinds, hardware)
     for path in paths:
         print(path)
@@ -430,9 +489,9 @@ def cmd_model(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output(args.json, "--json")
+    values = model_config(args.size, layers=args.layers, hidden=args.hidden, vocab=args.vocab)  # input first
     if (why := transformers_reason()) is not None:
         raise Failure(why)
-    values = model_config(args.size, layers=args.layers, hidden=args.hidden, vocab=args.vocab)
     run = ModelRun(values, prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch=args.batch,
                    dtype=args.dtype, device=args.device, seed=args.seed)  # fmt: skip
     rows = [run.row(impl, repeat=args.repeat) for impl in tqdm(args.implementations, desc="model", unit="impl",
@@ -502,7 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json", help="write all records (with samples and machine) to this JSON file, atomically after every point"
     )
-    p.add_argument("--resume", action="store_true", help="continue the run in --json FILE: skip its recorded points")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --json FILE: keep all its records (points outside this grid too) and measure "
+        "the rest; refused if a record's shape or options differ from these flags",
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="overwrite an existing --json FILE")
     p.add_argument("--csv", help="write the records to this CSV file, atomically")
     p.add_argument("--all", action="store_true", help="also show unsupported points and their reasons")
@@ -514,14 +577,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--measure", action="store_true", help="also time each point and measure its peak memory, and fit exponents"
     )
     p.add_argument(
-        "--measure-ceilings", action="store_true", help="measure matmul/copy ceilings on a GPU instead of its datasheet"
-    )
+        "--measure-ceilings", action="store_true",
+        help="measure matmul/copy ceilings on a GPU instead of its datasheet (not with --table)",
+    )  # fmt: skip
     p.add_argument("--repeat", type=positive_int, default=5, help="timed samples per point with --measure (default 5)")
-    p.add_argument("--json", help="write the table and fits to this JSON file, atomically")
+    p.add_argument("--json", help="write the table (and fits) to this JSON file, atomically")
     p.add_argument(
         "--table", action="store_true",
         help="the complexity table: big-O time and space per variant beside exponents fitted over --seq-lens "
-        "(from the analyzer; with --measure, from timings of --backends too)",
+        "(from the analyzer; with --measure, from timings of --backends too); --json writes its rows",
     )  # fmt: skip
     p.set_defaults(func=cmd_analyze)
 
@@ -534,11 +598,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="scaling, memory, throughput, roofline (need results); masks, heatmaps, positions, heads",
     )
-    p.add_argument("--n", type=int, default=64, help="tokens in the mechanism pictures (default 64)")
-    p.add_argument("--window", type=int, default=32, help="window of the pictures' local variants (default 32)")
-    p.add_argument("--top-k", type=int, default=32, help="k of the pictures' top-k panel (default 32)")
-    p.add_argument("--stride", type=int, default=None, help="stride of the strided pictures (default round(√n))")
-    p.add_argument("--tokens", default=None, help="space-separated tokens labelling the pictures' axes (sets n)")
+    p.add_argument(
+        "--n", type=picture_size, default=64,
+        help=f"tokens in the mechanism pictures, {PICTURE_N[0]} to {PICTURE_N[1]} (default 64)",
+    )  # fmt: skip
+    p.add_argument(
+        "--window", type=positive_int, default=32, help="window of the pictures' local variants (default 32)"
+    )
+    p.add_argument("--top-k", type=positive_int, default=32, help="k of the pictures' top-k panel (default 32)")
+    p.add_argument(
+        "--stride", type=positive_int, default=None, help="stride of the strided pictures (default round(√n))"
+    )
+    p.add_argument(
+        "--tokens", default=None,
+        help=f"space-separated tokens labelling the pictures' axes (sets n: {PICTURE_N[0]} to {PICTURE_N[1]} of them)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("tune", help="per backend, the batch size of highest throughput under memory/latency limits")
@@ -587,11 +661,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; expected failures end in one line and the exit codes of
-    :mod:`attnperf.errors` (2 usage, 1 failure, 130 interrupted). A bug keeps its traceback."""
+    :mod:`attnperf.errors` (2 usage, 1 failure, 130 interrupted). A bug keeps its traceback:
+    only :class:`UsageError` is bad input, so a ``ValueError`` raised inside the library is not
+    passed off as the user's mistake (input checks raise UsageError, or are converted to it
+    where the command builds a case from flags, :func:`case_from_flags`)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ValueError as exc:  # bad input (UsageError, a Case field, a results file): name it
+    except UsageError as exc:  # bad input (a flag, a combination Case refuses, a results file): name it
         print(f"attnperf {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Failure as exc:

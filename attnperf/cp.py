@@ -61,13 +61,14 @@ from attnperf.backends.context_parallel import ContextParallel, ring_runner  # n
 from attnperf.benchgrid import FORWARD, PointSpec  # noqa: E402
 from attnperf.case import DTYPES, Case, make_inputs  # noqa: E402
 from attnperf.catalog import get_variant  # noqa: E402
+from attnperf.cli import positive_int  # noqa: E402
 from attnperf.correctness import CheckResult, relative_error, run_unsupported_aware, sample_rows  # noqa: E402
 from attnperf.machine import available_bytes, machine_tag  # noqa: E402
 from attnperf.measure import measure_peak, measure_time, policy, time_calls  # noqa: E402
 from attnperf.mechanisms import get_mechanism  # noqa: E402
 from attnperf.records import Record, Status  # noqa: E402
 from attnperf.results import write_atomic, write_json  # noqa: E402
-from attnperf.sweep import free_memory, run_point  # noqa: E402
+from attnperf.sweep import free_memory, is_oom, run_point  # noqa: E402
 
 VARIANTS = ("full", "causal")
 BASELINES = {"cuda": "sdpa-cudnn,sdpa-flash,flash-attn4", "cpu": "eager,sdpa-flash"}
@@ -186,8 +187,10 @@ def time_ring(case: Case, seed: int, repeat: int) -> dict[str, Any]:
         inputs = sum(t.numel() * t.element_size() for t in (q, k, v))
         mine = {"median_s": timing.median, "samples_s": timing.samples, "peak_bytes": peak, "inputs_bytes": inputs}
         result["peak_kind"] = peak_kind
-    except torch.OutOfMemoryError as exc:
-        mine = {"oom": str(exc).splitlines()[0]}
+    except RuntimeError as exc:  # torch.OutOfMemoryError, or the CPU allocator's RuntimeError
+        if not is_oom(exc):
+            raise
+        mine = {"oom": str(exc).strip().splitlines()[0]}
     free_memory(case.device)
     per_rank = gathered(mine)
     oom = [r["oom"] for r in per_rank if "oom" in r]
@@ -395,9 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed lengths, each checked first (default 16384 … 262144)")  # fmt: skip
     b.add_argument("--max-seq-len", type=int, default=0,
                    help="double past the timed lengths up to this, until each fails (default off)")  # fmt: skip
-    b.add_argument("--baselines", type=lambda s: [x for x in s.split(",") if x],
+    b.add_argument("--baselines", type=_names(sorted(set(BACKENDS) - {BACKEND.name})),
                    help=f"single-device backends (default {BASELINES['cuda']}; cpu: {BASELINES['cpu']})")  # fmt: skip
-    b.add_argument("--repeat", type=int, default=7, help="samples per timed point (default 7)")
+    b.add_argument("--repeat", type=positive_int, default=7, help="samples per timed point (default 7)")
     b.add_argument("--out", type=Path, required=True, help="folder for cp-<machine>-x<N>.json and .md")
     return parser
 
@@ -407,11 +410,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     if getattr(args, "baselines", None) is None and args.command == "bench":
         args.baselines = BASELINES[args.device].split(",")
-    if args.command == "bench":
-        unknown = [b for b in args.baselines if b not in BACKENDS or b == BACKEND.name]
-        if unknown:
-            print(f"error: --baselines: unknown {unknown}; choose from {sorted(set(BACKENDS) - {BACKEND.name})}")
-            return 2
     try:
         shape = Shape(args.device, args.dtype, args.batch, args.heads, args.kv_heads or args.heads, args.head_dim)
         shape.case("full", 64)  # validates heads, kv_heads, head_dim and batch with Case's own messages

@@ -1,7 +1,8 @@
 """The failures the command expects, and how each ends: one line, and a documented exit code.
 
-* :class:`UsageError` (and any ``ValueError`` from checking input, such as a :class:`Case` field
-  out of range): a bad argument, option or input file, named with what is allowed. Exit 2.
+* :class:`UsageError`: a bad argument, option or input file, named with what is allowed. Exit 2.
+  Only this class: a plain ``ValueError`` (a :class:`Case` refusing a combination, say) is
+  converted where the command builds it from flags, so one raised by a bug keeps its traceback.
 * :class:`Failure`: something outside the input went wrong in an expected way (git refused, a
   file is locked by another run, nothing in a results file ran). Exit 1.
 * Ctrl-C: exit 130, saying what was saved.
@@ -47,15 +48,36 @@ def check_output(path: str | Path, flag: str, *, existing_ok: bool = True) -> Pa
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[None]:
     """Hold ``PATH.lock`` while writing ``path``, so two runs cannot write one results file (the
-    second fails at once). An advisory ``flock``: a crashed run's lock dies with its process."""
+    second fails at once). An advisory ``flock``: a crashed run's lock dies with its process.
+
+    The holder removes the lock file when it is done, so a run may open the file just before it
+    is removed and then lock that removed file while a third run locks the new one at the same
+    path: both would write. A lock therefore counts only while the path still names the locked
+    file (same device and inode); otherwise it is dropped and the path locked again."""
     lock = path.with_name(f"{path.name}.lock")
-    with lock.open("w") as handle:
+    while True:
+        handle = lock.open("w")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise Failure(f"another run is writing {path} (it holds {lock})") from None
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):  # removed while held: the next run locks a new file
-                lock.unlink()
+        if _names_file(lock, handle.fileno()):
+            break
+        handle.close()  # we locked a file its holder had already removed: lock the path's file
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # removed while held: a run that opened it sees that
+            lock.unlink()
+        handle.close()
+
+
+def _names_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the open file ``fd`` (it was neither removed nor replaced)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)

@@ -367,9 +367,12 @@ class MultiheadAttention(MultiHeadAttention):
 
     ``MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None,
     batch_first=False)`` and ``forward(query, key, value, key_padding_mask=None,
-    need_weights=True, attn_mask=None, average_attn_weights=True)`` return
+    need_weights=True, attn_mask=None, average_attn_weights=True, is_causal=False)`` return
     ``(output, weights or None)`` as nn's layer does, with weights averaged over heads unless
-    ``average_attn_weights=False``. The one convention that differs from
+    ``average_attn_weights=False``. ``is_causal`` is nn's hint that ``attn_mask`` is the causal
+    mask: as in nn it needs ``attn_mask``, and the mask is applied (nn may use SDPA's causal mode
+    instead, which gives the same result when the hint is true; nn leaves a false hint undefined).
+    The one convention that differs from
     :class:`MultiHeadAttention`: a boolean ``attn_mask`` here means True = *not allowed*
     (nn.MultiheadAttention's convention), not SDPA's True = attend. Plus ``backend=`` and the
     attnperf options. :meth:`from_torch` copies an ``nn.MultiheadAttention``'s weights.
@@ -404,8 +407,14 @@ class MultiheadAttention(MultiHeadAttention):
         need_weights: bool = True,
         attn_mask: torch.Tensor | None = None,
         average_attn_weights: bool = True,
+        is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """nn.MultiheadAttention's call; unbatched ``[T, E]`` inputs too."""
+        if is_causal and attn_mask is None:  # nn.MultiheadAttention refuses it too (a RuntimeError there)
+            raise ValueError(
+                "is_causal=True is a hint that attn_mask is the causal mask; it needs attn_mask "
+                "(nn.Transformer.generate_square_subsequent_mask(L) makes one)"
+            )
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = (t.unsqueeze(1 if not self.batch_first else 0) for t in (query, key, value))

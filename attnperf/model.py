@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from attnperf.errors import UsageError
 from attnperf.measure import measure_peak, measure_time
 from attnperf.records import Status
 
@@ -101,7 +102,7 @@ def model_config(
     ``hidden`` keeps head_dim 64 and the 4:1 head ratio: heads = hidden / 64, KV heads = heads / 4,
     intermediate = 4 × hidden (the 1B's 8192 / 2048)."""
     if size not in SIZES:
-        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+        raise UsageError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
     values = LLAMA_3_2_1B | SIZES[size]
     if layers is not None:
         values["num_hidden_layers"] = layers
@@ -111,12 +112,12 @@ def model_config(
         values["vocab_size"] = vocab
     for key in ("num_hidden_layers", "hidden_size", "vocab_size"):
         if values[key] < 1:
-            raise ValueError(f"{key} must be >= 1, got {values[key]}")
+            raise UsageError(f"{key} must be >= 1, got {values[key]}")
     width = values["hidden_size"]
     if width != LLAMA_3_2_1B["hidden_size"]:
         multiple = LLAMA_3_2_1B["head_dim"] * KV_GROUP
         if width % multiple:
-            raise ValueError(f"hidden must be a multiple of {multiple} (head_dim 64 × 4 query heads per KV head), "
+            raise UsageError(f"hidden must be a multiple of {multiple} (head_dim 64 × 4 query heads per KV head), "
                              f"got {width}")  # fmt: skip
         heads = width // LLAMA_3_2_1B["head_dim"]
         values |= {"num_attention_heads": heads, "num_key_value_heads": heads // KV_GROUP,
@@ -180,12 +181,12 @@ class ModelRun:
     def __init__(self, values: dict[str, Any], *, prompt_len: int, new_tokens: int, batch: int = 1,
                  dtype: str = "float32", device: str = "cpu", seed: int = 0) -> None:  # fmt: skip
         if dtype not in TOLERANCE:
-            raise ValueError(f"dtype must be one of {', '.join(TOLERANCE)}, got {dtype!r}")
+            raise UsageError(f"dtype must be one of {', '.join(TOLERANCE)}, got {dtype!r}")
         for name, value in (("prompt_len", prompt_len), ("new_tokens", new_tokens), ("batch", batch)):
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise UsageError(f"{name} must be >= 1, got {value}")
         if prompt_len + new_tokens > values["max_position_embeddings"]:
-            raise ValueError(f"prompt_len + new_tokens must be at most {values['max_position_embeddings']} "
+            raise UsageError(f"prompt_len + new_tokens must be at most {values['max_position_embeddings']} "
                              f"(the model's positions), got {prompt_len + new_tokens}")  # fmt: skip
         self.values, self.dtype, self.device = values, dtype, device
         self.prompt_len, self.new_tokens, self.batch = prompt_len, new_tokens, batch
@@ -209,7 +210,7 @@ class ModelRun:
     def row(self, implementation: str, *, repeat: int = 7) -> ModelRow:
         """Check ``implementation`` against eager, then time its prefill and decode."""
         if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}")
+            raise UsageError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}")
         if (why := implementation_reason(implementation, self.device)) is not None:
             return ModelRow(implementation, Status.UNSUPPORTED, reason=why)
         if self.reference is None:

@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from attnperf.errors import UsageError
 from attnperf.results import write_json
 
 
@@ -27,7 +28,7 @@ class Status(str, Enum):
     UNSUPPORTED = "unsupported"  #: the backend cannot run the case here (the reason says why)
     WRONG = "wrong"  #: the result differs from the float64 reference beyond the bound: never timed
     OOM = "oom"  #: an allocation failed while it ran
-    REFUSED = "refused"  #: the predicted peak memory exceeds what is available: not run
+    REFUSED = "refused"  #: inputs, output and predicted peak exceed the free memory: not run
     FAILED = "failed"  #: any other error (the batch runner records it and goes on)
 
     def __str__(self) -> str:
@@ -58,7 +59,12 @@ class Record:
     executed_tflops: float | None = None
     peak_bytes: int | None = None
     peak_kind: str | None = None
+    #: The backend's predicted peak extra memory of the call (the analyzer's figure, as in
+    #: ``analyze`` and asv's ``track_predicted_peak_bytes``); set on refused points.
     predicted_peak_bytes: int | None = None
+    #: A refused point: inputs, output and predicted peak, what it needed free ...
+    needed_bytes: int | None = None
+    #: ... and what the device had free.
     available_bytes: int | None = None
     speedup: float | None = None
     memory_ratio: float | None = None
@@ -82,7 +88,9 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
-        """A record from its JSON form; a ``ValueError`` names what is missing or unknown."""
+        """A record from its JSON form; a ``ValueError`` names what is missing or unknown. A refused
+        record written before ``needed_bytes`` existed held that sum under ``predicted_peak_bytes``:
+        it is read as ``needed_bytes``, so that the name means one quantity in every record."""
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         missing = sorted(required - set(data))
@@ -95,6 +103,8 @@ class Record:
                 f"record status must be one of {[s.value for s in Status]}, got {data['status']!r}"
             ) from None
         values = {k: v for k, v in data.items() if k in names}
+        if status is Status.REFUSED and "needed_bytes" not in values and "predicted_peak_bytes" in values:
+            values["needed_bytes"] = values.pop("predicted_peak_bytes")  # written when that name held the sum
         return cls(**values | {"status": status, "samples_s": tuple(values.get("samples_s", ()))})
 
 
@@ -128,23 +138,24 @@ class ResultFile:
 
 
 def load_records(path: str | Path) -> ResultFile:
-    """Read a file written by :func:`save_records`; a ``ValueError`` names the file and the problem
-    (missing, empty, truncated, not a sweep's results, a malformed record)."""
+    """Read a file written by :func:`save_records`; a :class:`~attnperf.errors.UsageError` (a bad
+    input file: exit 2 from the command) names the file and the problem (missing, empty,
+    truncated, not a sweep's results, a malformed record)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"results file {path}: cannot read it ({exc.strerror or exc})") from None
+        raise UsageError(f"results file {path}: cannot read it ({exc.strerror or exc})") from None
     if not text.strip():
-        raise ValueError(f"results file {path} is empty")
+        raise UsageError(f"results file {path} is empty")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(
+        raise UsageError(
             f"results file {path} is not valid JSON (truncated?): {exc.msg} at line {exc.lineno}"
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-        raise ValueError(f"results file {path} is not a sweep's results (no 'records' list; write it with "
+        raise UsageError(f"results file {path} is not a sweep's results (no 'records' list; write it with "
                          "attnperf sweep --json)")  # fmt: skip
     records = []
     for i, item in enumerate(data["records"]):
@@ -153,5 +164,5 @@ def load_records(path: str | Path) -> ResultFile:
                 raise ValueError("not an object")
             records.append(Record.from_dict(item))
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"results file {path}: record {i}: {exc}") from None
+            raise UsageError(f"results file {path}: record {i}: {exc}") from None
     return ResultFile(path, data.get("machine") or {}, records)

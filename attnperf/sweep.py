@@ -2,8 +2,9 @@
 
 Each point is checked against the float64 reference before it is timed (a wrong result is
 recorded as ``wrong`` and never timed); a backend that cannot run it, or a case that does not fit
-its mechanism, is recorded with the reason; a point whose predicted peak memory exceeds what the
-device has free is ``refused`` without running, and an allocation that fails anyway is ``oom``.
+its mechanism, is recorded with the reason; a point whose inputs, output and predicted peak memory
+exceed what the device has free is ``refused`` without running, and an allocation that fails
+anyway is ``oom``.
 The sweep goes on after each of them. :func:`run_point` is the one place that does this, for the
 sweep, ``analyze --measure`` and the tuner.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,19 +46,42 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
-def memory_refusal(spec: PointSpec, case: Case) -> tuple[str, int, int] | None:
-    """(reason, predicted, available) when the point's inputs and predicted peak exceed the memory
-    the device has free now; None when it fits or nothing is known."""
+@dataclass(frozen=True)
+class Refusal:
+    """Why a point is not run: the memory it needs against what the device has free."""
+
+    reason: str
+    #: Inputs, output and the backend's predicted peak: what the call needs free.
+    needed_bytes: int
+    #: The backend's predicted peak extra memory alone (what ``analyze`` and asv call the prediction).
+    predicted_peak_bytes: int
+    available_bytes: int
+
+
+def memory_refusal(spec: PointSpec, case: Case) -> Refusal | None:
+    """The refusal when the point's inputs, output and predicted peak exceed the memory the device
+    has free now; None when it fits or nothing is known."""
     available = available_bytes(case.device)
     if available is None:
         return None
-    needed = min_bytes(case) + get_backend(spec.backend).predicted_peak_bytes(get_mechanism(spec.mechanism), case)
+    peak = get_backend(spec.backend).predicted_peak_bytes(get_mechanism(spec.mechanism), case)
+    needed = min_bytes(case) + peak
     if needed <= available:
         return None
     gib = 2**30
     reason = (f"predicted {needed / gib:.1f} GiB (inputs, output, peak) > {available / gib:.1f} GiB free "
               f"on {case.device}")  # fmt: skip
-    return reason, needed, available
+    return Refusal(reason, needed, peak, available)
+
+
+def intended_shape(spec: PointSpec) -> dict[str, Any]:
+    """What a point was asked to measure: the grid's shape and mechanism options. The ``case`` of a
+    record whose case could not be built or does not run here (``case_id`` ""): a resumed sweep
+    compares it as it compares an ok record's case, so that a run with other heads, head dim,
+    dtype, device or batch size is refused instead of keeping these records as its own."""
+    shape = {"batch": spec.batch, "heads": spec.heads, "head_dim": spec.head_dim, "dtype": spec.dtype,
+             "device": spec.device}  # fmt: skip
+    return shape | dict(spec.options)
 
 
 def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None) -> Record:
@@ -65,13 +90,13 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
             "batch": spec.batch}  # fmt: skip
     case, reason = fit(spec)
     if case is None:
-        return Record(**head, case_id="", case=dict(spec.options), status=Status.UNSUPPORTED, reason=reason)
+        return Record(**head, case_id="", case=intended_shape(spec), status=Status.UNSUPPORTED, reason=reason)
     head |= {"case_id": case.id, "case": case.as_dict()}
     refusal = memory_refusal(spec, case)
     if refusal is not None:
-        why, needed, available = refusal
-        return Record(**head, status=Status.REFUSED, reason=why, predicted_peak_bytes=needed,
-                      available_bytes=available)  # fmt: skip
+        return Record(**head, status=Status.REFUSED, reason=refusal.reason, needed_bytes=refusal.needed_bytes,
+                      predicted_peak_bytes=refusal.predicted_peak_bytes,
+                      available_bytes=refusal.available_bytes)  # fmt: skip
     backend = get_backend(spec.backend)
     try:
         runner, checked = verified_runner(spec.mechanism, backend, case)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from attnperf.analysis.complexity import COMPLEXITY, complexity_rows
@@ -42,3 +44,14 @@ def test_table_needs_two_lengths_and_the_cli_prints_it(capsys) -> None:
     assert "O(n²·d)" in out
     assert "O(n·d²)" in out
     assert "p (useful FLOPs)" in out
+
+
+def test_table_writes_its_rows_with_json(capsys, tmp_path) -> None:
+    """--json is honoured with --table (it was silently ignored): the rows the table prints."""
+    out = tmp_path / "table.json"
+    assert main(["analyze", "--table", "--variants", "full", "--seq-lens", "256,512", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["seq_lens"] == [256, 512]
+    (row,) = data["rows"]
+    assert (row["variant"], row["time"]) == ("full", "O(n²·d)")
+    assert "O(n²·d)" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,54 @@ def test_bad_arguments_name_the_parameter_and_the_allowed_values(capsys: pytest.
     assert "choose from full, causal" in capsys.readouterr().err
     assert main(["check", "--device", "cpu", "--heads", "4", "--kv-heads", "3"]) == 2
     assert "kv_heads" in capsys.readouterr().err
+
+
+def test_repeat_and_baselines_are_refused_on_stderr_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for args, message in (
+        (["--repeat", "0"], "argument --repeat: expected an integer >= 1, got 0"),
+        (["--baselines", "eager,turbo"], "argument --baselines: choose from eager, fla,"),
+        (["--baselines", "context-parallel"], "argument --baselines: choose from"),  # not its own baseline
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["bench", "--device", "cpu", "--out", "x", *args])
+        assert exit_info.value.code == 2
+        out, err = capsys.readouterr()
+        assert message in err
+        assert out == ""
+
+
+@pytest.fixture
+def one_gloo_rank() -> Iterator[None]:
+    """A process group of this process alone (gloo), for what time_ring does around the ring."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_cpu_allocators_failure_in_the_ring_is_oom(monkeypatch, one_gloo_rank) -> None:
+    """time_ring classifies allocation failures as the sweep does (sweep.is_oom): the CPU
+    allocator raises a plain RuntimeError, not torch.OutOfMemoryError."""
+    import attnperf.cp
+
+    message = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: 1 TB"
+
+    def no_memory(*args: object) -> None:
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(attnperf.cp, "shards", no_memory)
+    ring = attnperf.cp.time_ring(Case(q_len=64, head_dim=16), seed=0, repeat=3)
+    assert ring == {"status": "oom", "reason": message}
+
+    def a_bug(*args: object) -> None:
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(attnperf.cp, "shards", a_bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # anything else is not an oom
+        attnperf.cp.time_ring(Case(q_len=64, head_dim=16), seed=0, repeat=3)
 
 
 def test_multicast_stays_off_unless_the_environment_says_otherwise() -> None:

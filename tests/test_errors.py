@@ -4,6 +4,7 @@ exit code (2 usage, 1 failure, 130 interrupted), no traceback and no partial fil
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -11,11 +12,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from attnperf.analysis import min_bytes, predicted_peak_bytes
+from attnperf.case import Case
 from attnperf.cli import main
-from attnperf.errors import exclusive
+from attnperf.errors import Failure, exclusive
 
 SMALL = ["--heads", "2", "--head-dim", "16", "--repeat", "3"]
 
@@ -44,6 +48,15 @@ USAGE = [
     (["check", "--kv-heads", "0"], "argument --kv-heads: expected an integer >= 1, got 0"),
     (["plot", "--kinds", "pie"], "--kinds: unknown ['pie']"),
     (["plot", "--kinds", "scaling"], "--kinds scaling need result files"),
+    (["plot", "--n", "4"], "argument --n: expected an integer from 8 to 512, got 4"),
+    (["plot", "--n", "100000"], "argument --n: expected an integer from 8 to 512, got 100000"),
+    (["plot", "--kinds", "masks", "--tokens", "the cat sat"], "--tokens: 3 given; the pictures take 8 to 512"),
+    (["plot", "--kinds", "masks", "--stride", "0"], "argument --stride: expected an integer >= 1, got 0"),
+    # a combination Case refuses, built from flags: gqa has heads // 4 = 2 kv heads, and 9 % 2 != 0
+    (["analyze", "--table", "--variants", "gqa", "--heads", "9"], "gqa at 1024 tokens: heads (9) must be divisible"),
+    (["analyze", "--table", "--seq-lens", "64,64", "--measure"], "--seq-lens: --table fits exponents"),
+    (["model", "--hidden", "100"], "hidden must be a multiple of 256"),
+    (["analyze", "--table", "--measure-ceilings"], "--measure-ceilings: --table draws no roofline"),
 ]
 
 
@@ -54,6 +67,19 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, capsys
     assert code == 2
     assert message in err
     assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_a_value_error_from_inside_the_library_keeps_its_traceback(monkeypatch) -> None:
+    """Only UsageError is bad input (exit 2); a ValueError a bug raises is not passed off as the
+    user's mistake: it leaves main, so Python prints its traceback and exits 1."""
+    import attnperf.sweep
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug, not the user's input")
+
+    monkeypatch.setattr(attnperf.sweep, "run_sweep", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "32", *SMALL])
 
 
 def test_output_paths_are_checked_before_the_first_point(capsys, tmp_path) -> None:
@@ -76,8 +102,12 @@ def test_a_point_too_large_for_memory_is_refused_and_the_sweep_goes_on(capsys, t
                        "--json", str(out)], capsys)  # fmt: skip
     assert code == 0
     records = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
-    assert records[200000]["status"] == "refused"
-    assert records[200000]["predicted_peak_bytes"] > records[200000]["available_bytes"]
+    refused = records[200000]
+    assert refused["status"] == "refused"
+    assert refused["needed_bytes"] > refused["available_bytes"]
+    case = Case(**refused["case"])
+    assert refused["predicted_peak_bytes"] == predicted_peak_bytes("full", "eager", case), "the analyzer's figure"
+    assert refused["needed_bytes"] == min_bytes(case) + refused["predicted_peak_bytes"]
     assert "GiB free on cpu" in records[200000]["reason"]
     assert records[64]["status"] == "ok"
 
@@ -118,8 +148,55 @@ def test_an_existing_results_file_is_refused_resumed_or_overwritten(capsys, tmp_
     assert {(r["backend"], r["seq_len"]) for r in resumed} == {(b, n) for b in ("eager", "tiled") for n in (32, 64)}
     code, err = run_cli([*argv, "--resume", "--heads", "4"], capsys)
     assert code == 2
-    assert "with another shape or options; --force starts over" in err
+    assert "with another shape or options (and 3 more points); --force starts over" in err
+    code, err = run_cli([*argv, "--resume", "--kv-heads", "3"], capsys)  # flags that cannot build the case
+    assert code == 2
+    assert "with another shape or options" in err
     assert run_cli([*argv, "--force"], capsys)[0] == 0
+
+
+def test_resume_keeps_the_points_outside_the_new_grid(capsys, tmp_path) -> None:
+    """Resumed with other lengths, the earlier run's points are kept (they were measured in the
+    run the user asked to continue), the new ones are added, none is measured twice."""
+    out = tmp_path / "r.json"
+    argv = ["sweep", "--variants", "causal", "--backends", "eager", *SMALL, "--json", str(out)]
+    assert run_cli([*argv, "--seq-lens", "32,64"], capsys)[0] == 0
+    first = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    assert run_cli([*argv, "--seq-lens", "64,96", "--resume"], capsys)[0] == 0
+    resumed = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    assert sorted(resumed) == [32, 64, 96]
+    for n in (32, 64):
+        assert resumed[n]["samples_s"] == first[n]["samples_s"], f"{n}: kept, not measured again"
+    code, err = run_cli([*argv, "--seq-lens", "128", "--resume", "--head-dim", "8"], capsys)
+    assert code == 2, "points outside the grid are held to its shape too"
+    assert "causal × eager at 32 with another shape or options (and 2 more points)" in err
+
+
+def test_resume_refuses_unbuildable_points_of_another_shape(capsys, tmp_path) -> None:
+    """A point whose case does not fit records the shape it was asked for, so that a resumed run
+    with other heads, head dim, dtype or batch does not keep it as its own."""
+    out = tmp_path / "r.json"
+    argv = ["sweep", "--variants", "topk", "--backends", "eager", "--seq-lens", "16", "--top-k", "32", *SMALL,
+            "--json", str(out)]  # fmt: skip
+    assert run_cli(argv, capsys)[0] == 0
+    (record,) = json.loads(out.read_text())["records"]
+    assert (record["status"], record["case_id"]) == ("unsupported", "")
+    assert record["case"] == {"batch": 1, "heads": 2, "head_dim": 16, "dtype": "float32", "device": "cpu",
+                              "top_k": 32}  # fmt: skip
+    assert run_cli([*argv, "--resume"], capsys)[0] == 0
+    for change in (["--heads", "4"], ["--head-dim", "8"], ["--dtype", "float64"], ["--top-k", "20"]):
+        code, err = run_cli([*argv, "--resume", *change], capsys)
+        assert code == 2, change
+        assert "topk × eager at 16 with another shape or options; --force starts over" in err
+    code, err = run_cli([*argv, "--resume", "--batches", "2"], capsys)  # another batch: another point, kept
+    assert code == 0
+    assert [r["batch"] for r in json.loads(out.read_text())["records"]] == [1, 2]
+    legacy = json.loads(out.read_text())
+    legacy["records"][0]["case"] = {"top_k": 32}  # as written before the shape was stored
+    out.write_text(json.dumps(legacy))
+    code, err = run_cli([*argv, "--resume"], capsys)
+    assert code == 2
+    assert "without its shape (an older attnperf's record)" in err
 
 
 def test_two_sweeps_cannot_write_one_file(capsys, tmp_path) -> None:
@@ -130,6 +207,29 @@ def test_two_sweeps_cannot_write_one_file(capsys, tmp_path) -> None:
     assert code == 1
     assert f"another run is writing {out}" in err
     assert not out.exists()
+
+
+def test_a_lock_file_removed_while_it_is_being_locked_is_not_a_lock(monkeypatch, tmp_path) -> None:
+    """Run A ends and removes its lock file after run B opened it; run C locks a new file at the
+    same path. B's lock on the removed file must not count: B sees C's lock and fails."""
+    out = tmp_path / "r.json"
+    lock = tmp_path / "r.json.lock"
+    real_flock, third_run = fcntl.flock, []
+
+    def flock_after_a_and_c(fd: object, operation: int) -> None:
+        if not third_run:  # between B's open and B's flock: A removes the file, C locks a new one
+            lock.unlink()
+            third_run.append(lock.open("w"))
+            real_flock(third_run[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_and_c)
+    with pytest.raises(Failure, match=f"another run is writing {out}"), exclusive(out):
+        pass
+    third_run[0].close()
+    with exclusive(out):  # C is done: the path's lock is free again
+        assert lock.exists()
+    assert not lock.exists()
 
 
 @pytest.mark.parametrize(
@@ -161,6 +261,21 @@ def test_plot_refuses_results_without_a_successful_point(capsys, tmp_path) -> No
     code, err = run_cli(["plot", str(results), "--out", str(tmp_path / "plots")], capsys)
     assert code == 1
     assert "no point ran successfully, nothing to plot" in err
+
+
+def test_plot_chooses_the_ceilings_before_drawing_anything(capsys, tmp_path) -> None:
+    """Results from a GPU without a datasheet cannot have a roofline on this machine: refused
+    before the first picture is drawn, so no partial set of pictures is left behind."""
+    results = tmp_path / "r.json"
+    record = {"variant": "causal", "mechanism": "full", "backend": "eager", "seq_len": 64, "batch": 1,
+              "case_id": "B1_H2_S64_D16_f32_causal", "case": {"dtype": "float32"}, "status": "ok",
+              "median_s": 1e-3, "useful_tflops": 0.1, "tokens_per_s": 64e3}  # fmt: skip
+    results.write_text(json.dumps({"machine": {"gpu": "Imaginary GPU 9000"}, "records": [record]}))
+    out = tmp_path / "plots"
+    code, err = run_cli(["plot", str(results), "--out", str(out)], capsys)
+    assert code == 2
+    assert "no datasheet ceilings for 'Imaginary GPU 9000'" in err
+    assert not out.exists(), "no picture is drawn before the ceilings are known"
 
 
 def test_tune_says_which_limit_nothing_met(capsys) -> None:
@@ -204,6 +319,33 @@ def test_ctrl_c_saves_what_was_measured_and_exits_130(tmp_path) -> None:
     assert "Traceback" not in stderr
     with contextlib.suppress(FileNotFoundError):
         assert not [p for p in os.listdir(tmp_path) if p.endswith((".tmp", ".lock"))]
+
+
+@pytest.mark.parametrize("outputs", [["--csv"], ["--json", "--csv"], []], ids=["csv", "json+csv", "none"])
+def test_ctrl_c_names_every_file_it_wrote(outputs: list[str], monkeypatch, capsys, tmp_path) -> None:
+    """The line after Ctrl-C says where the finished points are: each of --json and --csv given
+    (both are rewritten after every point), or that nothing was written."""
+    import attnperf.sweep
+    from attnperf.records import Record
+
+    record = Record.from_dict({"variant": "causal", "mechanism": "full", "backend": "eager", "seq_len": 32,
+                               "batch": 1, "case_id": "x", "case": {}, "status": "unsupported"})  # fmt: skip
+
+    def one_point_then_ctrl_c(grid: object, *, on_record: Any, **kwargs: object) -> None:
+        on_record([record])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(attnperf.sweep, "run_sweep", one_point_then_ctrl_c)
+    paths = {"--json": tmp_path / "r.json", "--csv": tmp_path / "r.csv"}
+    argv = [arg for flag in outputs for arg in (flag, str(paths[flag]))]
+    code, err = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "32", *SMALL, *argv],
+                        capsys)  # fmt: skip
+    assert code == 130
+    if outputs:
+        assert f"interrupted; 1 points saved to {' and '.join(str(paths[f]) for f in outputs)}" in err
+        assert all(paths[flag].exists() for flag in outputs)
+    else:
+        assert "interrupted; 1 points measured (no --json or --csv: nothing written)" in err
 
 
 def test_an_allocation_that_fails_anyway_is_recorded_as_oom(monkeypatch, capsys, tmp_path) -> None:

@@ -185,6 +185,31 @@ def test_drop_in_masks_follow_nn(backend) -> None:
     assert (weights[0, :, :, 5:] == 0).all()
 
 
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_drop_in_is_causal_follows_nn(backend) -> None:
+    """nn's ``is_causal`` hint with the causal mask it describes, on every path nn takes for it
+    (SDPA's causal mode without weights or padding; the mask otherwise); without a mask refused."""
+    mha = nn_layer(batch_first=True)
+    layer = MultiheadAttention.from_torch(mha, backend=backend).eval()
+    x = torch.randn(2, 6, 16)
+    padding = torch.zeros(2, 6, dtype=torch.bool)
+    padding[1, 4:] = True
+    float_causal = torch.nn.Transformer.generate_square_subsequent_mask(6)
+    bool_causal = torch.ones(6, 6, dtype=torch.bool).triu(1)  # nn: True = not allowed
+    for mask in (float_causal, bool_causal):
+        for kwargs in ({"need_weights": False}, {"need_weights": True}, {"key_padding_mask": padding}):
+            out, weights = layer(x, x, x, attn_mask=mask, is_causal=True, **kwargs)
+            want, want_weights = mha(x, x, x, attn_mask=mask, is_causal=True, **kwargs)
+            assert torch.allclose(out, want, atol=ATOL), kwargs
+            assert (weights is None) == (want_weights is None), kwargs
+            if weights is not None:
+                assert torch.allclose(weights, want_weights, atol=ATOL), kwargs
+    with pytest.raises(RuntimeError, match="Need attn_mask if specifying the is_causal hint"):
+        mha(x, x, x, is_causal=True)
+    with pytest.raises(ValueError, match="is_causal=True is a hint that attn_mask is the causal mask; it needs"):
+        layer(x, x, x, is_causal=True)
+
+
 def test_drop_in_unbatched_input() -> None:
     mha = nn_layer()
     layer = MultiheadAttention.from_torch(mha, backend="sdpa").eval()

@@ -94,3 +94,45 @@ def test_check_and_sweep_rows_say_the_kernel() -> None:
     record = run_point(grid.spec("sdpa", "causal", 64), repeat=3)
     assert record.status == "ok"
     assert record.kernel == result.kernel
+
+
+#: (q_len, kv_len, causal): cross-attention, more queries than keys, a decode step, short unequal
+#: lengths, long equal ones.
+PROBED = [(100, 200, False), (200, 300, True), (200, 100, False), (1, 4096, True), (10, 5, False), (999, 999, True)]
+
+
+@pytest.mark.parametrize(("q_len", "kv_len", "causal"), PROBED, ids=[f"{q}-{k}" for q, k, _ in PROBED])
+def test_the_models_kernel_is_asked_on_lengths_in_the_cases_order(q_len, kv_len, causal, monkeypatch) -> None:
+    """SdpaAuto.for_case asks SDPA on short inputs whose lengths compare as the case's do: equal
+    causal lengths are is_causal, unequal ones causal_lower_right (flash or efficient only), so
+    probing 200 × 300 as 64 × 64 would name a kernel the case never runs."""
+    from attnperf.backends import sdpa
+
+    asked = []
+
+    def record(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object) -> str:
+        asked.append((q.shape[2], k.shape[2], kwargs))
+        return picked_kernel(q, k, v, **kwargs)
+
+    monkeypatch.setattr(sdpa, "picked_kernel", record)
+    case = Case(q_len=q_len, kv_len=kv_len, causal=causal, head_dim=16)
+    get_backend("sdpa").for_case(get_mechanism("full"), case)
+    ((probe_q, probe_k, kwargs),) = asked
+    assert max(probe_q, probe_k) <= 128
+    assert (probe_q > probe_k, probe_q == probe_k) == (q_len > kv_len, q_len == kv_len)
+    if causal and q_len != kv_len:
+        assert (kwargs["attn_mask"].seq_len_q, kwargs["attn_mask"].seq_len_kv) == (probe_q, probe_k)
+    else:
+        assert kwargs.get("is_causal", False) == causal
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("q_len", "kv_len", "causal"), PROBED, ids=[f"{q}-{k}" for q, k, _ in PROBED])
+def test_the_models_kernel_is_the_one_that_runs(q_len, kv_len, causal, device) -> None:
+    """for_case names the forced backend of the kernel the prepared call reports (and runs)."""
+    case = Case(q_len=q_len, kv_len=kv_len, causal=causal, head_dim=16, heads=2, device=device,
+                dtype="bfloat16" if device == "cuda" else "float32")  # fmt: skip
+    mechanism, backend = get_mechanism("full"), get_backend("sdpa")
+    q, k, v = make_inputs(case, seed=SEED)
+    runner = backend.prepare(mechanism, case, q, k, v)
+    assert backend.for_case(mechanism, case).name == f"sdpa-{runner.kernel}"  # type: ignore[attr-defined]

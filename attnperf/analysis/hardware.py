@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attnperf.errors import UsageError
 from attnperf.measure import measure_time
 
 
@@ -79,7 +80,9 @@ def measured(device: str, dtype: str) -> Hardware:
 def ceilings(device: str, dtype: str, *, gpu_name: str | None = None, measure: bool = False) -> Hardware:
     """The ceilings a roofline is drawn against, chosen here only: a GPU's datasheet (the GPU
     ``gpu_name`` that results were measured on, else ``device``'s), or this machine's measured
-    ones (the CPU, ``measure=True``, or a GPU without a datasheet entry)."""
+    ones (the CPU, ``measure=True``, or a GPU without a datasheet entry). Results from a GPU
+    without a datasheet entry, read on another machine, are a :class:`UsageError`: their
+    ceilings cannot be had here."""
     on_gpu = device.startswith("cuda")
     if gpu_name is None and on_gpu:
         gpu_name = torch.cuda.get_device_name(torch.device(device))
@@ -88,6 +91,6 @@ def ceilings(device: str, dtype: str, *, gpu_name: str | None = None, measure: b
         if sheet is not None:
             return sheet
     if gpu_name is not None and not on_gpu:
-        raise ValueError(f"no datasheet ceilings for {gpu_name!r} (known: {', '.join(DATASHEETS)}), and a GPU's "
+        raise UsageError(f"no datasheet ceilings for {gpu_name!r} (known: {', '.join(DATASHEETS)}), and a GPU's "
                          "ceilings cannot be measured on this machine")  # fmt: skip
     return measured(device, dtype)

@@ -196,12 +196,17 @@ class SdpaAuto(Backend):
     def for_case(self, mechanism: Mechanism, case: Case) -> Backend:
         """The forced backend of the kernel SDPA picks for ``case``: its FLOP and memory models.
 
-        The choice depends on the device, dtype, head dim, mask and head layout, not on the
-        lengths, so it is asked on inputs of at most 64 queries and keys (the same relation of
-        the two lengths), which costs nothing even for a case too large to allocate."""
+        The choice depends on the device, dtype, head dim, mask and head layout, and on the
+        lengths only through how they compare: equal causal lengths are ``is_causal``, unequal
+        ones ``causal_lower_right``, which SDPA dispatches to flash or efficient only. So it is
+        asked on inputs that keep that order, at most :data:`PROBE_LEN` tokens on the shorter
+        side and twice that on the longer (a decode step, cross-attention and more queries than
+        keys stay what they are), which costs nothing even for a case too large to allocate."""
         assert isinstance(mechanism, SoftmaxMechanism)
-        q_len = min(case.q_len, 64)
-        kv_len = q_len if case.k_len == case.q_len else max(q_len, min(case.k_len, 64))
+        short, long = sorted((case.q_len, case.k_len))
+        short_probe = min(short, PROBE_LEN)
+        long_probe = short_probe if long == short else min(long, 2 * PROBE_LEN)  # > short_probe: long > short
+        q_len, kv_len = (short_probe, long_probe) if case.q_len <= case.k_len else (long_probe, short_probe)
         small = dataclasses.replace(case, batch=1, q_len=q_len, kv_len=kv_len)
         dtype = small.torch_dtype
         shape_q, shape_kv = (1, small.heads, q_len, small.head_dim), (1, small.n_kv_heads, kv_len, small.head_dim)
@@ -209,6 +214,10 @@ class SdpaAuto(Backend):
         k = torch.zeros(shape_kv, dtype=dtype, device=small.device)
         kwargs = sdpa_call_args(mechanism, small, q.device, q.dtype)
         return FORCED.get(picked_kernel(q, k, torch.zeros_like(k), **kwargs), FORCED["math"])
+
+
+#: The shorter length :meth:`SdpaAuto.for_case` asks SDPA about (the longer is at most twice it).
+PROBE_LEN = 64
 
 
 #: The forced backends by the kernel names :func:`picked_kernel` gives.
