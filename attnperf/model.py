@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,12 +75,21 @@ SIZES: dict[str, dict[str, int]] = {
 #: transformers' ``attn_implementation`` values that this run compares.
 IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
 
-#: Relative-error bound ‖logits − eager's‖ / ‖eager's‖. Looser than one attention call's 1e-5 in
-#: float32: every layer adds its rounding and the LM head sums over the hidden size (sdpa and
-#: flex_attention measured 3e-7 to 6e-7 at the small size). In half precision each layer's
-#: output is rounded to 8 (bf16) or 11 (fp16) bits before the next, so a whole model is held to
-#: 3e-2 rather than one call's 1e-2.
+#: Relative-error bound ‖logits − reference‖ / ‖reference‖, the reference being eager in float32
+#: on the same weights. Looser than one attention call's 1e-5 in float32: every layer adds its
+#: rounding and the LM head sums over the hidden size (sdpa and flex_attention measured 3e-7 to
+#: 6e-7 at the small size, 5.8e-6 and 6.4e-6 at Llama-3.2-1B's on an H200). In half precision each
+#: layer's output is rounded to 8 (bf16) or 11 (fp16) bits before the next, so how far a whole
+#: model lands from float32 grows with its depth: at Llama-3.2-1B's 16 layers, bf16 sdpa and
+#: flex_attention differed from bf16 eager by 3.6e-2. There an implementation is held to
+#: :data:`HALF_FACTOR` × eager's own error in the same dtype (flash-attn's tests hold its kernels
+#: to twice PyTorch's error in the same dtype), never tighter than this table's floor, and eager
+#: itself to :data:`HALF_CEILING`.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 3e-2}
+HALF_FACTOR = 2.0
+#: Eager in half precision against float32: far above the bf16 rounding of 16 layers (a few 1e-2)
+#: only when something is broken.
+HALF_CEILING = 0.1
 
 #: Query heads per KV head in Llama-3.2-1B (32 / 8); kept when ``--hidden`` changes the width.
 KV_GROUP = 4
@@ -153,7 +163,7 @@ class ModelRow:
     implementation: str
     status: Status
     reason: str | None = None
-    rel_error: float | None = None  #: largest relative error of its logits against eager's
+    rel_error: float | None = None  #: largest relative error of its logits against float32 eager's
     prefill_s: float | None = None  #: median seconds of one prefill
     prefill_tokens_per_s: float | None = None
     decode_s_per_token: float | None = None  #: median seconds per decoded token
@@ -195,27 +205,48 @@ class ModelRun:
         tokens = torch.randint(0, values["vocab_size"], (batch, prompt_len + new_tokens), generator=generator)
         self.prompt, self.continuation = tokens[:, :prompt_len].to(device), tokens[:, prompt_len:].to(device)
         self.reference: list[torch.Tensor] | None = None
+        self.eager_error = 0.0  # eager in this dtype against the float32 reference
 
     def logits(self) -> list[torch.Tensor]:
         """The prefill's logits at every position, then each decode step's, as the current
         implementation computes them."""
         with torch.no_grad():
             out = self.model(self.prompt, use_cache=True)
-            logits, cache = [out.logits], out.cache
+            logits, cache = [out.logits], _cache_of(out)
             for i in range(self.new_tokens):
-                out = self.model(self.continuation[:, i : i + 1], cache=cache, use_cache=True)
+                out = self.model(self.continuation[:, i : i + 1], **_cache_kwarg(self.model, cache), use_cache=True)
                 logits.append(out.logits)
         return logits
 
+    def _reference(self) -> tuple[list[torch.Tensor], float]:
+        """Eager's logits in float32 on the same weights (the model is cast up and back: bf16 and
+        fp16 values are exact in float32), and eager's own error in this run's dtype against them."""
+        self.model.set_attn_implementation("eager")
+        if self.dtype == "float32":
+            return self.logits(), 0.0
+        dtype = self.model.dtype
+        self.model.float()
+        reference = self.logits()
+        self.model.to(dtype)
+        eager = self.logits()
+        return reference, max(_relative_error(o, r) for o, r in zip(eager, reference, strict=True))
+
+    def bound(self, implementation: str) -> float:
+        """The largest relative error of ``implementation``'s logits that passes (see TOLERANCE)."""
+        if self.dtype == "float32":
+            return TOLERANCE["float32"]
+        if implementation == "eager":
+            return HALF_CEILING
+        return max(TOLERANCE[self.dtype], HALF_FACTOR * self.eager_error)
+
     def row(self, implementation: str, *, repeat: int = 7) -> ModelRow:
-        """Check ``implementation`` against eager, then time its prefill and decode."""
+        """Check ``implementation`` against float32 eager, then time its prefill and decode."""
         if implementation not in IMPLEMENTATIONS:
             raise UsageError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}")
         if (why := implementation_reason(implementation, self.device)) is not None:
             return ModelRow(implementation, Status.UNSUPPORTED, reason=why)
         if self.reference is None:
-            self.model.set_attn_implementation("eager")
-            self.reference = self.logits()
+            self.reference, self.eager_error = self._reference()
         try:
             self.model.set_attn_implementation(implementation)
         except (ImportError, ValueError) as exc:  # transformers refusing the implementation here
@@ -227,10 +258,10 @@ class ModelRun:
         error = None
         try:
             error = max(_relative_error(o, r) for o, r in zip(self.logits(), self.reference, strict=True))
-            bound = TOLERANCE[self.dtype]
+            bound = self.bound(implementation)
             if not error <= bound:
-                return ModelRow(implementation, Status.WRONG, rel_error=error,
-                                reason=f"logits differ from eager's by {error:.3g} > {bound:g}: not timed")  # fmt: skip
+                reason = f"logits differ from float32 eager's by {error:.3g} > {bound:.3g}: not timed"
+                return ModelRow(implementation, Status.WRONG, rel_error=error, reason=reason)
             return self._timed(implementation, error, repeat)
         except torch.OutOfMemoryError as exc:
             return ModelRow(implementation, Status.OOM, rel_error=error, reason=_first_line(exc))
@@ -241,7 +272,8 @@ class ModelRun:
     def _timed(self, implementation: str, error: float, repeat: int) -> ModelRow:
         model, prompt, continuation = self.model, self.prompt, self.continuation
         with torch.no_grad():
-            cache = model(prompt, use_cache=True).cache
+            cache = _cache_of(model(prompt, use_cache=True))
+            with_cache = _cache_kwarg(model, cache)
 
             def prefill() -> torch.Tensor:
                 return model(prompt, use_cache=True, logits_to_keep=1).logits
@@ -250,7 +282,7 @@ class ModelRun:
                 if (extra := cache.get_seq_length() - self.prompt_len) > 0:
                     cache.crop(-extra)  # back to the prompt alone (crop counts from the end)
                 for i in range(self.new_tokens):
-                    logits = model(continuation[:, i : i + 1], cache=cache, use_cache=True).logits
+                    logits = model(continuation[:, i : i + 1], **with_cache, use_cache=True).logits
                 return logits
 
             prefill_time = measure_time(prefill, self.device, repeat=repeat)
@@ -266,6 +298,18 @@ class ModelRun:
             prefill_samples_s=list(prefill_time.samples),
             decode_samples_s=[s / self.new_tokens for s in decode_time.samples],
         )  # fmt: skip
+
+
+def _cache_of(output: Any) -> Any:
+    """The KV cache a forward returned: ``cache`` in transformers 5.2x, ``past_key_values`` before
+    (the GPU image's 5.17)."""
+    return output.cache if hasattr(output, "cache") else output.past_key_values
+
+
+def _cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
+    """The keyword that hands ``cache`` back to ``model``'s forward, under either name."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,6 +13,8 @@ import torch
 from attnperf.cli import main
 from attnperf.errors import EXIT_FAILURE, EXIT_USAGE
 from attnperf.model import (
+    HALF_CEILING,
+    HALF_FACTOR,
     LLAMA_3_2_1B,
     TOLERANCE,
     ModelRun,
@@ -129,3 +131,21 @@ def test_cli_refuses_a_bad_implementation_name(capsys) -> None:
         main(["model", "--implementations", "vanilla"])
     assert exit_info.value.code == EXIT_USAGE
     assert "allowed: all or eager, sdpa, flex_attention, flash_attention_2" in capsys.readouterr().err
+
+
+def test_half_precision_is_held_to_twice_eagers_own_error_against_float32() -> None:
+    """In bf16 the reference is eager in float32 on the same weights; eager's own bf16 error sets
+    the scale, and an implementation passes within twice that (or the table's floor)."""
+    pytest.importorskip("transformers")
+    run = ModelRun(model_config("small", **TINY), prompt_len=9, new_tokens=2, dtype="bfloat16", seed=SEED)
+    eager = run.row("eager", repeat=1)
+    assert eager.status is Status.OK, eager.reason
+    assert run.model.dtype == torch.bfloat16, "the reference pass casts the model back"
+    assert run.reference is not None
+    assert run.reference[0].dtype == torch.float32
+    assert 0 < run.eager_error == eager.rel_error <= HALF_CEILING
+    assert run.bound("sdpa") == max(TOLERANCE["bfloat16"], HALF_FACTOR * run.eager_error)
+    sdpa = run.row("sdpa", repeat=1)
+    assert sdpa.status is Status.OK, sdpa.reason
+    assert sdpa.rel_error is not None
+    assert sdpa.rel_error <= run.bound("sdpa")
