@@ -18,11 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import sdpa_kernel
 
 from attnperf.backends import Unsupported, get_backend
 from attnperf.backends.eager import softmax_probs
-from attnperf.backends.sdpa import Sdpa
+from attnperf.backends.sdpa import Sdpa, only_kernel
 from attnperf.case import Case
 from attnperf.correctness import run_unsupported_aware
 from attnperf.functional import attention, case_from_tensors
@@ -343,7 +342,7 @@ class MultiHeadAttention(nn.Module):
         kwargs: dict[str, Any] = {"attn_mask": total, "dropout_p": dropout, "scale": case.scale}
         kwargs["enable_gqa"] = case.n_kv_heads != case.heads
         if isinstance(backend, Sdpa):
-            with sdpa_kernel(backend.kernel):
+            with only_kernel(backend.kernel):
                 return run_unsupported_aware(backend, lambda: F.scaled_dot_product_attention(q, k, v, **kwargs))
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
 

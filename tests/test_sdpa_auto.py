@@ -136,3 +136,26 @@ def test_the_models_kernel_is_the_one_that_runs(q_len, kv_len, causal, device) -
     q, k, v = make_inputs(case, seed=SEED)
     runner = backend.prepare(mechanism, case, q, k, v)
     assert backend.for_case(mechanism, case).name == f"sdpa-{runner.kernel}"  # type: ignore[attr-defined]
+
+
+def test_only_kernel_forces_one_kernel_and_restores_the_switches_even_on_error() -> None:
+    from attnperf.backends.sdpa import only_kernel
+
+    reads = {
+        SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled,
+        SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled,
+        SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled,
+        SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled,
+    }
+    before = {kernel: read() for kernel, read in reads.items()}
+    with sdpa_kernel([SDPBackend.MATH, SDPBackend.FLASH_ATTENTION]):  # a caller's own setting
+        outer = {kernel: read() for kernel, read in reads.items()}
+        with only_kernel(SDPBackend.EFFICIENT_ATTENTION):
+            assert {kernel: read() for kernel, read in reads.items()} == {
+                kernel: kernel == SDPBackend.EFFICIENT_ATTENTION for kernel in reads
+            }
+        assert {kernel: read() for kernel, read in reads.items()} == outer
+        with pytest.raises(RuntimeError, match="boom"), only_kernel(SDPBackend.MATH):
+            raise RuntimeError("boom")
+        assert {kernel: read() for kernel, read in reads.items()} == outer
+    assert {kernel: read() for kernel, read in reads.items()} == before
