@@ -246,9 +246,10 @@ class Cost:
 
 GRID_COSTS: dict[str, Cost] = {
     "pr-cpu": Cost(6, 4.7, 1.4, 0.2, "2-core CPU, 2026-11-28: 40 points, 195 s first process, 61 s later"),
-    # H200, 2026-11-28 (docs/gpu/2026-11-28-h200): 431 s for the first process of 200 points with cold
-    # compile caches; 0.5 s a point once verdicts and compilations are cached.
-    "pr-gpu": Cost(8, 2.1, 0.5, 0.2, "H200, 2026-11-28: 431 s first process (cold caches), ~0.5 s a point later"),
+    # H200, 2026-11-29 (docs/gpu/2026-11-29): 220 points; each commit's first process 424 s (base,
+    # cold compile caches) and 291 s (head: 181 s of first-call compilation that base's caches did
+    # not cover), later processes 116 s (0.53 s a point, verdicts and compilations cached).
+    "pr-gpu": Cost(9, 1.6, 0.53, 0.2, "H200, 2026-11-29: first processes 424 s and 291 s, later 116 s (220 points)"),
 }
 
 GRIDS: dict[str, Grid] = {"cpu": CPU_GRID, "gpu": GPU_GRID, "pr-cpu": PR_CPU_GRID, "pr-gpu": PR_GPU_GRID}

@@ -5,7 +5,9 @@
 # release (30 s), or it is given back with the job.
 #   bash tools/gpu-session.sh start SECONDS PHASE...   start; the trials phase ends SECONDS from now
 #   bash tools/gpu-session.sh wait                     wait again
-# The call in which the phases end copies their archive (gpu-check.tgz) to $OUT.
+# The call in which the phases end copies their archive (gpu-check.tgz) to $OUT; every earlier call
+# brings back what the phases wrote so far ($OUT/partial.tgz), since a machine given back between
+# calls takes the job and its files with it.
 set -uo pipefail
 S=/tmp/gpu-session WAIT_S=${WAIT_S:-570}
 case ${1:-} in
@@ -20,4 +22,5 @@ wait) ;;
 esac
 for ((i = 0; i < WAIT_S; i += 5)); do [[ -f $S/done ]] && break; sleep 5; done
 grep -v USDT "$S/log" | tail -60
-if [[ -f $S/done ]]; then cp "$S/gpu-check.tgz" "${OUT:?}/" && echo "phases done; archive in \$OUT"; else echo "still running"; fi
+if [[ -f $S/done ]]; then cp "$S/gpu-check.tgz" "${OUT:?}/" && echo "phases done; archive in \$OUT"
+else tar czf "${OUT:?}/partial.tgz" -C "$S" log raw /tmp/attnperf-prcheck /tmp/attnperf-trials 2>/dev/null; echo "still running"; fi
