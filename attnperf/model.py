@@ -252,7 +252,7 @@ class ModelRun:
         except (ImportError, ValueError) as exc:  # transformers refusing the implementation here
             return ModelRow(implementation, Status.UNSUPPORTED, reason=_first_line(exc))
         if implementation == "flex_attention":
-            from attnperf.backends.flex import guard_recompiles
+            from attnperf.compiled import guard_recompiles
 
             guard_recompiles()  # a recompile past the limit raises instead of running unfused
         error = None

@@ -238,3 +238,19 @@ def test_reference_is_float64_on_cpu() -> None:
     assert out.dtype == torch.float64
     assert out.device.type == "cpu"
     assert math.isfinite(float(out.sum()))
+
+
+def test_the_fused_rope_rotation_matches_the_eager_one() -> None:
+    """On CUDA the rotation runs compiled (one kernel per tensor, no float32 copies); it must give
+    what the eager rotation gives. Compiled here on the CPU, as the GPU's compiles the same graph."""
+    from attnperf.mechanisms.positional import fused_rotation, rope_tables, rotate_half_rope
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 2, 24, 16, generator=gen).to(torch.bfloat16)
+    cos, sin = rope_tables(torch.arange(24) + 5, 16, torch.float32)
+    eager = rotate_half_rope(x, cos, sin)
+    fused = fused_rotation()(x, cos, sin)
+    assert fused.dtype == torch.bfloat16
+    # Both compute in float32 and round once; the compiled kernel may fuse the multiply-adds, so
+    # allow one bf16 rounding step (2^-8 relative) on a few elements, not more.
+    assert torch.allclose(fused.float(), eager.float(), rtol=2**-7, atol=1e-6)

@@ -23,26 +23,13 @@ from attnperf.analysis import memory
 from attnperf.backends.base import Backend, Runner
 from attnperf.backends.sdpa import SOFTMAX_MECHANISMS
 from attnperf.case import Case
+from attnperf.compiled import compiled
 from attnperf.mechanisms import Mechanism, SoftmaxMechanism
 
-#: Distinct compiled shapes per process before dynamo gives up (default 8 is far too few for a
-#: sweep; past this a call raises instead of falling back).
-RECOMPILE_LIMIT = 256
 #: From this many keys on, the block mask itself is built by a compiled function: the eager
 #: ``create_block_mask`` evaluates the dense Lq × Lk mask (4 GiB of booleans at 64k), while
 #: compiling it costs ~10 s per shape (CPU) — more than the eager build below 64k.
 COMPILE_BLOCK_MASK_FROM = 65536
-
-
-def guard_recompiles() -> None:
-    """Raise dynamo's recompile limits and make hitting them an error, so that a compiled
-    ``flex_attention`` never falls back to the unfused path unseen (also used by the model run,
-    where transformers compiles flex itself)."""
-    import torch._dynamo.config as dynamo_config
-
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
-    dynamo_config.fail_on_recompile_limit_hit = True
 
 
 @functools.cache
@@ -50,8 +37,7 @@ def compiled_flex() -> Callable[..., torch.Tensor]:
     """The one compiled ``flex_attention`` of this process, with fallback turned into errors."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    guard_recompiles()
-    return torch.compile(flex_attention, dynamic=False, fullgraph=True)
+    return compiled(flex_attention)
 
 
 @functools.cache

@@ -6,7 +6,9 @@ Sinusoidal and learned absolute positions change the inputs, not the attention, 
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -83,6 +85,18 @@ def rotate_half_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return (xw * cos + rotated * sin).to(x.dtype)
 
 
+@functools.cache
+def fused_rotation() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """:func:`rotate_half_rope` compiled into one kernel per tensor: it reads x once and writes the
+    rotated x in x's dtype, the float32 work staying in registers. Uncompiled, the rotation wrote
+    float32 copies of q and k and their rotated halves: on the H200 (bf16, 16k tokens, H 16,
+    D 128) RoPE added 78% and 640 MiB to flash-attn-4's causal attention. Used on CUDA; on the
+    CPU a compilation per shape costs more than the rotation saves."""
+    from attnperf.compiled import compiled
+
+    return compiled(rotate_half_rope)
+
+
 class RoPE(SoftmaxMechanism):
     """Softmax attention over rotary-embedded q and k (Su et al. 2021), half-rotation convention.
 
@@ -111,7 +125,9 @@ class RoPE(SoftmaxMechanism):
         k_cos, k_sin = rope_tables(torch.arange(case.k_len), case.head_dim, dtype)
         q_cos, q_sin, k_cos, k_sin = (t.to(device) for t in (q_cos, q_sin, k_cos, k_sin))
 
+        rotate = fused_rotation() if torch.device(device).type == "cuda" else rotate_half_rope
+
         def rope(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return rotate_half_rope(q, q_cos, q_sin), rotate_half_rope(k, k_cos, k_sin)
+            return rotate(q, q_cos, q_sin), rotate(k, k_cos, k_sin)
 
         return rope
