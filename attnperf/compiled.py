@@ -2,7 +2,7 @@
 
 dynamo recompiles a function for every new shape and, past its limit (default 8), quietly runs
 it uncompiled: a sweep would then time a different program from the one it names. Every compiled
-function of attnperf (flex_attention, its block masks, the fused RoPE rotation) goes through
+function of attnperf that is timed (flex_attention, the fused RoPE rotation) goes through
 :func:`compiled`, which raises the limits and makes hitting them an error.
 """
 
