@@ -90,10 +90,12 @@ class PointSpec:
     @property
     def key(self) -> str:
         """A stable id, asv's spelling of the point: ``TimeForward('eager', 'causal', 256, 64, 'float32')``
-        (a batch size other than 1, which asv's suites do not have, is appended)."""
+        (a batch size other than 1 and mechanism options, which asv's suites do not have, are
+        appended, so that two points that differ only there never share a key)."""
         suite = BENCHMARKS[self.mode][0][0].split(".")[1]
         batch = f"[batch={self.batch}]" if self.batch != 1 else ""
-        return f"{suite}({', '.join(map(repr, self.asv_params))}){batch}"
+        options = "".join(f"[{name}={value}]" for name, value in self.options)
+        return f"{suite}({', '.join(map(repr, self.asv_params))}){batch}{options}"
 
     @property
     def mechanism(self) -> str:
@@ -149,10 +151,6 @@ class Grid:
             backend, variant, seq_len, head_dim or self.head_dims[0], dtype or self.dtypes[0], mode,
             device=self.device, heads=self.heads, batch=batch or self.batches[0], options=self.options,
         )  # fmt: skip
-
-    def case(self, variant: str, seq_len: int, *, batch: int | None = None) -> Case:
-        """The case of ``variant`` at ``seq_len`` with this grid's shape and options."""
-        return self.spec("", variant, seq_len, batch=batch).case()
 
     def points(self) -> list[PointSpec]:
         """Every point of the grid: forward, forward+backward (at ``backward_seq_lens``), decode."""

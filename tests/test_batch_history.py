@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -133,3 +134,17 @@ def test_record_writes_asv_results_that_publish_reads(two_processes, tmp_path: P
     index = json.loads((repo / ".asv/html/index.json").read_text())
     assert "bench_attention.TimeForward.time_forward" in index["benchmarks"]
     assert "history-test" in index["machines"]
+
+
+def test_points_that_differ_only_in_options_or_batch_have_different_keys() -> None:
+    from attnperf.benchgrid import PointSpec
+
+    base = PointSpec("eager", "sliding_window", 256, 64, "float32", "forward", "cpu", 8)
+    keys = {
+        base.key,
+        dataclasses.replace(base, options=(("window", 32),)).key,
+        dataclasses.replace(base, options=(("window", 64),)).key,
+        dataclasses.replace(base, batch=4).key,
+    }
+    assert len(keys) == 4
+    assert base.key == "TimeForward('eager', 'sliding_window', 256, 64, 'float32')", "asv's spelling stays"
