@@ -28,7 +28,9 @@ def guard_recompiles() -> None:
     dynamo_config.fail_on_recompile_limit_hit = True
 
 
-def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled whole for static shapes, with the fallback turned into errors."""
+def compiled(fn: Callable[..., Any], *, dynamic: bool = False) -> Callable[..., Any]:
+    """``fn`` compiled whole, with the fallback turned into errors. Static shapes (one compilation
+    per shape) unless ``dynamic``: for a pointwise function whose lengths change every call (a
+    KV cache growing by one token) symbolic sizes cost nothing and avoid the recompiles."""
     guard_recompiles()
-    return torch.compile(fn, dynamic=False, fullgraph=True)
+    return torch.compile(fn, dynamic=dynamic, fullgraph=True)

@@ -37,6 +37,7 @@ import torch
 from attnperf.errors import UsageError
 from attnperf.measure import measure_peak, measure_time
 from attnperf.records import Status
+from attnperf.sweep import is_oom
 
 #: Llama-3.2-1B's ``config.json`` (https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json,
 #: the architecture fields; cross-checked with copies of it in public repositories that load it
@@ -213,8 +214,9 @@ class ModelRun:
         with torch.no_grad():
             out = self.model(self.prompt, use_cache=True)
             logits, cache = [out.logits], _cache_of(out)
+            with_cache = _cache_kwarg(self.model, cache)
             for i in range(self.new_tokens):
-                out = self.model(self.continuation[:, i : i + 1], **_cache_kwarg(self.model, cache), use_cache=True)
+                out = self.model(self.continuation[:, i : i + 1], **with_cache, use_cache=True)
                 logits.append(out.logits)
         return logits
 
@@ -226,8 +228,10 @@ class ModelRun:
             return self.logits(), 0.0
         dtype = self.model.dtype
         self.model.float()
-        reference = self.logits()
-        self.model.to(dtype)
+        try:
+            reference = self.logits()
+        finally:
+            self.model.to(dtype)  # in this run's dtype again, also after an allocation failure
         eager = self.logits()
         return reference, max(_relative_error(o, r) for o, r in zip(eager, reference, strict=True))
 
@@ -237,7 +241,8 @@ class ModelRun:
             return TOLERANCE["float32"]
         if implementation == "eager":
             return HALF_CEILING
-        return max(TOLERANCE[self.dtype], HALF_FACTOR * self.eager_error)
+        # Past the ceiling eager is itself wrong (its row says so) and sets no scale for others.
+        return max(TOLERANCE[self.dtype], HALF_FACTOR * min(self.eager_error, HALF_CEILING))
 
     def row(self, implementation: str, *, repeat: int = 7) -> ModelRow:
         """Check ``implementation`` against float32 eager, then time its prefill and decode."""
@@ -246,7 +251,12 @@ class ModelRun:
         if (why := implementation_reason(implementation, self.device)) is not None:
             return ModelRow(implementation, Status.UNSUPPORTED, reason=why)
         if self.reference is None:
-            self.reference, self.eager_error = self._reference()
+            try:
+                self.reference, self.eager_error = self._reference()
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                return ModelRow(implementation, Status.OOM, reason=f"the float32 reference: {_first_line(exc)}")
         try:
             self.model.set_attn_implementation(implementation)
         except (ImportError, ValueError) as exc:  # transformers refusing the implementation here
@@ -255,6 +265,12 @@ class ModelRun:
             from attnperf.compiled import guard_recompiles
 
             guard_recompiles()  # a recompile past the limit raises instead of running unfused
+        return self._checked_and_timed(implementation, repeat)
+
+    def _checked_and_timed(self, implementation: str, repeat: int) -> ModelRow:
+        """The row of the implementation now set: wrong logits are never timed; an allocation
+        failure or any other error is this row's status, and the run goes on."""
+        assert self.reference is not None
         error = None
         try:
             error = max(_relative_error(o, r) for o, r in zip(self.logits(), self.reference, strict=True))
@@ -263,9 +279,9 @@ class ModelRun:
                 reason = f"logits differ from float32 eager's by {error:.3g} > {bound:.3g}: not timed"
                 return ModelRow(implementation, Status.WRONG, rel_error=error, reason=reason)
             return self._timed(implementation, error, repeat)
-        except torch.OutOfMemoryError as exc:
-            return ModelRow(implementation, Status.OOM, rel_error=error, reason=_first_line(exc))
         except Exception as exc:  # one implementation failing (a compiler error, say) must not end the run
+            if is_oom(exc):
+                return ModelRow(implementation, Status.OOM, rel_error=error, reason=_first_line(exc))
             return ModelRow(implementation, Status.FAILED, rel_error=error,
                             reason=f"{type(exc).__name__}: {_first_line(exc)}")  # fmt: skip
 

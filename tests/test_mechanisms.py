@@ -254,3 +254,21 @@ def test_the_fused_rope_rotation_matches_the_eager_one() -> None:
     # Both compute in float32 and round once; the compiled kernel may fuse the multiply-adds, so
     # allow one bf16 rounding step (2^-8 relative) on a few elements, not more.
     assert torch.allclose(fused.float(), eager.float(), rtol=2**-7, atol=1e-6)
+
+
+def test_the_fused_rope_rotation_takes_new_lengths_without_recompiling() -> None:
+    """A KV cache grows by one token a step: the rotation is compiled for symbolic sizes, so new
+    lengths reuse one graph instead of compiling each (and hitting the recompile limit)."""
+    import torch._dynamo.utils as dynamo_utils
+
+    from attnperf.mechanisms.positional import fused_rotation, rope_tables
+
+    rotate = fused_rotation()
+    for length in (20, 21):  # warm: the first two lengths may each compile (static, then symbolic)
+        cos, sin = rope_tables(torch.arange(length), 16, torch.float32)
+        rotate(torch.randn(1, 2, length, 16), cos, sin)
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    for length in (22, 23, 57):
+        cos, sin = rope_tables(torch.arange(length), 16, torch.float32)
+        rotate(torch.randn(1, 2, length, 16), cos, sin)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == before

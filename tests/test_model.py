@@ -149,3 +149,26 @@ def test_half_precision_is_held_to_twice_eagers_own_error_against_float32() -> N
     assert sdpa.status is Status.OK, sdpa.reason
     assert sdpa.rel_error is not None
     assert sdpa.rel_error <= run.bound("sdpa")
+
+
+def test_a_broken_eager_sets_no_scale_for_the_others() -> None:
+    """Past HALF_CEILING eager's own error is not a precision scale: the others' bound stays
+    finite (an eager that overflowed, error inf, would otherwise let anything pass)."""
+    pytest.importorskip("transformers")
+    run = ModelRun(model_config("small", **TINY), prompt_len=9, new_tokens=1, dtype="bfloat16", seed=SEED)
+    run.eager_error = float("inf")
+    assert run.bound("sdpa") == HALF_FACTOR * HALF_CEILING
+
+
+def test_an_allocation_failure_in_the_reference_is_an_oom_row_and_keeps_the_dtype(monkeypatch) -> None:
+    pytest.importorskip("transformers")
+    run = ModelRun(model_config("small", **TINY), prompt_len=9, new_tokens=1, dtype="bfloat16", seed=SEED)
+
+    def no_memory(self: ModelRun) -> list[torch.Tensor]:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+
+    monkeypatch.setattr(ModelRun, "logits", no_memory)
+    row = run.row("sdpa", repeat=1)
+    assert row.status is Status.OOM
+    assert "float32 reference" in (row.reason or "")
+    assert run.model.dtype == torch.bfloat16

@@ -168,6 +168,8 @@ def test_compiled_kernels_are_saved_by_main_and_only_restored_by_pull_requests()
     for shard in shards:
         prefix = saves[0]["with"]["key"].replace("${{ matrix.shard }}", str(shard)).split("${{ github.sha }}")[0]
         assert prefix in restored, f"shard {shard}'s cache is never restored"
+    publish_runs = " ".join(step.get("run", "") for step in measure["steps"])
+    assert 'rm -rf "$HOME/.cache/attnperf-compile"' in publish_runs, "a persistent runner saves only this push's"
     for steps in (pr_steps, measure["steps"]):
         runs = " ".join(step.get("run", "") for step in steps)
         assert "ATTNPERF_COMPILE_CACHE=$HOME/.cache/attnperf-compile" in runs

@@ -32,7 +32,8 @@ def to_bthd(t: torch.Tensor) -> torch.Tensor:
 #: SMs idle unless the keys are split over them: both libraries default to ``num_splits=1``, which
 #: on the H200 made flash-attn-4 (1.40 ms) and FlashAttention-3 (1.31 ms) 5× slower than cuDNN
 #: (0.26 ms) on a decode step over a 128k cache. There ``num_splits=0`` asks for the library's own
-#: heuristic (split-KV); forward only, so never when the inputs need gradients.
+#: heuristic (split-KV) where its kernels for the GPU have one (``split_kv_capability``); forward
+#: only, so never when the inputs need gradients.
 SPLIT_KV_MAX_Q = 128
 
 
@@ -54,6 +55,13 @@ class FlashAttnBase(Backend):
 
     #: The library's ``flash_attn_func``, bound by :meth:`load`.
     fn: Any = None
+    #: The oldest GPU whose kernels of this library split the keys (None: never).
+    split_kv_capability: tuple[int, int] | None = None
+
+    def splits_kv(self, device: torch.device) -> bool:
+        """Whether this library's kernels on ``device`` take ``num_splits`` other than 1."""
+        need = self.split_kv_capability
+        return need is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) >= need
 
     def call(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: dict[str, Any]
@@ -65,7 +73,7 @@ class FlashAttnBase(Backend):
     ) -> Runner:
         self.load()
         mask = flash_mask_args(mechanism, case)
-        if case.q_len <= SPLIT_KV_MAX_Q and not q.requires_grad:
+        if case.q_len <= SPLIT_KV_MAX_Q and not q.requires_grad and self.splits_kv(q.device):
             mask["num_splits"] = 0  # below 1: the library's own split-KV heuristic
         vt = to_bthd(v)
         transform = mechanism.qk_transform(case, q.device, q.dtype)
@@ -90,6 +98,9 @@ class FlashAttn4(FlashAttnBase):
     name = "flash-attn4"
     summary = "flash-attn-4 (flash_attn.cute, CuTe DSL kernels for Hopper/Blackwell)"
     mechanisms = frozenset({"full", "window", "decode", "rope"})
+    # Its SM90 kernel asserts "SplitKV not supported on SM 9.0" (flash_attn/cute/interface.py,
+    # 4.0.0b36): on Hopper a decode step stays unsplit, as flash-attn-4 runs it.
+    split_kv_capability = (10, 0)
 
     def load(self) -> None:
         from flash_attn.cute import flash_attn_func
@@ -108,6 +119,7 @@ class FlashAttn3(FlashAttnBase):
     summary = "FlashAttention-3 forward kernels (fa3-fwd: bf16, forward only, no local window)"
     # fa3-fwd is built with FLASHATTENTION_DISABLE_LOCAL, DISABLE_FP16 and DISABLE_BACKWARD.
     mechanisms = frozenset({"full", "decode", "rope"})
+    split_kv_capability = (9, 0)  # num_splits <= 0: FA3's own get_num_splits heuristic
     dtypes = ("bfloat16",)
     supports_backward = False
 

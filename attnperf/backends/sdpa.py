@@ -62,7 +62,7 @@ def only_kernel(kernel: SDPBackend) -> Iterator[None]:
     sizes read 1.5–2× SDPA's own dispatch to the same kernel (decode over a 4k cache: sdpa-flash
     0.051 ms, sdpa picking flash 0.035 ms; causal 1k fp16: sdpa-cudnn 0.061 ms, sdpa picking cuDNN
     0.029 ms)."""
-    if _SWITCHES is None:
+    if _SWITCHES is None or torch.compiler.is_compiling():  # dynamo knows sdpa_kernel, not the switches
         with sdpa_kernel(kernel):
             yield
         return

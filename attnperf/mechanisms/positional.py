@@ -91,10 +91,11 @@ def fused_rotation() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tor
     rotated x in x's dtype, the float32 work staying in registers. Uncompiled, the rotation wrote
     float32 copies of q and k and their rotated halves: on the H200 (bf16, 16k tokens, H 16,
     D 128) RoPE added 78% and 640 MiB to flash-attn-4's causal attention. Used on CUDA; on the
-    CPU a compilation per shape costs more than the rotation saves."""
+    CPU a compilation costs more than the rotation saves. Compiled for symbolic sizes: a layer with
+    a KV cache rotates a longer cache at every step, and static shapes would compile each length."""
     from attnperf.compiled import compiled
 
-    return compiled(rotate_half_rope)
+    return compiled(rotate_half_rope, dynamic=True)
 
 
 class RoPE(SoftmaxMechanism):
