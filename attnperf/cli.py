@@ -292,12 +292,12 @@ def resumable(results: Any, grid: Any, machine: dict[str, Any]) -> list[Any]:
         stack = f"torch {results.machine.get('torch')}, {results.machine.get('gpu', 'cpu')}"
         raise UsageError(f"--resume: {results.path} was written on another machine or software stack ({stack}); "
                          "--force starts over")  # fmt: skip
-    changed = [record for record in results.records if shape_change(record, grid) is not None]
+    changed = [(record, why) for record in results.records if (why := shape_change(record, grid)) is not None]
     if changed:
-        first = changed[0]
+        first, why = changed[0]
         more = f" (and {len(changed) - 1} more points)" if len(changed) > 1 else ""
         raise UsageError(f"--resume: {results.path} has {first.variant} × {first.backend} at {first.seq_len} "
-                         f"{shape_change(first, grid)}{more}; --force starts over")  # fmt: skip
+                         f"{why}{more}; --force starts over")  # fmt: skip
     return list(results.records)
 
 

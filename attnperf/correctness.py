@@ -113,6 +113,21 @@ def gradient_error(mech: Mechanism, be: Backend, case: Case, seed: int, rows: to
     return max(errors)
 
 
+def forward_error(
+    mech: Mechanism, be: Backend, case: Case, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    out: torch.Tensor, seed: int,
+) -> tuple[float, float]:  # fmt: skip
+    """(relative error, bound) of ``out``, the backend's output on ``inputs``, against the float64
+    reference: on the sampled rows of a long case (:func:`sample_rows`), with the backend's bound
+    for the dtype widened by the mechanism's half-precision factor."""
+    rows = sample_rows(case, seed)
+    if rows is not None:
+        out = out[:, :, rows.to(out.device)]
+    error = relative_error(out, mech.reference(*inputs, case, rows))
+    bound = be.bound(case.dtype) * (mech.half_precision_factor if case.dtype in ("bfloat16", "float16") else 1.0)
+    return error, bound
+
+
 def check(
     mechanism: str | Mechanism, backend: str | Backend, case: Case, *, seed: int | None = None, backward: bool = False
 ) -> CheckResult:
@@ -142,15 +157,11 @@ def check(
                 out = gather(out)
     except Unsupported as exc:
         return CheckResult(**result, status=Status.UNSUPPORTED, reason=str(exc))
-    rows = sample_rows(case, seed)
-    if rows is not None:
-        out = out[:, :, rows.to(out.device)]
-    error = relative_error(out, mech.reference(q, k, v, case, rows))
-    bound = be.bound(case.dtype) * (mech.half_precision_factor if case.dtype in ("bfloat16", "float16") else 1.0)
+    error, bound = forward_error(mech, be, case, (q, k, v), out, seed)
     if error > bound or not backward:
         return CheckResult(**result, status=Status.OK if error <= bound else Status.WRONG, error=error, bound=bound)
     try:
-        grad_error = gradient_error(mech, be, case, seed, rows)
+        grad_error = gradient_error(mech, be, case, seed, sample_rows(case, seed))
     except Unsupported as exc:
         return CheckResult(**result, status=Status.UNSUPPORTED, reason=f"backward: {exc}")
     grad_bound = GRADIENT_FACTOR * bound

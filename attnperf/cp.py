@@ -61,8 +61,8 @@ from attnperf.backends.context_parallel import ContextParallel, ring_runner  # n
 from attnperf.benchgrid import FORWARD, PointSpec  # noqa: E402
 from attnperf.case import DTYPES, Case, make_inputs  # noqa: E402
 from attnperf.catalog import get_variant  # noqa: E402
-from attnperf.cli import positive_int  # noqa: E402
-from attnperf.correctness import CheckResult, relative_error, run_unsupported_aware, sample_rows  # noqa: E402
+from attnperf.cli import int_list, positive_int  # noqa: E402
+from attnperf.correctness import CheckResult, forward_error, run_unsupported_aware  # noqa: E402
 from attnperf.machine import available_bytes, machine_tag  # noqa: E402
 from attnperf.measure import measure_peak, measure_time, policy, time_calls  # noqa: E402
 from attnperf.mechanisms import get_mechanism  # noqa: E402
@@ -127,12 +127,7 @@ def check_case(case: Case, seed: int) -> CheckResult:
         return CheckResult(**head, status=Status.UNSUPPORTED, reason=str(exc))
     verdict = None
     if dist.get_rank() == 0:
-        rows = sample_rows(case, seed)
-        if rows is not None:
-            out = out[:, :, rows.to(out.device)]
-        error = relative_error(out, mech.reference(q, k, v, case, rows))
-        half = case.dtype in ("bfloat16", "float16")
-        bound = BACKEND.bound(case.dtype) * (mech.half_precision_factor if half else 1.0)
+        error, bound = forward_error(mech, BACKEND, case, (q, k, v), out, seed)
         verdict = CheckResult(**head, status=Status.OK if error <= bound else Status.WRONG, error=error, bound=bound)
     return from_rank0(verdict)
 
@@ -350,16 +345,6 @@ def check_all(args: argparse.Namespace, shape: Shape) -> int:
     return 1 if any(r.status is Status.WRONG for r in results) else 0
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _names(allowed: Sequence[str]) -> Any:
     def parse(text: str) -> list[str]:
         names = [x for x in text.split(",") if x]
@@ -391,10 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how the ring moves keys and values (set_rotate_method; default allgather)")  # fmt: skip
         p.add_argument("--seed", type=int, help="input seed (default: drawn on rank 0)")
     check = sub.choices["check"]
-    check.add_argument("--seq-lens", type=_ints, default=[4096, 16384], help="comma-separated (default 4096,16384)")
+    check.add_argument("--seq-lens", type=int_list, default=[4096, 16384], help="comma-separated (default 4096,16384)")
     check.add_argument("--json", type=Path, help="write the verdicts here")
     b = sub.choices["bench"]
-    b.add_argument("--seq-lens", type=_ints, default=[16384, 32768, 65536, 131072, 262144],
+    b.add_argument("--seq-lens", type=int_list, default=[16384, 32768, 65536, 131072, 262144],
                    help="timed lengths, each checked first (default 16384 … 262144)")  # fmt: skip
     b.add_argument("--max-seq-len", type=int, default=0,
                    help="double past the timed lengths up to this, until each fails (default off)")  # fmt: skip

@@ -59,9 +59,8 @@ def compile_cache_env(environ: dict[str, str]) -> dict[str, str]:
     instead of building them: about 270 of the 431 s of the H200's first pr-gpu process were spent
     compiling (fla's Triton autotuning 159 s, flex 59 s, flash-attn-4's CuTe kernels 49 s).
     Inductor's FX graph cache is on by default; flash-attn-4's cache and Triton's autotuning
-    results are opt-in. With
-    ``ATTNPERF_COMPILE_CACHE`` set, every cache lives under that one folder. Variables the caller
-    set already win."""
+    results are opt-in. With ``ATTNPERF_COMPILE_CACHE`` set, every cache lives under that one
+    folder. Variables the caller set already win."""
     wanted = {"FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1", "TRITON_CACHE_AUTOTUNING": "1"}
     root = environ.get("ATTNPERF_COMPILE_CACHE")
     if root:

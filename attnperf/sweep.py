@@ -109,7 +109,7 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
         return Record(**head, status=Status.UNSUPPORTED, reason=str(exc))
     except WrongResult as exc:
         return Record(**head, status=Status.WRONG, reason=str(exc))
-    except (torch.OutOfMemoryError, RuntimeError) as exc:
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
         if not is_oom(exc):
             raise
         free_memory(case.device)
