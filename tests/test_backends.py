@@ -6,7 +6,8 @@ result fails with its error and bound. Shapes: odd lengths 1, 17, 257, q_len ≠
 MHA / GQA / MQA, causal and not, every dtype the backend accepts.
 
 Backends that build a kernel per shape (flex compiles, about 5–20 s on the CPU; onnxruntime
-exports, about 3 s) run a reduced grid that still covers each of their mechanisms once, plus
+exports, about 3 s; Triton compiles on a GPU and is checked on the CPU by tests/test_triton.py) run a
+reduced grid that still covers each of their mechanisms once, plus
 GQA, cross and decode shapes.
 """
 
@@ -55,6 +56,9 @@ COMPILED_GRID = [
     ("decode", 1, 67, 1, True),
     ("linear", 33, 33, 2, True),
     ("linear", 17, 33, 4, False),
+    ("topk", 33, 33, 2, True),
+    ("topk", 17, 33, 4, False),
+    ("topk", 1, 67, 1, True),
 ]
 
 

@@ -64,7 +64,7 @@ def test_sweep_writes_json_and_csv_and_ratios(tmp_path) -> None:
         "--csv",
         str(out_csv),
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # stdout lists a wrong row with its error and seed
     data = json.loads(out_json.read_text())
     records = {(r["variant"], r["backend"]): r for r in data["records"]}
     assert records[("causal", "eager")]["speedup"] == 1.0

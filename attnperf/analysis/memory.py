@@ -53,6 +53,10 @@ to the H100 (tests/test_gpu_records.py):
   output, the key cumsum, ``q·scale`` and its product with the cumsum are alive at once (4
   output-sized tensors). On the H100 the second phase is the peak: 96 MiB at n = 4096, 16
   heads, D = 128, bf16; counting float32 states over-predicted by 17%.
+* triton (attnperf's own kernels, predicted from their code, not yet held to a GPU
+  measurement): top-k allocates the output only (the running k best live in registers);
+  linear the output plus float32 chunk states, one D × D state and a D normalizer per kv head
+  for every 64-token chunk and one more (the state of all keys).
 * onnxruntime runs the exported eager graph: the eager formulas are its model, an upper estimate
   (ONNX Runtime plans and reuses its own buffers) that no measurement holds: its CPU arena is
   invisible to RSS growth and its CUDA memory to PyTorch's allocator.
@@ -222,6 +226,18 @@ def eager_linear_peak(case: Case) -> int:
         main = t.features + values + t.state + 2 * t.row + t.out_cast
     # rebinding v to its float32 copy frees the expanded half-precision v
     return max(2 * expanded + max(t.phi_q, phi_k), (1 if t.upcast else 2) * expanded + main)
+
+
+def output_bytes(case: Case) -> int:
+    """The ``[B, H, Lq, D]`` output in the input dtype: a kernel that allocates nothing else."""
+    return case.batch * case.heads * case.q_len * case.head_dim * element_size(case)
+
+
+def triton_linear_peak(case: Case, chunk: int) -> int:
+    """attnperf's Triton linear attention: the output and float32 states and normalizers for every
+    chunk boundary of each kv head (the exclusive prefixes and the total)."""
+    d, slots = case.head_dim, -(-case.k_len // chunk) + 1
+    return output_bytes(case) + case.batch * case.n_kv_heads * slots * (d * d + d) * 4
 
 
 def tiled_linear_peak(case: Case, tile: int) -> int:

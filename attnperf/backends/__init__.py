@@ -12,6 +12,7 @@ from attnperf.backends.flex import Flex
 from attnperf.backends.onnxrt import OnnxRuntime, OnnxRuntimeCuda, OnnxRuntimeTensorRT
 from attnperf.backends.sdpa import SdpaAuto, SdpaCudnn, SdpaEfficient, SdpaFlash, SdpaMath
 from attnperf.backends.tiled import Tiled
+from attnperf.backends.triton import Triton
 from attnperf.backends.xformers import XFormers
 
 BACKENDS: dict[str, Backend] = {
@@ -25,6 +26,7 @@ BACKENDS: dict[str, Backend] = {
         SdpaCudnn(),
         Flex(),
         Tiled(),
+        Triton(),
         FlashAttn4(),
         FlashAttn3(),
         XFormers(),

@@ -1,0 +1,94 @@
+"""attnperf's own Triton kernels against the float64 reference, on the CPU in Triton's interpreter.
+
+The interpreter reads ``TRITON_INTERPRET`` when a kernel is defined, and the rest of the suite
+must not run Triton kernels interpreted (every CLI default would become slow), so the checks run
+in a subprocess with the variable set. Each case must come back "ok": an "unsupported" answer
+would be a check that did not happen, and fails here. On a GPU the same kernels are held to the
+reference by tests/test_backends.py (the compiled grid, bfloat16).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from attnperf.backends import get_backend
+from attnperf.case import Case
+from attnperf.mechanisms import get_mechanism
+
+from .conftest import SEED
+
+pytest.importorskip("triton", reason="Triton is not installed (the tests session installs it)")
+
+#: (mechanism, Case keywords): GQA and MQA, cross and decode shapes, several query and key blocks
+#: (BLOCK_M 32, BLOCK_N 64, chunk 64), a head dim that is not a power of two, a k that is not one,
+#: every dtype. Head dim 16 keeps the interpreter to seconds a case.
+CASES: list[tuple[str, dict[str, object]]] = [
+    ("topk", {"heads": 4, "kv_heads": 2, "q_len": 33, "kv_len": 33, "causal": True, "top_k": 4}),
+    ("topk", {"heads": 4, "kv_heads": 4, "q_len": 17, "kv_len": 33, "causal": False, "top_k": 4}),
+    ("topk", {"heads": 4, "kv_heads": 1, "q_len": 1, "kv_len": 67, "causal": True, "top_k": 4}),
+    ("topk", {"heads": 2, "kv_heads": 2, "q_len": 130, "kv_len": 130, "causal": True, "top_k": 5}),
+    ("topk", {"heads": 2, "kv_heads": 1, "q_len": 40, "kv_len": 40, "causal": True, "top_k": 4, "head_dim": 80}),
+    ("topk", {"heads": 4, "kv_heads": 2, "q_len": 17, "kv_len": 33, "causal": True, "top_k": 4, "dtype": "bfloat16"}),
+    ("topk", {"heads": 4, "kv_heads": 2, "q_len": 17, "kv_len": 33, "causal": False, "top_k": 4, "dtype": "float16"}),
+    ("linear", {"heads": 4, "kv_heads": 2, "q_len": 33, "kv_len": 33, "causal": True}),
+    ("linear", {"heads": 4, "kv_heads": 4, "q_len": 17, "kv_len": 33, "causal": False}),
+    ("linear", {"heads": 4, "kv_heads": 1, "q_len": 1, "kv_len": 67, "causal": True}),
+    ("linear", {"heads": 2, "kv_heads": 2, "q_len": 130, "kv_len": 130, "causal": True}),
+    ("linear", {"heads": 2, "kv_heads": 1, "q_len": 70, "kv_len": 200, "causal": False, "head_dim": 80}),
+    ("linear", {"heads": 4, "kv_heads": 2, "q_len": 17, "kv_len": 145, "causal": True, "dtype": "bfloat16"}),
+    ("linear", {"heads": 4, "kv_heads": 2, "q_len": 33, "kv_len": 33, "causal": True, "dtype": "float16"}),
+]
+
+SCRIPT = """
+import json, sys
+import torch
+from attnperf.case import Case, make_inputs
+from attnperf.correctness import check, relative_error
+from attnperf.mechanisms import get_mechanism
+from attnperf.backends.triton.topk import topk_attention
+
+seed, cases = json.loads(sys.argv[1])
+for mechanism, shape in cases:
+    case = Case(**{"head_dim": 16, **shape})
+    print(json.dumps(check(mechanism, "triton", case, seed=seed).as_dict()), flush=True)
+
+# Ties: every key twice (j and j + 20), so scores come in equal pairs; with k = 3 the third pick
+# splits a pair, where the lower key index must win.
+case = Case(heads=2, q_len=8, kv_len=40, head_dim=16, top_k=3)
+q, k, v = make_inputs(case, seed=seed)
+k[:, :, 20:] = k[:, :, :20]
+v[:, :, 20:] = -v[:, :, :20]  # a tie broken the wrong way picks a negated value row
+out = topk_attention(q, k, v, top_k=3, causal=False, scale=case.scale)
+print(json.dumps({"ties": relative_error(out, get_mechanism("topk").reference(q, k, v, case, None))}))
+"""
+
+
+def test_triton_kernels_match_the_float64_reference_in_the_interpreter() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps([SEED, CASES])], env=env, capture_output=True,
+                          text=True, timeout=1200, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    results, ties = lines[:-1], lines[-1]
+    assert len(results) == len(CASES)
+    for (mechanism, shape), result in zip(CASES, results, strict=True):
+        assert result["status"] == "ok", (mechanism, shape, result, f"seed {SEED}")
+    assert ties["ties"] < 1e-5, ties
+
+
+def test_without_the_interpreter_the_cpu_is_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    reason = get_backend("triton").supports(get_mechanism("linear"), Case(q_len=17, head_dim=16))
+    assert reason is not None
+    assert "TRITON_INTERPRET=1" in reason
+
+
+def test_the_linear_chunk_is_the_one_the_models_count() -> None:
+    from attnperf.backends.triton import linear
+
+    assert get_backend("triton").block_size == linear.CHUNK  # the FLOP and memory models' chunk
