@@ -64,7 +64,16 @@ q, k, v = make_inputs(case, seed=seed)
 k[:, :, 20:] = k[:, :, :20]
 v[:, :, 20:] = -v[:, :, :20]  # a tie broken the wrong way picks a negated value row
 out = topk_attention(q, k, v, top_k=3, causal=False, scale=case.scale)
-print(json.dumps({"ties": relative_error(out, get_mechanism("topk").reference(q, k, v, case, None))}))
+ties = relative_error(out, get_mechanism("topk").reference(q, k, v, case, None))
+
+# Overflow: one key repeated, so every score of a row is equal and all 40 keys are candidates,
+# past the row's 8 * 4 = 32 slots: the streaming kernel must answer (the 4 lowest indices).
+case = Case(heads=2, q_len=8, kv_len=40, head_dim=16, top_k=4)
+q, k, v = make_inputs(case, seed=seed)
+k[:] = k[:, :, :1]
+out = topk_attention(q, k, v, top_k=4, causal=False, scale=case.scale)
+overflow = relative_error(out, get_mechanism("topk").reference(q, k, v, case, None))
+print(json.dumps({"ties": ties, "overflow": overflow}))
 """
 
 
@@ -79,6 +88,7 @@ def test_triton_kernels_match_the_float64_reference_in_the_interpreter() -> None
     for (mechanism, shape), result in zip(CASES, results, strict=True):
         assert result["status"] == "ok", (mechanism, shape, result, f"seed {SEED}")
     assert ties["ties"] < 1e-5, ties
+    assert ties["overflow"] < 1e-5, ties
 
 
 def test_without_the_interpreter_the_cpu_is_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,7 +98,8 @@ def test_without_the_interpreter_the_cpu_is_refused_with_the_reason(monkeypatch:
     assert "TRITON_INTERPRET=1" in reason
 
 
-def test_the_linear_chunk_is_the_one_the_models_count() -> None:
-    from attnperf.backends.triton import linear
+def test_the_kernels_sizes_are_the_ones_the_models_count() -> None:
+    from attnperf.backends.triton import linear, topk
 
     assert get_backend("triton").block_size == linear.CHUNK  # the FLOP and memory models' chunk
+    assert get_backend("triton").topk_group == topk.GROUP  # the memory model's candidates

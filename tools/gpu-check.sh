@@ -24,6 +24,8 @@
 #   rows16            the optimization suite's rows (vanilla / SDPA / FlashAttention-2 / xFormers / ORT FP16 /
 #                     TensorRT) at fp16, SDPA's own choice against every forced kernel, and the model-level run
 #                     at Llama-3.2-1B's size
+#   mechanisms        issue 15's table: the own Triton kernels' correctness on the GPU, then every mechanism at 16k
+#                     (top-k also at 64k, decode over 4k..128k caches, sliding window at 128k) on its candidates
 #   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
 #                     reuses its verdicts and pools its processes)
 # Each step has its own timeout so that one slow step cannot take the others' results with it.
@@ -142,6 +144,19 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
       --json "$OUT/sdpa-choice.json" > "$OUT/sdpa-choice.txt" 2>&1; echo "sdpa choice exit $?"; cat "$OUT/sdpa-choice.txt"
     timeout 240 python3 -m attnperf model --size 1b --device cuda --dtype bfloat16 --prompt-len 2048 --new-tokens 32 \
       --json "$OUT/model-1b.json" > "$OUT/model-1b.txt" 2>&1; echo "model exit $?"; cat "$OUT/model-1b.txt" ;;
+  mechanisms)
+    pytest_gpu 200 "cuda and -triton-" pytest-triton
+    mech() {  # $1 = timeout, $2 = name, rest = sweep options
+      local limit=$1 name=$2; shift 2
+      timeout "$limit" python3 -m attnperf sweep "${SHAPE[@]}" --repeat 10 "$@" --json "$OUT/mech-$name.json" \
+        > "$OUT/mech-$name.txt" 2>&1; echo "mechanisms $name exit $?"; cat "$OUT/mech-$name.txt"
+    }
+    mech 90 topk16k --variants topk,causal --seq-lens 16384 --backends triton,flash-attn3,flash-attn4
+    mech 60 topk64k --variants topk --seq-lens 65536 --backends triton
+    mech 120 linear --variants linear,linear_causal --seq-lens 16384 --backends triton,fla,tiled
+    mech 150 sparse --variants strided,bigbird,alibi,rope,causal --seq-lens 16384 --backends flex,flash-attn4,flash-attn3,sdpa-cudnn
+    mech 90 decode --variants decode --seq-lens 4096,32768,131072 --backends sdpa-cudnn,sdpa-flash,flash-attn3,flash-attn4
+    mech 60 window128k --variants sliding_window --window 512 --seq-lens 131072 --backends flash-attn4,flash-attn3,flex ;;
   trials)
     if [[ -n ${DEADLINE_UNIX:-} ]]; then  # what is left of the session's device time, less a minute to hand back
       TRIALS_BUDGET_S=$(( DEADLINE_UNIX - $(date +%s) - 60 )); TRIALS_TIMEOUT_S=$(( TRIALS_BUDGET_S + 50 ))

@@ -54,7 +54,9 @@ to the H100 (tests/test_gpu_records.py):
   output-sized tensors). On the H100 the second phase is the peak: 96 MiB at n = 4096, 16
   heads, D = 128, bf16; counting float32 states over-predicted by 17%.
 * triton (attnperf's own kernels, predicted from their code, not yet held to a GPU
-  measurement): top-k allocates the output only (the running k best live in registers);
+  measurement): top-k the output, a threshold and a count per query and its row of
+  GROUP · k' packed int64 candidates (k' = k rounded up to a power of two; a call whose rows
+  overflow also allocates a second output for the exact streaming pass, not counted);
   linear the output plus float32 chunk states, one D × D state and a D normalizer per kv head
   for every 64-token chunk and one more (the state of all keys).
 * onnxruntime runs the exported eager graph: the eager formulas are its model, an upper estimate
@@ -231,6 +233,13 @@ def eager_linear_peak(case: Case) -> int:
 def output_bytes(case: Case) -> int:
     """The ``[B, H, Lq, D]`` output in the input dtype: a kernel that allocates nothing else."""
     return case.batch * case.heads * case.q_len * case.head_dim * element_size(case)
+
+
+def triton_topk_peak(case: Case, group: int) -> int:
+    """attnperf's Triton top-k: the output, and per query a float32 threshold, an int32 count and
+    ``group · k'`` int64 candidates (k' = top_k rounded up to a power of two)."""
+    k_pad = 1 << max(0, ((case.top_k or 1) - 1).bit_length())
+    return output_bytes(case) + case.batch * case.heads * case.q_len * (4 + 4 + 8 * group * k_pad)
 
 
 def triton_linear_peak(case: Case, chunk: int) -> int:

@@ -1,7 +1,8 @@
 """attnperf's own Triton kernels, for the mechanisms no library kernel covers well.
 
-* ``topk`` (:mod:`.topk`): one streaming kernel keeps each query's k best keys in registers;
-  the n × n scores are never stored (the tiled backend's algorithm, fused).
+* ``topk`` (:mod:`.topk`): a threshold from group maxima, the candidates above it, one sort of
+  each query's candidates; exact (ties to the lower index), O(n · k) memory, the n × n scores
+  never stored.
 * ``linear`` (:mod:`.linear`): chunked linear attention, causal or not, any q_len / kv_len, GQA
   read from the kv heads (fla's kernels are causal only and need q_len == kv_len).
 
@@ -33,6 +34,7 @@ class Triton(Backend):
     supports_backward = False  # forward kernels only
     compiles_per_shape = True  # a compile per shape class on a GPU; interpreted (slow) on the CPU
     block_size: int = 64  # the linear chunk; top-k gathers its k rows (the FLOP model's "tiled")
+    topk_group: int = 8  # keys per group maximum in top-k's first pass: GROUP · k candidates a query
 
     topk_attention: Any = None
     linear_attention: Any = None
@@ -71,7 +73,7 @@ class Triton(Backend):
         return run
 
     def topk_peak_bytes(self, case: Case) -> int:
-        return memory.output_bytes(case)
+        return memory.triton_topk_peak(case, group=self.topk_group)
 
     def linear_peak_bytes(self, case: Case) -> int:
         return memory.triton_linear_peak(case, chunk=self.block_size)

@@ -1,17 +1,28 @@
-"""Top-k attention as one streaming Triton kernel: O(n · k) memory, the scores never stored.
+"""Top-k attention in Triton: exact selection, O(n · k) memory, the n × n scores never stored.
 
-Each program owns ``BLOCK_M`` queries of one head and walks the key blocks in order (up to the
-last key a causal row may see), keeping every row's running ``K`` best (score, key) pairs in
-registers. A pair travels as one int64 sort key: the float32 score's bits made order-preserving
-in the high word, ``2³² − 1 − j`` in the low word, so that a descending ``tl.topk`` keeps the
-higher score and, among equal scores, the lower key index: the mechanism's tie rule, exact.
-A key block only reaches the merge when one of its scores beats a row's k-th best so far (keys
-come in increasing index, so an equal score never displaces a kept one).
+A (score, key) pair travels as one int64 sort key: the float32 score's bits made
+order-preserving in the high word, ``2³² − 1 − j`` in the low word, so that a descending
+``tl.topk`` keeps the higher score and, among equal scores, the lower key index: the mechanism's
+tie rule, exact.
 
-After the walk: softmax over the kept scores (in float32) and the sum of the kept value rows,
-gathered one rank at a time. Scores are ``q kᵀ · scale`` accumulated in float32 (IEEE products
-for float32 inputs; half inputs' products are exact in float32), the selection the mechanism
-documents.
+Three passes over the keys, each program owning ``BLOCK_M`` queries of one head:
+
+1. :func:`_threshold` keeps, per query, the ``k`` largest *group maxima* (the maximum of each
+   aligned group of ``GROUP`` keys) by replacing the smallest: cheap elementwise work instead of a
+   sort. Their minimum ``t₀`` is a lower bound of the k-th largest score (k distinct scores reach
+   it), so no score below ``t₀`` can be kept; a query with fewer than k groups keeps ``t₀ = −∞``.
+2. :func:`_candidates` recomputes the scores and appends those ``≥ t₀ − margin`` to the query's
+   row of ``CAP = GROUP · k`` packed keys. On ordinary data a row gets about k of them; a row
+   with fewer than k groups has at most ``CAP`` keys in all. The margin (2⁻¹⁰ · (|t₀| + 1)) covers a
+   pass computing a score a few ulps lower than the other: more candidates, never fewer.
+3. :func:`_select` sorts each row's candidates once (``tl.topk``) and sums the kept value rows
+   under their softmax weights (float32), gathered one rank at a time.
+
+A row whose candidates overflow ``CAP`` (many equal scores: adversarial, or degenerate inputs)
+is recomputed by :func:`_streaming`, which keeps every row's running k best through a
+bitonic ``tl.topk`` merge per key block: exact for any input, several times slower. Scores are
+``q kᵀ · scale`` accumulated in float32 (IEEE products for float32 inputs; half inputs'
+products are exact in float32), the selection the mechanism documents.
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ from attnperf.backends.triton.env import interpreted
 
 BLOCK_M = 32
 BLOCK_N = 64
+#: Keys per group maximum in pass 1; the candidate row holds GROUP · k.
+GROUP = 8
 #: Nothing packs below this: the masked, padded ranks of a row.
 EMPTY = -(2**63)
 
@@ -51,49 +64,43 @@ def _column(x, cols, c):
 
 
 @triton.jit
-def _topk_attention(
-    q_ptr, k_ptr, v_ptr, o_ptr,
-    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    stride_ob, stride_oh, stride_om,
-    heads, group, q_len, k_len, offset, head_dim, scale,
-    TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-):  # fmt: skip
-    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // heads, pid_bh % heads
-    hkv = h // group
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    ranks = tl.arange(0, K_PAD)
-    row_ok = rows < q_len
-    d_ok = offs_d < head_dim
+def _queries(q_ptr, stride_qb, stride_qh, stride_qm, b, h, rows, row_ok, offs_d, d_ok, UPCAST: tl.constexpr):
     q = tl.load(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
-    if UPCAST:
+    if UPCAST:  # Triton 3.6's interpreter multiplies bfloat16's raw bits: the same products in float32
         q = q.to(tl.float32)
-    k_base = k_ptr + b * stride_kb + hkv * stride_kh
-    v_base = v_ptr + b * stride_vb + hkv * stride_vh
-    best = tl.full([BLOCK_M, K_PAD], EMPTY, dtype=tl.int64)
-    kth = tl.full([BLOCK_M], EMPTY, dtype=tl.int64)  # each row's TOP_K-th best so far
+    return q
+
+
+@triton.jit
+def _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offset, scale,
+            CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """One key block's scores and which of them the rows see (in range, and causal)."""
+    kt = tl.load(k_base + keys[None, :] * stride_kn + offs_d[:, None],
+                 mask=(keys[None, :] < k_len) & d_ok[:, None], other=0.0)  # fmt: skip
+    if UPCAST:
+        kt = kt.to(tl.float32)
+    scores = tl.dot(q, kt, input_precision=PRECISION) * scale
+    seen = (keys[None, :] < k_len) & row_ok[:, None]
+    if CAUSAL:
+        seen = seen & (keys[None, :] <= rows[:, None] + offset)
+    return scores, seen
+
+
+@triton.jit
+def _key_end(pid_m, k_len, offset, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One past the last key any row of the block sees."""
     end = k_len
     if CAUSAL:
-        end = tl.minimum(k_len, pid_m * BLOCK_M + BLOCK_M + offset)  # keys past the block's last row + Δ
-    for start in tl.range(0, end, BLOCK_N):
-        keys = start + offs_n
-        kt = tl.load(k_base + keys[None, :] * stride_kn + offs_d[:, None],
-                     mask=(keys[None, :] < k_len) & d_ok[:, None], other=0.0)  # fmt: skip
-        if UPCAST:
-            kt = kt.to(tl.float32)
-        scores = tl.dot(q, kt, input_precision=PRECISION) * scale
-        seen = (keys[None, :] < k_len) & row_ok[:, None]
-        if CAUSAL:
-            seen = seen & (keys[None, :] <= rows[:, None] + offset)
-        packed = tl.where(seen, _pack(scores, keys[None, :]), EMPTY)
-        if tl.max(tl.where(packed > kth[:, None], 1, 0)) > 0:
-            block_best = tl.topk(packed, K_PAD)
-            best = tl.topk(tl.reshape(tl.join(best, block_best), [BLOCK_M, 2 * K_PAD]), K_PAD)
-            kth = _column(best, ranks, TOP_K - 1)
+        end = tl.minimum(k_len, pid_m * BLOCK_M + BLOCK_M + offset)
+    return end
+
+
+@triton.jit
+def _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, row_ok, offs_d, d_ok,
+            TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """Softmax over the first TOP_K of the sorted ``best`` and the weighted sum of their value rows."""
+    ranks = tl.arange(0, K_PAD)
     score, index = _unpack(best)
     kept = (ranks[None, :] < TOP_K) & (best != EMPTY)
     score = tl.where(kept, score, float("-inf"))
@@ -112,29 +119,171 @@ def _topk_attention(
              acc.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
 
 
+@triton.jit
+def _threshold(
+    q_ptr, k_ptr, t_ptr,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    heads, group, q_len, k_len, offset, head_dim, scale,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, GROUP: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """Pass 1: ``t₀`` per query, the smallest of its TOP_K largest group maxima (−∞ with fewer)."""
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // heads, pid_bh % heads
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ranks = tl.arange(0, K_PAD)
+    groups = tl.arange(0, BLOCK_N // GROUP)
+    row_ok, d_ok = rows < q_len, offs_d < head_dim
+    q = _queries(q_ptr, stride_qb, stride_qh, stride_qm, b, h, rows, row_ok, offs_d, d_ok, UPCAST)
+    k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
+    # The TOP_K largest group maxima so far, unsorted; the padding ranks stay +inf (never the smallest).
+    largest = tl.where(ranks[None, :] < TOP_K, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, K_PAD], tl.float32)
+    for start in tl.range(0, _key_end(pid_m, k_len, offset, CAUSAL, BLOCK_M), BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        scores, seen = _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offset, scale,
+                               CAUSAL, PRECISION, UPCAST)  # fmt: skip
+        scores = tl.where(seen, scores, float("-inf"))
+        maxima = tl.max(tl.reshape(scores, [BLOCK_M, BLOCK_N // GROUP, GROUP]), axis=2)
+        for g in tl.static_range(BLOCK_N // GROUP):
+            x = _column(maxima, groups, g)
+            smallest = tl.min(largest, axis=1)
+            at = tl.argmin(largest, axis=1)
+            largest = tl.where((ranks[None, :] == at[:, None]) & (x > smallest)[:, None], x[:, None], largest)
+    tl.store(t_ptr + pid_bh * q_len + rows, tl.min(largest, axis=1), mask=row_ok)
+
+
+@triton.jit
+def _candidates(
+    q_ptr, k_ptr, t_ptr, c_ptr, n_ptr,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    heads, group, q_len, k_len, offset, head_dim, scale,
+    CAP: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """Pass 2: every seen key scoring ``≥ t₀ − margin``, packed, into the query's row of CAP
+    (the count is stored whole, so that a row past CAP is known to have overflowed)."""
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // heads, pid_bh % heads
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok, d_ok = rows < q_len, offs_d < head_dim
+    q = _queries(q_ptr, stride_qb, stride_qh, stride_qm, b, h, rows, row_ok, offs_d, d_ok, UPCAST)
+    k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
+    line = (pid_bh * q_len + rows).to(tl.int64)
+    t0 = tl.load(t_ptr + line, mask=row_ok, other=0.0)
+    t0 = t0 - (tl.abs(t0) + 1.0) * 0.0009765625  # the margin: −∞ stays −∞
+    count = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for start in tl.range(0, _key_end(pid_m, k_len, offset, CAUSAL, BLOCK_M), BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        scores, seen = _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offset, scale,
+                               CAUSAL, PRECISION, UPCAST)  # fmt: skip
+        take = seen & (scores >= t0[:, None])
+        slot = count[:, None] + tl.cumsum(take.to(tl.int32), axis=1) - 1
+        tl.store(c_ptr + line[:, None] * CAP + slot, _pack(scores, keys[None, :]), mask=take & (slot < CAP))
+        count += tl.sum(take.to(tl.int32), axis=1)
+    tl.store(n_ptr + line, count, mask=row_ok)
+
+
+@triton.jit
+def _select(
+    v_ptr, o_ptr, c_ptr, n_ptr,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+    heads, group, q_len, head_dim,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Pass 3: each row's TOP_K best candidates (one sort) and their weighted values."""
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // heads, pid_bh % heads
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok, d_ok = rows < q_len, offs_d < head_dim
+    line = (pid_bh * q_len + rows).to(tl.int64)
+    count = tl.load(n_ptr + line, mask=row_ok, other=0)
+    slots = tl.arange(0, CAP)
+    filled = slots[None, :] < count[:, None]
+    candidates = tl.load(c_ptr + line[:, None] * CAP + slots[None, :], mask=filled, other=EMPTY)
+    best = tl.topk(candidates, K_PAD)
+    v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
+    _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, row_ok, offs_d, d_ok,
+            TOP_K, K_PAD, BLOCK_M, BLOCK_D)  # fmt: skip
+
+
+@triton.jit
+def _streaming(
+    q_ptr, k_ptr, v_ptr, o_ptr,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    heads, group, q_len, k_len, offset, head_dim, scale,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """The overflow path: every row's running K_PAD best, merged with each key block's by tl.topk
+    (a key block reaches the merge only when one of its scores beats a row's k-th best so far;
+    keys come in increasing index, so an equal score never displaces a kept one)."""
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // heads, pid_bh % heads
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ranks = tl.arange(0, K_PAD)
+    row_ok, d_ok = rows < q_len, offs_d < head_dim
+    q = _queries(q_ptr, stride_qb, stride_qh, stride_qm, b, h, rows, row_ok, offs_d, d_ok, UPCAST)
+    k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
+    best = tl.full([BLOCK_M, K_PAD], EMPTY, dtype=tl.int64)
+    kth = tl.full([BLOCK_M], EMPTY, dtype=tl.int64)  # each row's TOP_K-th best so far
+    for start in tl.range(0, _key_end(pid_m, k_len, offset, CAUSAL, BLOCK_M), BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        scores, seen = _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offset, scale,
+                               CAUSAL, PRECISION, UPCAST)  # fmt: skip
+        packed = tl.where(seen, _pack(scores, keys[None, :]), EMPTY)
+        if tl.max(tl.where(packed > kth[:, None], 1, 0)) > 0:
+            block_best = tl.topk(packed, K_PAD)
+            best = tl.topk(tl.reshape(tl.join(best, block_best), [BLOCK_M, 2 * K_PAD]), K_PAD)
+            kth = _column(best, ranks, TOP_K - 1)
+    v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
+    _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, row_ok, offs_d, d_ok,
+            TOP_K, K_PAD, BLOCK_M, BLOCK_D)  # fmt: skip
+
+
 def topk_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, top_k: int, causal: bool, scale: float
 ) -> torch.Tensor:
-    """Top-k attention of ``q [B, H, Lq, D]`` over ``k, v [B, H_kv, Lk, D]`` (bottom-right causal)."""
+    """Top-k attention of ``q [B, H, Lq, D]`` over ``k, v [B, H_kv, Lk, D]`` (bottom-right causal).
+
+    One host synchronization a call: whether any row overflowed its candidates."""
     batch, heads, q_len, head_dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("topk_attention: q, k and v need a contiguous last dimension")
     k_pad = triton.next_power_of_2(top_k)
-    block_n = max(BLOCK_N, k_pad)  # tl.topk takes K_PAD of a block's columns
-    out = torch.empty_like(q)
+    cap = GROUP * k_pad
+    lines = batch * heads * q_len
     grid = (triton.cdiv(q_len, BLOCK_M), batch * heads)
-    _topk_attention[grid](
-        q, k, v, out,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        heads, heads // kv_heads, q_len, k_len, k_len - q_len, head_dim, scale,
-        TOP_K=top_k, K_PAD=k_pad, CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=block_n,
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+    shape = {"BLOCK_M": BLOCK_M, "BLOCK_D": max(16, triton.next_power_of_2(head_dim))}
+    scoring = {
+        "CAUSAL": causal,
         # float32: IEEE products (the 1e-5 bound); half inputs: tensor-core products, exact in float32.
-        # Triton's interpreter multiplies bfloat16's raw bits (3.6), so there they go through
-        # float32 first: the same products.
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        UPCAST=interpreted() and q.dtype == torch.bfloat16,
-    )  # fmt: skip
+        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+        "UPCAST": interpreted() and q.dtype == torch.bfloat16,
+    }
+    sizes = (heads, heads // kv_heads, q_len, k_len, k_len - q_len, head_dim, scale)
+    q_strides, k_strides = (q.stride(0), q.stride(1), q.stride(2)), (k.stride(0), k.stride(1), k.stride(2))
+    v_strides = (v.stride(0), v.stride(1), v.stride(2))
+    out = torch.empty_like(q)
+    o_strides = (out.stride(0), out.stride(1), out.stride(2))
+    threshold = torch.empty(lines, device=q.device, dtype=torch.float32)
+    candidates = torch.empty(lines, cap, device=q.device, dtype=torch.int64)
+    counts = torch.empty(lines, device=q.device, dtype=torch.int32)
+    _threshold[grid](q, k, threshold, *q_strides, *k_strides, *sizes, TOP_K=top_k, K_PAD=k_pad, GROUP=GROUP,
+                     BLOCK_N=BLOCK_N, **shape, **scoring)  # fmt: skip
+    _candidates[grid](q, k, threshold, candidates, counts, *q_strides, *k_strides, *sizes, CAP=cap,
+                      BLOCK_N=BLOCK_N, **shape, **scoring)  # fmt: skip
+    _select[grid](v, out, candidates, counts, *v_strides, *o_strides, heads, heads // kv_heads, q_len, head_dim,
+                  TOP_K=top_k, K_PAD=k_pad, CAP=cap, **shape)  # fmt: skip
+    overflow = counts.view(batch, heads, q_len) > cap
+    if bool(overflow.any()):
+        exact = torch.empty_like(q)
+        _streaming[grid](q, k, v, exact, *q_strides, *k_strides, *v_strides, *o_strides, *sizes, TOP_K=top_k,
+                         K_PAD=k_pad, BLOCK_N=max(BLOCK_N, k_pad), **shape, **scoring)  # fmt: skip
+        out = torch.where(overflow[..., None], exact, out)
     return out
