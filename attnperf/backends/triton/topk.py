@@ -35,6 +35,8 @@ from attnperf.backends.triton.env import interpreted
 
 BLOCK_M = 32
 BLOCK_N = 64
+#: Pass 3 holds a row's GROUP · k candidates whole (256 int64 at k = 32): fewer rows a program.
+SELECT_BLOCK_M = 16
 #: Keys per group maximum in pass 1; the candidate row holds GROUP · k.
 GROUP = 8
 #: Nothing packs below this: the masked, padded ranks of a row.
@@ -278,8 +280,10 @@ def topk_attention(
                      BLOCK_N=BLOCK_N, **shape, **scoring)  # fmt: skip
     _candidates[grid](q, k, threshold, candidates, counts, *q_strides, *k_strides, *sizes, CAP=cap,
                       BLOCK_N=BLOCK_N, **shape, **scoring)  # fmt: skip
-    _select[grid](v, out, candidates, counts, *v_strides, *o_strides, heads, heads // kv_heads, q_len, head_dim,
-                  TOP_K=top_k, K_PAD=k_pad, CAP=cap, **shape)  # fmt: skip
+    _select[(triton.cdiv(q_len, SELECT_BLOCK_M), batch * heads)](
+        v, out, candidates, counts, *v_strides, *o_strides, heads, heads // kv_heads, q_len, head_dim,
+        TOP_K=top_k, K_PAD=k_pad, CAP=cap, **(shape | {"BLOCK_M": SELECT_BLOCK_M}),
+    )  # fmt: skip
     overflow = counts.view(batch, heads, q_len) > cap
     if bool(overflow.any()):
         exact = torch.empty_like(q)
