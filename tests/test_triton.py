@@ -103,3 +103,4 @@ def test_the_kernels_sizes_are_the_ones_the_models_count() -> None:
 
     assert get_backend("triton").block_size == linear.CHUNK  # the FLOP and memory models' chunk
     assert get_backend("triton").topk_group == topk.GROUP  # the memory model's candidates
+    assert get_backend("triton").max_top_k == topk.MAX_TOP_K

@@ -34,6 +34,7 @@ class Triton(Backend):
     supports_backward = False  # forward kernels only
     compiles_per_shape = True  # a compile per shape class on a GPU; interpreted (slow) on the CPU
     block_size: int = 64  # the linear chunk; top-k gathers its k rows (the FLOP model's "tiled")
+    max_top_k: int = 64
     topk_group: int = 8  # keys per group maximum in top-k's first pass: GROUP · k candidates a query
 
     topk_attention: Any = None
@@ -48,8 +49,9 @@ class Triton(Backend):
     def case_reasons(self, mechanism: Mechanism, case: Case) -> list[str]:
         if case.device == "cpu" and not interpreted():
             return ["Triton kernels run on cuda; on the CPU only in Triton's interpreter (TRITON_INTERPRET=1, tests)"]
-        if mechanism.name == "topk" and (case.top_k or 0) > 256:
-            return [f"top_k {case.top_k} unsupported (at most 256: the running best stay in registers)"]
+        if mechanism.name == "topk" and (case.top_k or 0) > self.max_top_k:
+            return [f"top_k {case.top_k} unsupported (at most {self.max_top_k}: a query's candidates are sorted in "
+                    "registers, and larger k compile for minutes)"]  # fmt: skip
         return []
 
     def prepare_topk(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:

@@ -15,7 +15,8 @@ float32 inputs (the 1e-5 bound), TF32 for half inputs, whose φ values and state
 digits in a half-precision product and whose normalizer sums over the whole sequence (past
 float16's range at 64k keys). Linear attention is memory-bound at these head dims, so the TF32
 rate costs little. GQA: query head h reads the states of kv head h // (H / H_kv), which are
-computed once per kv head.
+computed once per kv head. Both kernels run 8 warps: with 4 the output kernel spills (found by
+compiling for sm_90 without a GPU).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _chunk_states(
     c = 0..n_chunks, and the normalizer ``z`` (stored by the programs of the first Dv block).
     Without ``PREFIXES`` (non-causal) only the last, the state of all keys, is stored."""
     pid_k, pid_v, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, hkv = pid_bh // kv_heads, pid_bh % kv_heads
+    b, hkv = pid_bh.to(tl.int64) // kv_heads, pid_bh.to(tl.int64) % kv_heads
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     offs_t = tl.arange(0, CHUNK)
@@ -96,7 +97,7 @@ def _chunk_output(
     Causal: the program of key chunk c takes the queries whose positions i + Δ fall in it.
     Otherwise: query chunk c, against the state of all keys (slot n_chunks)."""
     pid_c, pid_v, pid_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, h = pid_bh // heads, pid_bh % heads
+    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
     hkv = h // group
     offs_t = tl.arange(0, CHUNK)
     offs_d = tl.arange(0, BLOCK_D)
@@ -151,6 +152,8 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     kv_heads, k_len, value_dim = k.shape[1], k.shape[2], v.shape[3]
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("linear_attention: q, k and v need a contiguous last dimension")
+    if causal and q_len > k_len:
+        raise ValueError(f"linear_attention: causal needs q_len <= kv_len, got {q_len} > {k_len}")
     precision = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
     n_chunks = triton.cdiv(k_len, CHUNK)
     states = torch.empty(batch * kv_heads, n_chunks + 1, head_dim, value_dim, device=q.device, dtype=torch.float32)
@@ -160,7 +163,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     _chunk_states[grid](
         k, v, states, norms, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         kv_heads, k_len, n_chunks, head_dim, value_dim,
-        CHUNK=CHUNK, BLOCK_K=block_k, BLOCK_V=block_v, PRECISION=precision, PREFIXES=causal,
+        CHUNK=CHUNK, BLOCK_K=block_k, BLOCK_V=block_v, PRECISION=precision, PREFIXES=causal, num_warps=8,
     )  # fmt: skip
     out = torch.empty(batch, heads, q_len, value_dim, device=q.device, dtype=q.dtype)
     out_chunks = n_chunks if causal else triton.cdiv(q_len, CHUNK)
@@ -170,6 +173,6 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         heads, heads // kv_heads, q_len, k_len, k_len - q_len, n_chunks, head_dim, value_dim, LINEAR_EPS,
-        CAUSAL=causal, CHUNK=CHUNK, BLOCK_D=_block(head_dim), BLOCK_V=block_v, PRECISION=precision,
+        CAUSAL=causal, CHUNK=CHUNK, BLOCK_D=_block(head_dim), BLOCK_V=block_v, PRECISION=precision, num_warps=8,
     )  # fmt: skip
     return out

@@ -20,7 +20,9 @@ Three passes over the keys, each program owning ``BLOCK_M`` queries of one head:
 
 A row whose candidates overflow ``CAP`` (many equal scores: adversarial, or degenerate inputs)
 is recomputed by :func:`_streaming`, which keeps every row's running k best through a
-bitonic ``tl.topk`` merge per key block: exact for any input, several times slower. Scores are
+bitonic ``tl.topk`` merge per key block: exact for any input, several times slower. It is always
+launched and its programs stop at once when none of their rows overflowed: no host
+synchronization, so a call can be captured in a CUDA graph. Scores are
 ``q kᵀ · scale`` accumulated in float32 (IEEE products for float32 inputs; half inputs'
 products are exact in float32), the selection the mechanism documents.
 """
@@ -39,8 +41,11 @@ BLOCK_N = 64
 SELECT_BLOCK_M = 16
 #: Keys per group maximum in pass 1; the candidate row holds GROUP · k.
 GROUP = 8
-#: Nothing packs below this: the masked, padded ranks of a row.
-EMPTY = -(2**63)
+#: Nothing packs below this: the masked, padded ranks of a row (a constexpr: compiled kernels read
+#: no other globals).
+EMPTY = tl.constexpr(-(2**63))
+#: k above this compiles for minutes (pass 3 sorts GROUP · k candidates a row in registers).
+MAX_TOP_K = 64
 
 
 @triton.jit
@@ -99,9 +104,10 @@ def _key_end(pid_m, k_len, offset, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, row_ok, offs_d, d_ok,
+def _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, store, offs_d, d_ok,
             TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
-    """Softmax over the first TOP_K of the sorted ``best`` and the weighted sum of their value rows."""
+    """Softmax over the first TOP_K of the sorted ``best`` and the weighted sum of their value rows,
+    stored for the rows in ``store``."""
     ranks = tl.arange(0, K_PAD)
     score, index = _unpack(best)
     kept = (ranks[None, :] < TOP_K) & (best != EMPTY)
@@ -118,7 +124,7 @@ def _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, 
                         mask=(w[:, None] > 0) & d_ok[None, :], other=0.0)  # fmt: skip
         acc += w[:, None] * value.to(tl.float32)
     tl.store(o_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :],
-             acc.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])  # fmt: skip
+             acc.to(o_ptr.dtype.element_ty), mask=store[:, None] & d_ok[None, :])  # fmt: skip
 
 
 @triton.jit
@@ -131,7 +137,7 @@ def _threshold(
 ):  # fmt: skip
     """Pass 1: ``t₀`` per query, the smallest of its TOP_K largest group maxima (−∞ with fewer)."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // heads, pid_bh % heads
+    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ranks = tl.arange(0, K_PAD)
@@ -166,7 +172,7 @@ def _candidates(
     """Pass 2: every seen key scoring ``≥ t₀ − margin``, packed, into the query's row of CAP
     (the count is stored whole, so that a row past CAP is known to have overflowed)."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // heads, pid_bh % heads
+    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok, d_ok = rows < q_len, offs_d < head_dim
@@ -174,7 +180,7 @@ def _candidates(
     k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
     line = (pid_bh * q_len + rows).to(tl.int64)
     t0 = tl.load(t_ptr + line, mask=row_ok, other=0.0)
-    t0 = t0 - (tl.abs(t0) + 1.0) * 0.0009765625  # the margin: −∞ stays −∞
+    t0 = t0 - (tl.abs(t0) + 0.001) * 0.000244140625  # the margin, 2⁻¹² relative: −∞ stays −∞
     count = tl.zeros([BLOCK_M], dtype=tl.int32)
     for start in tl.range(0, _key_end(pid_m, k_len, offset, CAUSAL, BLOCK_M), BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
@@ -196,7 +202,7 @@ def _select(
 ):  # fmt: skip
     """Pass 3: each row's TOP_K best candidates (one sort) and their weighted values."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // heads, pid_bh % heads
+    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok, d_ok = rows < q_len, offs_d < head_dim
@@ -213,22 +219,39 @@ def _select(
 
 @triton.jit
 def _streaming(
-    q_ptr, k_ptr, v_ptr, o_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, n_ptr,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     heads, group, q_len, k_len, offset, head_dim, scale,
-    TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAP: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """The overflow path: every row's running K_PAD best, merged with each key block's by tl.topk
     (a key block reaches the merge only when one of its scores beats a row's k-th best so far;
     keys come in increasing index, so an equal score never displaces a kept one)."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // heads, pid_bh % heads
+    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    ranks = tl.arange(0, K_PAD)
     row_ok, d_ok = rows < q_len, offs_d < head_dim
+    overflowed = row_ok & (tl.load(n_ptr + (pid_bh * q_len + rows).to(tl.int64), mask=row_ok, other=0) > CAP)
+    if tl.max(overflowed.to(tl.int32)) > 0:
+        _stream_rows(q_ptr, k_ptr, v_ptr, o_ptr, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, group, k_len, offset, scale,
+                     pid_m, b, h, rows, row_ok, overflowed, offs_d, d_ok, TOP_K, K_PAD, CAUSAL, BLOCK_M, BLOCK_N,
+                     BLOCK_D, PRECISION, UPCAST)  # fmt: skip
+
+
+@triton.jit
+def _stream_rows(
+    q_ptr, k_ptr, v_ptr, o_ptr, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, group, k_len, offset, scale,
+    pid_m, b, h, rows, row_ok, store, offs_d, d_ok,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """The streaming selection of one block of rows; the output of the rows in ``store``."""
+    ranks = tl.arange(0, K_PAD)
     q = _queries(q_ptr, stride_qb, stride_qh, stride_qm, b, h, rows, row_ok, offs_d, d_ok, UPCAST)
     k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
     best = tl.full([BLOCK_M, K_PAD], EMPTY, dtype=tl.int64)
@@ -243,20 +266,22 @@ def _streaming(
             best = tl.topk(tl.reshape(tl.join(best, block_best), [BLOCK_M, 2 * K_PAD]), K_PAD)
             kth = _column(best, ranks, TOP_K - 1)
     v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
-    _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, row_ok, offs_d, d_ok,
+    _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, store, offs_d, d_ok,
             TOP_K, K_PAD, BLOCK_M, BLOCK_D)  # fmt: skip
 
 
 def topk_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, top_k: int, causal: bool, scale: float
 ) -> torch.Tensor:
-    """Top-k attention of ``q [B, H, Lq, D]`` over ``k, v [B, H_kv, Lk, D]`` (bottom-right causal).
-
-    One host synchronization a call: whether any row overflowed its candidates."""
+    """Top-k attention of ``q [B, H, Lq, D]`` over ``k, v [B, H_kv, Lk, D]`` (bottom-right causal)."""
     batch, heads, q_len, head_dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("topk_attention: q, k and v need a contiguous last dimension")
+    if causal and q_len > k_len:
+        raise ValueError(f"topk_attention: causal needs q_len <= kv_len, got {q_len} > {k_len}")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise ValueError(f"topk_attention: top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
     k_pad = triton.next_power_of_2(top_k)
     cap = GROUP * k_pad
     lines = batch * heads * q_len
@@ -284,10 +309,7 @@ def topk_attention(
         v, out, candidates, counts, *v_strides, *o_strides, heads, heads // kv_heads, q_len, head_dim,
         TOP_K=top_k, K_PAD=k_pad, CAP=cap, **(shape | {"BLOCK_M": SELECT_BLOCK_M}),
     )  # fmt: skip
-    overflow = counts.view(batch, heads, q_len) > cap
-    if bool(overflow.any()):
-        exact = torch.empty_like(q)
-        _streaming[grid](q, k, v, exact, *q_strides, *k_strides, *v_strides, *o_strides, *sizes, TOP_K=top_k,
-                         K_PAD=k_pad, BLOCK_N=max(BLOCK_N, k_pad), **shape, **scoring)  # fmt: skip
-        out = torch.where(overflow[..., None], exact, out)
+    # 8 warps: with 4 the streaming kernel spills at k = 32 (compiled for sm_90 without a GPU).
+    _streaming[grid](q, k, v, out, counts, *q_strides, *k_strides, *v_strides, *o_strides, *sizes, TOP_K=top_k,
+                     K_PAD=k_pad, CAP=cap, BLOCK_N=max(BLOCK_N, k_pad), **shape, **scoring, num_warps=8)  # fmt: skip
     return out
