@@ -4,7 +4,9 @@ The interpreter reads ``TRITON_INTERPRET`` when a kernel is defined, and the res
 must not run Triton kernels interpreted (every CLI default would become slow), so the checks run
 in a subprocess with the variable set. Each case must come back "ok": an "unsupported" answer
 would be a check that did not happen, and fails here. On a GPU the same kernels are held to the
-reference by tests/test_backends.py (the compiled grid, bfloat16).
+reference by tests/test_backends.py (the compiled grid, bfloat16). Without a GPU they are also
+compiled for sm_90 (Hopper) here, which catches what the interpreter lets through (a global that
+is not a constexpr was one).
 """
 
 from __future__ import annotations
@@ -104,3 +106,64 @@ def test_the_kernels_sizes_are_the_ones_the_models_count() -> None:
     assert get_backend("triton").block_size == linear.CHUNK  # the FLOP and memory models' chunk
     assert get_backend("triton").topk_group == topk.GROUP  # the memory model's candidates
     assert get_backend("triton").max_top_k == topk.MAX_TOP_K
+
+
+def hopper_compile(fn: object, pointers: dict[str, str], constexprs: dict[str, object], num_warps: int) -> None:
+    """Compile ``fn`` for sm_90 with Triton's bundled ptxas: no GPU needed. The interpreter accepts
+    what a compiled kernel refuses (a global that is not a constexpr, a type the lowering lacks)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    floats = {"scale", "eps"}
+    signature = {
+        name: "constexpr" if name in constexprs else pointers.get(name, "fp32" if name in floats else "i32")
+        for name in fn.arg_names  # type: ignore[attr-defined]
+    }
+    compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+@pytest.mark.slow
+def test_the_kernels_compile_for_hopper() -> None:
+    """Every kernel, at small constexprs, in bfloat16 and float32 (about a minute on 2 cores)."""
+    from attnperf.backends.triton import linear, topk
+
+    for dt, precision in (("*bf16", "tf32"), ("*fp32", "ieee")):
+        scoring = {"CAUSAL": True, "PRECISION": precision, "UPCAST": False, "BLOCK_M": topk.BLOCK_M, "BLOCK_D": 64}
+        qk = {"q_ptr": dt, "k_ptr": dt}
+        hopper_compile(
+            topk._threshold,
+            qk | {"t_ptr": "*fp32"},
+            {"TOP_K": 4, "K_PAD": 4, "GROUP": topk.GROUP, "BLOCK_N": topk.BLOCK_N} | scoring,
+            4,
+        )
+        hopper_compile(
+            topk._candidates,
+            qk | {"t_ptr": "*fp32", "c_ptr": "*i64", "n_ptr": "*i32"},
+            {"CAP": 32, "BLOCK_N": topk.BLOCK_N} | scoring,
+            4,
+        )
+        hopper_compile(
+            topk._select,
+            {"v_ptr": dt, "o_ptr": dt, "c_ptr": "*i64", "n_ptr": "*i32"},
+            {"TOP_K": 4, "K_PAD": 4, "CAP": 32, "BLOCK_M": topk.SELECT_BLOCK_M, "BLOCK_D": 64},
+            4,
+        )
+        hopper_compile(
+            topk._streaming,
+            qk | {"v_ptr": dt, "o_ptr": dt, "n_ptr": "*i32"},
+            {"TOP_K": 4, "K_PAD": 4, "CAP": 32, "BLOCK_N": topk.BLOCK_N} | scoring,
+            8,
+        )
+        states = {"k_ptr": dt, "v_ptr": dt, "s_ptr": "*fp32", "z_ptr": "*fp32"}
+        hopper_compile(
+            linear._chunk_states,
+            states,
+            {"CHUNK": linear.CHUNK, "BLOCK_K": 64, "BLOCK_V": 64, "PRECISION": precision, "PREFIXES": True},
+            8,
+        )
+        hopper_compile(
+            linear._chunk_output,
+            states | {"q_ptr": dt, "o_ptr": dt},
+            {"CAUSAL": True, "CHUNK": linear.CHUNK, "BLOCK_D": 64, "BLOCK_V": 64, "PRECISION": precision},
+            8,
+        )
