@@ -303,10 +303,12 @@ def test_regress_gives_gits_own_message_in_one_line(tmp_path) -> None:
 def test_ctrl_c_saves_what_was_measured_and_exits_130(tmp_path) -> None:
     out = tmp_path / "r.json"
     lengths = "64,96,128,160,192,224,256,288"
-    # --repeat 40: the 48 points take tens of seconds, so that Ctrl-C lands mid-sweep even when this
-    # process is starved on a loaded machine (with 3 repeats a loaded run once finished all 48 first).
-    argv = [sys.executable, "-m", "attnperf", "sweep", "--variants", "causal", "--backends", "eager,tiled",
-            "--seq-lens", lengths, "--batches", "1,2,3", *SMALL, "--repeat", "40", "--json", str(out)]  # fmt: skip
+    # The command gets Ctrl-C's handler as under a terminal: a test run started in the background of
+    # a shell (`nox ... &`) inherits SIGINT ignored, and Python then keeps ignoring it.
+    as_at_a_terminal = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                        "runpy.run_module('attnperf', run_name='__main__')")  # fmt: skip
+    argv = [sys.executable, "-c", as_at_a_terminal, "sweep", "--variants", "causal", "--backends", "eager,tiled",
+            "--seq-lens", lengths, "--batches", "1,2,3", *SMALL, "--json", str(out)]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
