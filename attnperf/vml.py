@@ -6,9 +6,8 @@ call of a process sometimes returns VML's enhanced-performance accuracy instead 
 accuracy PyTorch asks for; the later calls are exact. Measured here with torch 2.13 (MKL 2024.2,
 2 threads), each in fresh processes: a first float32 ``exp`` off by up to 1.5e-4 relative in 1
 of 200, a first float64 ``cos`` off by 6.8e-9 (instead of 1e-16) in 3 of 250, and in none of 250
-that imported attnperf first. Either error is enough to
-fail a check: the float32 bound is 1e-5, and RoPE's float64 tables enter the float64 check,
-whose bound is 1e-10.
+that imported attnperf first. Either error is enough to fail a check: the float32 bound is 1e-5,
+and RoPE's float64 tables enter the float64 check, whose bound is 1e-10.
 
 :func:`absorb_first_call` makes that first call on throwaway numbers, on every thread of the
 intra-op pool, when attnperf is imported.
