@@ -10,10 +10,8 @@
 
 Scores are kept in base-2 units (``log2 e`` folded into the scale and the bias) and
 exponentiated with ``exp2``, as FlashAttention-2/3 do. On the CPU this also keeps the tiles off
-``torch.exp``'s MKL VML path: in about 1 fresh process in 200 (measured here with
-torch 2.13's MKL 2024.2, 2 threads), the first ``torch.exp`` call on a contiguous float32 tensor
-came back with VML's enhanced-performance accuracy (relative error up to 1.5e-4 per element,
-about 2e-5 on the output: over the float32 bound), the later calls exact. ``exp2`` runs on
+``torch.exp``'s MKL VML path, whose first call in a process was sometimes inexact (about 2e-5 on
+this backend's float32 output, over the bound; figures in :mod:`attnperf.vml`); ``exp2`` runs on
 PyTorch's own vectorized kernel.
 
 GQA is packed: the G query heads of one kv head share each k/v tile (``[B, H_kv, G, …]``), as

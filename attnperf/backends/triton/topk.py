@@ -13,7 +13,7 @@ Three passes over the keys, each program owning ``BLOCK_M`` queries of one head:
    it), so no score below ``t₀`` can be kept; a query with fewer than k groups keeps ``t₀ = −∞``.
 2. :func:`_candidates` recomputes the scores and appends those ``≥ t₀ − margin`` to the query's
    row of ``CAP = GROUP · k`` packed keys. On ordinary data a row gets about k of them; a row
-   with fewer than k groups has at most ``CAP`` keys in all. The margin (2⁻¹⁰ · (|t₀| + 1)) covers a
+   with fewer than k groups has at most ``CAP`` keys in all. The margin (2⁻¹² · (|t₀| + 0.001)) covers a
    pass computing a score a few ulps lower than the other: more candidates, never fewer.
 3. :func:`_select` sorts each row's candidates once (``tl.topk``) and sums the kept value rows
    under their softmax weights (float32), gathered one rank at a time.
