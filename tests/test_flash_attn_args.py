@@ -53,3 +53,30 @@ def test_split_kv_is_never_asked_for_when_gradients_are_needed() -> None:
 
 def test_no_split_is_asked_for_off_cuda() -> None:
     assert not FlashAttn3().splits_kv(torch.device("cpu"))
+
+
+def test_flash_attn4_takes_alibi_as_a_score_mod_beside_its_causal_mask(monkeypatch) -> None:
+    """ALiBi reaches flash-attn-4 as its ``score_mod`` (built for the case's head count) with the
+    causal flag kept, so the kernel still skips the blocks above the diagonal; a plain causal
+    call gets no score_mod. The CuTe code itself needs the DSL and is checked on a GPU."""
+    import sys
+    import types
+
+    made: list[int] = []
+    fake = types.ModuleType("attnperf.backends.flash_attn_score_mods")
+    fake.alibi_score_mod = lambda heads: made.append(heads) or "alibi-mod"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "attnperf.backends.flash_attn_score_mods", fake)
+    alibi = recorded_kwargs(FlashAttn4, "alibi", 256, requires_grad=False)
+    assert alibi["score_mod"] == "alibi-mod"
+    assert alibi["causal"] is True
+    assert made == [2]
+    assert "score_mod" not in recorded_kwargs(FlashAttn4, "causal", 256, requires_grad=False)
+
+
+def test_flash_attn4_alibi_is_forward_only_and_skips_masked_blocks() -> None:
+    backend, mech = FlashAttn4(), get_mechanism("alibi")
+    case = get_variant("alibi").case(1024, heads=16, head_dim=128, dtype="bfloat16")
+    reasons = backend.not_supported_reasons(mech, case, backward=True)
+    assert "ALiBi's score_mod is forward only here (no score_mod_bwd passed)" in reasons
+    assert backend.native_mask(mech, case)
+    assert backend.executed_pairs(mech, case) < case.q_len * case.k_len * case.heads

@@ -19,8 +19,9 @@ import torch
 from attnperf.analysis import memory
 from attnperf.backends.base import HALF_DTYPES, Backend, Runner
 from attnperf.case import Case
-from attnperf.mechanisms import SoftmaxMechanism
+from attnperf.mechanisms import Mechanism, SoftmaxMechanism
 from attnperf.mechanisms.local import Window, window_bounds
+from attnperf.mechanisms.positional import ALiBi
 
 
 def to_bthd(t: torch.Tensor) -> torch.Tensor:
@@ -68,11 +69,15 @@ class FlashAttnBase(Backend):
     ) -> torch.Tensor:
         return self.fn(q, k, v, softmax_scale=scale, **mask)
 
+    def score_args(self, mechanism: SoftmaxMechanism, case: Case) -> dict[str, Any]:
+        """Arguments that change the scores inside the kernel (flash-attn-4's ``score_mod``)."""
+        return {}
+
     def prepare_softmax(
         self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> Runner:
         self.load()
-        mask = flash_mask_args(mechanism, case)
+        mask = flash_mask_args(mechanism, case) | self.score_args(mechanism, case)
         if case.q_len <= SPLIT_KV_MAX_Q and not q.requires_grad and self.splits_kv(q.device):
             mask["num_splits"] = 0  # below 1: the library's own split-KV heuristic
         vt = to_bthd(v)
@@ -97,7 +102,7 @@ class FlashAttnBase(Backend):
 class FlashAttn4(FlashAttnBase):
     name = "flash-attn4"
     summary = "flash-attn-4 (flash_attn.cute, CuTe DSL kernels for Hopper/Blackwell)"
-    mechanisms = frozenset({"full", "window", "decode", "rope"})
+    mechanisms = frozenset({"full", "window", "decode", "rope", "alibi"})
     # Its SM90 kernel asserts "SplitKV not supported on SM 9.0" (flash_attn/cute/interface.py,
     # 4.0.0b36): on Hopper a decode step stays unsplit, as flash-attn-4 runs it.
     split_kv_capability = (10, 0)
@@ -112,6 +117,22 @@ class FlashAttn4(FlashAttnBase):
     ) -> torch.Tensor:
         out, _lse = self.fn(q, k, v, softmax_scale=scale, **mask)  # flash-attn-4 returns (out, lse) always
         return out
+
+    def score_args(self, mechanism: SoftmaxMechanism, case: Case) -> dict[str, Any]:
+        if not isinstance(mechanism, ALiBi):
+            return {}
+        from attnperf.backends.flash_attn_score_mods import alibi_score_mod  # needs CuTe DSL: GPU only
+
+        return {"score_mod": alibi_score_mod(case.heads)}
+
+    def native_mask(self, mechanism: SoftmaxMechanism, case: Case) -> bool:
+        return isinstance(mechanism, ALiBi) or super().native_mask(mechanism, case)  # causal + score_mod
+
+    def not_supported_reasons(self, mechanism: Mechanism, case: Case, *, backward: bool = False) -> list[str]:
+        reasons = super().not_supported_reasons(mechanism, case, backward=backward)
+        if backward and isinstance(mechanism, ALiBi):
+            reasons.append("ALiBi's score_mod is forward only here (no score_mod_bwd passed)")
+        return reasons
 
 
 class FlashAttn3(FlashAttnBase):
