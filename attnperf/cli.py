@@ -232,6 +232,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.quick:
         args.seq_lens, args.repeat = args.seq_lens[:2], min(args.repeat, 3)
     grid = grid_of(args)
+    if args.cuda_graphs and not grid.device.startswith("cuda"):
+        raise UsageError(f"--cuda-graphs needs --device cuda (got {grid.device})")
     json_path = Path(args.json) if args.json else None
     if args.resume and json_path is None:
         raise UsageError("--resume continues the run in --json FILE; give --json")
@@ -239,7 +241,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if json_path is not None:  # every check before the first point runs
         check_output(json_path, "--json", existing_ok=args.force or args.resume)
         if args.resume and json_path.exists():
-            done = resumable(load_records(json_path), grid, machine_info())
+            done = resumable(load_records(json_path), grid, machine_info(), cuda_graph=args.cuda_graphs)
     if args.csv:
         check_output(args.csv, "--csv")
     saved: list[Record] = list(done)
@@ -257,7 +259,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     with exclusive(json_path) if json_path is not None else contextlib.nullcontext():
         try:
-            records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save, done=done)
+            records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save, done=done,
+                                cuda_graph=args.cuda_graphs)  # fmt: skip
         except KeyboardInterrupt:  # save() wrote every finished point to each file asked for
             files = " and ".join(str(path) for path in (json_path, args.csv) if path is not None)
             where = f"saved to {files}" if files else "measured (no --json or --csv: nothing written)"
@@ -274,6 +277,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                ("ms", "median ms"), ("tokens_per_s", "tokens/s"), ("useful_tflops", "TFLOP/s"),
                ("peak_mib", "peak MiB"), ("speedup", "speedup vs eager"),
                ("memory_ratio", "memory vs eager")]  # fmt: skip
+    if args.cuda_graphs:
+        print("times are CUDA-graph replays (--cuda-graphs); peak memory is the direct call's")
     print(format_table([row for row, r in zip(rows, records, strict=True)
                         if args.all or r.status is not Status.UNSUPPORTED], columns))  # fmt: skip
     for r in records:
@@ -282,16 +287,51 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if any(r.status is Status.WRONG for r in records) else 0
 
 
-def resumable(results: Any, grid: Any, machine: dict[str, Any]) -> list[Any]:
+def cmd_profile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from attnperf.profile import profile_point
+    from attnperf.records import Status
+    from attnperf.results import write_json
+
+    if args.json:
+        check_output(Path(args.json), "--json", existing_ok=args.force)
+    profiles = [profile_point(spec, calls=args.calls) for spec in grid_of(args).forward_points()]
+    for p in profiles:
+        where = f"{p.variant} × {p.backend} @ {p.seq_len}"
+        if p.status is not Status.OK:
+            if args.all or p.status is not Status.UNSUPPORTED:
+                print(f"{where}: {p.status}: {p.reason}\n")
+            continue
+        unit = "device" if args.device.startswith("cuda") else "self CPU"
+        print(f"{where}: {p.median_s * 1e3:.4g} ms a call; kernels {p.kernel_s * 1e3:.4g} ms of {unit} time "
+              f"(busy {p.busy:.0%})")  # fmt: skip
+        rows = [{"kernel": k.name[:90], "launches": k.launches, "ms": k.seconds * 1e3,
+                 "share": f"{k.seconds / p.kernel_s:.0%}" if p.kernel_s else ""}
+                for k in p.kernels[: args.top]]  # fmt: skip
+        print(format_table(rows, [("kernel", "kernel"), ("launches", "launches a call"), ("ms", "ms a call"),
+                                  ("share", "share")]) + "\n")  # fmt: skip
+    if args.json:
+        write_json(Path(args.json), {"device": args.device, "profiles": [p.as_dict() for p in profiles]})
+    return EXIT_FAILURE if any(p.status is Status.WRONG for p in profiles) else 0
+
+
+def resumable(results: Any, grid: Any, machine: dict[str, Any], *, cuda_graph: bool = False) -> list[Any]:
     """The records of an earlier run of this sweep that a resumed run keeps: all of them, points
     outside the new grid too (they were measured, and the user asked to continue that run).
-    Refused when the file was written on another machine or software stack, or when a record's
-    shape or options differ from what this run's flags give at its point: the file would hold
-    two runs under one name."""
+    Refused when the file was written on another machine or software stack, when a record's
+    shape or options differ from what this run's flags give at its point, or when it was timed
+    with(out) ``--cuda-graphs`` and this run is not: the file would hold two runs under one name."""
     if dict(results.machine) != machine:
         stack = f"torch {results.machine.get('torch')}, {results.machine.get('gpu', 'cpu')}"
         raise UsageError(f"--resume: {results.path} was written on another machine or software stack ({stack}); "
                          "--force starts over")  # fmt: skip
+    timed_otherwise = [r for r in results.records if r.ok and bool(r.cuda_graph) != cuda_graph]
+    if timed_otherwise:
+        first = timed_otherwise[0]
+        how = "as a CUDA-graph replay" if first.cuda_graph else "call by call (without --cuda-graphs)"
+        raise UsageError(f"--resume: {results.path} has {first.variant} × {first.backend} at {first.seq_len} timed "
+                         f"{how}; --force starts over")  # fmt: skip
     changed = [(record, why) for record in results.records if (why := shape_change(record, grid)) is not None]
     if changed:
         first, why = changed[0]
@@ -569,7 +609,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing --json FILE")
     p.add_argument("--csv", help="write the records to this CSV file, atomically")
     p.add_argument("--all", action="store_true", help="also show unsupported points and their reasons")
+    p.add_argument(
+        "--cuda-graphs", action="store_true",
+        help="time each point's call replayed as a CUDA graph (no Python or launch overhead; the replay's output is "
+        "checked against the direct call's); a call that cannot be captured is recorded unsupported, with why",
+    )  # fmt: skip
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("profile", help="check, then list the kernels one call launches and the time each takes")
+    add_shape_arguments(p, seq_lens="1024")
+    p.add_argument("--calls", type=positive_int, default=20, help="calls profiled per point (default 20)")
+    p.add_argument("--top", type=positive_int, default=8, help="kernels shown per point, longest first (default 8)")
+    p.add_argument("--json", help="write every point's kernels to this JSON file, atomically")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json FILE")
+    p.add_argument("--all", action="store_true", help="also show unsupported points and their reasons")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("analyze", help="predicted FLOPs, bytes, peak memory, roofline; --measure holds them to timings")
     add_shape_arguments(p, seq_lens="1024,2048,4096")

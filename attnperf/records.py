@@ -68,6 +68,8 @@ class Record:
     available_bytes: int | None = None
     speedup: float | None = None
     memory_ratio: float | None = None
+    #: Timed as a CUDA-graph replay (``sweep --cuda-graphs``), not call by call.
+    cuda_graph: bool | None = None
 
     @property
     def ok(self) -> bool:

@@ -24,6 +24,7 @@ from attnperf.backends import Unsupported, get_backend
 from attnperf.benchgrid import Grid, PointSpec
 from attnperf.case import Case
 from attnperf.correctness import WrongResult, verified_runner
+from attnperf.graphs import graphed
 from attnperf.machine import available_bytes
 from attnperf.measure import measure_peak, measure_time
 from attnperf.mechanisms import get_mechanism
@@ -84,8 +85,9 @@ def intended_shape(spec: PointSpec) -> dict[str, Any]:
     return shape | dict(spec.options)
 
 
-def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None) -> Record:
-    """Check and time one point; the record always says what happened."""
+def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None, cuda_graph: bool = False) -> Record:
+    """Check and time one point; the record always says what happened. ``cuda_graph``: time the
+    call's CUDA-graph replay (:mod:`attnperf.graphs`); the peak memory is still the direct call's."""
     head = {"variant": spec.variant, "mechanism": spec.mechanism, "backend": spec.backend, "seq_len": spec.seq_len,
             "batch": spec.batch}  # fmt: skip
     case, reason = fit(spec)
@@ -102,7 +104,8 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
         runner, checked = verified_runner(spec.mechanism, backend, case)
         kernel = getattr(runner, "kernel", None)  # sdpa: the kernel its dispatch picked
         with torch.no_grad():
-            timing = measure_time(runner, case.device, repeat=repeat, min_sample_s=min_sample_s)
+            timed = graphed(runner, case.device, checked.bound or backend.bound(case.dtype)) if cuda_graph else runner
+            timing = measure_time(timed, case.device, repeat=repeat, min_sample_s=min_sample_s)
             peak, peak_kind = measure_peak(runner, case.device, own_cpu_allocator=backend.own_cpu_allocator,
                                            own_cuda_allocator=backend.own_cuda_allocator)  # fmt: skip
     except Unsupported as exc:
@@ -119,7 +122,7 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
         **head, status=Status.OK, rel_error=checked.error, median_s=timing.median, samples_s=tuple(timing.samples),
         spread=timing.spread, tokens_per_s=spec.batch * case.q_len / timing.median,
         useful_tflops=flops.useful / timing.median / 1e12, executed_tflops=flops.executed / timing.median / 1e12,
-        peak_bytes=peak, peak_kind=peak_kind, kernel=kernel,
+        peak_bytes=peak, peak_kind=peak_kind, kernel=kernel, cuda_graph=cuda_graph or None,
     )  # fmt: skip
 
 
@@ -130,16 +133,18 @@ def run_sweep(
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
     on_record: Callable[[list[Record]], None] | None = None,
     done: Iterable[Record] = (),
+    cuda_graph: bool = False,
 ) -> list[Record]:
     """Run every point of ``grid`` not already in ``done`` (a resumed sweep's records, kept in
     front); ``on_record(records so far)`` after each one, so a sweep that is stopped midway (a time
-    limit, Ctrl-C, a hung kernel) still leaves the points it finished on disk."""
+    limit, Ctrl-C, a hung kernel) still leaves the points it finished on disk. ``cuda_graph``: see
+    :func:`run_point`."""
     records = list(done)
     finished = {r.point for r in records}
     points = [p for p in grid.forward_points() if (p.variant, p.backend, p.seq_len, p.batch) not in finished]
     iterator = progress(points) if progress is not None else points
     for spec in iterator:
-        records.append(run_point(spec, repeat=repeat))
+        records.append(run_point(spec, repeat=repeat, cuda_graph=cuda_graph))
         free_memory(grid.device)
         if on_record is not None:
             on_record(with_ratios(records, BASELINE))
