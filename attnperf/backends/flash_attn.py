@@ -18,10 +18,12 @@ import torch
 
 from attnperf.analysis import memory
 from attnperf.backends.base import HALF_DTYPES, Backend, Runner
+from attnperf.backends.strided_split import split_pairs, split_peak_bytes, strided_attention
 from attnperf.case import Case
 from attnperf.mechanisms import Mechanism, SoftmaxMechanism
 from attnperf.mechanisms.local import Window, window_bounds
 from attnperf.mechanisms.positional import ALiBi
+from attnperf.mechanisms.sparse import Strided, stride_of
 
 
 def to_bthd(t: torch.Tensor) -> torch.Tensor:
@@ -102,7 +104,7 @@ class FlashAttnBase(Backend):
 class FlashAttn4(FlashAttnBase):
     name = "flash-attn4"
     summary = "flash-attn-4 (flash_attn.cute, CuTe DSL kernels for Hopper/Blackwell)"
-    mechanisms = frozenset({"full", "window", "decode", "rope", "alibi"})
+    mechanisms = frozenset({"full", "window", "decode", "rope", "alibi", "strided"})
     # Its SM90 kernel asserts "SplitKV not supported on SM 9.0" (flash_attn/cute/interface.py,
     # 4.0.0b36): on Hopper a decode step stays unsplit, as flash-attn-4 runs it.
     split_kv_capability = (10, 0)
@@ -118,6 +120,40 @@ class FlashAttn4(FlashAttnBase):
         out, _lse = self.fn(q, k, v, softmax_scale=scale, **mask)  # flash-attn-4 returns (out, lse) always
         return out
 
+    def prepare_softmax(
+        self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Runner:
+        if not isinstance(mechanism, Strided):
+            return super().prepare_softmax(mechanism, case, q, k, v)
+        self.load()
+        qt, kt, vt = to_bthd(q), to_bthd(k), to_bthd(v)
+        stride = stride_of(case)
+
+        def attend(*tensors: torch.Tensor, **mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.fn(*tensors, return_lse=True, **mask)
+
+        return lambda: strided_attention(qt, kt, vt, stride, attend, softmax_scale=case.scale).transpose(1, 2)
+
+    def case_reasons(self, mechanism: Mechanism, case: Case) -> list[str]:
+        if not isinstance(mechanism, Strided):
+            return []
+        reasons = [] if case.causal else ["strided runs as its causal split only (non-causal is mirrored)"]
+        if case.q_len != case.k_len:
+            reasons.append(f"the strided split needs q_len == kv_len (got {case.q_len} and {case.k_len})")
+        return reasons
+
+    def executed_pairs(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        if isinstance(mechanism, Strided):
+            return split_pairs(case.q_len, stride_of(case), self.block_size or 128)
+        return super().executed_pairs(mechanism, case)
+
+    def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        peak = super().softmax_peak_bytes(mechanism, case)
+        if isinstance(mechanism, Strided):
+            peak += split_peak_bytes(case.batch, case.heads, case.n_kv_heads, case.q_len, case.head_dim,
+                                     memory.element_size(case))  # fmt: skip
+        return peak
+
     def score_args(self, mechanism: SoftmaxMechanism, case: Case) -> dict[str, Any]:
         if not isinstance(mechanism, ALiBi):
             return {}
@@ -132,6 +168,8 @@ class FlashAttn4(FlashAttnBase):
         reasons = super().not_supported_reasons(mechanism, case, backward=backward)
         if backward and isinstance(mechanism, ALiBi):
             reasons.append("ALiBi's score_mod is forward only here (no score_mod_bwd passed)")
+        if backward and isinstance(mechanism, Strided):
+            reasons.append("the strided split is forward only (its merge needs the log-sum-exps' gradients)")
         return reasons
 
 
