@@ -201,7 +201,9 @@ GPU_GRID = Grid(
         "eager", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "tiled", "triton",
         "flash-attn4", "flash-attn3", "xformers", "fla", "onnxruntime-cuda", "onnxruntime-trt",
     ),
-    variants=("full", "causal", "gqa", "sliding_window", "bigbird", "topk", "linear_causal", "alibi", "rope"),
+    variants=(
+        "full", "causal", "gqa", "sliding_window", "strided", "bigbird", "topk", "linear_causal", "alibi", "rope",
+    ),
     seq_lens=(512, 1024, 2048, 4096, 8192, 16384),
     decode_lens=(4096, 32768, 131072),
     head_dims=(128,),

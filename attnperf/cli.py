@@ -158,6 +158,19 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def add_cuda_graphs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cuda-graphs", action="store_true",
+        help="time each point's call replayed as a CUDA graph (no Python or launch overhead; the replay's output is "
+        "checked against the direct call's); a call that cannot be captured is recorded unsupported, with why",
+    )  # fmt: skip
+
+
+def require_cuda_for_graphs(args: argparse.Namespace) -> None:
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        raise UsageError(f"--cuda-graphs needs --device cuda (got {args.device})")
+
+
 def options_of(args: argparse.Namespace) -> dict[str, int]:
     return {name: getattr(args, name) for name in OPTION_FLAGS if getattr(args, name) is not None}
 
@@ -231,9 +244,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.quick:
         args.seq_lens, args.repeat = args.seq_lens[:2], min(args.repeat, 3)
+    require_cuda_for_graphs(args)
     grid = grid_of(args)
-    if args.cuda_graphs and not grid.device.startswith("cuda"):
-        raise UsageError(f"--cuda-graphs needs --device cuda (got {grid.device})")
     json_path = Path(args.json) if args.json else None
     if args.resume and json_path is None:
         raise UsageError("--resume continues the run in --json FILE; give --json")
@@ -415,6 +427,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output(args.json, "--json")
+    require_cuda_for_graphs(args)
     hardware = ceilings(args.device, args.dtype, measure=args.measure_ceilings)
     grid = grid_of(args)
     rows = predict(grid, hardware)
@@ -422,7 +435,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                ("useful_gflop", "useful GFLOP"), ("executed_gflop", "executed GFLOP"), ("min_mb", "min MB"),
                ("pred_mib", "pred. peak MiB"), ("bound_ms", "roofline ms"), ("limit", "bound")]  # fmt: skip
     if args.measure:
-        rows = join(rows, run_sweep(grid, repeat=args.repeat))
+        rows = join(rows, run_sweep(grid, repeat=args.repeat, cuda_graph=args.cuda_graphs))
         columns += [("ms", "median ms"), ("tflops", "useful TFLOP/s"), ("roofline_pct", "% roofline"),
                     ("meas_mib", "meas. peak MiB"), ("pred_over_meas", "pred/meas")]  # fmt: skip
     table = [row.as_dict() for row in rows]
@@ -609,11 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing --json FILE")
     p.add_argument("--csv", help="write the records to this CSV file, atomically")
     p.add_argument("--all", action="store_true", help="also show unsupported points and their reasons")
-    p.add_argument(
-        "--cuda-graphs", action="store_true",
-        help="time each point's call replayed as a CUDA graph (no Python or launch overhead; the replay's output is "
-        "checked against the direct call's); a call that cannot be captured is recorded unsupported, with why",
-    )  # fmt: skip
+    add_cuda_graphs_argument(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("profile", help="check, then list the kernels one call launches and the time each takes")
@@ -641,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the complexity table: big-O time and space per variant beside exponents fitted over --seq-lens "
         "(from the analyzer; with --measure, from timings of --backends too); --json writes its rows",
     )  # fmt: skip
+    add_cuda_graphs_argument(p)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("plot", help="plots from sweep result files, and pictures of the mechanisms (PNG and SVG)")
