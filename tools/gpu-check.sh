@@ -24,8 +24,10 @@
 #   rows16            the optimization suite's rows (vanilla / SDPA / FlashAttention-2 / xFormers / ORT FP16 /
 #                     TensorRT) at fp16, SDPA's own choice against every forced kernel, and the model-level run
 #                     at Llama-3.2-1B's size
-#   mechanisms        issue 15's table: the own Triton kernels' correctness on the GPU, then every mechanism at 16k
-#                     (top-k also at 64k, decode over 4k..128k caches, sliding window at 128k) on its candidates
+#   mechanisms        issue 15's table: the own Triton kernels' and flash-attn-4's ALiBi/strided correctness on the GPU,
+#                     then every mechanism at 16k (top-k also at 64k, decode over 4k..128k caches directly and as CUDA
+#                     graphs, sliding window at 128k) on its candidates, the decode bound, strided's exponent, profiles
+#   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf.history run), asv publish
 #   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
 #                     reuses its verdicts and pools its processes)
 # Each step has its own timeout so that one slow step cannot take the others' results with it.
@@ -146,6 +148,14 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
       --json "$OUT/model-1b.json" > "$OUT/model-1b.txt" 2>&1; echo "model exit $?"; cat "$OUT/model-1b.txt" ;;
   mechanisms)
     pytest_gpu 200 "cuda and -triton-" pytest-triton
+    timeout 120 python3 -m pytest tests/test_graphs.py -q -p no:cacheprovider -rs > "$OUT/pytest-graphs.log" 2>&1
+    echo "graphs tests: exit $?"; tail -3 "$OUT/pytest-graphs.log"
+    # flash-attn-4's ALiBi score_mod and strided split: odd lengths, and 12 heads (slopes past the power of two)
+    for heads in 12 16; do
+      timeout 200 python3 -m attnperf check --device cuda --dtype bfloat16 --heads $heads --head-dim 128 \
+        --variants alibi,strided --backends flash-attn4 --seq-lens 17,257,1000 > "$OUT/check-fa4-h$heads.txt" 2>&1
+      echo "check flash-attn4 alibi/strided, $heads heads: exit $?"; cat "$OUT/check-fa4-h$heads.txt"
+    done
     mech() {  # $1 = timeout, $2 = name, rest = sweep options
       local limit=$1 name=$2; shift 2
       timeout "$limit" python3 -m attnperf sweep "${SHAPE[@]}" --repeat 10 "$@" --json "$OUT/mech-$name.json" \
@@ -154,9 +164,35 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     mech 90 topk16k --variants topk,causal --seq-lens 16384 --backends triton,flash-attn3,flash-attn4
     mech 60 topk64k --variants topk --seq-lens 65536 --backends triton
     mech 120 linear --variants linear,linear_causal --seq-lens 16384 --backends triton,fla,tiled
-    mech 150 sparse --variants strided,bigbird,alibi,rope,causal --seq-lens 16384 --backends flex,flash-attn4,flash-attn3,sdpa-cudnn
+    mech 180 sparse --variants strided,bigbird,alibi,rope,causal --seq-lens 16384 --backends flex,flash-attn4,flash-attn3,sdpa-cudnn
     mech 90 decode --variants decode --seq-lens 4096,32768,131072 --backends sdpa-cudnn,sdpa-flash,flash-attn3,flash-attn4
-    mech 60 window128k --variants sliding_window --window 512 --seq-lens 131072 --backends flash-attn4,flash-attn3,flex ;;
+    mech 90 decode-graphs --variants decode --seq-lens 4096,32768,131072 --backends sdpa-cudnn,sdpa-flash,flash-attn3,flash-attn4 \
+      --cuda-graphs
+    mech 60 window128k --variants sliding_window --window 512 --seq-lens 131072 --backends flash-attn4,flash-attn3,flex
+    # the decode step against the bandwidth bound (measured copy bandwidth), as CUDA-graph replays
+    LENS=4096,32768,131072 analyze 120 decode decode sdpa-cudnn,flash-attn3 --measure-ceilings --cuda-graphs
+    LENS=16384,32768,65536,131072 analyze 150 strided strided flash-attn4 --measure-ceilings
+    # where the time goes: kernels per call at the target sizes
+    timeout 240 python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 16384 --top 6 \
+      --variants topk,linear_causal,strided,bigbird,rope,alibi,causal --backends triton,flash-attn4,flex,fla \
+      --json "$OUT/profile16k.json" > "$OUT/profile16k.txt" 2>&1; echo "profile 16k exit $?"; cat "$OUT/profile16k.txt"
+    timeout 60 python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 4096 --top 6 --variants decode \
+      --backends sdpa-cudnn,flash-attn3 --json "$OUT/profile-decode.json" > "$OUT/profile-decode.txt" 2>&1
+    echo "profile decode exit $?"; cat "$OUT/profile-decode.txt" ;;
+  history)
+    # asv history of the last three commits on this GPU for the mechanisms (one batch process per
+    # commit, recorded as asv results), then asv publish. Needs the checkout's git history:
+    # ATTNPERF_ORIGIN (gpu-session.sh sets it to the device's checkout).
+    need_asv history || continue
+    [[ -d ${ATTNPERF_ORIGIN:-}/.git ]] || { echo "history needs ATTNPERF_ORIGIN, a checkout with .git"; continue; }
+    rm -rf /tmp/history /tmp/history-work && git clone -q "$ATTNPERF_ORIGIN" /tmp/history || continue
+    (cd /tmp/history && ATTNPERF_GRID=gpu ATTNPERF_SEQ_LENS=16384 ATTNPERF_DECODE_LENS=4096,131072 \
+      ATTNPERF_VARIANTS=strided,bigbird,alibi,rope,topk,linear_causal ATTNPERF_BACKENDS=flash-attn4,flex,triton,fla \
+      timeout "${HISTORY_TIMEOUT_S:-480}" python3 -m attnperf.history run --steps 3 --machine "$M" \
+      --workdir /tmp/history-work && python3 -m asv publish) > "$OUT/history.txt" 2>&1
+    echo "history exit $?"; grep -v USDT "$OUT/history.txt" | grep -v "^\s*$" | tail -15
+    tar czf "$OUT/history-results.tgz" -C /tmp/history/.asv results 2>/dev/null
+    python3 tools/html-points.py /tmp/history/.asv/html "$M" | tee "$OUT/history-graphs.txt" ;;
   trials)
     if [[ -n ${DEADLINE_UNIX:-} ]]; then  # what is left of the session's device time, less a minute to hand back
       TRIALS_BUDGET_S=$(( DEADLINE_UNIX - $(date +%s) - 60 )); TRIALS_TIMEOUT_S=$(( TRIALS_BUDGET_S + 50 ))

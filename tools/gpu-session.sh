@@ -15,7 +15,8 @@ start)
   shift; deadline=$(( $(date +%s) + $1 )); shift
   rm -rf /tmp/copy "$S" && mkdir -p /tmp/copy "$S"
   tar --exclude=./.git -cf - . | tar xf - -C /tmp/copy
-  (cd /tmp/copy && DEADLINE_UNIX=$deadline OUT=$S setsid nohup bash -c \
+  origin=$PWD  # the checkout with .git, for the history phase
+  (cd /tmp/copy && ATTNPERF_ORIGIN=$origin DEADLINE_UNIX=$deadline OUT=$S setsid nohup bash -c \
     'bash tools/gpu-check.sh "$@"; echo done > /tmp/gpu-session/done' _ "$@" > "$S/log" 2>&1 < /dev/null &) ;;
 wait) ;;
 *) sed -n '2,/^set/p' "$0" | grep '^#'; exit 2 ;;
