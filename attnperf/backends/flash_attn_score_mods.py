@@ -33,7 +33,8 @@ def alibi_score_mod(heads: int) -> Any:
         first = (h + 1.0) * (-8.0 / n)
         rest = ((h - float(n)) * 2.0 + 1.0) * (-4.0 / n)
         slope = cute.math.exp2(cute.where(operator.lt(h_idx, cute.full_like(h_idx, n)), first, rest))
-        delta = scalar_to_ssa(seqlen_info.seqlen_k - seqlen_info.seqlen_q, cutlass.Int32).broadcast_to(q_idx.shape)
+        lanes = q_idx.shape if isinstance(q_idx.shape, tuple) else (q_idx.shape,)  # a load's shape is a bare int
+        delta = scalar_to_ssa(seqlen_info.seqlen_k - seqlen_info.seqlen_q, cutlass.Int32).broadcast_to(lanes)
         distance = (q_idx + delta - kv_idx).to(cutlass.Float32)
         zero = cute.full_like(distance, 0.0)
         distance = cute.where(operator.lt(distance, zero), zero - distance, distance)
