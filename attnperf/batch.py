@@ -40,6 +40,7 @@ from attnperf.backends import get_backend
 from attnperf.bench import BACKWARD, DECODE, FORWARD, Point, build_point
 from attnperf.benchgrid import PointSpec
 from attnperf.correctness import CheckResult, WrongResult
+from attnperf.errors import error_line
 from attnperf.measure import (
     ensure_warm,
     measure_cpu_peak_rss,
@@ -117,11 +118,6 @@ def cache_key(spec: PointSpec) -> str:
     return json.dumps(spec.as_dict(), sort_keys=True)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
 class BatchRunner:
     """Measures points one after another in this process (see the module docstring)."""
 
@@ -143,8 +139,8 @@ class BatchRunner:
             return [record | {"status": Status.WRONG.value, "reason": str(exc)}]
         except Exception as exc:  # the point failed; the record says how, and the run goes on
             if is_oom(exc):
-                return [record | {"status": Status.OOM.value, "reason": _first_line(exc)}]
-            return [record | {"status": Status.FAILED.value, "reason": _first_line(exc)}]
+                return [record | {"status": Status.OOM.value, "reason": error_line(exc)}]
+            return [record | {"status": Status.FAILED.value, "reason": error_line(exc)}]
         finally:
             record["seconds"]["total"] = time.perf_counter() - started
             free_memory(spec.device)
@@ -202,7 +198,7 @@ class BatchRunner:
             figures["predicted_bytes"] = predicted_peak_bytes(point.mechanism, point.backend, point.case)
             figures["tflops"] = forward_flops(point.mechanism, point.backend, point.case).useful / median / 1e12
         except (KeyError, ValueError, NotImplementedError) as exc:  # no model: the graphs go without it
-            figures["model_reason"] = _first_line(exc)
+            figures["model_reason"] = error_line(exc)
         return figures
 
     def _injected(self, point: Point, plain: dict[str, Any], pct: float) -> dict[str, Any]:

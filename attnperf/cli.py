@@ -294,9 +294,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(format_table([row for row, r in zip(rows, records, strict=True)
                         if args.all or r.status is not Status.UNSUPPORTED], columns))  # fmt: skip
     for r in records:
-        if r.status in (Status.WRONG, Status.OOM, Status.REFUSED) or (args.all and r.status is Status.UNSUPPORTED):
+        if r.status in (Status.WRONG, Status.OOM, Status.REFUSED, Status.FAILED) or (
+            args.all and r.status is Status.UNSUPPORTED
+        ):
             print(f"  {r.variant} × {r.backend} @ {r.seq_len}: {r.status}: {r.reason}")
-    return EXIT_FAILURE if any(r.status is Status.WRONG for r in records) else 0
+    return EXIT_FAILURE if any(r.status in (Status.WRONG, Status.FAILED) for r in records) else 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -325,7 +327,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                   ("share", "share")]) + "\n")  # fmt: skip
     if args.json:
         write_json(Path(args.json), {"device": args.device, "profiles": [p.as_dict() for p in profiles]})
-    return EXIT_FAILURE if any(p.status is Status.WRONG for p in profiles) else 0
+    return EXIT_FAILURE if any(p.status in (Status.WRONG, Status.FAILED) for p in profiles) else 0
 
 
 def resumable(results: Any, grid: Any, machine: dict[str, Any], *, cuda_graph: bool = False) -> list[Any]:

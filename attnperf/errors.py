@@ -21,6 +21,12 @@ from pathlib import Path
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: how a record names an error it went on after."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
 class UsageError(ValueError):
     """A bad argument, option or input file (exit 2)."""
 

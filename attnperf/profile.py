@@ -22,6 +22,7 @@ import torch
 from attnperf.backends import Unsupported, get_backend
 from attnperf.benchgrid import PointSpec
 from attnperf.correctness import WrongResult, verified_runner
+from attnperf.errors import error_line
 from attnperf.measure import measure_time, synchronize
 from attnperf.records import Status
 from attnperf.registry import fit
@@ -102,6 +103,8 @@ def profile_point(spec: PointSpec, *, calls: int = 20, repeat: int = 5) -> Profi
         return Profile(**head, status=Status.UNSUPPORTED, reason=str(exc))
     except WrongResult as exc:
         return Profile(**head, status=Status.WRONG, reason=str(exc))
+    except Exception as exc:  # a backend that breaks (a kernel that fails to compile): the others still run
+        return Profile(**head, status=Status.FAILED, reason=error_line(exc))
     kernels = kernels_of(prof, calls, device)
     return Profile(**head, status=Status.OK, median_s=median, kernel_s=sum(k.seconds for k in kernels),
                    kernels=kernels)  # fmt: skip

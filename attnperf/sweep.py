@@ -4,7 +4,8 @@ Each point is checked against the float64 reference before it is timed (a wrong 
 recorded as ``wrong`` and never timed); a backend that cannot run it, or a case that does not fit
 its mechanism, is recorded with the reason; a point whose inputs, output and predicted peak memory
 exceed what the device has free is ``refused`` without running, and an allocation that fails
-anyway is ``oom``.
+anyway is ``oom``; any other error of the backend (a kernel that fails to compile, say) is
+``failed`` with its message.
 The sweep goes on after each of them. :func:`run_point` is the one place that does this, for the
 sweep, ``analyze --measure`` and the tuner.
 """
@@ -24,6 +25,7 @@ from attnperf.backends import Unsupported, get_backend
 from attnperf.benchgrid import Grid, PointSpec
 from attnperf.case import Case
 from attnperf.correctness import WrongResult, verified_runner
+from attnperf.errors import error_line
 from attnperf.graphs import graphed
 from attnperf.machine import available_bytes
 from attnperf.measure import measure_peak, measure_time
@@ -112,11 +114,10 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
         return Record(**head, status=Status.UNSUPPORTED, reason=str(exc))
     except WrongResult as exc:
         return Record(**head, status=Status.WRONG, reason=str(exc))
-    except RuntimeError as exc:  # torch.OutOfMemoryError is one
-        if not is_oom(exc):
-            raise
-        free_memory(case.device)
-        return Record(**head, status=Status.OOM, reason=str(exc).strip().splitlines()[0])
+    except Exception as exc:  # out of memory, or any other error of the backend: recorded, and the sweep goes on
+        if is_oom(exc):
+            free_memory(case.device)
+        return Record(**head, status=Status.OOM if is_oom(exc) else Status.FAILED, reason=error_line(exc))
     flops = forward_flops(spec.mechanism, backend, case)
     return Record(
         **head, status=Status.OK, rel_error=checked.error, median_s=timing.median, samples_s=tuple(timing.samples),

@@ -366,3 +366,26 @@ def test_an_allocation_that_fails_anyway_is_recorded_as_oom(monkeypatch, capsys,
     assert records[200000]["status"] == "oom"
     assert "allocate" in records[200000]["reason"]
     assert records[64]["status"] == "ok"
+
+
+def test_a_backend_that_breaks_is_recorded_as_failed_and_the_sweep_goes_on(monkeypatch, capsys, tmp_path) -> None:
+    """A kernel that fails in an unforeseen way (flash-attn-4's CuTe compiler raised a TypeError
+    from a score_mod on the H200 and took the whole sweep down with it) is a ``failed`` record
+    with the error's type and first line; the other backends are still measured, and the exit
+    code says something failed."""
+    from attnperf.backends import get_backend
+
+    tiled = get_backend("tiled")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("profile of input tuples doesn't match: ((1,), 2)")
+
+    monkeypatch.setattr(tiled, "prepare", broken)
+    out = tmp_path / "r.json"
+    code, _ = run_cli(["sweep", "--variants", "causal", "--backends", "tiled,eager", "--seq-lens", "32", *SMALL,
+                       "--json", str(out)], capsys)  # fmt: skip
+    assert code == 1
+    records = {r["backend"]: r for r in json.loads(out.read_text())["records"]}
+    assert records["tiled"]["status"] == "failed"
+    assert records["tiled"]["reason"] == "TypeError: profile of input tuples doesn't match: ((1,), 2)"
+    assert records["eager"]["status"] == "ok"

@@ -44,3 +44,15 @@ def test_the_command_writes_json(tmp_path) -> None:
     data = json.loads(out.read_text())
     assert [p["backend"] for p in data["profiles"]] == ["eager", "sdpa-math"]
     assert all(p["status"] == "ok" and p["kernels"] for p in data["profiles"])
+
+
+def test_a_backend_that_breaks_is_a_failed_profile_not_a_crash(monkeypatch) -> None:
+    from attnperf.backends import get_backend
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("no kernel")
+
+    monkeypatch.setattr(get_backend("tiled"), "prepare", broken)
+    profile = profile_point(spec("tiled"), calls=2)
+    assert profile.status is Status.FAILED
+    assert profile.reason == "TypeError: no kernel"
