@@ -317,9 +317,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
             if args.all or p.status is not Status.UNSUPPORTED:
                 print(f"{where}: {p.status}: {p.reason}\n")
             continue
-        unit = "device" if args.device.startswith("cuda") else "self CPU"
-        print(f"{where}: {p.median_s * 1e3:.4g} ms a call; kernels {p.kernel_s * 1e3:.4g} ms of {unit} time "
-              f"(busy {p.busy:.0%})")  # fmt: skip
+        kernels = (
+            f"kernels {p.kernel_s * 1e3:.4g} ms of device time (busy {p.busy:.0%})"
+            if p.busy is not None
+            else f"operators {p.kernel_s * 1e3:.4g} ms of self CPU time, profiler overhead included"
+        )
+        print(f"{where}: {p.median_s * 1e3:.4g} ms a call; {kernels}")
         rows = [{"kernel": k.name[:90], "launches": k.launches, "ms": k.seconds * 1e3,
                  "share": f"{k.seconds / p.kernel_s:.0%}" if p.kernel_s else ""}
                 for k in p.kernels[: args.top]]  # fmt: skip

@@ -8,7 +8,8 @@ question is which kernel spends it, or whether the device idles between launches
 (checked against the float64 reference first, like every timing) this reports the median call
 time, the kernels' summed device time per call (busy share = device time ÷ call time: well below
 1 means the host or launches bound the call), and per kernel its launches and time per call. On
-the CPU the rows are operators and their self CPU time.
+the CPU the rows are operators and their self CPU time, inflated by the profiler's own cost (no
+busy share there).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Profile:
     backend: str
     seq_len: int
     status: Status
+    device: str = "cpu"
     reason: str | None = None
     median_s: float | None = None
     #: Summed time of every kernel (operator) per call.
@@ -53,12 +55,17 @@ class Profile:
 
     @property
     def busy(self) -> float | None:
-        """Kernel time ÷ call time (on a GPU: the share of the call the device computes)."""
-        return None if not self.median_s or self.kernel_s is None else self.kernel_s / self.median_s
+        """On a GPU, kernel time ÷ call time: the share of the call the device computes. None on the
+        CPU, where the profiler's own cost per operator inflates their times (a 5-call profile of a
+        0.8 ms call summed to 13 ms once) and so the ratio means nothing."""
+        if self.device != "cuda" or not self.median_s or self.kernel_s is None:
+            return None
+        return self.kernel_s / self.median_s
 
     def as_dict(self) -> dict[str, Any]:
         return {"variant": self.variant, "backend": self.backend, "seq_len": self.seq_len, "status": self.status.value,
-                "reason": self.reason, "median_s": self.median_s, "kernel_s": self.kernel_s, "busy": self.busy,
+                "device": self.device, "reason": self.reason, "median_s": self.median_s, "kernel_s": self.kernel_s,
+                "busy": self.busy,
                 "kernels": [vars(k) for k in self.kernels]}  # fmt: skip
 
 
@@ -83,7 +90,8 @@ def kernels_of(prof: torch.profiler.profile, calls: int, device: torch.device) -
 
 def profile_point(spec: PointSpec, *, calls: int = 20, repeat: int = 5) -> Profile:
     """Check ``spec``, time it (median of ``repeat`` samples), then profile ``calls`` calls."""
-    head = {"variant": spec.variant, "backend": spec.backend, "seq_len": spec.seq_len}
+    head = {"variant": spec.variant, "backend": spec.backend, "seq_len": spec.seq_len,
+            "device": torch.device(spec.device).type}  # fmt: skip
     case, reason = fit(spec)
     if case is None:
         return Profile(**head, status=Status.UNSUPPORTED, reason=reason)

@@ -24,7 +24,8 @@ def test_a_profile_names_the_operators_that_spend_the_call() -> None:
     bmm = next(k for k in profile.kernels if k.name == "aten::bmm")
     assert bmm.launches == 2
     assert profile.kernel_s == sum(k.seconds for k in profile.kernels)
-    assert 0 < profile.busy <= 1.5  # operators' self time against the call's median (separate runs)
+    assert profile.kernel_s > 0
+    assert profile.busy is None  # on the CPU the profiler's overhead makes the ratio meaningless
     assert [k.seconds for k in profile.kernels] == sorted((k.seconds for k in profile.kernels), reverse=True)
 
 
