@@ -168,10 +168,12 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     mech 90 decode --variants decode --seq-lens 4096,32768,131072 --backends sdpa-cudnn,sdpa-flash,flash-attn3,flash-attn4
     mech 90 decode-graphs --variants decode --seq-lens 4096,32768,131072 --backends sdpa-cudnn,sdpa-flash,flash-attn3,flash-attn4 \
       --cuda-graphs
-    mech 60 window128k --variants sliding_window --window 512 --seq-lens 131072 --backends flash-attn4,flash-attn3,flex
+    # 60 s was too short on the H200 (2026-11-29): the first point's check and compile at 128k
+    mech 180 window128k --variants sliding_window --window 512 --seq-lens 131072 --backends flash-attn4,flash-attn3,flex
     # the decode step against the bandwidth bound (measured copy bandwidth), as CUDA-graph replays
     LENS=4096,32768,131072 analyze 120 decode decode sdpa-cudnn,flash-attn3 --measure-ceilings --cuda-graphs
-    LENS=16384,32768,65536,131072 analyze 150 strided strided flash-attn4 --measure-ceilings
+    # strided's exponent from 16k to 128k (160 s on the H200; analyze with ceilings did not end in 150 s)
+    mech 240 strided-lens --variants strided --seq-lens 16384,32768,65536,131072 --backends flash-attn4
     # where the time goes: kernels per call at the target sizes
     timeout 240 python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 16384 --top 6 \
       --variants topk,linear_causal,strided,bigbird,rope,alibi,causal --backends triton,flash-attn4,flex,fla \
@@ -186,8 +188,14 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     need_asv history || continue
     [[ -d ${ATTNPERF_ORIGIN:-}/.git ]] || { echo "history needs ATTNPERF_ORIGIN, a checkout with .git"; continue; }
     rm -rf /tmp/history /tmp/history-work && git clone -q "$ATTNPERF_ORIGIN" /tmp/history || continue
+    if [[ -f .hist/new.bundle ]]; then  # commits the device's .git lacks (git bundle create .hist/new.bundle BASE..main)
+      git -C /tmp/history fetch -q "$PWD/.hist/new.bundle" main && git -C /tmp/history checkout -q -B main FETCH_HEAD
+    fi
+    git -C /tmp/history log --oneline -4
+    # With flex (a compile per variant, forward and backward) a commit's process took 294 s for 56 points;
+    # without it, 20-25 s for 12 points (2026-11-29). flex's lines come from the full GPU grid's history.
     (cd /tmp/history && ATTNPERF_GRID=gpu ATTNPERF_SEQ_LENS=16384 ATTNPERF_DECODE_LENS=4096,131072 \
-      ATTNPERF_VARIANTS=strided,bigbird,alibi,rope,topk,linear_causal ATTNPERF_BACKENDS=flash-attn4,flex,triton,fla \
+      ATTNPERF_VARIANTS=strided,alibi,rope,topk,linear_causal ATTNPERF_BACKENDS=flash-attn4,triton,fla \
       timeout "${HISTORY_TIMEOUT_S:-480}" python3 -m attnperf.history run --steps 3 --machine "$M" \
       --workdir /tmp/history-work && python3 -m asv publish) > "$OUT/history.txt" 2>&1
     echo "history exit $?"; grep -v USDT "$OUT/history.txt" | grep -v "^\s*$" | tail -15

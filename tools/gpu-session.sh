@@ -8,6 +8,9 @@
 # The call in which the phases end copies their archive (gpu-check.tgz) to $OUT; every earlier call
 # brings back what the phases wrote so far ($OUT/partial.tgz), since a machine given back between
 # calls takes the job and its files with it.
+# The device's .git is the session's starting commit, not the working tree's: for the history phase,
+# carry the newer commits as a bundle (git bundle create .hist/new.bundle START..main, with /.hist/
+# in .git/info/exclude, and carry .hist).
 set -uo pipefail
 S=/tmp/gpu-session WAIT_S=${WAIT_S:-570}
 case ${1:-} in

@@ -20,7 +20,8 @@ def series_lengths(data: list) -> list[int]:
     """Points per parameter combination (per series) of one graph file."""
     counts: Counter[int] = Counter()
     width = 1
-    for _revision, value in data:
+    for entry in data:  # [revision, value, ...]: later fields are error bars
+        value = entry[1]
         values = value if isinstance(value, list) else [value]
         width = max(width, len(values))
         for i, v in enumerate(values):
@@ -30,13 +31,17 @@ def series_lengths(data: list) -> list[int]:
 
 
 def main(html: Path, machine: str) -> int:
-    files = [p for p in sorted((html / "graphs").rglob("*.json")) if f"machine-{machine}" in p.parts]
+    files = [p for p in sorted((html / "graphs").rglob("*.json"))
+             if f"machine-{machine}" in p.parts and p.name != "summary.json"]  # fmt: skip
     if not files:
         print(f"no graphs for machine {machine} under {html}/graphs")
         return 1
     total: Counter[str] = Counter()
     for path in files:
-        lengths = series_lengths(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        if not isinstance(data, list):  # summaries beside the graphs
+            continue
+        lengths = series_lengths(data)
         if not lengths:
             continue
         bins = Counter("3+" if n >= 3 else str(n) for n in lengths)
