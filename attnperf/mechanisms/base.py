@@ -92,6 +92,14 @@ class Mechanism(ABC):
     def validate(self, case: Case) -> None:
         """Raise ``ValueError`` naming the option when ``case`` does not fit this mechanism."""
 
+    def ambiguous_rows(
+        self, q: torch.Tensor, k: torch.Tensor, case: Case, rows: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """``[B, H, R]`` booleans: query rows whose result a correct float32 implementation may
+        legitimately compute differently from the float64 reference, so the check leaves them
+        out (None: every row is determined). Only a data-dependent choice has such rows (top-k)."""
+        return None
+
     @abstractmethod
     def weights(self, q: torch.Tensor, k: torch.Tensor, case: Case, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The ``[B, H, Lq, Lk]`` attention weights, in q's dtype and device (materialized).
