@@ -108,7 +108,7 @@ def test_the_kernels_sizes_are_the_ones_the_models_count() -> None:
     assert get_backend("triton").max_top_k == topk.MAX_TOP_K
 
 
-def hopper_compile(fn: object, pointers: dict[str, str], constexprs: dict[str, object], num_warps: int) -> None:
+def hopper_compile(fn: object, pointers: dict[str, str], constexprs: dict[str, object], num_warps: int) -> str:
     """Compile ``fn`` for sm_90 with Triton's bundled ptxas: no GPU needed. The interpreter accepts
     what a compiled kernel refuses (a global that is not a constexpr, a type the lowering lacks)."""
     from triton.backends.compiler import GPUTarget
@@ -119,7 +119,33 @@ def hopper_compile(fn: object, pointers: dict[str, str], constexprs: dict[str, o
         name: "constexpr" if name in constexprs else pointers.get(name, "fp32" if name in floats else "i32")
         for name in fn.arg_names  # type: ignore[attr-defined]
     }
-    compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    kernel = compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+                     options={"num_warps": num_warps})  # fmt: skip
+    return kernel.asm["ptx"]
+
+
+@pytest.mark.slow
+def test_no_linear_kernel_gets_the_n8_wgmma_that_reads_out_of_bounds() -> None:
+    """Head dim 16 in bf16 stopped the H200 with an illegal memory access: Triton 3.6 lowered the
+    TF32 products of ``_chunk_output`` with Dv blocks of 16 to ``wgmma m64n8k8``
+    (triton-lang/triton#10629). The blocks the wrapper picks must never give that instruction."""
+    from attnperf.backends.triton import linear
+
+    states = {"k_ptr": "*bf16", "v_ptr": "*bf16", "s_ptr": "*fp32", "z_ptr": "*fp32"}
+    for head_dim in (16, 64, 128):
+        block_k, block_v = linear.state_blocks(head_dim, head_dim)
+        for causal in (True, False):
+            ptx = hopper_compile(
+                linear._chunk_output, states | {"q_ptr": "*bf16", "o_ptr": "*bf16"},
+                {"CAUSAL": causal, "CHUNK": linear.CHUNK, "BLOCK_D": linear._block(head_dim), "BLOCK_V": block_v,
+                 "PRECISION": "tf32"}, 8,
+            )  # fmt: skip
+            assert "n8k8" not in ptx, f"head_dim {head_dim}, causal {causal}: wgmma with N = 8"
+        ptx = hopper_compile(
+            linear._chunk_states, states,
+            {"CHUNK": linear.CHUNK, "BLOCK_K": block_k, "BLOCK_V": block_v, "PRECISION": "tf32", "PREFIXES": True}, 8,
+        )  # fmt: skip
+        assert "wgmma.mma_async.sync.aligned.m64n8k8" not in ptx, f"head_dim {head_dim}: states with N = 8"
 
 
 @pytest.mark.slow

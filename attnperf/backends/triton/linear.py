@@ -145,6 +145,17 @@ def _block(size: int, at_least: int = 16) -> int:
     return max(at_least, triton.next_power_of_2(size))
 
 
+def state_blocks(head_dim: int, value_dim: int) -> tuple[int, int]:
+    """The D and Dv blocks of the state (and output) programs.
+
+    The Dv block is at least 32: at 16, Triton 3.6 splits the TF32 products of ``_chunk_output``
+    over 8 warps into ``wgmma m64n8k8``, which reads past its shared-memory operand on Hopper
+    (triton-lang/triton#10629): the H200 stopped with an illegal memory access at head_dim 16
+    (2026-11-29). Padded value columns load as zeros and are never stored.
+    """
+    return min(STATE_BLOCK, _block(head_dim)), min(STATE_BLOCK, _block(value_dim, 32))
+
+
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool) -> torch.Tensor:
     """Linear attention of ``q [B, H, Lq, D]`` over ``k, v [B, H_kv, Lk, D]`` (bottom-right causal
     alignment Δ = Lk − Lq, as the mechanism), output in q's dtype."""
@@ -158,7 +169,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     n_chunks = triton.cdiv(k_len, CHUNK)
     states = torch.empty(batch * kv_heads, n_chunks + 1, head_dim, value_dim, device=q.device, dtype=torch.float32)
     norms = torch.empty(batch * kv_heads, n_chunks + 1, head_dim, device=q.device, dtype=torch.float32)
-    block_k, block_v = min(STATE_BLOCK, _block(head_dim)), min(STATE_BLOCK, _block(value_dim))
+    block_k, block_v = state_blocks(head_dim, value_dim)
     grid = (triton.cdiv(head_dim, block_k), triton.cdiv(value_dim, block_v), batch * kv_heads)
     _chunk_states[grid](
         k, v, states, norms, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
