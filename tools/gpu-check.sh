@@ -150,11 +150,11 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     pytest_gpu 200 "cuda and -triton-" pytest-triton
     timeout 120 python3 -m pytest tests/test_graphs.py -q -p no:cacheprovider -rs > "$OUT/pytest-graphs.log" 2>&1
     echo "graphs tests: exit $?"; tail -3 "$OUT/pytest-graphs.log"
-    # flash-attn-4's ALiBi score_mod and strided split: odd lengths, and 12 heads (slopes past the power of two)
+    # flash-attn-4's ALiBi score_mod, strided and BigBird splits: odd lengths, and 12 heads (slopes past the power of two)
     for heads in 12 16; do
       timeout 200 python3 -m attnperf check --device cuda --dtype bfloat16 --heads $heads --head-dim 128 \
-        --variants alibi,strided --backends flash-attn4 --seq-lens 17,257,1000 > "$OUT/check-fa4-h$heads.txt" 2>&1
-      echo "check flash-attn4 alibi/strided, $heads heads: exit $?"; cat "$OUT/check-fa4-h$heads.txt"
+        --variants alibi,strided,bigbird --backends flash-attn4 --seq-lens 17,257,1000 > "$OUT/check-fa4-h$heads.txt" 2>&1
+      echo "check flash-attn4 alibi/strided/bigbird, $heads heads: exit $?"; cat "$OUT/check-fa4-h$heads.txt"
     done
     mech() {  # $1 = timeout, $2 = name, rest = sweep options
       local limit=$1 name=$2; shift 2
@@ -195,7 +195,7 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     # With flex (a compile per variant, forward and backward) a commit's process took 294 s for 56 points;
     # without it, 20-25 s for 12 points (2026-11-29). flex's lines come from the full GPU grid's history.
     (cd /tmp/history && ATTNPERF_GRID=gpu ATTNPERF_SEQ_LENS=16384 ATTNPERF_DECODE_LENS=4096,131072 \
-      ATTNPERF_VARIANTS=strided,alibi,rope,topk,linear_causal ATTNPERF_BACKENDS=flash-attn4,triton,fla \
+      ATTNPERF_VARIANTS=strided,bigbird,alibi,rope,topk,linear_causal ATTNPERF_BACKENDS=flash-attn4,triton,fla \
       timeout "${HISTORY_TIMEOUT_S:-480}" python3 -m attnperf.history run --steps 3 --machine "$M" \
       --workdir /tmp/history-work && python3 -m asv publish) > "$OUT/history.txt" 2>&1
     echo "history exit $?"; grep -v USDT "$OUT/history.txt" | grep -v "^\s*$" | tail -15

@@ -17,13 +17,14 @@ from typing import Any
 import torch
 
 from attnperf.analysis import memory
+from attnperf.backends import block_sparse_split
 from attnperf.backends.base import HALF_DTYPES, Backend, Runner
 from attnperf.backends.strided_split import split_pairs, split_peak_bytes, strided_attention
 from attnperf.case import Case
 from attnperf.mechanisms import Mechanism, SoftmaxMechanism
 from attnperf.mechanisms.local import Window, window_bounds
 from attnperf.mechanisms.positional import ALiBi
-from attnperf.mechanisms.sparse import Strided, stride_of
+from attnperf.mechanisms.sparse import BigBird, Strided, bigbird_blocks, stride_of
 
 
 def to_bthd(t: torch.Tensor) -> torch.Tensor:
@@ -101,18 +102,28 @@ class FlashAttnBase(Backend):
         return memory.fused_softmax_peak(mechanism, case, converts_boolean_mask=False)
 
 
+def bigbird_plan(case: Case, device: torch.device | str) -> block_sparse_split.Layout:
+    """The packed layout of ``case``'s BigBird pattern (built once per prepare, outside the timed call)."""
+    block = case.block or 1  # BigBird.validate requires it
+    return block_sparse_split.layout(bigbird_blocks(case), case.k_len, block, case.num_global, case.batch,
+                                     torch.device(device))  # fmt: skip
+
+
 class FlashAttn4(FlashAttnBase):
     name = "flash-attn4"
     summary = "flash-attn-4 (flash_attn.cute, CuTe DSL kernels for Hopper/Blackwell)"
-    mechanisms = frozenset({"full", "window", "decode", "rope", "alibi", "strided"})
+    mechanisms = frozenset({"full", "window", "decode", "rope", "alibi", "strided", "bigbird"})
     # Its SM90 kernel asserts "SplitKV not supported on SM 9.0" (flash_attn/cute/interface.py,
     # 4.0.0b36): on Hopper a decode step stays unsplit, as flash-attn-4 runs it.
     split_kv_capability = (10, 0)
 
-    def load(self) -> None:
-        from flash_attn.cute import flash_attn_func
+    #: The library's ``flash_attn_varlen_func`` (BigBird's packed query blocks), bound by :meth:`load`.
+    varlen_fn: Any = None
 
-        self.fn = flash_attn_func
+    def load(self) -> None:
+        from flash_attn.cute import flash_attn_func, flash_attn_varlen_func
+
+        self.fn, self.varlen_fn = flash_attn_func, flash_attn_varlen_func
 
     def call(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: dict[str, Any]
@@ -123,6 +134,8 @@ class FlashAttn4(FlashAttnBase):
     def prepare_softmax(
         self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> Runner:
+        if isinstance(mechanism, BigBird):
+            return self.prepare_bigbird(case, q, k, v)
         if not isinstance(mechanism, Strided):
             return super().prepare_softmax(mechanism, case, q, k, v)
         self.load()
@@ -134,7 +147,30 @@ class FlashAttn4(FlashAttnBase):
 
         return lambda: strided_attention(qt, kt, vt, stride, attend, softmax_scale=case.scale).transpose(1, 2)
 
+    def prepare_bigbird(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
+        """BigBird as a dense call for the global rows and a varlen call over gathered key blocks."""
+        self.load()
+        qt, kt, vt = to_bthd(q), to_bthd(k), to_bthd(v)
+        plan = bigbird_plan(case, q.device)
+
+        def attend(*tensors: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            return self.fn(*tensors, **kwargs)[0]
+
+        def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                          max_q: int, max_k: int, **kwargs: Any) -> torch.Tensor:  # fmt: skip
+            return self.varlen_fn(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+                                  max_seqlen_k=max_k, **kwargs)[0]  # fmt: skip
+
+        return lambda: block_sparse_split.block_sparse_attention(
+            qt, kt, vt, plan, attend, attend_varlen, softmax_scale=case.scale
+        ).transpose(1, 2)
+
     def case_reasons(self, mechanism: Mechanism, case: Case) -> list[str]:
+        if isinstance(mechanism, BigBird):
+            reasons = ["BigBird runs as its non-causal split only"] if case.causal else []
+            if case.q_len != case.k_len:
+                reasons.append(f"the BigBird split needs q_len == kv_len (got {case.q_len} and {case.k_len})")
+            return reasons
         if not isinstance(mechanism, Strided):
             return []
         reasons = [] if case.causal else ["strided runs as its causal split only (non-causal is mirrored)"]
@@ -145,10 +181,16 @@ class FlashAttn4(FlashAttnBase):
     def executed_pairs(self, mechanism: SoftmaxMechanism, case: Case) -> int:
         if isinstance(mechanism, Strided):
             return split_pairs(case.q_len, stride_of(case), self.block_size or 128)
+        if isinstance(mechanism, BigBird):
+            return block_sparse_split.split_pairs(bigbird_plan(case, "cpu"), case.q_len, self.block_size or 128)
         return super().executed_pairs(mechanism, case)
 
     def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
         peak = super().softmax_peak_bytes(mechanism, case)
+        if isinstance(mechanism, BigBird):
+            gathered = len(bigbird_plan(case, "cpu").key_rows) * case.batch * case.n_kv_heads * case.head_dim
+            outputs = case.batch * case.q_len * case.heads * case.head_dim  # the two calls' parts, then their cat
+            peak += (2 * gathered + 2 * outputs) * memory.element_size(case)
         if isinstance(mechanism, Strided):
             peak += split_peak_bytes(case.batch, case.heads, case.n_kv_heads, case.q_len, case.head_dim,
                                      memory.element_size(case))  # fmt: skip
@@ -168,6 +210,8 @@ class FlashAttn4(FlashAttnBase):
         reasons = super().not_supported_reasons(mechanism, case, backward=backward)
         if backward and isinstance(mechanism, ALiBi):
             reasons.append("ALiBi's score_mod is forward only here (no score_mod_bwd passed)")
+        if backward and isinstance(mechanism, BigBird):
+            reasons.append("the BigBird split is forward only here")
         if backward and isinstance(mechanism, Strided):
             reasons.append("the strided split is forward only (its merge needs the log-sum-exps' gradients)")
         return reasons
