@@ -120,7 +120,10 @@ def test_the_models_kernel_is_asked_on_lengths_in_the_cases_order(q_len, kv_len,
     ((probe_q, probe_k, kwargs),) = asked
     assert max(probe_q, probe_k) <= 128
     assert (probe_q > probe_k, probe_q == probe_k) == (q_len > kv_len, q_len == kv_len)
-    if causal and q_len != kv_len:
+    if causal and q_len == 1:  # a decode step: its one query sees every key, no mask
+        assert "attn_mask" not in kwargs
+        assert not kwargs.get("is_causal", False)
+    elif causal and q_len != kv_len:
         assert (kwargs["attn_mask"].seq_len_q, kwargs["attn_mask"].seq_len_kv) == (probe_q, probe_k)
     else:
         assert kwargs.get("is_causal", False) == causal

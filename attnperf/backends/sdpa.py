@@ -7,7 +7,9 @@ kernel it picked is recorded (:func:`picked_kernel`). How the mechanisms map:
 
 * plain causal with q_len == kv_len: ``is_causal=True`` (identical to bottom-right there);
 * causal with q_len != kv_len: ``causal_lower_right`` — SDPA's ``is_causal`` is top-left and
-  would let a single decode query see only key 0;
+  would let a single decode query see only key 0; with one query (a decode step) no mask at all,
+  since it sees every key (the H200 profile of a cuDNN decode step over 4k keys showed the
+  lower-right mask built on every call: a tril and three fills beside the 9.8 µs kernel);
 * any other pattern or a bias (ALiBi): a dense ``[Lq, Lk]`` boolean or ``[H, Lq, Lk]`` additive
   mask, built once in ``prepare`` (SDPA cannot skip masked blocks);
 * GQA/MQA: ``enable_gqa=True``; RoPE: rotation in PyTorch before the call.
@@ -83,6 +85,8 @@ def sdpa_mask_args(mechanism: SoftmaxMechanism, case: Case, device: torch.device
     if bias is None and kind == "none":
         return {}
     if bias is None and kind == "causal":
+        if case.q_len == 1:  # a decode step: bottom-right causal lets its one query see every key
+            return {}
         if case.q_len == case.k_len:
             return {"is_causal": True}
         return {"attn_mask": causal_lower_right(case.q_len, case.k_len)}
