@@ -334,8 +334,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def resumable(results: Any, grid: Any, machine: dict[str, Any], *, cuda_graph: bool = False) -> list[Any]:
-    """The records of an earlier run of this sweep that a resumed run keeps: all of them, points
-    outside the new grid too (they were measured, and the user asked to continue that run).
+    """The records of an earlier run of this sweep that a resumed run keeps: all of them but the
+    ``failed`` ones (measured again), points outside the new grid too (they were measured, and the
+    user asked to continue that run).
     Refused when the file was written on another machine or software stack, when a record's
     shape or options differ from what this run's flags give at its point, or when it was timed
     with(out) ``--cuda-graphs`` and this run is not: the file would hold two runs under one name."""
@@ -355,7 +356,9 @@ def resumable(results: Any, grid: Any, machine: dict[str, Any], *, cuda_graph: b
         more = f" (and {len(changed) - 1} more points)" if len(changed) > 1 else ""
         raise UsageError(f"--resume: {results.path} has {first.variant} × {first.backend} at {first.seq_len} "
                          f"{why}{more}; --force starts over")  # fmt: skip
-    return list(results.records)
+    from attnperf.records import Status
+
+    return [r for r in results.records if r.status is not Status.FAILED]  # measured again
 
 
 def shape_change(record: Any, grid: Any) -> str | None:

@@ -105,9 +105,12 @@ def gradient_error(mech: Mechanism, be: Backend, case: Case, seed: int, rows: to
         keep = torch.zeros(case.q_len, dtype=torch.bool)
         keep[rows] = True
         grad[:, :, ~keep] = 0
-    ambiguous = mech.ambiguous_rows(q, k, case)  # rows that may select other keys: no gradient through them
-    if ambiguous is not None:
-        grad[ambiguous.cpu()] = 0
+    ambiguous = mech.ambiguous_rows(q, k, case, rows)  # rows that may select other keys: no gradient through them
+    if ambiguous is not None and not ambiguous.all():
+        picked = grad if rows is None else grad[:, :, rows]
+        picked[ambiguous.cpu()] = 0
+        if rows is not None:
+            grad[:, :, rows] = picked
     out.backward(grad.to(device=out.device, dtype=out.dtype))
     q64, k64, v64 = (t.detach().to(device="cpu", dtype=torch.float64).requires_grad_(True) for t in (q, k, v))
     ref = mech.weights(q64, k64, case, rows) @ expand_kv(v64, case.heads)
@@ -127,13 +130,16 @@ def forward_error(
     if rows is not None:
         out = out[:, :, rows.to(out.device)]
     ref = mech.reference(*inputs, case, rows)
+    bound = be.bound(case.dtype) * (mech.half_precision_factor if case.dtype in ("bfloat16", "float16") else 1.0)
+    if out.shape != ref.shape or not torch.isfinite(out).all():  # a NaN is wrong in any row, left out or not
+        return relative_error(out, ref), bound
     ambiguous = mech.ambiguous_rows(inputs[0], inputs[1], case, rows)
-    if ambiguous is not None:  # rows a correct float32 result may legitimately differ in
+    # Rows a correct float32 result may legitimately differ in; if that were every row, nothing
+    # would be compared, so then all of them are.
+    if ambiguous is not None and not ambiguous.all():
         out = out.masked_fill(ambiguous.to(out.device)[..., None], 0)
         ref = ref.masked_fill(ambiguous.to(ref.device)[..., None], 0)
-    error = relative_error(out, ref)
-    bound = be.bound(case.dtype) * (mech.half_precision_factor if case.dtype in ("bfloat16", "float16") else 1.0)
-    return error, bound
+    return relative_error(out, ref), bound
 
 
 def check(

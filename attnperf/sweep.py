@@ -42,6 +42,14 @@ def free_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def poisons_device(exc: BaseException) -> bool:
+    """A CUDA error that leaves the context unusable (an illegal memory access, a device-side
+    assert, a launch failure): every later call in this process would fail with it too, so it
+    stops the run instead of becoming one ``failed`` record after another."""
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    return isinstance(exc, accelerator_error) or "CUDA error" in str(exc)
+
+
 def is_oom(exc: BaseException) -> bool:
     """An allocation failure: CUDA's ``OutOfMemoryError``, or the CPU allocator's RuntimeError
     ("DefaultCPUAllocator: can't allocate memory")."""
@@ -115,6 +123,8 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
     except WrongResult as exc:
         return Record(**head, status=Status.WRONG, reason=str(exc))
     except Exception as exc:  # out of memory, or any other error of the backend: recorded, and the sweep goes on
+        if poisons_device(exc):
+            raise
         if is_oom(exc):
             free_memory(case.device)
         return Record(**head, status=Status.OOM if is_oom(exc) else Status.FAILED, reason=error_line(exc))

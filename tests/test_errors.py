@@ -389,3 +389,20 @@ def test_a_backend_that_breaks_is_recorded_as_failed_and_the_sweep_goes_on(monke
     assert records["tiled"]["status"] == "failed"
     assert records["tiled"]["reason"] == "TypeError: profile of input tuples doesn't match: ((1,), 2)"
     assert records["eager"]["status"] == "ok"
+
+
+def test_a_cuda_error_that_poisons_the_context_stops_the_sweep(monkeypatch) -> None:
+    """An illegal memory access leaves every later CUDA call failing with it: recording it as one
+    ``failed`` point after another would hide the cause, so it is raised."""
+    from attnperf.backends import get_backend
+    from attnperf.benchgrid import FORWARD, PointSpec
+    from attnperf.sweep import run_point
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(get_backend("tiled"), "prepare", crash)
+    spec = PointSpec(backend="tiled", variant="causal", seq_len=32, head_dim=16, dtype="float32", mode=FORWARD,
+                     device="cpu", heads=2)  # fmt: skip
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        run_point(spec, repeat=3)

@@ -79,4 +79,4 @@ def test_flash_attn4_alibi_is_forward_only_and_skips_masked_blocks() -> None:
     reasons = backend.not_supported_reasons(mech, case, backward=True)
     assert "ALiBi's score_mod is forward only here (no score_mod_bwd passed)" in reasons
     assert backend.native_mask(mech, case)
-    assert backend.executed_pairs(mech, case) < case.q_len * case.k_len * case.heads
+    assert backend.executed_pairs(mech, case) < case.q_len * case.k_len * 0.6  # per batch and head: about half

@@ -62,3 +62,13 @@ def test_the_seed_that_failed_eager_now_passes() -> None:
     case = get_variant("topk").case(512, heads=4, head_dim=64, dtype="float32")
     result = check("topk", "eager", case, seed=666924946)
     assert result.status == "ok", result
+
+
+def test_a_nan_in_a_row_left_out_is_still_wrong() -> None:
+    mech, be, case = get_mechanism("topk"), get_backend("eager"), tie_case()
+    q = torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]])
+    keys = torch.zeros(1, 1, 8, 4)
+    keys[..., 0] = torch.tensor([0.9, 0.5, 0.5, 0.1, 0.0, -0.1, -0.2, -0.3])  # an exact tie: the row is left out
+    assert mech.ambiguous_rows(q, keys, case).all()
+    out = torch.full((1, 1, 1, 4), float("nan"))
+    assert forward_error(mech, be, case, (q, keys, keys), out, SEED)[0] == float("inf")

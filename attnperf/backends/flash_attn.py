@@ -189,8 +189,8 @@ class FlashAttn4(FlashAttnBase):
         peak = super().softmax_peak_bytes(mechanism, case)
         if isinstance(mechanism, BigBird):
             gathered = len(bigbird_plan(case, "cpu").key_rows) * case.batch * case.n_kv_heads * case.head_dim
-            outputs = case.batch * case.q_len * case.heads * case.head_dim  # the two calls' parts, then their cat
-            peak += (2 * gathered + 2 * outputs) * memory.element_size(case)
+            parts = case.batch * case.q_len * case.heads * case.head_dim  # the two calls' outputs before the cat
+            peak += (2 * gathered + parts) * memory.element_size(case)
         if isinstance(mechanism, Strided):
             peak += split_peak_bytes(case.batch, case.heads, case.n_kv_heads, case.q_len, case.head_dim,
                                      memory.element_size(case))  # fmt: skip

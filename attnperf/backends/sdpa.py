@@ -243,7 +243,8 @@ class SdpaAuto(Backend):
 
         The choice depends on the device, dtype, head dim, mask and head layout, and on the
         lengths only through how they compare: equal causal lengths are ``is_causal``, unequal
-        ones ``causal_lower_right``, which SDPA dispatches to flash or efficient only. So it is
+        ones ``causal_lower_right`` (SDPA dispatches it to flash or efficient only), one causal
+        query no mask at all. So it is
         asked on inputs that keep that order, at most :data:`PROBE_LEN` tokens on the shorter
         side and twice that on the longer (a decode step, cross-attention and more queries than
         keys stay what they are), which costs nothing even for a case too large to allocate."""

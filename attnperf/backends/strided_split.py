@@ -61,8 +61,7 @@ def strided_attention(
     strided_out = out.view(b, m * stride, h, d)[:, :n]
     strided_lse = lse.view(b, m * stride, h)[:, :n]
     weight = torch.sigmoid(band_lse.transpose(1, 2).float() - strided_lse.float()).unsqueeze(-1)  # [B, n, H, 1]
-    merged = strided_out.float() + weight * (band.float() - strided_out.float())
-    return merged.to(q.dtype)
+    return torch.lerp(strided_out.float(), band.float(), weight).to(q.dtype)
 
 
 def split_pairs(n: int, stride: int, block: int) -> int:
