@@ -6,6 +6,8 @@ inputs (as Hugging Face's eager attention does), scores and products in the inpu
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from attnperf.analysis import memory
@@ -68,6 +70,12 @@ class Eager(Backend):
     summary = "plain PyTorch, materializes the scores (the baseline)"
     mechanisms = frozenset(MECHANISMS)
     block_size = None
+    # bfloat16 as plain PyTorch computes it: the scores are rounded to bfloat16 twice (q·kᵀ, then
+    # the scale) before the float32 softmax, and the probabilities once more before p·v. With a
+    # single query row (a decode step, 4 heads × D 16 × 257 keys) that reached 1.2e-2 in 10 of
+    # 3,000 seeds (median 4.0e-3; seed 1784183945 gave 1.07e-2 in a fresh-clone run), where
+    # kernels that keep the scores in float32 stay under 3e-3.
+    tolerance: ClassVar[dict[str, float]] = {"bfloat16": 2e-2}
 
     def prepare_softmax(
         self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor

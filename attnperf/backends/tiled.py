@@ -22,6 +22,7 @@ dtype otherwise (float64 stays float64).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
@@ -77,6 +78,10 @@ class Tiled(Backend):
     name = "tiled"
     summary = "plain-PyTorch tiled exact attention (online softmax, streaming top-k, chunked linear)"
     mechanisms = frozenset(MECHANISMS)
+    # In bfloat16 each tile's q·kᵀ is rounded to bfloat16 before the float32 online softmax, and
+    # the probabilities again before p·v, as eager's: with a single query row (4 heads × D 16 ×
+    # 257 keys) the error reached 1.35e-2 in 10 of 4,500 seeds (2026-11-29).
+    tolerance: ClassVar[dict[str, float]] = {"bfloat16": 2e-2}
 
     block_size: int
 
