@@ -51,7 +51,7 @@ from attnperf.measure import (
 )
 from attnperf.records import Status
 from attnperf.results import read_json, write_json
-from attnperf.sweep import free_memory, is_oom, poisons_device
+from attnperf.sweep import failure, free_memory
 
 SCHEMA = 1
 
@@ -138,11 +138,8 @@ class BatchRunner:
         except WrongResult as exc:
             return [record | {"status": Status.WRONG.value, "reason": str(exc)}]
         except Exception as exc:  # the point failed; the record says how, and the run goes on
-            if poisons_device(exc):  # every later point would fail with it: the process ends
-                raise
-            if is_oom(exc):
-                return [record | {"status": Status.OOM.value, "reason": error_line(exc)}]
-            return [record | {"status": Status.FAILED.value, "reason": error_line(exc)}]
+            status, reason = failure(exc, spec.device)
+            return [record | {"status": status.value, "reason": reason}]
         finally:
             record["seconds"]["total"] = time.perf_counter() - started
             free_memory(spec.device)

@@ -23,11 +23,10 @@ import torch
 from attnperf.backends import Unsupported, get_backend
 from attnperf.benchgrid import PointSpec
 from attnperf.correctness import WrongResult, verified_runner
-from attnperf.errors import error_line
 from attnperf.measure import measure_time, synchronize
 from attnperf.records import Status
 from attnperf.registry import fit
-from attnperf.sweep import free_memory, is_oom, poisons_device
+from attnperf.sweep import failure
 
 
 @dataclass(frozen=True)
@@ -113,11 +112,8 @@ def profile_point(spec: PointSpec, *, calls: int = 20, repeat: int = 5) -> Profi
     except WrongResult as exc:
         return Profile(**head, status=Status.WRONG, reason=str(exc))
     except Exception as exc:  # a backend that breaks (a kernel that fails to compile): the others still run
-        if poisons_device(exc):
-            raise
-        if is_oom(exc):
-            free_memory(case.device)
-        return Profile(**head, status=Status.OOM if is_oom(exc) else Status.FAILED, reason=error_line(exc))
+        status, reason = failure(exc, case.device)
+        return Profile(**head, status=status, reason=reason)
     kernels = kernels_of(prof, calls, device)
     return Profile(**head, status=Status.OK, median_s=median, kernel_s=sum(k.seconds for k in kernels),
                    kernels=kernels)  # fmt: skip

@@ -57,6 +57,18 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
+def failure(exc: Exception, device: str) -> tuple[Status, str]:
+    """The status and reason of a point whose backend raised ``exc`` (the sweep, the profiler and
+    the batch runner all go on after it): ``oom`` (memory freed for the next point) or ``failed``.
+    An error that poisons the device is raised again instead (:func:`poisons_device`)."""
+    if poisons_device(exc):
+        raise exc
+    if is_oom(exc):
+        free_memory(device)
+        return Status.OOM, error_line(exc)
+    return Status.FAILED, error_line(exc)
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why a point is not run: the memory it needs against what the device has free."""
@@ -123,11 +135,8 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
     except WrongResult as exc:
         return Record(**head, status=Status.WRONG, reason=str(exc))
     except Exception as exc:  # out of memory, or any other error of the backend: recorded, and the sweep goes on
-        if poisons_device(exc):
-            raise
-        if is_oom(exc):
-            free_memory(case.device)
-        return Record(**head, status=Status.OOM if is_oom(exc) else Status.FAILED, reason=error_line(exc))
+        status, reason = failure(exc, case.device)
+        return Record(**head, status=status, reason=reason)
     flops = forward_flops(spec.mechanism, backend, case)
     return Record(
         **head, status=Status.OK, rel_error=checked.error, median_s=timing.median, samples_s=tuple(timing.samples),

@@ -148,3 +148,23 @@ def test_points_that_differ_only_in_options_or_batch_have_different_keys() -> No
     }
     assert len(keys) == 4
     assert base.key == "TimeForward('eager', 'sliding_window', 256, 64, 'float32')", "asv's spelling stays"
+
+
+def test_a_backend_that_breaks_is_a_failed_record_and_a_poisoned_device_ends_the_process(monkeypatch) -> None:
+    """The batch runner ends a point the way the sweep does (:func:`attnperf.sweep.failure`)."""
+    from attnperf.backends import get_backend
+    from attnperf.batch import BatchRunner, VerdictCache
+
+    errors = [TypeError("no kernel"), RuntimeError("CUDA error: an illegal memory access was encountered")]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise errors[0]
+
+    monkeypatch.setattr(get_backend("tiled"), "prepare", broken)
+    runner = BatchRunner(cache=VerdictCache(None, "test"), repeat=3)
+    spec = PointSpec("tiled", "causal", 32, 16, "float32", FORWARD, device="cpu", heads=2)
+    (record,) = runner.measure(spec)
+    assert (record["status"], record["reason"]) == ("failed", "TypeError: no kernel")
+    errors.pop(0)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        runner.measure(spec)
