@@ -101,16 +101,13 @@ def gradient_error(mech: Mechanism, be: Backend, case: Case, seed: int, rows: to
     out = run_unsupported_aware(be, be.prepare(mech, case, q, k, v))
     gen = torch.Generator().manual_seed(seed + 1)
     grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
-    if rows is not None:
-        keep = torch.zeros(case.q_len, dtype=torch.bool)
-        keep[rows] = True
-        grad[:, :, ~keep] = 0
+    checked = torch.arange(case.q_len) if rows is None else rows
+    keep = torch.zeros(grad.shape[:-1], dtype=torch.bool)
+    keep[:, :, checked] = True
     ambiguous = mech.ambiguous_rows(q, k, case, rows)  # rows that may select other keys: no gradient through them
     if ambiguous is not None and not ambiguous.all():
-        picked = grad if rows is None else grad[:, :, rows]
-        picked[ambiguous.cpu()] = 0
-        if rows is not None:
-            grad[:, :, rows] = picked
+        keep[:, :, checked] &= ~ambiguous.cpu()
+    grad[~keep] = 0
     out.backward(grad.to(device=out.device, dtype=out.dtype))
     q64, k64, v64 = (t.detach().to(device="cpu", dtype=torch.float64).requires_grad_(True) for t in (q, k, v))
     ref = mech.weights(q64, k64, case, rows) @ expand_kv(v64, case.heads)
