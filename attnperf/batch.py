@@ -142,7 +142,6 @@ class BatchRunner:
             return [record | {"status": status.value, "reason": reason}]
         finally:
             record["seconds"]["total"] = time.perf_counter() - started
-            free_memory(spec.device)
 
     def _build(self, spec: PointSpec, record: dict[str, Any]) -> Point:
         cached = self.cache.get(cache_key(spec))
@@ -276,6 +275,7 @@ def run(
     }  # fmt: skip
     for spec in points:
         output["records"] += runner.measure(spec, pcts if spec.backend == inject_backend else ())
+        free_memory(spec.device, between_points=True)  # the point is unreferenced once measure returns
         output["seconds"]["points"] = time.perf_counter() - started
         write_json(out, output)
     output["seconds"]["total"] = seconds_since_start()

@@ -168,3 +168,29 @@ def test_a_backend_that_breaks_is_a_failed_record_and_a_poisoned_device_ends_the
     errors.pop(0)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         runner.measure(spec)
+
+
+def test_memory_freed_between_points_keeps_later_collections_small() -> None:
+    """Between points the survivors are frozen out of later collections (a full collection over a
+    process with the GPU libraries loaded cost most of a point's overhead), and garbage made after
+    the freeze is still collected."""
+    import gc
+    import weakref
+
+    from attnperf.sweep import free_memory
+
+    class Node:
+        pass
+
+    try:
+        frozen_before = gc.get_freeze_count()
+        free_memory("cpu", between_points=True)
+        assert gc.get_freeze_count() > frozen_before
+        cycle = Node()
+        cycle.me = cycle  # garbage only the cyclic collector frees
+        alive = weakref.ref(cycle)
+        del cycle
+        free_memory("cpu", between_points=True)
+        assert alive() is None
+    finally:
+        gc.unfreeze()
