@@ -80,3 +80,27 @@ def test_flash_attn4_alibi_is_forward_only_and_skips_masked_blocks() -> None:
     assert "ALiBi's score_mod is forward only here (no score_mod_bwd passed)" in reasons
     assert backend.native_mask(mech, case)
     assert backend.executed_pairs(mech, case) < case.q_len * case.k_len * 0.6  # per batch and head: about half
+
+
+def test_rope_reaches_flash_attn_rotated_in_its_own_layout() -> None:
+    """RoPE's rotation writes q and k straight into flash-attn's contiguous [B, T, H, D] (one pass
+    inside the timed call, no transpose after it); what the library gets is the rotated input."""
+    from attnperf.mechanisms.positional import rope_tables, rotate_half_rope
+
+    seen: list[torch.Tensor] = []
+
+    def stand_in(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> Any:
+        seen.extend((q, k))
+        return torch.zeros_like(q), None
+
+    backend = FlashAttn4()
+    backend.load = lambda: setattr(backend, "fn", stand_in)
+    spec = get_variant("rope")
+    case = spec.case(40, heads=2, head_dim=16, dtype="bfloat16")
+    q, k, v = make_inputs(case, seed=1)
+    backend.prepare(get_mechanism(spec.mechanism), case, q, k, v)()
+    cos, sin = rope_tables(torch.arange(40), 16, torch.float32)
+    for got, x in zip(seen, (q, k), strict=True):
+        assert got.shape == (1, 40, 2, 16)
+        assert got.is_contiguous()
+        assert torch.equal(got, rotate_half_rope(x, cos, sin).transpose(1, 2))

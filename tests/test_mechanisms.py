@@ -240,16 +240,22 @@ def test_reference_is_float64_on_cpu() -> None:
     assert math.isfinite(float(out.sum()))
 
 
-def test_the_fused_rope_rotation_matches_the_eager_one() -> None:
-    """On CUDA the rotation runs compiled (one kernel per tensor, no float32 copies); it must give
-    what the eager rotation gives. Compiled here on the CPU, as the GPU's compiles the same graph."""
+@pytest.mark.parametrize("seq_major", [False, True], ids=["bhtd", "bthd"])
+def test_the_fused_rope_rotation_matches_the_eager_one(seq_major: bool) -> None:
+    """On CUDA the rotation runs compiled (one kernel per tensor, no float32 copies, written in
+    flash-attn's [B, T, H, D] layout when asked); it must give what the eager rotation gives.
+    Compiled here on the CPU, as the GPU's compiles the same graph."""
     from attnperf.mechanisms.positional import fused_rotation, rope_tables, rotate_half_rope
 
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 2, 24, 16, generator=gen).to(torch.bfloat16)
+    x = torch.randn(1, 3, 24, 16, generator=gen).to(torch.bfloat16)
     cos, sin = rope_tables(torch.arange(24) + 5, 16, torch.float32)
     eager = rotate_half_rope(x, cos, sin)
-    fused = fused_rotation()(x, cos, sin)
+    fused = fused_rotation(seq_major)(x, cos, sin)
+    if seq_major:
+        assert fused.shape == (1, 24, 3, 16)
+        assert fused.is_contiguous()
+        fused = fused.transpose(1, 2)
     assert fused.dtype == torch.bfloat16
     # Both compute in float32 and round once; the compiled kernel may fuse the multiply-adds, so
     # allow one bf16 rounding step (2^-8 relative) on a few elements, not more.

@@ -55,6 +55,11 @@ def compute_capability(case: Case) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(torch.device(case.device))
 
 
+def to_bthd(t: torch.Tensor) -> torch.Tensor:
+    """``[B, H, T, D]`` → contiguous ``[B, T, H, D]`` (flash-attn's and xFormers' layout)."""
+    return t.transpose(1, 2).contiguous()
+
+
 class Backend:
     """One implementation family of the mechanisms it lists."""
 

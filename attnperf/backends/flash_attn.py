@@ -18,19 +18,13 @@ import torch
 
 from attnperf.analysis import memory
 from attnperf.backends import block_sparse_split
-from attnperf.backends.base import HALF_DTYPES, Backend, Runner
+from attnperf.backends.base import HALF_DTYPES, Backend, Runner, to_bthd
 from attnperf.backends.strided_split import split_pairs, split_peak_bytes, strided_attention
 from attnperf.case import Case
 from attnperf.mechanisms import Mechanism, SoftmaxMechanism
 from attnperf.mechanisms.local import Window, window_bounds
 from attnperf.mechanisms.positional import ALiBi
 from attnperf.mechanisms.sparse import BigBird, Strided, bigbird_blocks, stride_of
-
-
-def to_bthd(t: torch.Tensor) -> torch.Tensor:
-    """``[B, H, T, D]`` → contiguous ``[B, T, H, D]``."""
-    return t.transpose(1, 2).contiguous()
-
 
 #: Queries up to this many (one tile of rows: a decode step, a short cross-attention) leave most
 #: SMs idle unless the keys are split over them: both libraries default to ``num_splits=1``, which
@@ -84,12 +78,12 @@ class FlashAttnBase(Backend):
         if case.q_len <= SPLIT_KV_MAX_Q and not q.requires_grad and self.splits_kv(q.device):
             mask["num_splits"] = 0  # below 1: the library's own split-KV heuristic
         vt = to_bthd(v)
-        transform = mechanism.qk_transform(case, q.device, q.dtype)
+        transform = mechanism.qk_transform(case, q.device, q.dtype, seq_major=True)
         if transform is not None:
-            # RoPE is part of the mechanism: rotate (and lay out) inside the timed call.
+            # RoPE is part of the mechanism: rotate inside the timed call, into this layout in one pass.
             def run_rope() -> torch.Tensor:
                 qq, kk = transform(q, k)
-                return self.call(to_bthd(qq), to_bthd(kk), vt, case.scale, mask).transpose(1, 2)
+                return self.call(qq, kk, vt, case.scale, mask).transpose(1, 2)
 
             return run_rope
         qt, kt = to_bthd(q), to_bthd(k)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from attnperf.analysis import memory
-from attnperf.backends.base import Backend, Runner
+from attnperf.backends.base import Backend, Runner, to_bthd
 from attnperf.case import Case
 from attnperf.mechanisms import SoftmaxMechanism
 from attnperf.mechanisms.local import Window, window_bounds
@@ -73,28 +73,26 @@ class XFormers(Backend):
         hkv, groups = case.n_kv_heads, case.heads // case.n_kv_heads
         b, lq, lk, d = case.batch, case.q_len, case.k_len, case.head_dim
 
-        def layout_q(t: torch.Tensor) -> torch.Tensor:
-            t = t.transpose(1, 2).contiguous()
+        def group_q(t: torch.Tensor) -> torch.Tensor:  # [B, T, H, D] → xFormers' GQA layout
             return t if groups == 1 else t.view(b, lq, hkv, groups, d)
 
-        def layout_kv(t: torch.Tensor) -> torch.Tensor:
-            t = t.transpose(1, 2).contiguous()
+        def group_kv(t: torch.Tensor) -> torch.Tensor:
             return t if groups == 1 else t[:, :, :, None].expand(b, lk, hkv, groups, d)
 
         def finish(out: torch.Tensor) -> torch.Tensor:
             return out.reshape(b, lq, case.heads, d).transpose(1, 2)
 
         attention = self.fmha.memory_efficient_attention
-        vt = layout_kv(v)
-        transform = mechanism.qk_transform(case, q.device, q.dtype)
+        vt = group_kv(to_bthd(v))
+        transform = mechanism.qk_transform(case, q.device, q.dtype, seq_major=True)
         if transform is not None:
 
             def run_rope() -> torch.Tensor:
-                qq, kk = transform(q, k)
-                return finish(attention(layout_q(qq), layout_kv(kk), vt, attn_bias=attn_bias, scale=case.scale))
+                qq, kk = transform(q, k)  # rotated into [B, T, H, D] in one pass
+                return finish(attention(group_q(qq), group_kv(kk), vt, attn_bias=attn_bias, scale=case.scale))
 
             return run_rope
-        qt, kt = layout_q(q), layout_kv(k)
+        qt, kt = group_q(to_bthd(q)), group_kv(to_bthd(k))
         return lambda: finish(attention(qt, kt, vt, attn_bias=attn_bias, scale=case.scale))
 
     def native_mask(self, mechanism: SoftmaxMechanism, case: Case) -> bool:

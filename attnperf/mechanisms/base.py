@@ -165,8 +165,12 @@ class SoftmaxMechanism(Mechanism):
         ``dtype`` is the precision of the bias's own constants (float64 for the reference)."""
         return None
 
-    def qk_transform(self, case: Case, device: torch.device | str, dtype: torch.dtype) -> QKTransform | None:
-        """A transform of (q, k) before the scores (RoPE); None for none."""
+    def qk_transform(
+        self, case: Case, device: torch.device | str, dtype: torch.dtype, *, seq_major: bool = False
+    ) -> QKTransform | None:
+        """A transform of (q, k) before the scores (RoPE); None for none. It takes ``[B, H, T, D]``
+        and returns that layout, or with ``seq_major`` contiguous ``[B, T, H, D]`` (flash-attn's and
+        xFormers' layout) written in the same pass."""
         return None
 
     def dense_mask(

@@ -85,17 +85,26 @@ def rotate_half_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return (xw * cos + rotated * sin).to(x.dtype)
 
 
+def rotate_half_rope_seq_major(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:func:`rotate_half_rope` of ``[B, H, T, D]`` written as contiguous ``[B, T, H, D]``, the
+    layout flash-attn and xFormers take. Compiled, the transpose is the rotation's own store (D
+    stays innermost, so reads and writes both move whole rows): no second pass over q and k."""
+    return rotate_half_rope(x, cos, sin).transpose(1, 2).contiguous()
+
+
 @functools.cache
-def fused_rotation() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """:func:`rotate_half_rope` compiled into one kernel per tensor: it reads x once and writes the
-    rotated x in x's dtype, the float32 work staying in registers. Uncompiled, the rotation wrote
-    float32 copies of q and k and their rotated halves: on the H200 (bf16, 16k tokens, H 16,
-    D 128) RoPE added 78% and 640 MiB to flash-attn-4's causal attention. Used on CUDA; on the
-    CPU a compilation costs more than the rotation saves. Compiled for symbolic sizes: a layer with
-    a KV cache rotates a longer cache at every step, and static shapes would compile each length."""
+def fused_rotation(seq_major: bool = False) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """:func:`rotate_half_rope` (or, ``seq_major``, :func:`rotate_half_rope_seq_major`) compiled
+    into one kernel per tensor: it reads x once and writes the rotated x in x's dtype, the float32
+    work staying in registers. Uncompiled, the rotation wrote float32 copies of q and k and their
+    rotated halves: on the H200 (bf16, 16k tokens, H 16, D 128) RoPE added 78% and 640 MiB to
+    flash-attn-4's causal attention; compiled but followed by a separate transpose into
+    flash-attn's layout, still 28%. Used on CUDA; on the CPU a compilation costs more than the
+    rotation saves. Compiled for symbolic sizes: a layer with a KV cache rotates a longer cache at
+    every step, and static shapes would compile each length."""
     from attnperf.compiled import compiled
 
-    return compiled(rotate_half_rope, dynamic=True)
+    return compiled(rotate_half_rope_seq_major if seq_major else rotate_half_rope, dynamic=True)
 
 
 class RoPE(SoftmaxMechanism):
@@ -120,13 +129,18 @@ class RoPE(SoftmaxMechanism):
         if case.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {case.head_dim}")
 
-    def qk_transform(self, case: Case, device: torch.device | str, dtype: torch.dtype) -> QKTransform:
+    def qk_transform(
+        self, case: Case, device: torch.device | str, dtype: torch.dtype, *, seq_major: bool = False
+    ) -> QKTransform:
         dtype = torch.promote_types(dtype, torch.float32)  # tables in the rotation's precision
         q_cos, q_sin = rope_tables(torch.arange(case.q_len) + case.offset, case.head_dim, dtype)
         k_cos, k_sin = rope_tables(torch.arange(case.k_len), case.head_dim, dtype)
         q_cos, q_sin, k_cos, k_sin = (t.to(device) for t in (q_cos, q_sin, k_cos, k_sin))
 
-        rotate = fused_rotation() if torch.device(device).type == "cuda" else rotate_half_rope
+        if torch.device(device).type == "cuda":
+            rotate = fused_rotation(seq_major)
+        else:
+            rotate = rotate_half_rope_seq_major if seq_major else rotate_half_rope
 
         def rope(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return rotate(q, q_cos, q_sin), rotate(k, k_cos, k_sin)
