@@ -27,6 +27,9 @@
 #   mechanisms        issue 15's table: the own Triton kernels' and flash-attn-4's ALiBi/strided correctness on the GPU,
 #                     then every mechanism at 16k (top-k also at 64k, decode over 4k..128k caches directly and as CUDA
 #                     graphs, sliding window at 128k) on its candidates, the decode bound, strided's exponent, profiles
+#   mechanisms-quick  the mechanisms phase without flex and fla (whose compiles and autotuning take minutes): the
+#                     Triton CUDA tests, flash-attn-4's checks, the sparse and positional mechanisms at 16k and the
+#                     sliding window at 128k on flash-attn-4 / FA3, the 16k profiles, and tools/gpu-probes.py
 #   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf.history run), asv publish
 #   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
 #                     reuses its verdicts and pools its processes)
@@ -181,6 +184,27 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     timeout 60 python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 4096 --top 6 --variants decode \
       --backends sdpa-cudnn,flash-attn3 --json "$OUT/profile-decode.json" > "$OUT/profile-decode.txt" 2>&1
     echo "profile decode exit $?"; cat "$OUT/profile-decode.txt" ;;
+  mechanisms-quick)
+    pytest_gpu 150 "cuda and -triton-" pytest-triton
+    for heads in 12 16; do
+      timeout 150 python3 -m attnperf check --device cuda --dtype bfloat16 --heads $heads --head-dim 128 \
+        --variants alibi,strided,bigbird --backends flash-attn4 --seq-lens 17,257,1000 > "$OUT/check-fa4-h$heads.txt" 2>&1
+      echo "check flash-attn4 alibi/strided/bigbird, $heads heads: exit $?"; cat "$OUT/check-fa4-h$heads.txt"
+    done
+    quick() {  # $1 = timeout, $2 = name, rest = sweep options
+      local limit=$1 name=$2; shift 2
+      timeout "$limit" python3 -m attnperf sweep "${SHAPE[@]}" --repeat 10 "$@" --json "$OUT/mech-$name.json" \
+        > "$OUT/mech-$name.txt" 2>&1; echo "mechanisms $name exit $?"; cat "$OUT/mech-$name.txt"
+    }
+    quick 150 sparse16k --variants strided,bigbird,alibi,rope,causal --seq-lens 16384 --backends flash-attn4,flash-attn3
+    quick 200 window128k --variants sliding_window --window 512 --seq-lens 131072 --backends flash-attn4
+    timeout 200 python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 16384 --top 6 \
+      --variants topk,strided,bigbird,rope,alibi,causal --backends triton,flash-attn4 \
+      --json "$OUT/profile16k.json" > "$OUT/profile16k.txt" 2>&1; echo "profile 16k exit $?"; cat "$OUT/profile16k.txt"
+    for probe in decode-splits alibi-mods; do
+      timeout 120 python3 tools/gpu-probes.py $probe --json "$OUT/probe-$probe.json" > "$OUT/probe-$probe.txt" 2>&1
+      echo "probe $probe exit $?"; cat "$OUT/probe-$probe.txt"
+    done ;;
   history)
     # asv history of the last three commits on this GPU for the mechanisms (one batch process per
     # commit, recorded as asv results), then asv publish. Needs the checkout's git history:
