@@ -158,7 +158,10 @@ class BatchRunner:
             raise
         if cached is None:
             self.cache.put(cache_key(spec), point.checked)
-        record.update(case_id=point.case.id, rel_error=point.checked.error, bound=point.checked.bound)
+        record.update(case_id=point.case.id, rel_error=point.checked.error, bound=point.checked.bound,
+                      cuda_graph=point.cuda_graph)  # fmt: skip
+        if point.graph_reason:
+            record["graph_reason"] = point.graph_reason
         return point
 
     def _time(self, point: Point, record: dict[str, Any], inject: Sequence[float]) -> list[dict[str, Any]]:
@@ -189,9 +192,9 @@ class BatchRunner:
         backend = get_backend(point.backend)
         if torch.device(device).type == "cuda":
             if not backend.own_cuda_allocator:
-                figures["peak_bytes"] = measure_cuda_peak(point.run, device)
+                figures["peak_bytes"] = measure_cuda_peak(point.call, device)
         elif not backend.own_cpu_allocator:  # RSS growth: for the graphs, not exact
-            figures["peak_bytes"] = measure_cpu_peak_rss(point.run)
+            figures["peak_bytes"] = measure_cpu_peak_rss(point.call)
         try:
             figures["predicted_bytes"] = predicted_peak_bytes(point.mechanism, point.backend, point.case)
             figures["tflops"] = forward_flops(point.mechanism, point.backend, point.case).useful / median / 1e12

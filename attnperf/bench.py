@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from attnperf.backends import Unsupported
+from attnperf.backends import Unsupported, get_backend
 from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec, active_grid
 from attnperf.case import Case
 from attnperf.correctness import CheckResult, verified_runner
+from attnperf.graphs import replay_or_direct
 from attnperf.measure import warm_point
 from attnperf.registry import fit
 
@@ -29,8 +30,15 @@ class Point:
     case: Case
     mechanism: str
     backend: str
+    #: What is timed: on CUDA a forward or decode call's graph replay where it can be captured
+    #: (:func:`attnperf.graphs.replay_or_direct`), else the call itself; forward+backward steps direct.
     run: Callable[[], object]
     checked: CheckResult
+    #: The direct call (a forward, or the forward+backward step): peak memory is measured on it.
+    call: Callable[[], object]
+    cuda_graph: bool = False
+    #: Why a CUDA forward or decode point is timed call by call (None: replayed, or not on CUDA).
+    graph_reason: str | None = None
 
 
 _PREPARED: dict[PointSpec, Point] = {}
@@ -51,8 +59,16 @@ def build_point(spec: PointSpec, *, checked: CheckResult | None = None) -> Point
                                          checked=checked)  # fmt: skip
     except Unsupported as exc:  # found only at run time (e.g. "No available kernel")
         raise NotImplementedError(str(exc)) from None
-    run = _forward_backward(runner) if spec.mode == BACKWARD else runner
-    return Point(spec=spec, case=case, mechanism=spec.mechanism, backend=spec.backend, run=run, checked=result)
+    if spec.mode == BACKWARD:
+        call = run = _forward_backward(runner)
+        reason = None
+    else:
+        backend = get_backend(spec.backend)
+        call = runner
+        run, reason = replay_or_direct(runner, case.device, result.bound or backend.bound(case.dtype),
+                                       own_stream=backend.own_cuda_stream)  # fmt: skip
+    return Point(spec=spec, case=case, mechanism=spec.mechanism, backend=spec.backend, run=run, checked=result,
+                 call=call, cuda_graph=run is not call, graph_reason=reason)  # fmt: skip
 
 
 def prepare_point(backend: str, variant: str, seq_len: int, head_dim: int, dtype: str, *, mode: str = FORWARD) -> Point:

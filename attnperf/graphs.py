@@ -4,7 +4,9 @@ its kernels are gone, as a decoder that captures its step (vLLM, TensorRT-LLM, `
 
 A decode step over a 4k cache moves 34 MB (B 1, H 16, D 128, bf16), about 8 µs at the H200's
 bandwidth, while one call from Python costs tens of µs: timed call by call, such points measure
-the host. ``attnperf sweep --cuda-graphs`` times the replay instead. The replay computes on the
+the host. ``attnperf sweep --cuda-graphs`` times the replay instead, and the benchmarks (the asv
+suites and the batch runner, so the regression check and the history) time every CUDA forward and
+decode point that can be captured that way (:func:`replay_or_direct`). The replay computes on the
 runner's own inputs; its output is held against the direct call's (which was checked against the
 float64 reference before), so a graph that captured the wrong thing is never timed.
 """
@@ -61,3 +63,28 @@ def graphed(runner: Runner, device: str | torch.device, bound: float) -> Runner:
         return static
 
     return replay
+
+
+def replay_or_direct(runner: Runner, device: str | torch.device, bound: float, *,
+                     own_stream: bool = False) -> tuple[Runner, str | None]:  # fmt: skip
+    """What a benchmark times of a verified forward or decode ``runner``: on CUDA its graph's
+    replay, else (the CPU, or a call that cannot be captured) the runner itself, with the reason
+    when a CUDA call was not captured.
+
+    Timed call by call, the host's launches set the time of every sub-millisecond point, and they
+    jitter from process to process: over eight pr-gpu processes on the H200 (2026-11-29) the
+    between-process spread of points under 1 ms was 5.8% at the median (up to 54%), against 0.7%
+    for points of a millisecond and more, so the regression check could not see a few percent on
+    two thirds of its grid. ``own_stream``: the backend launches on a stream of its own (ONNX
+    Runtime), which a capture on PyTorch's stream would miss. A replay that differs from the
+    direct call falls back to the direct call, which is what the check verified."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return runner, None
+    if own_stream:
+        return runner, "runs on a CUDA stream of its own, which a graph on PyTorch's stream does not capture"
+    try:
+        with torch.no_grad():
+            return graphed(runner, device, bound), None
+    except (Unsupported, WrongResult) as exc:
+        return runner, f"timed call by call: {exc}"

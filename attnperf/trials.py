@@ -219,6 +219,17 @@ def run_processes(
     return runs
 
 
+def added_run(output: dict[str, Any]) -> dict[str, Any]:
+    """A process from elsewhere, labelled for the pool: an earlier trial's (``trial-NNN-A``) keeps
+    its label; an A/A check's base process is A and its head process B."""
+    label = output.get("label") or ""
+    if label.startswith("trial-"):
+        output["trial_label"] = label.rsplit("-", 1)[1]
+    else:
+        output["trial_label"] = A if "-base-" in label else B
+    return output
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attnperf.regress trials", description=__doc__.splitlines()[0])
     parser.add_argument("--grid", help="grid name (default: pr-gpu with CUDA, else pr-cpu)")
@@ -244,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reuse", action="store_true", help="evaluate the process outputs in --workdir again")
     parser.add_argument(
         "--add-runs", type=Path, nargs="*", default=[],
-        help="outputs of an A/A regress (its pass1-base-*/pass1-head-* files) to pool as A and B",
+        help="process outputs to pool: an A/A regress's (pass1-base-* as A, pass1-head-* as B) or earlier "
+        "trials' (trial-NNN-A, trial-NNN-B)",
     )  # fmt: skip
     return parser
 
@@ -269,18 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = ProcessRunner(args.workdir.resolve(), repeat=args.repeat)
     started = time.perf_counter()
     if args.reuse:
-        runs = [read_json(p) for p in sorted(args.workdir.glob("trial-*.json"))]
-        for run in runs:
-            run["trial_label"] = run["label"].rsplit("-", 1)[1]
+        runs = [added_run(read_json(p)) for p in sorted(args.workdir.glob("trial-*.json"))]
     else:
         print(f"attnperf trials: grid {grid_name}: {describe(points)}; inject {inject}", file=sys.stderr)
         points_file = write_json(args.workdir / "points.json", {"points": [p.as_dict() for p in points]})
         runs = run_processes(runner, Path.cwd(), points_file, inject=inject, budget_s=args.budget_s,
                              max_processes=args.max_processes)  # fmt: skip
-    for path in args.add_runs:  # an A/A check's processes: base as A, head as B (no injected records)
-        extra = read_json(path)
-        extra["trial_label"] = A if "-base-" in extra.get("label", "") else B
-        runs.append(extra)
+    for path in args.add_runs:
+        runs.append(added_run(read_json(path)))
     sigma = calibrate(runs)
     judge = Noise.load(args.noise, min_effect=args.min_effect) if args.noise else None
     rows = held_out(runs, noise=judge, min_effect=args.min_effect, processes=args.processes, confirm=args.confirm,

@@ -39,7 +39,8 @@ class _Suite:
 
 
 class TimeForward(_Suite):
-    """Forward latency."""
+    """Forward latency: on CUDA the call's CUDA-graph replay where it can be captured (the host's
+    launch jitter between processes hid small slowdowns of sub-millisecond points), else the call."""
 
     def time_forward(self, *params):
         self.point.run()
@@ -65,7 +66,7 @@ class TrackPeakMemory(_Suite):
     def track_peak_bytes(self, *params):
         point = self.point
         backend = get_backend(point.backend)
-        peak, kind = measure_peak(point.run, point.case.device, own_cpu_allocator=backend.own_cpu_allocator,
+        peak, kind = measure_peak(point.call, point.case.device, own_cpu_allocator=backend.own_cpu_allocator,
                                   own_cuda_allocator=backend.own_cuda_allocator)  # fmt: skip
         if peak is None:
             raise NotImplementedError(kind)
@@ -93,7 +94,8 @@ class TrackTFLOPs(_Suite):
 
 
 class TimeDecode:
-    """One decode step: a single new token against a KV cache of ``cache_len`` tokens."""
+    """One decode step: a single new token against a KV cache of ``cache_len`` tokens (on CUDA a
+    CUDA-graph replay where it can be captured, as a serving engine runs its step)."""
 
     params = [list(GRID.backends), list(GRID.decode_lens), list(GRID.head_dims), list(GRID.dtypes)]
     param_names = ["backend", "cache_len", "head_dim", "dtype"]

@@ -1,5 +1,6 @@
-"""CUDA-graph timing (``sweep --cuda-graphs``): refused off CUDA with the reason; on a GPU the
-replay's output is the direct call's and the record says how it was timed."""
+"""CUDA-graph timing (``sweep --cuda-graphs``, and the benchmarks' forward and decode points):
+refused off CUDA with the reason; on a GPU the replay's output is the direct call's and the record
+says how it was timed; what cannot be captured is timed call by call, with the reason."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import pytest
 import torch
 
 from attnperf.backends import Unsupported
-from attnperf.benchgrid import DECODE, PointSpec
+from attnperf.bench import build_point
+from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec
 from attnperf.correctness import WrongResult
-from attnperf.graphs import graphed
+from attnperf.graphs import graphed, replay_or_direct
 from attnperf.records import Status
 from attnperf.sweep import run_point
 
@@ -56,3 +58,37 @@ def test_on_gpu_a_replay_that_computes_something_else_is_wrong() -> None:
 
     with pytest.raises(WrongResult, match="replay differs from the direct call"):
         graphed(drifting, "cuda", 1e-5)
+
+
+def test_benchmark_points_off_cuda_are_timed_as_called() -> None:
+    point = build_point(PointSpec("eager", "causal", 64, 16, "float32", FORWARD, device="cpu", heads=2))
+    assert point.run is point.call
+    assert not point.cuda_graph
+    assert point.graph_reason is None
+
+
+@pytest.mark.gpu
+def test_on_gpu_benchmark_forward_and_decode_points_are_replayed_and_steps_are_not() -> None:
+    forward = build_point(PointSpec("sdpa-cudnn", "causal", 1024, 128, "bfloat16", FORWARD, device="cuda", heads=16))
+    assert forward.cuda_graph, forward.graph_reason
+    assert forward.run is not forward.call
+    assert build_point(decode_spec("sdpa-flash")).cuda_graph
+    step = build_point(PointSpec("sdpa-cudnn", "causal", 1024, 128, "bfloat16", BACKWARD, device="cuda", heads=16))
+    assert not step.cuda_graph  # a forward+backward step is timed as called
+    assert step.graph_reason is None
+
+
+@pytest.mark.gpu
+def test_on_gpu_what_cannot_be_captured_is_timed_as_called_with_the_reason() -> None:
+    x = torch.ones(4, device="cuda")
+
+    def syncs() -> torch.Tensor:
+        return x * float(x.sum())  # a host read inside the call: capture refuses it
+
+    run, reason = replay_or_direct(syncs, "cuda", 1e-5)
+    assert run is syncs
+    assert reason is not None
+    assert reason.startswith("timed call by call: cannot be captured in a CUDA graph")
+    own, why = replay_or_direct(syncs, "cuda", 1e-5, own_stream=True)
+    assert own is syncs
+    assert "stream of its own" in (why or "")

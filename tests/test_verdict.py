@@ -8,7 +8,7 @@ import random
 import pytest
 
 from attnperf.benchgrid import BACKWARD, FORWARD, PointSpec
-from attnperf.trials import as_head, calibrate, held_out, wilson
+from attnperf.trials import added_run, as_head, calibrate, held_out, wilson
 from attnperf.verdict import HOLE, IMPROVEMENT, NEW, REGRESSION, SAME, Noise, compare_times, decide
 
 SPEC = PointSpec("flash-attn4", "causal", 8192, 128, "bfloat16", FORWARD, device="cuda", heads=16)
@@ -123,3 +123,11 @@ def test_as_head_swaps_in_the_injected_records_of_one_backend() -> None:
     assert rec["key"] == SPEC.key
     assert rec["median"] == pytest.approx(1.1)
     assert as_head(run, 10.0, "sdpa-cudnn")["records"][0]["median"] == pytest.approx(1.0)
+
+
+def test_pooled_processes_keep_their_sides() -> None:
+    """Processes added from elsewhere: an earlier trial's keep their label (a trial-001-A pooled as
+    B made the pool lopsided and left no trial), an A/A check's base is A and its head B."""
+    labels = {name: added_run({"label": name, "records": []})["trial_label"]
+              for name in ("trial-001-A", "trial-002-B", "pass1-base-1", "pass1-head-2")}  # fmt: skip
+    assert labels == {"trial-001-A": "A", "trial-002-B": "B", "pass1-base-1": "A", "pass1-head-2": "B"}

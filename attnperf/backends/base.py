@@ -85,6 +85,9 @@ class Backend:
     #: Allocates GPU memory from an arena of its own, invisible to torch's CUDA allocator statistics:
     #: its GPU peak is not measured either.
     own_cuda_allocator: ClassVar[bool] = False
+    #: Launches on a CUDA stream of its own: a CUDA graph captured on PyTorch's stream would miss
+    #: its work, so its points are timed call by call (:func:`attnperf.graphs.replay_or_direct`).
+    own_cuda_stream: ClassVar[bool] = False
     #: The query/key block (or linear attention's chunk) its kernel works in, which the FLOP model
     #: counts whole; None for code that works on whole tensors and materializes every score
     #: (so it skips nothing). 128 is flex's and FlashAttention's usual tile.

@@ -166,6 +166,7 @@ class OnnxRuntimeCuda(OnnxRuntime):
     own_cpu_allocator = False
     # The provider allocates from its own CUDA arena, which torch's allocator statistics do not see.
     own_cuda_allocator = True
+    own_cuda_stream = True  # the provider runs on its own stream (no user_compute_stream is given)
     providers = ("CUDAExecutionProvider",)
     install_hint = "onnxruntime-gpu (with CUDA and cuDNN libraries it can load)"
 
