@@ -2,7 +2,7 @@
 
 dynamo recompiles a function for every new shape and, past its limit (default 8), quietly runs
 it uncompiled: a sweep would then time a different program from the one it names. Every compiled
-function of attnperf that is timed (flex_attention, the fused RoPE rotation) goes through
+function of attnperf that is timed (flex_attention and its masks) goes through
 :func:`compiled`, which raises the limits and makes hitting them an error.
 """
 
@@ -28,9 +28,8 @@ def guard_recompiles() -> None:
     dynamo_config.fail_on_recompile_limit_hit = True
 
 
-def compiled(fn: Callable[..., Any], *, dynamic: bool = False) -> Callable[..., Any]:
-    """``fn`` compiled whole, with the fallback turned into errors. Static shapes (one compilation
-    per shape) unless ``dynamic``: for a pointwise function whose lengths change every call (a
-    KV cache growing by one token) symbolic sizes cost nothing and avoid the recompiles."""
+def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` compiled whole, for static shapes (one compilation per shape), with the fallback
+    turned into errors."""
     guard_recompiles()
-    return torch.compile(fn, dynamic=dynamic, fullgraph=True)
+    return torch.compile(fn, fullgraph=True)

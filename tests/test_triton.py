@@ -93,6 +93,59 @@ def test_triton_kernels_match_the_float64_reference_in_the_interpreter() -> None
     assert ties["overflow"] < 1e-5, ties
 
 
+ROTATION_SCRIPT = """
+import json
+import torch
+from attnperf.backends.triton.rotary import rotate
+from attnperf.mechanisms.positional import rope_tables, rotate_half_rope
+
+gen = torch.Generator().manual_seed(0)
+errors = []
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for batch, heads, length, dim in ((2, 3, 37, 16), (1, 2, 5, 20)):  # partial blocks; a half of 10
+        x = torch.randn(batch, length, heads, dim, generator=gen).transpose(1, 2).to(dtype)  # strided input
+        cos, sin = rope_tables(torch.arange(length) + 7, dim, torch.float32)
+        expected = rotate_half_rope(x, cos, sin)
+        for seq_major in (False, True):
+            got = rotate(x, cos, sin, seq_major=seq_major)
+            shape_ok = got.is_contiguous() and got.dtype == dtype
+            if seq_major:
+                got = got.transpose(1, 2)
+            diff = ((got.double() - expected.double()).abs() / expected.double().abs().clamp_min(1e-3)).max()
+            errors.append({"dtype": str(dtype), "seq_major": seq_major, "dim": dim, "shape_ok": shape_ok,
+                           "max_rel": float(diff)})
+# Gradient: the inverse rotation, from either layout back to [B, H, T, D].
+x = torch.randn(2, 3, 37, 16, generator=gen, requires_grad=True)
+cos, sin = rope_tables(torch.arange(37), 16, torch.float32)
+grads = []
+for seq_major in (False, True):
+    out = rotate(x, cos, sin, seq_major=seq_major)
+    g = torch.randn(out.shape, generator=gen)
+    (got,) = torch.autograd.grad(out, x, g)
+    eager_out = rotate_half_rope(x, cos, sin)
+    (want,) = torch.autograd.grad(eager_out, x, g.transpose(1, 2) if seq_major else g)
+    grads.append(float((got - want).abs().max()))
+print(json.dumps({"forward": errors, "grads": grads}))
+"""
+
+
+def test_the_rope_rotation_kernel_matches_the_eager_rotation_in_the_interpreter() -> None:
+    """The rotation every CUDA backend times for RoPE: both layouts, three dtypes, a strided input,
+    partial blocks, and its gradient (the inverse rotation) against autograd's of the eager one."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", ROTATION_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert len(result["forward"]) == 12
+    for case in result["forward"]:
+        assert case["shape_ok"], case
+        # float32 agrees to rounding; half precision to one rounding step of the output (both
+        # compute in float32 and round once, the kernel may fuse a multiply-add).
+        assert case["max_rel"] <= (1e-6 if case["dtype"] == "torch.float32" else 2**-7), case
+    assert max(result["grads"]) < 1e-5, result["grads"]
+
+
 def test_without_the_interpreter_the_cpu_is_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     reason = get_backend("triton").supports(get_mechanism("linear"), Case(q_len=17, head_dim=16))
@@ -151,9 +204,16 @@ def test_no_linear_kernel_gets_the_n8_wgmma_that_reads_out_of_bounds() -> None:
 @pytest.mark.slow
 def test_the_kernels_compile_for_hopper() -> None:
     """Every kernel, at small constexprs, in bfloat16 and float32 (about a minute on 2 cores)."""
-    from attnperf.backends.triton import linear, topk
+    from attnperf.backends.triton import linear, rotary, topk
 
     for dt, precision in (("*bf16", "tf32"), ("*fp32", "ieee")):
+        for inverse in (False, True):
+            hopper_compile(
+                rotary._rotate_half,
+                {"X": dt, "COS": "*fp32", "SIN": "*fp32", "OUT": dt},
+                {"HALF": 64, "BLOCK_T": rotary.BLOCK_T, "BLOCK_D": 64, "INVERSE": inverse},
+                4,
+            )
         scoring = {"CAUSAL": True, "PRECISION": precision, "UPCAST": False, "BLOCK_M": topk.BLOCK_M, "BLOCK_D": 64}
         qk = {"q_ptr": dt, "k_ptr": dt}
         hopper_compile(

@@ -6,7 +6,6 @@ Sinusoidal and learned absolute positions change the inputs, not the attention, 
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -87,24 +86,27 @@ def rotate_half_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
 def rotate_half_rope_seq_major(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """:func:`rotate_half_rope` of ``[B, H, T, D]`` written as contiguous ``[B, T, H, D]``, the
-    layout flash-attn and xFormers take. Compiled, the transpose is the rotation's own store (D
-    stays innermost, so reads and writes both move whole rows): no second pass over q and k."""
+    layout flash-attn and xFormers take."""
     return rotate_half_rope(x, cos, sin).transpose(1, 2).contiguous()
 
 
-@functools.cache
-def fused_rotation(seq_major: bool = False) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """:func:`rotate_half_rope` (or, ``seq_major``, :func:`rotate_half_rope_seq_major`) compiled
-    into one kernel per tensor: it reads x once and writes the rotated x in x's dtype, the float32
-    work staying in registers. Uncompiled, the rotation wrote float32 copies of q and k and their
-    rotated halves: on the H200 (bf16, 16k tokens, H 16, D 128) RoPE added 78% and 640 MiB to
-    flash-attn-4's causal attention; compiled but followed by a separate transpose into
-    flash-attn's layout, still 28%. Used on CUDA; on the CPU a compilation costs more than the
-    rotation saves. Compiled for symbolic sizes: a layer with a KV cache rotates a longer cache at
-    every step, and static shapes would compile each length."""
-    from attnperf.compiled import compiled
+def gpu_rotation(seq_major: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The rotation on CUDA: attnperf's Triton kernel (:mod:`attnperf.backends.triton.rotary`),
+    which reads q or k once and writes it rotated, in the layout asked for, for half and single
+    precision; float64 rotates eagerly. Uncompiled, the rotation wrote float32 copies of q and k
+    and their rotated halves (on the H200 at 16k tokens, H 16, D 128, bf16: +78% and 640 MiB over
+    flash-attn-4's causal attention); inductor's kernel for symbolic sizes still took 0.33 ms a
+    tensor, ten times its bytes."""
+    from attnperf.backends.triton.rotary import DTYPES, rotate
 
-    return compiled(rotate_half_rope_seq_major if seq_major else rotate_half_rope, dynamic=True)
+    eager = rotate_half_rope_seq_major if seq_major else rotate_half_rope
+
+    def rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if x.dtype in DTYPES:
+            return rotate(x, cos, sin, seq_major=seq_major)
+        return eager(x, cos, sin)
+
+    return rotation
 
 
 class RoPE(SoftmaxMechanism):
@@ -138,7 +140,7 @@ class RoPE(SoftmaxMechanism):
         q_cos, q_sin, k_cos, k_sin = (t.to(device) for t in (q_cos, q_sin, k_cos, k_sin))
 
         if torch.device(device).type == "cuda":
-            rotate = fused_rotation(seq_major)
+            rotate = gpu_rotation(seq_major)
         else:
             rotate = rotate_half_rope_seq_major if seq_major else rotate_half_rope
 
