@@ -146,6 +146,41 @@ def test_the_rope_rotation_kernel_matches_the_eager_rotation_in_the_interpreter(
     assert max(result["grads"]) < 1e-5, result["grads"]
 
 
+MERGE_SCRIPT = """
+import json
+import torch
+from attnperf.backends.strided_split import merge_in_torch
+from attnperf.backends.triton.strided_merge import merge
+
+gen = torch.Generator().manual_seed(0)
+worst = []
+for b, n, h, d, s in ((1, 64, 2, 16, 8), (2, 67, 3, 16, 8), (1, 50, 2, 20, 7), (1, 40, 2, 16, 1)):
+    m = -(-n // s)
+    band = torch.randn(b, n, h, d, generator=gen).to(torch.bfloat16)
+    band_lse = 3 * torch.randn(b, h, n, generator=gen)
+    part = torch.randn(b * s, m - 1, h, d, generator=gen).to(torch.bfloat16)
+    part_lse = 3 * torch.randn(b * s, h, m - 1, generator=gen)
+    want = merge_in_torch(band, band_lse, part, part_lse, s)
+    got = merge(band, band_lse, part, part_lse, s)
+    assert got.shape == band.shape and got.dtype == torch.bfloat16
+    worst.append(float(((got.float() - want).abs() / want.abs().clamp_min(1e-2)).max()))
+print(json.dumps(worst))
+"""
+
+
+def test_the_strided_merge_kernel_matches_the_merge_in_torch_in_the_interpreter() -> None:
+    """The strided split's merge on CUDA: rows without a strided key (i < s), a length that is not
+    a multiple of s, batch 2, an odd head dim, stride 1; against the float32 merge in PyTorch."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", MERGE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    worst = json.loads(proc.stdout.splitlines()[-1])
+    assert len(worst) == 4
+    # One rounding of the float32 blend to bfloat16 (2^-8 relative) and the sigmoid's last bits.
+    assert max(worst) <= 2**-7, worst
+
+
 def test_without_the_interpreter_the_cpu_is_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     reason = get_backend("triton").supports(get_mechanism("linear"), Case(q_len=17, head_dim=16))
@@ -204,9 +239,15 @@ def test_no_linear_kernel_gets_the_n8_wgmma_that_reads_out_of_bounds() -> None:
 @pytest.mark.slow
 def test_the_kernels_compile_for_hopper() -> None:
     """Every kernel, at small constexprs, in bfloat16 and float32 (about a minute on 2 cores)."""
-    from attnperf.backends.triton import linear, rotary, topk
+    from attnperf.backends.triton import linear, rotary, strided_merge, topk
 
     for dt, precision in (("*bf16", "tf32"), ("*fp32", "ieee")):
+        hopper_compile(
+            strided_merge._merge,
+            {"BAND": dt, "BAND_LSE": "*fp32", "PART": dt, "PART_LSE": "*fp32", "OUT": dt},
+            {"D": 128, "BLOCK_T": strided_merge.BLOCK_T, "BLOCK_D": 128},
+            4,
+        )
         for inverse in (False, True):
             hopper_compile(
                 rotary._rotate_half,

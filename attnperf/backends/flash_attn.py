@@ -187,7 +187,7 @@ class FlashAttn4(FlashAttnBase):
             peak += (2 * gathered + parts) * memory.element_size(case)
         if isinstance(mechanism, Strided):
             peak += split_peak_bytes(case.batch, case.heads, case.n_kv_heads, case.q_len, case.head_dim,
-                                     memory.element_size(case))  # fmt: skip
+                                     memory.element_size(case), stride_of(case))  # fmt: skip
         return peak
 
     def score_args(self, mechanism: SoftmaxMechanism, case: Case) -> dict[str, Any]:

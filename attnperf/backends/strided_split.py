@@ -11,8 +11,10 @@ pairs. Split instead, each part skips what it does not need:
   the band) is left out: group queries 1…m−1 against group keys 0…m−2.
 
 Both calls return the log-sum-exp of their rows (natural log, as flash-attn's kernels do); the
-exact softmax over the union is ``o = o₂ + σ(lse₁ − lse₂)·(o₁ − o₂)``, computed in float32. A
-row with no strided key (i < s) keeps the band's output. Work: n·s pairs for the band plus
+exact softmax over the union is ``o = o₂ + σ(lse₁ − lse₂)·(o₁ − o₂)``, computed in float32 (on
+CUDA by one Triton kernel that reads both outputs where they lie,
+:mod:`attnperf.backends.triton.strided_merge`). A row with no strided key (i < s) keeps the
+band's output. Work: n·s pairs for the band plus
 n²/(2s) for the groups, instead of n²/2.
 """
 
@@ -45,7 +47,7 @@ def strided_attention(
 
     ``kwargs`` go to both calls (``softmax_scale``). Returns ``[B, n, H, D]`` in q's dtype.
     """
-    b, n, h, d = q.shape
+    n = q.shape[1]
     band, band_lse = attend(q, k, v, causal=True, window_size=(stride - 1, 0), **kwargs)
     m = -(-n // stride)
     if m < 2:  # no query is s or more keys past another: the band is everything
@@ -53,6 +55,19 @@ def strided_attention(
     qg = by_residue(q, stride, slice(1, m))
     kg, vg = (by_residue(t, stride, slice(0, m - 1)) for t in (k, v))
     part, part_lse = attend(qg, kg, vg, causal=True, **kwargs)  # [B·s, m−1, H, D], [B·s, H, m−1]
+    if band.is_cuda and band.dtype in (torch.float16, torch.bfloat16):
+        from attnperf.backends.triton.strided_merge import merge  # one pass over both outputs
+
+        return merge(band, band_lse, part, part_lse, stride).to(q.dtype)
+    return merge_in_torch(band, band_lse, part, part_lse, stride).to(q.dtype)
+
+
+def merge_in_torch(band: torch.Tensor, band_lse: torch.Tensor, part: torch.Tensor, part_lse: torch.Tensor,
+                   stride: int) -> torch.Tensor:  # fmt: skip
+    """The merge of :func:`strided_attention` in PyTorch (float32; the CPU's and the reference of
+    the Triton kernel, :mod:`attnperf.backends.triton.strided_merge`)."""
+    b, n, h, d = band.shape
+    m = -(-n // stride)
     # Back to positions: group row a−1 is position a·s + g; rows a = 0 (positions < s) stay empty.
     out = part.new_zeros(b, m, stride, h, d)
     out[:, 1:] = part.view(b, stride, m - 1, h, d).transpose(1, 2)
@@ -61,7 +76,7 @@ def strided_attention(
     strided_out = out.view(b, m * stride, h, d)[:, :n]
     strided_lse = lse.view(b, m * stride, h)[:, :n]
     weight = torch.sigmoid(band_lse.transpose(1, 2).float() - strided_lse.float()).unsqueeze(-1)  # [B, n, H, 1]
-    return torch.lerp(strided_out.float(), band.float(), weight).to(q.dtype)
+    return torch.lerp(strided_out.float(), band.float(), weight)
 
 
 def split_pairs(n: int, stride: int, block: int) -> int:
@@ -81,10 +96,13 @@ def split_pairs(n: int, stride: int, block: int) -> int:
     return band + stride * visited(m - 1, lambda qs: 0) if m >= 2 else band
 
 
-def split_peak_bytes(batch: int, heads: int, kv_heads: int, n: int, head_dim: int, element: int) -> int:
-    """Extra bytes at the merge: both outputs and their float32 copies, the regrouped q, k, v,
-    the strided output scattered back to positions, and the two log-sum-exps."""
-    rows = batch * n
-    out = rows * heads * head_dim
-    grouped = rows * (heads + 2 * kv_heads) * head_dim * element
-    return grouped + 3 * out * element + 3 * out * 4 + 3 * rows * heads * 4
+def split_peak_bytes(batch: int, heads: int, kv_heads: int, n: int, head_dim: int, element: int, stride: int) -> int:
+    """Extra bytes at the merge on CUDA, beyond one output and its log-sum-exp: the band's and the
+    part's outputs beside the merged one, the second log-sum-exp, and the regrouped q, k, v where
+    regrouping copies (a batch above 1 cannot fold into the group dimension, a length that is not
+    a multiple of s is padded; with batch 1 and s | n they are views)."""
+    out = batch * n * heads * head_dim * element
+    m = -(-n // stride)
+    copies = batch > 1 or m * stride != n
+    grouped = batch * (m - 1) * stride * (heads + 2 * kv_heads) * head_dim * element if copies else 0
+    return grouped + 2 * out + batch * heads * n * 4
