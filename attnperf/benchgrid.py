@@ -245,11 +245,12 @@ class Cost:
 
 
 GRID_COSTS: dict[str, Cost] = {
-    "pr-cpu": Cost(6, 4.7, 1.4, 0.2, "2-core CPU, 2026-11-28: 40 points, 195 s first process, 61 s later"),
-    # H200, 2026-11-29 (docs/gpu/2026-11-29): 220 points; each commit's first process 424 s (base,
-    # cold compile caches) and 291 s (head: 181 s of first-call compilation that base's caches did
-    # not cover), later processes 116 s (0.53 s a point, verdicts and compilations cached).
-    "pr-gpu": Cost(9, 1.6, 0.53, 0.2, "H200, 2026-11-29: first processes 424 s and 291 s, later 116 s (220 points)"),
+    "pr-cpu": Cost(6, 4.7, 1.2, 0.2, "2-core CPU: 40 points, first process 195 s (11-28), later 53 s (11-29)"),
+    # H200, 2026-11-29 (docs/gpu/2026-11-29/trials/costs.txt): 240 points, 155 runnable; a commit's
+    # first process 415 s (cold compile caches: 364 s of checks), its second 228 s (fla's Triton
+    # autotuning once more, 152 s), later ones 74-81 s (verdicts and compilations cached, per-point
+    # collections frozen out), those including flash-attn-4's points timed with injected slowdowns.
+    "pr-gpu": Cost(9, 1.7, 0.29, 0.2, "H200, 2026-11-29: first processes 415 s and 228 s, later 74-81 s (240 points)"),
 }
 
 GRIDS: dict[str, Grid] = {"cpu": CPU_GRID, "gpu": GPU_GRID, "pr-cpu": PR_CPU_GRID, "pr-gpu": PR_GPU_GRID}
