@@ -158,10 +158,7 @@ class BatchRunner:
             raise
         if cached is None:
             self.cache.put(cache_key(spec), point.checked)
-        record.update(case_id=point.case.id, rel_error=point.checked.error, bound=point.checked.bound,
-                      cuda_graph=point.cuda_graph)  # fmt: skip
-        if point.graph_reason:
-            record["graph_reason"] = point.graph_reason
+        record.update(case_id=point.case.id, rel_error=point.checked.error, bound=point.checked.bound)
         return point
 
     def _time(self, point: Point, record: dict[str, Any], inject: Sequence[float]) -> list[dict[str, Any]]:
@@ -170,31 +167,38 @@ class BatchRunner:
         context = torch.no_grad() if point.spec.mode != BACKWARD else torch.enable_grad()
         with context:
             first = time.perf_counter()
-            time_calls(point.run, device, 1)  # compilation and lazy initialisation land here
+            time_calls(point.call, device, 1)  # compilation and lazy initialisation land here
+            # Peak memory before the capture, on the direct call: no CUDA graph's pool is held beside it yet.
+            peak = self._peak(point) if point.spec.mode == FORWARD else {}
+            time_calls(point.run, device, 1)  # the CUDA graph's capture, where there is one
             record["seconds"]["first_call"] = time.perf_counter() - first
+            record["cuda_graph"] = point.cuda_graph
+            if point.graph_reason:
+                record["graph_reason"] = point.graph_reason
             timing = measure_time(point.run, device, repeat=self.repeat, min_sample_s=self.min_sample_s)
             record["seconds"]["measure"] = time.perf_counter() - first - record["seconds"]["first_call"]
             record.update(status=Status.OK.value, median=timing.median, samples=timing.samples, number=timing.number)
             if point.spec.mode == FORWARD:
-                record.update(self._forward_figures(point, timing.median))
+                record.update(peak | self._model_figures(point, timing.median))
             records = [record]
             for pct in inject if point.spec.mode in (FORWARD, DECODE) else ():
                 records.append(self._injected(point, record, pct))
         return records
 
-    def _forward_figures(self, point: Point, median: float) -> dict[str, Any]:
-        """Peak memory of one forward alone (the CUDA allocator's, exact; RSS growth on the CPU),
-        the analyzer's prediction and useful TFLOP/s (derived: for the graphs, never gating)."""
+    def _peak(self, point: Point) -> dict[str, Any]:
+        """Peak memory of one forward alone: the CUDA allocator's (exact), or RSS growth on the CPU
+        (for the graphs, not exact); nothing for a backend with an allocator of its own."""
+        backend = get_backend(point.backend)
+        device = point.case.device
+        if torch.device(device).type == "cuda":
+            return {} if backend.own_cuda_allocator else {"peak_bytes": measure_cuda_peak(point.call, device)}
+        return {} if backend.own_cpu_allocator else {"peak_bytes": measure_cpu_peak_rss(point.call)}
+
+    def _model_figures(self, point: Point, median: float) -> dict[str, Any]:
+        """The analyzer's predicted peak and useful TFLOP/s (derived: for the graphs, never gating)."""
         from attnperf.analysis import forward_flops, predicted_peak_bytes
 
-        device = point.case.device
         figures: dict[str, Any] = {}
-        backend = get_backend(point.backend)
-        if torch.device(device).type == "cuda":
-            if not backend.own_cuda_allocator:
-                figures["peak_bytes"] = measure_cuda_peak(point.call, device)
-        elif not backend.own_cpu_allocator:  # RSS growth: for the graphs, not exact
-            figures["peak_bytes"] = measure_cpu_peak_rss(point.call)
         try:
             figures["predicted_bytes"] = predicted_peak_bytes(point.mechanism, point.backend, point.case)
             figures["tflops"] = forward_flops(point.mechanism, point.backend, point.case).useful / median / 1e12

@@ -9,7 +9,7 @@ warm-up and a per-process cache for asv, which re-runs ``setup`` before every sa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,15 +30,39 @@ class Point:
     case: Case
     mechanism: str
     backend: str
-    #: What is timed: on CUDA a forward or decode call's graph replay where it can be captured
-    #: (:func:`attnperf.graphs.replay_or_direct`), else the call itself; forward+backward steps direct.
-    run: Callable[[], object]
-    checked: CheckResult
-    #: The direct call (a forward, or the forward+backward step): peak memory is measured on it.
+    #: The direct call (a forward, or the forward+backward step), verified; peak memory is measured on it.
     call: Callable[[], object]
-    cuda_graph: bool = False
-    #: Why a CUDA forward or decode point is timed call by call (None: replayed, or not on CUDA).
-    graph_reason: str | None = None
+    checked: CheckResult
+    _timed: tuple[Callable[[], object], str | None] | None = field(default=None, repr=False)
+
+    def timed_runner(self) -> Callable[[], object]:
+        """What is timed: on CUDA a forward or decode call's graph replay where it can be captured
+        (:func:`attnperf.graphs.replay_or_direct`), else the call; forward+backward steps direct.
+        Captured at the first request, so that a point measured for its peak memory alone never
+        holds a graph's memory pool beside the call."""
+        if self._timed is None:
+            if self.spec.mode == BACKWARD:
+                self._timed = (self.call, None)
+            else:
+                backend = get_backend(self.backend)
+                self._timed = replay_or_direct(self.call, self.case.device,
+                                               self.checked.bound or backend.bound(self.case.dtype),
+                                               own_stream=backend.own_cuda_stream)  # fmt: skip
+        return self._timed[0]
+
+    @property
+    def run(self) -> Callable[[], object]:
+        return self.timed_runner()
+
+    @property
+    def cuda_graph(self) -> bool:
+        return self.timed_runner() is not self.call
+
+    @property
+    def graph_reason(self) -> str | None:
+        """Why a CUDA forward or decode point is timed call by call (None: replayed, or not on CUDA)."""
+        self.timed_runner()
+        return self._timed[1] if self._timed else None
 
 
 _PREPARED: dict[PointSpec, Point] = {}
@@ -59,26 +83,25 @@ def build_point(spec: PointSpec, *, checked: CheckResult | None = None) -> Point
                                          checked=checked)  # fmt: skip
     except Unsupported as exc:  # found only at run time (e.g. "No available kernel")
         raise NotImplementedError(str(exc)) from None
-    if spec.mode == BACKWARD:
-        call = run = _forward_backward(runner)
-        reason = None
-    else:
-        backend = get_backend(spec.backend)
-        call = runner
-        run, reason = replay_or_direct(runner, case.device, result.bound or backend.bound(case.dtype),
-                                       own_stream=backend.own_cuda_stream)  # fmt: skip
-    return Point(spec=spec, case=case, mechanism=spec.mechanism, backend=spec.backend, run=run, checked=result,
-                 call=call, cuda_graph=run is not call, graph_reason=reason)  # fmt: skip
+    call = _forward_backward(runner) if spec.mode == BACKWARD else runner
+    return Point(spec=spec, case=case, mechanism=spec.mechanism, backend=spec.backend, call=call, checked=result)
 
 
-def prepare_point(backend: str, variant: str, seq_len: int, head_dim: int, dtype: str, *, mode: str = FORWARD) -> Point:
-    """:func:`build_point` for a point of the active grid, warmed up and cached per process."""
+def prepare_point(
+    backend: str, variant: str, seq_len: int, head_dim: int, dtype: str, *, mode: str = FORWARD, timed: bool = True
+) -> Point:
+    """:func:`build_point` for a point of the active grid, warmed up and cached per process;
+    ``timed``: its timed runner prepared too (a CUDA graph captured), which a suite that measures
+    peak memory leaves out."""
     spec = active_grid().spec(backend, variant, seq_len, mode=mode, head_dim=head_dim, dtype=dtype)
     if spec not in _PREPARED:
         point = build_point(spec)
-        warm_point(point.run, point.case.device)
+        warm_point(point.call, point.case.device)
         _PREPARED[spec] = point
-    return _PREPARED[spec]
+    point = _PREPARED[spec]
+    if timed:
+        point.timed_runner()
+    return point
 
 
 def _forward_backward(runner: Callable[[], torch.Tensor]) -> Callable[[], None]:

@@ -32,4 +32,4 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` compiled whole, for static shapes (one compilation per shape), with the fallback
     turned into errors."""
     guard_recompiles()
-    return torch.compile(fn, fullgraph=True)
+    return torch.compile(fn, dynamic=False, fullgraph=True)  # the default (None) goes symbolic at a second shape

@@ -23,6 +23,44 @@ from attnperf.correctness import WrongResult, relative_error
 WARM_CALLS = 3
 
 
+def capture(runner: Runner, device: torch.device) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """One call of ``runner`` captured on a side stream into a pool of its own.
+
+    A call that reads a value back to the host, or synchronizes, invalidates the capture, and then
+    ``capture_end`` raises before it stops routing allocations to the graph's pool (PyTorch's
+    ``CUDAGraph::capture_end``): the allocator would count that capture as under way for the rest
+    of the process, and ``empty_cache`` would free nothing after it. On failure the pool is closed
+    and released here, so the next point starts clean; the reason given is the first error (the
+    capture's own is only its consequence). Out of memory is raised as it is."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    graph, pool, stream = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle(), torch.cuda.Stream(device)
+    torch.cuda.synchronize(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    begun = ended = False
+    try:
+        with torch.cuda.stream(stream):  # the current stream comes back even when capture fails
+            graph.capture_begin(pool=pool)
+            begun = True
+            try:
+                static = runner()
+            finally:
+                graph.capture_end()
+                ended = True
+    except Exception as exc:
+        if begun and not ended:  # capture_end raised before it closed the pool (an ended graph frees its own)
+            torch._C._cuda_endAllocateToPool(index, pool)
+            torch._C._cuda_releasePool(index, pool)
+        torch.cuda.synchronize(device)
+        first = exc
+        while first.__context__ is not None:
+            first = first.__context__
+        if isinstance(first, torch.OutOfMemoryError) or isinstance(exc, torch.OutOfMemoryError):
+            raise
+        raise Unsupported(f"cannot be captured in a CUDA graph: {str(first).strip().splitlines()[0]}") from exc
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return graph, static
+
+
 def graphed(runner: Runner, device: str | torch.device, bound: float) -> Runner:
     """``runner`` captured in a CUDA graph: a closure that replays it and returns its output.
 
@@ -41,15 +79,7 @@ def graphed(runner: Runner, device: str | torch.device, bound: float) -> Runner:
     torch.cuda.current_stream(device).wait_stream(side)
     # A copy: a runner may hand back the same buffer every call (ONNX Runtime's bound output).
     expected = direct.detach().to(device="cpu", dtype=torch.float64)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            static = runner()
-    except RuntimeError as exc:
-        torch.cuda.synchronize(device)
-        if isinstance(exc, torch.OutOfMemoryError):
-            raise
-        raise Unsupported(f"cannot be captured in a CUDA graph: {str(exc).strip().splitlines()[0]}") from exc
+    graph, static = capture(runner, device)
     static.fill_(float("nan"))  # a graph that writes nothing (work on a stream it did not capture) stays NaN
     graph.replay()
     torch.cuda.synchronize(device)

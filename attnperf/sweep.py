@@ -137,10 +137,11 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
         runner, checked = verified_runner(spec.mechanism, backend, case)
         kernel = getattr(runner, "kernel", None)  # sdpa: the kernel its dispatch picked
         with torch.no_grad():
-            timed = graphed(runner, case.device, checked.bound or backend.bound(case.dtype)) if cuda_graph else runner
-            timing = measure_time(timed, case.device, repeat=repeat, min_sample_s=min_sample_s)
+            # The peak first: a captured graph's memory pool would sit beside the call it measures.
             peak, peak_kind = measure_peak(runner, case.device, own_cpu_allocator=backend.own_cpu_allocator,
                                            own_cuda_allocator=backend.own_cuda_allocator)  # fmt: skip
+            timed = graphed(runner, case.device, checked.bound or backend.bound(case.dtype)) if cuda_graph else runner
+            timing = measure_time(timed, case.device, repeat=repeat, min_sample_s=min_sample_s)
     except Unsupported as exc:
         return Record(**head, status=Status.UNSUPPORTED, reason=str(exc))
     except WrongResult as exc:

@@ -31,3 +31,18 @@ def test_recompile_limit_raises_instead_of_falling_back_to_unfused() -> None:
         for length in (19, 23):  # two new shapes against a limit of one compiled entry
             q = torch.randn(1, 2, length, 16)
             flex(q, q, q)
+
+
+def test_compiled_functions_stay_static_over_new_shapes() -> None:
+    """A timed compiled function gets one kernel per shape: torch.compile's default (dynamic=None)
+    turns symbolic at a second shape, whose kernels index by run-time sizes (RoPE's symbolic
+    rotation took ten times its bytes on the H200)."""
+    import torch._dynamo.utils as dynamo_utils
+
+    from attnperf.compiled import compiled
+
+    double = compiled(lambda x: x * 2)
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    for length in (5, 6, 7):
+        double(torch.randn(length))
+    assert dynamo_utils.counters["stats"]["unique_graphs"] - before == 3  # one static graph a shape

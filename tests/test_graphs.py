@@ -81,6 +81,8 @@ def test_on_gpu_benchmark_forward_and_decode_points_are_replayed_and_steps_are_n
 @pytest.mark.gpu
 def test_on_gpu_what_cannot_be_captured_is_timed_as_called_with_the_reason() -> None:
     x = torch.ones(4, device="cuda")
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
 
     def syncs() -> torch.Tensor:
         return x * float(x.sum())  # a host read inside the call: capture refuses it
@@ -92,3 +94,9 @@ def test_on_gpu_what_cannot_be_captured_is_timed_as_called_with_the_reason() -> 
     own, why = replay_or_direct(syncs, "cuda", 1e-5, own_stream=True)
     assert own is syncs
     assert "stream of its own" in (why or "")
+    # The failed capture left nothing under way: the next one works and the cache empties.
+    replay = graphed(lambda: x * 2, "cuda", 1e-5)
+    assert torch.equal(replay(), torch.full((4,), 2.0, device="cuda"))
+    del replay
+    torch.cuda.empty_cache()  # frees nothing while the allocator thinks a capture is under way
+    assert torch.cuda.memory_reserved() <= before

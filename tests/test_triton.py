@@ -125,7 +125,19 @@ for seq_major in (False, True):
     eager_out = rotate_half_rope(x, cos, sin)
     (want,) = torch.autograd.grad(eager_out, x, g.transpose(1, 2) if seq_major else g)
     grads.append(float((got - want).abs().max()))
-print(json.dumps({"forward": errors, "grads": grads}))
+# Under torch.export (ONNX Runtime's graph) the rotation is the eager one: a Triton launch cannot be traced.
+from attnperf.mechanisms.positional import gpu_rotation, rotate_half_rope_seq_major
+
+
+class Rotate(torch.nn.Module):
+    def forward(self, x):
+        return gpu_rotation(True)(x, cos, sin)
+
+
+x = torch.randn(1, 3, 37, 16, generator=gen)
+exported = torch.export.export(Rotate(), (x,), strict=False)
+exports = torch.equal(exported.module()(x), rotate_half_rope_seq_major(x, cos, sin))
+print(json.dumps({"forward": errors, "grads": grads, "exports": exports}))
 """
 
 
@@ -144,6 +156,7 @@ def test_the_rope_rotation_kernel_matches_the_eager_rotation_in_the_interpreter(
         # compute in float32 and round once, the kernel may fuse a multiply-add).
         assert case["max_rel"] <= (1e-6 if case["dtype"] == "torch.float32" else 2**-7), case
     assert max(result["grads"]) < 1e-5, result["grads"]
+    assert result["exports"]
 
 
 MERGE_SCRIPT = """

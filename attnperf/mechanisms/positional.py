@@ -93,16 +93,17 @@ def rotate_half_rope_seq_major(x: torch.Tensor, cos: torch.Tensor, sin: torch.Te
 def gpu_rotation(seq_major: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """The rotation on CUDA: attnperf's Triton kernel (:mod:`attnperf.backends.triton.rotary`),
     which reads q or k once and writes it rotated, in the layout asked for, for half and single
-    precision; float64 rotates eagerly. Uncompiled, the rotation wrote float32 copies of q and k
-    and their rotated halves (on the H200 at 16k tokens, H 16, D 128, bf16: +78% and 640 MiB over
-    flash-attn-4's causal attention); inductor's kernel for symbolic sizes still took 0.33 ms a
-    tensor, ten times its bytes."""
+    precision; float64, and a graph being exported, rotate eagerly. Uncompiled, the rotation wrote
+    float32 copies of q and k and their rotated halves (on the H200 at 16k tokens, H 16, D 128,
+    bf16: +78% and 640 MiB over flash-attn-4's causal attention); inductor's kernel for symbolic
+    sizes still took 0.33 ms a tensor, ten times its bytes."""
     from attnperf.backends.triton.rotary import DTYPES, rotate
 
     eager = rotate_half_rope_seq_major if seq_major else rotate_half_rope
 
     def rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        if x.dtype in DTYPES:
+        # torch.export (ONNX Runtime's graph) cannot trace a Triton launch: it gets the eager rotation.
+        if x.dtype in DTYPES and not torch.compiler.is_exporting():
             return rotate(x, cos, sin, seq_major=seq_major)
         return eager(x, cos, sin)
 

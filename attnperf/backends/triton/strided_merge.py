@@ -58,6 +58,8 @@ def merge(band: torch.Tensor, band_lse: torch.Tensor, part: torch.Tensor, part_l
     ``[B·s, H, m−1]``. Returns ``[B, n, H, D]`` in ``band``'s dtype. Rows (the last dims of the
     outputs and of the log-sum-exps) must be contiguous, as the kernels return them."""
     batch, n, heads, dim = band.shape
+    if not all(t.stride(-1) == 1 for t in (band, band_lse, part, part_lse)):
+        raise ValueError("the strided merge needs rows with a contiguous last dim (outputs and log-sum-exps)")
     out = torch.empty_like(band, memory_format=torch.contiguous_format)
     grid = (batch * heads, triton.cdiv(n, BLOCK_T))
     _merge[grid](
