@@ -28,7 +28,8 @@
 #                     then every mechanism at 16k (top-k also at 64k, decode over 4k..128k caches directly and as CUDA
 #                     graphs, sliding window at 128k) on its candidates, the decode bound, strided's exponent, profiles
 #   mechanisms-quick  the mechanisms phase without flex and fla (whose compiles and autotuning take minutes): the
-#                     Triton CUDA tests, flash-attn-4's checks, the sparse and positional mechanisms at 16k and the
+#                     Triton, RoPE and strided CUDA tests, the CUDA-graph tests, RoPE and strided checked on every CUDA
+#                     backend in bf16 and fp16, flash-attn-4's checks, the sparse and positional mechanisms at 16k and the
 #                     sliding window at 128k on flash-attn-4 / FA3, the 16k profiles, and tools/gpu-probes.py
 #   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf.history run), asv publish
 #   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
@@ -185,7 +186,15 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
       --backends sdpa-cudnn,flash-attn3 --json "$OUT/profile-decode.json" > "$OUT/profile-decode.txt" 2>&1
     echo "profile decode exit $?"; cat "$OUT/profile-decode.txt" ;;
   mechanisms-quick)
-    pytest_gpu 150 "cuda and -triton-" pytest-triton
+    pytest_gpu 150 "cuda and (-triton- or rope or strided)" pytest-triton
+    timeout 120 python3 -m pytest tests/test_graphs.py -q -p no:cacheprovider -rs > "$OUT/pytest-graphs.log" 2>&1
+    echo "graphs tests: exit $?"; tail -3 "$OUT/pytest-graphs.log"
+    # RoPE's rotation kernel and the strided merge kernel under every CUDA backend that runs them
+    for dtype in bfloat16 float16; do
+      timeout 150 python3 -m attnperf check --device cuda --dtype $dtype --heads 12 --head-dim 128 --variants rope,strided \
+        --backends flash-attn4,flash-attn3,sdpa-cudnn,xformers,eager --seq-lens 17,257,1000 > "$OUT/check-rope-$dtype.txt" 2>&1
+      echo "check rope/strided $dtype: exit $?"; tail -4 "$OUT/check-rope-$dtype.txt"
+    done
     for heads in 12 16; do
       timeout 150 python3 -m attnperf check --device cuda --dtype bfloat16 --heads $heads --head-dim 128 \
         --variants alibi,strided,bigbird --backends flash-attn4 --seq-lens 17,257,1000 > "$OUT/check-fa4-h$heads.txt" 2>&1
