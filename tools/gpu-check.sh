@@ -210,7 +210,7 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     timeout 200 python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 16384 --top 6 \
       --variants topk,strided,bigbird,rope,alibi,causal --backends triton,flash-attn4 \
       --json "$OUT/profile16k.json" > "$OUT/profile16k.txt" 2>&1; echo "profile 16k exit $?"; cat "$OUT/profile16k.txt"
-    for probe in decode-splits alibi-mods; do
+    for probe in decode-splits alibi-mods bigbird-blocksparse; do
       timeout 120 python3 tools/gpu-probes.py $probe --json "$OUT/probe-$probe.json" > "$OUT/probe-$probe.txt" 2>&1
       echo "probe $probe exit $?"; cat "$OUT/probe-$probe.txt"
     done ;;

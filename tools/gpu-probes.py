@@ -1,7 +1,8 @@
-"""Two GPU measurements that name what limits a mechanism, beside `attnperf profile`'s kernel list.
+"""GPU measurements that name what limits a mechanism, beside `attnperf profile`'s kernel list.
 
     python tools/gpu-probes.py decode-splits [--lens 4096,32768] [--json FILE]
     python tools/gpu-probes.py alibi-mods [--seq-len 16384] [--json FILE]
+    python tools/gpu-probes.py bigbird-blocksparse [--lens 1000,16384] [--json FILE]
 
 decode-splits: FlashAttention-3's decode step (B 1, H 16, D 128, bf16, one query) over a cache,
 as CUDA-graph replays, for each ``num_splits`` (0 is its own heuristic, which attnperf asks for),
@@ -14,8 +15,14 @@ then scales every score in a separate multiply), with a bias of one constant slo
 the per-element distance: an integer-to-float conversion and a multiply-add) and with attnperf's
 ALiBi (the slope from the head index as well): how the 22% that ALiBi adds divides.
 
+bigbird-blocksparse: BigBird (blocks of 64) as one flash-attn-4 call over its own block-sparse
+lists (``block_sparse_tensors``: every allowed block a "full" block, tiles of 64 × 64 on SM90),
+beside attnperf's split (a dense call for the global rows and a varlen call over gathered key
+blocks, whose gathers took a third of its time at 16k): whether the backend should switch.
+
 Every output is held against a float64 reference (decode: the whole step; ALiBi: the last 64
-query rows) before it is timed; a wrong one is reported as such, without a time.
+query rows; BigBird: its first and last 64 rows) before it is timed; a wrong one is reported as
+such, without a time.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
 
 
 def timed(name: str, run: Callable[[], torch.Tensor], expected: torch.Tensor, *, graph: bool,
-          rows: slice = slice(None)) -> dict[str, Any]:  # fmt: skip
+          rows: slice | torch.Tensor = slice(None)) -> dict[str, Any]:  # fmt: skip
     """Check ``run``'s output (``rows`` of it) against ``expected``, then time it (a graph's replay)."""
     try:
         out = run()
@@ -144,10 +151,57 @@ def alibi_mods(seq_len: int) -> dict[str, Any]:
     return {"seq_len": seq_len, "rows": rows}
 
 
+def bigbird_blocksparse(lens: list[int]) -> dict[str, Any]:
+    """BigBird as one flash-attn-4 call over its own block-sparse lists, beside attnperf's split."""
+    from flash_attn.cute import flash_attn_func
+    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+
+    from attnperf.analysis import forward_flops
+    from attnperf.case import make_inputs
+    from attnperf.catalog import get_variant
+    from attnperf.correctness import verified_runner
+    from attnperf.mechanisms import get_mechanism
+    from attnperf.mechanisms.sparse import bigbird_blocks
+
+    rows_out = []
+    for n in lens:
+        case = get_variant("bigbird").case(n, heads=HEADS, head_dim=HEAD_DIM, dtype="bfloat16", device="cuda")
+        table = bigbird_blocks(case)  # [nb, nb]: every allowed block is whole ("full": no mask_mod)
+        nb = table.shape[0]
+        # Allowed blocks first, ascending (a stable sort): the kernel masks the sequence's end only on
+        # the block it processes first, the last of the list.
+        order = torch.argsort((~table).to(torch.int8), dim=1, stable=True).to(torch.int32)
+        sparse = BlockSparseTensorsTorch(
+            mask_block_cnt=torch.zeros(1, 1, nb, dtype=torch.int32, device="cuda"),
+            mask_block_idx=torch.zeros(1, 1, nb, nb, dtype=torch.int32, device="cuda"),
+            full_block_cnt=table.sum(1).to(torch.int32)[None, None].cuda(),
+            full_block_idx=order[None, None].cuda(), block_size=(case.block, case.block),
+        )  # fmt: skip
+        q, k, v = make_inputs(case, seed=n)
+        qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        rows = torch.cat([torch.arange(min(64, n)), torch.arange(max(0, n - 64), n)]).unique()
+        expected = get_mechanism("bigbird").reference(q, k, v, case, rows).transpose(1, 2)
+        useful = forward_flops("bigbird", "flash-attn4", case).useful
+        blocksparse = functools.partial(flash_attn_func, qt, kt, vt, softmax_scale=case.scale, causal=False,
+                                        block_sparse_tensors=sparse)  # fmt: skip
+        split, _ = verified_runner("bigbird", "flash-attn4", case)
+        for name, call in (("block-sparse", lambda f=blocksparse: f()[0]),
+                           ("split", lambda s=split: s().transpose(1, 2))):  # fmt: skip
+            row = timed(f"{name} at {n}", call, expected, graph=False, rows=rows.cuda())
+            row |= {"seq_len": n, "way": name}
+            if "median_ms" in row:
+                row["tflops"] = useful / (row["median_ms"] / 1e3) / 1e12
+            rows_out.append(row)
+            show(row, f"{row.get('tflops', math.nan):.1f} TFLOP/s")
+    return {"rows": rows_out}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("decode-splits", "alibi-mods"))
-    parser.add_argument("--lens", default="4096,32768", help="decode-splits: cache lengths")
+    parser.add_argument("probe", choices=("decode-splits", "alibi-mods", "bigbird-blocksparse"))
+    parser.add_argument(
+        "--lens", help="decode-splits: cache lengths (4096,32768); bigbird-blocksparse: tokens (1000,16384)"
+    )
     parser.add_argument("--seq-len", type=int, default=16384, help="alibi-mods: tokens")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
@@ -155,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu-probes: needs a CUDA GPU", file=sys.stderr)
         return 1
     if args.probe == "decode-splits":
-        result = decode_splits([int(n) for n in args.lens.split(",")])
+        result = decode_splits([int(n) for n in (args.lens or "4096,32768").split(",")])
+    elif args.probe == "bigbird-blocksparse":
+        result = bigbird_blocksparse([int(n) for n in (args.lens or "1000,16384").split(",")])
     else:
         result = alibi_mods(args.seq_len)
     result |= {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
