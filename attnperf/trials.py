@@ -39,13 +39,14 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from attnperf.benchgrid import grid_named
 from attnperf.records import Status
-from attnperf.regress import ProcessRunner, describe
+from attnperf.regress import ProcessRunner, RegressError, describe, git, worktrees
 from attnperf.results import write_json
 from attnperf.verdict import DEFAULT_SIGMA, HOLE, MIN_EFFECT, REGRESSION, Noise, decide, per_process
 
@@ -219,6 +220,17 @@ def run_processes(
     return runs
 
 
+@contextmanager
+def code_of(commit: str | None, repo: Path) -> Iterator[Path]:
+    """The tree whose code the processes run: the checkout, or a worktree of ``commit``."""
+    if commit is None:
+        yield Path.cwd()
+        return
+    sha = git(["rev-parse", "--verify", f"{commit}^{{commit}}"], cwd=repo)
+    with worktrees(repo, {"trial": sha}) as trees:
+        yield trees["trial"]
+
+
 def added_run(output: dict[str, Any]) -> dict[str, Any]:
     """A process from elsewhere, labelled for the pool: an earlier trial's (``trial-NNN-A``) keeps
     its label; an A/A check's base process is A and its head process B."""
@@ -254,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--reuse", action="store_true", help="evaluate the process outputs in --workdir again")
     parser.add_argument(
+        "--commit",
+        help="measure this commit's code (a git worktree of it) instead of the checkout's, so that the processes "
+        "of several sessions at one commit pool as one A/A pool (--add-runs)",
+    )
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the git repository of --commit")
+    parser.add_argument(
         "--add-runs", type=Path, nargs="*", default=[],
         help="process outputs to pool: an A/A regress's (pass1-base-* as A, pass1-head-* as B) or earlier "
         "trials' (trial-NNN-A, trial-NNN-B)",
@@ -285,10 +303,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"attnperf trials: grid {grid_name}: {describe(points)}; inject {inject}", file=sys.stderr)
         points_file = write_json(args.workdir / "points.json", {"points": [p.as_dict() for p in points]})
-        runs = run_processes(runner, Path.cwd(), points_file, inject=inject, budget_s=args.budget_s,
-                             max_processes=args.max_processes)  # fmt: skip
+        try:
+            with code_of(args.commit, args.repo) as tree:
+                runs = run_processes(runner, tree, points_file, inject=inject, budget_s=args.budget_s,
+                                     max_processes=args.max_processes)  # fmt: skip
+        except RegressError as exc:  # git's own message, in one line
+            print(f"attnperf trials: {exc}", file=sys.stderr)
+            return 1
     for path in args.add_runs:
         runs.append(added_run(read_json(path)))
+    fingerprints = sorted({r["fingerprint"] for r in runs if r.get("fingerprint")})
+    if len(fingerprints) > 1:  # processes of other code are not an A/A comparison
+        parser.error(f"the pooled processes come from {len(fingerprints)} code states (fingerprints "
+                     f"{', '.join(f[:12] for f in fingerprints)}): pool processes of one commit")  # fmt: skip
     sigma = calibrate(runs)
     judge = Noise.load(args.noise, min_effect=args.min_effect) if args.noise else None
     rows = held_out(runs, noise=judge, min_effect=args.min_effect, processes=args.processes, confirm=args.confirm,

@@ -10,6 +10,7 @@ commit's own batch runner in fresh processes over a six-point slice of the ``pr-
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from attnperf.batch import code_fingerprint
 from attnperf.regress import RegressError, alternation, main, regress
 from attnperf.results import write_json
 from attnperf.verdict import HOLE, REGRESSION
@@ -195,3 +197,42 @@ def test_compile_caches_live_under_one_folder_when_asked() -> None:
     assert env["TORCHINDUCTOR_CACHE_DIR"] == "/c/inductor"
     assert env["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == "/c/cute"
     assert set(COMPILE_CACHE_DIRS) <= set(env)
+
+
+def test_trials_refuse_to_pool_processes_of_other_code(tmp_path: Path, capsys) -> None:
+    """Processes of two code states are not an A/A pool: the evaluation stops and says so."""
+    from attnperf.trials import main as trials_main
+
+    for label, fingerprint in (("trial-001-A", "a" * 16), ("trial-002-B", "b" * 16)):
+        write_json(tmp_path / f"{label}.json", {"label": label, "fingerprint": fingerprint, "records": [],
+                                                "seconds": {}, "wall_s": 1.0})  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        trials_main(["--reuse", "--grid", "pr-cpu", "--workdir", str(tmp_path), "--out", str(tmp_path / "t.json")])
+    assert stopped.value.code == 2
+    assert "2 code states" in capsys.readouterr().err
+
+
+def test_trials_of_an_unknown_commit_say_so_in_one_line(tmp_path: Path, capsys) -> None:
+    from attnperf.trials import main as trials_main
+
+    code = trials_main(["--commit", "nosuchref", "--repo", str(ROOT), "--grid", "pr-cpu", "--workdir", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("attnperf trials: git rev-parse --verify nosuchref^{commit}: fatal")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("grid_env")
+def test_trials_measure_the_code_of_the_commit_asked_for(throwaway, tmp_path: Path) -> None:
+    """``--commit``: the processes run a worktree of that commit (here the slowed eager), so two
+    sessions' processes at one commit pool as one code state."""
+    from attnperf.trials import main as trials_main
+
+    repo, (_base, _aa, slow, *_rest) = throwaway
+    assert trials_main(["--commit", slow, "--repo", str(repo), "--grid", "pr-cpu", "--workdir", str(tmp_path),
+                        "--out", str(tmp_path / "t.json"), "--max-processes", "2", "--resamples", "0",
+                        "--inject", "eager=50"]) == 0  # fmt: skip
+    runs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("trial-*.json"))]
+    assert [r["label"] for r in runs] == ["trial-001-A", "trial-002-B"]
+    assert len({r["fingerprint"] for r in runs}) == 1
+    assert runs[0]["fingerprint"] != code_fingerprint()  # the commit's code, not this checkout's
