@@ -35,11 +35,10 @@ class Point:
     checked: CheckResult
     _timed: tuple[Callable[[], object], str | None] | None = field(default=None, repr=False)
 
-    def timed_runner(self) -> Callable[[], object]:
-        """What is timed: on CUDA a forward or decode call's graph replay where it can be captured
-        (:func:`attnperf.graphs.replay_or_direct`), else the call; forward+backward steps direct.
-        Captured at the first request, so that a point measured for its peak memory alone never
-        holds a graph's memory pool beside the call."""
+    def _timing(self) -> tuple[Callable[[], object], str | None]:
+        """(what is timed, why a CUDA forward or decode call is timed as called), captured at the
+        first request, so that a point measured for its peak memory alone never holds a graph's
+        memory pool beside the call."""
         if self._timed is None:
             if self.spec.mode == BACKWARD:
                 self._timed = (self.call, None)
@@ -48,21 +47,22 @@ class Point:
                 self._timed = replay_or_direct(self.call, self.case.device,
                                                self.checked.bound or backend.bound(self.case.dtype),
                                                own_stream=backend.own_cuda_stream)  # fmt: skip
-        return self._timed[0]
+        return self._timed
 
     @property
     def run(self) -> Callable[[], object]:
-        return self.timed_runner()
+        """What is timed: on CUDA a forward or decode call's graph replay where it can be captured
+        (:func:`attnperf.graphs.replay_or_direct`), else the call; forward+backward steps direct."""
+        return self._timing()[0]
 
     @property
     def cuda_graph(self) -> bool:
-        return self.timed_runner() is not self.call
+        return self.run is not self.call
 
     @property
     def graph_reason(self) -> str | None:
         """Why a CUDA forward or decode point is timed call by call (None: replayed, or not on CUDA)."""
-        self.timed_runner()
-        return self._timed[1] if self._timed else None
+        return self._timing()[1]
 
 
 _PREPARED: dict[PointSpec, Point] = {}
@@ -91,17 +91,14 @@ def prepare_point(
     backend: str, variant: str, seq_len: int, head_dim: int, dtype: str, *, mode: str = FORWARD, timed: bool = True
 ) -> Point:
     """:func:`build_point` for a point of the active grid, warmed up and cached per process;
-    ``timed``: its timed runner prepared too (a CUDA graph captured), which a suite that measures
-    peak memory leaves out."""
+    ``timed``: what is timed is warmed (a CUDA graph captured first), else the direct call, as a
+    suite that measures peak memory wants."""
     spec = active_grid().spec(backend, variant, seq_len, mode=mode, head_dim=head_dim, dtype=dtype)
     if spec not in _PREPARED:
         point = build_point(spec)
-        warm_point(point.call, point.case.device)
+        warm_point(point.run if timed else point.call, point.case.device)
         _PREPARED[spec] = point
-    point = _PREPARED[spec]
-    if timed:
-        point.timed_runner()
-    return point
+    return _PREPARED[spec]
 
 
 def _forward_backward(runner: Callable[[], torch.Tensor]) -> Callable[[], None]:

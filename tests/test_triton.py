@@ -126,12 +126,12 @@ for seq_major in (False, True):
     (want,) = torch.autograd.grad(eager_out, x, g.transpose(1, 2) if seq_major else g)
     grads.append(float((got - want).abs().max()))
 # Under torch.export (ONNX Runtime's graph) the rotation is the eager one: a Triton launch cannot be traced.
-from attnperf.mechanisms.positional import gpu_rotation, rotate_half_rope_seq_major
+from attnperf.mechanisms.positional import rotate_half_rope_seq_major, rotation_for
 
 
 class Rotate(torch.nn.Module):
     def forward(self, x):
-        return gpu_rotation(True)(x, cos, sin)
+        return rotation_for('cuda', True)(x, cos, sin)
 
 
 x = torch.randn(1, 3, 37, 16, generator=gen)

@@ -90,16 +90,20 @@ def rotate_half_rope_seq_major(x: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     return rotate_half_rope(x, cos, sin).transpose(1, 2).contiguous()
 
 
-def gpu_rotation(seq_major: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The rotation on CUDA: attnperf's Triton kernel (:mod:`attnperf.backends.triton.rotary`),
-    which reads q or k once and writes it rotated, in the layout asked for, for half and single
-    precision; float64, and a graph being exported, rotate eagerly. Uncompiled, the rotation wrote
-    float32 copies of q and k and their rotated halves (on the H200 at 16k tokens, H 16, D 128,
-    bf16: +78% and 640 MiB over flash-attn-4's causal attention); inductor's kernel for symbolic
-    sizes still took 0.33 ms a tensor, ten times its bytes."""
-    from attnperf.backends.triton.rotary import DTYPES, rotate
-
+def rotation_for(
+    device: torch.device | str, seq_major: bool
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The rotation (into ``[B, T, H, D]`` when ``seq_major``). On CUDA attnperf's Triton kernel
+    (:mod:`attnperf.backends.triton.rotary`), which reads q or k once and writes it rotated, in the
+    layout asked for, for half and single precision; float64, a graph being exported and the CPU
+    rotate eagerly. Uncompiled on CUDA, the rotation wrote float32 copies of q and k and their
+    rotated halves (on the H200 at 16k tokens, H 16, D 128, bf16: +78% and 640 MiB over
+    flash-attn-4's causal attention); inductor's kernel for symbolic sizes still took 0.33 ms a
+    tensor, ten times its bytes."""
     eager = rotate_half_rope_seq_major if seq_major else rotate_half_rope
+    if torch.device(device).type != "cuda":
+        return eager
+    from attnperf.backends.triton.rotary import DTYPES, rotate
 
     def rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # torch.export (ONNX Runtime's graph) cannot trace a Triton launch: it gets the eager rotation.
@@ -140,10 +144,7 @@ class RoPE(SoftmaxMechanism):
         k_cos, k_sin = rope_tables(torch.arange(case.k_len), case.head_dim, dtype)
         q_cos, q_sin, k_cos, k_sin = (t.to(device) for t in (q_cos, q_sin, k_cos, k_sin))
 
-        if torch.device(device).type == "cuda":
-            rotate = gpu_rotation(seq_major)
-        else:
-            rotate = rotate_half_rope_seq_major if seq_major else rotate_half_rope
+        rotate = rotation_for(device, seq_major)
 
         def rope(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return rotate(q, q_cos, q_sin), rotate(k, k_cos, k_sin)

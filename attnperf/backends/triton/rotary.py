@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnperf.backends.triton.rows import head_block
+
 #: Positions a program rotates; with D 128 that is 16 KiB of bf16 read and written per program.
 BLOCK_T = 32
 #: Input dtypes the kernel takes (it computes in float32, as the eager rotation does).
@@ -33,11 +35,7 @@ def _rotate_half(
     sx_b, sx_h, sx_t, so_b, so_h, so_t, s_tab,
     HALF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, INVERSE: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    d = tl.arange(0, BLOCK_D)
+    b, h, t, d = head_block(H, BLOCK_T, BLOCK_D)
     mask = (t[:, None] < T) & (d[None, :] < HALF)
     rows = t[:, None].to(tl.int64)
     x = X + b * sx_b + h * sx_h + rows * sx_t + d[None, :]

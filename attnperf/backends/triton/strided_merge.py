@@ -14,9 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
+from attnperf.backends.triton.rows import head_block
+
 #: Positions a program merges (each a row of D for one head).
 BLOCK_T = 32
-DTYPES = (torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -25,11 +26,7 @@ def _merge(
     sb_b, sb_t, sb_h, sl_b, sl_h, sp_b, sp_t, sp_h, spl_b, spl_h, so_b, so_t, so_h,
     D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    d = tl.arange(0, BLOCK_D)
+    b, h, t, d = head_block(H, BLOCK_T, BLOCK_D)
     rows = t < N
     mask = rows[:, None] & (d[None, :] < D)
     t64 = t.to(tl.int64)
