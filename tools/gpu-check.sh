@@ -57,6 +57,27 @@ analyze() {  # $1 = timeout, $2 = name, $3 = variants, $4 = backends, rest = mor
     --window 512 --measure --repeat 5 "$@" --json "$OUT/analyze-$name.json" > "$OUT/analyze-$name.txt" 2>&1
   echo "analyze $name exit $?"; sed -n '/fitted exponents/,$p' "$OUT/analyze-$name.txt"
 }
+mech() {  # $1 = timeout, $2 = name, rest = sweep options: a mechanisms sweep into mech-NAME.{json,txt}
+  local limit=$1 name=$2; shift 2
+  timeout "$limit" python3 -m attnperf sweep "${SHAPE[@]}" --repeat 10 "$@" --json "$OUT/mech-$name.json" \
+    > "$OUT/mech-$name.txt" 2>&1; echo "mechanisms $name exit $?"; cat "$OUT/mech-$name.txt"
+}
+graph_tests() {  # the CUDA-graph tests
+  timeout 120 python3 -m pytest tests/test_graphs.py -q -p no:cacheprovider -rs > "$OUT/pytest-graphs.log" 2>&1
+  echo "graphs tests: exit $?"; tail -3 "$OUT/pytest-graphs.log"
+}
+check_fa4() {  # $1 = timeout: flash-attn-4's ALiBi score_mod, strided and BigBird splits at odd lengths,
+  # with 12 heads (ALiBi's slopes past the power of two) and 16
+  for heads in 12 16; do
+    timeout "$1" python3 -m attnperf check --device cuda --dtype bfloat16 --heads $heads --head-dim 128 \
+      --variants alibi,strided,bigbird --backends flash-attn4 --seq-lens 17,257,1000 > "$OUT/check-fa4-h$heads.txt" 2>&1
+    echo "check flash-attn4 alibi/strided/bigbird, $heads heads: exit $?"; cat "$OUT/check-fa4-h$heads.txt"
+  done
+}
+profile16k() {  # $1 = timeout, $2 = variants, $3 = backends: where the time goes, kernels per call at 16k
+  timeout "$1" python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 16384 --top 6 --variants "$2" --backends "$3" \
+    --json "$OUT/profile16k.json" > "$OUT/profile16k.txt" 2>&1; echo "profile 16k exit $?"; cat "$OUT/profile16k.txt"
+}
 asv_repo() {  # asv needs a git repository: the tree as one commit and an empty commit after it
   [[ $(git log -1 --format=%s 2>/dev/null) == a/a ]] && return
   if git rev-parse --git-dir >/dev/null 2>&1; then  # never commit into a real checkout
@@ -152,19 +173,8 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
       --json "$OUT/model-1b.json" > "$OUT/model-1b.txt" 2>&1; echo "model exit $?"; cat "$OUT/model-1b.txt" ;;
   mechanisms)
     pytest_gpu 200 "cuda and -triton-" pytest-triton
-    timeout 120 python3 -m pytest tests/test_graphs.py -q -p no:cacheprovider -rs > "$OUT/pytest-graphs.log" 2>&1
-    echo "graphs tests: exit $?"; tail -3 "$OUT/pytest-graphs.log"
-    # flash-attn-4's ALiBi score_mod, strided and BigBird splits: odd lengths, and 12 heads (slopes past the power of two)
-    for heads in 12 16; do
-      timeout 200 python3 -m attnperf check --device cuda --dtype bfloat16 --heads $heads --head-dim 128 \
-        --variants alibi,strided,bigbird --backends flash-attn4 --seq-lens 17,257,1000 > "$OUT/check-fa4-h$heads.txt" 2>&1
-      echo "check flash-attn4 alibi/strided/bigbird, $heads heads: exit $?"; cat "$OUT/check-fa4-h$heads.txt"
-    done
-    mech() {  # $1 = timeout, $2 = name, rest = sweep options
-      local limit=$1 name=$2; shift 2
-      timeout "$limit" python3 -m attnperf sweep "${SHAPE[@]}" --repeat 10 "$@" --json "$OUT/mech-$name.json" \
-        > "$OUT/mech-$name.txt" 2>&1; echo "mechanisms $name exit $?"; cat "$OUT/mech-$name.txt"
-    }
+    graph_tests
+    check_fa4 200
     mech 90 topk16k --variants topk,causal --seq-lens 16384 --backends triton,flash-attn3,flash-attn4
     mech 60 topk64k --variants topk --seq-lens 65536 --backends triton
     mech 120 linear --variants linear,linear_causal --seq-lens 16384 --backends triton,fla,tiled
@@ -178,38 +188,23 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     LENS=4096,32768,131072 analyze 120 decode decode sdpa-cudnn,flash-attn3 --measure-ceilings --cuda-graphs
     # strided's exponent from 16k to 128k (160 s on the H200; analyze with ceilings did not end in 150 s)
     mech 240 strided-lens --variants strided --seq-lens 16384,32768,65536,131072 --backends flash-attn4
-    # where the time goes: kernels per call at the target sizes
-    timeout 240 python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 16384 --top 6 \
-      --variants topk,linear_causal,strided,bigbird,rope,alibi,causal --backends triton,flash-attn4,flex,fla \
-      --json "$OUT/profile16k.json" > "$OUT/profile16k.txt" 2>&1; echo "profile 16k exit $?"; cat "$OUT/profile16k.txt"
+    profile16k 240 topk,linear_causal,strided,bigbird,rope,alibi,causal triton,flash-attn4,flex,fla
     timeout 60 python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 4096 --top 6 --variants decode \
       --backends sdpa-cudnn,flash-attn3 --json "$OUT/profile-decode.json" > "$OUT/profile-decode.txt" 2>&1
     echo "profile decode exit $?"; cat "$OUT/profile-decode.txt" ;;
   mechanisms-quick)
     pytest_gpu 150 "cuda and (-triton- or rope or strided)" pytest-triton
-    timeout 120 python3 -m pytest tests/test_graphs.py -q -p no:cacheprovider -rs > "$OUT/pytest-graphs.log" 2>&1
-    echo "graphs tests: exit $?"; tail -3 "$OUT/pytest-graphs.log"
+    graph_tests
     # RoPE's rotation kernel and the strided merge kernel under every CUDA backend that runs them
     for dtype in bfloat16 float16; do
       timeout 150 python3 -m attnperf check --device cuda --dtype $dtype --heads 12 --head-dim 128 --variants rope,strided \
         --backends flash-attn4,flash-attn3,sdpa-cudnn,xformers,eager --seq-lens 17,257,1000 > "$OUT/check-rope-$dtype.txt" 2>&1
       echo "check rope/strided $dtype: exit $?"; tail -4 "$OUT/check-rope-$dtype.txt"
     done
-    for heads in 12 16; do
-      timeout 150 python3 -m attnperf check --device cuda --dtype bfloat16 --heads $heads --head-dim 128 \
-        --variants alibi,strided,bigbird --backends flash-attn4 --seq-lens 17,257,1000 > "$OUT/check-fa4-h$heads.txt" 2>&1
-      echo "check flash-attn4 alibi/strided/bigbird, $heads heads: exit $?"; cat "$OUT/check-fa4-h$heads.txt"
-    done
-    quick() {  # $1 = timeout, $2 = name, rest = sweep options
-      local limit=$1 name=$2; shift 2
-      timeout "$limit" python3 -m attnperf sweep "${SHAPE[@]}" --repeat 10 "$@" --json "$OUT/mech-$name.json" \
-        > "$OUT/mech-$name.txt" 2>&1; echo "mechanisms $name exit $?"; cat "$OUT/mech-$name.txt"
-    }
-    quick 150 sparse16k --variants strided,bigbird,alibi,rope,causal --seq-lens 16384 --backends flash-attn4,flash-attn3
-    quick 200 window128k --variants sliding_window --window 512 --seq-lens 131072 --backends flash-attn4
-    timeout 200 python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 16384 --top 6 \
-      --variants topk,strided,bigbird,rope,alibi,causal --backends triton,flash-attn4 \
-      --json "$OUT/profile16k.json" > "$OUT/profile16k.txt" 2>&1; echo "profile 16k exit $?"; cat "$OUT/profile16k.txt"
+    check_fa4 150
+    mech 150 sparse16k --variants strided,bigbird,alibi,rope,causal --seq-lens 16384 --backends flash-attn4,flash-attn3
+    mech 200 window128k --variants sliding_window --window 512 --seq-lens 131072 --backends flash-attn4
+    profile16k 200 topk,strided,bigbird,rope,alibi,causal triton,flash-attn4
     for probe in decode-splits alibi-mods bigbird-blocksparse; do
       timeout 120 python3 tools/gpu-probes.py $probe --json "$OUT/probe-$probe.json" > "$OUT/probe-$probe.txt" 2>&1
       echo "probe $probe exit $?"; cat "$OUT/probe-$probe.txt"
