@@ -1,5 +1,6 @@
 """BigBird as a dense call for the global rows and a variable-length call over gathered key blocks
-(attnperf/backends/block_sparse_split.py), against the float64 reference of the ``bigbird``
+(attnperf/backends/block_sparse_split.py), and as one call over flash-attn-4's block-sparse lists
+(attnperf/backends/block_lists.py), against the float64 reference of the ``bigbird``
 mechanism, with float64 stand-ins for flash-attn-4's two entry points; the kernels themselves are
 checked on a GPU like every backend."""
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from attnperf.backends.block_lists import BlockLists, block_lists, one_call_pairs
 from attnperf.backends.block_sparse_split import block_sparse_attention, layout, split_pairs
 from attnperf.case import Case, make_inputs
 from attnperf.correctness import relative_error
@@ -95,3 +97,87 @@ def test_flash_attn4_runs_bigbird_through_the_split() -> None:
     assert relative_error(backend.prepare(mech, case, q, k, v)(), mech.reference(q, k, v, case)) < 1e-6
     causal = Case(heads=4, q_len=72, kv_len=72, head_dim=16, block=8, causal=True)
     assert backend.case_reasons(mech, causal) == ["BigBird runs as its non-causal split only"]
+
+
+def listed_table(lists: BlockLists) -> torch.Tensor:
+    """The ``[nb, nb]`` table flash-attn-4 computes from ``lists``: each query block's first
+    ``full_block_cnt`` entries of ``full_block_idx``; no mask blocks."""
+    counts, idx = lists.full_block_cnt[0, 0], lists.full_block_idx[0, 0]
+    assert not lists.mask_block_cnt.any()
+    table = torch.zeros(idx.shape, dtype=torch.bool)
+    for qb in range(idx.shape[0]):
+        table[qb, idx[qb, : counts[qb]].long()] = True
+    return table
+
+
+@pytest.mark.parametrize(("n", "block", "num_global", "num_random"), [(64, 8, 1, 2), (70, 8, 2, 1), (16, 8, 2, 2)])
+def test_block_lists_are_the_bigbird_table_in_ascending_order(n: int, block: int, num_global: int,
+                                                              num_random: int) -> None:  # fmt: skip
+    case = Case(heads=2, q_len=n, kv_len=n, head_dim=8, block=block, num_global=num_global, num_random=num_random)
+    table = bigbird_blocks(case)
+    lists = block_lists(table, block, "cpu")
+    assert torch.equal(listed_table(lists), table)
+    for qb in range(table.shape[0]):
+        listed = lists.full_block_idx[0, 0, qb, : lists.full_block_cnt[0, 0, qb]]
+        # ascending: the partial last block, where the kernel masks the sequence's end, comes last
+        assert torch.equal(listed, listed.sort().values)
+    assert one_call_pairs(table, block) == int(table.sum()) * block * block
+
+
+def test_flash_attn4_runs_bigbird_as_one_block_sparse_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the one call applies, the backend hands flash-attn-4 lists whose blocks are BigBird's:
+    a stand-in library that attends over exactly the listed blocks reproduces the reference."""
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    from attnperf.backends.flash_attn import FlashAttn4
+
+    @dataclass
+    class BlockSparseTensorsTorch:  # the library's container, by its field names
+        mask_block_cnt: torch.Tensor
+        mask_block_idx: torch.Tensor
+        full_block_cnt: torch.Tensor
+        full_block_idx: torch.Tensor
+        block_size: tuple[int, int]
+
+    module = types.ModuleType("flash_attn.cute.block_sparsity")
+    module.BlockSparseTensorsTorch = BlockSparseTensorsTorch  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.block_sparsity", module)
+
+    def library(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, softmax_scale: float,
+                block_sparse_tensors: BlockSparseTensorsTorch) -> tuple[torch.Tensor, None]:  # fmt: skip
+        s = block_sparse_tensors
+        bq, bk = s.block_size
+        table = listed_table(BlockLists(s.full_block_cnt, s.full_block_idx, s.mask_block_cnt, s.mask_block_idx, bq))
+        n = q.shape[1]
+        allowed = table.repeat_interleave(bq, 0)[:n].repeat_interleave(bk, 1)[:, :n]
+        qh, kh, vh = (t.transpose(1, 2).double() for t in (q, k, v))
+        kh, vh = (t.repeat_interleave(qh.shape[1] // t.shape[1], dim=1) for t in (kh, vh))
+        scores = (qh @ kh.transpose(-1, -2) * softmax_scale).masked_fill(~allowed, float("-inf"))
+        return (torch.softmax(scores, dim=-1) @ vh).transpose(1, 2).to(q.dtype), None
+
+    backend = FlashAttn4()
+    monkeypatch.setattr(backend, "load", lambda: setattr(backend, "fn", library))
+    monkeypatch.setattr(backend, "bigbird_one_call", lambda case, requires_grad=False: not requires_grad)
+    case = Case(heads=4, kv_heads=2, q_len=72, kv_len=72, head_dim=16, dtype="float32", block=8, num_global=1,
+                num_random=2)  # fmt: skip
+    q, k, v = make_inputs(case, seed=SEED)
+    mech = get_mechanism("bigbird")
+    assert relative_error(backend.prepare(mech, case, q, k, v)(), mech.reference(q, k, v, case)) < 1e-6
+    assert backend.executed_pairs(mech, case) == one_call_pairs(bigbird_blocks(case), 8)
+
+
+def test_flash_attn4_bigbird_one_call_only_where_the_kernel_takes_it() -> None:
+    """Gradients, other block sizes and a machine without SM90 keep the split."""
+    from attnperf.backends.flash_attn import ONE_CALL_BLOCKS, FlashAttn4
+
+    backend = FlashAttn4()
+    case = Case(heads=2, q_len=256, kv_len=256, head_dim=64, block=64, device="cuda")
+    assert 64 in ONE_CALL_BLOCKS
+    assert not backend.bigbird_one_call(case, requires_grad=True)
+    assert not backend.bigbird_one_call(Case(heads=2, q_len=256, kv_len=256, head_dim=64, block=32, device="cuda"))
+    if not torch.cuda.is_available():
+        assert not backend.bigbird_one_call(case)
+    else:
+        assert backend.bigbird_one_call(case) == (torch.cuda.get_device_capability() == (9, 0))

@@ -28,12 +28,15 @@
 #                     then every mechanism at 16k (top-k also at 64k, decode over 4k..128k caches directly and as CUDA
 #                     graphs, sliding window at 128k) on its candidates, the decode bound, strided's exponent, profiles
 #   mechanisms-quick  the mechanisms phase without flex and fla (whose compiles and autotuning take minutes): the
-#                     Triton, RoPE and strided CUDA tests, the CUDA-graph tests, RoPE and strided checked on every CUDA
-#                     backend in bf16 and fp16, flash-attn-4's checks, the sparse and positional mechanisms at 16k and the
-#                     sliding window at 128k on flash-attn-4 / FA3, the 16k profiles, and tools/gpu-probes.py
+#                     Triton, RoPE, strided and BigBird CUDA tests, the CUDA-graph tests, RoPE and strided checked on
+#                     every CUDA backend in bf16 and fp16, flash-attn-4's checks, the sparse and positional mechanisms
+#                     at 16k on flash-attn-4 / FA3, their 16k profiles, and BigBird's two flash-attn-4 paths
+#                     (tools/gpu-probes.py bigbird-blocksparse)
 #   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf.history run), asv publish
 #   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
-#                     reuses its verdicts and pools its processes)
+#                     reuses its verdicts and pools its processes). TRIALS_COMMIT=SHA measures that commit's code
+#                     (a worktree of ATTNPERF_ORIGIN), so that several sessions' processes pool; TRIALS_VERDICTS=FILE
+#                     starts from an earlier session's verdicts of that same code (the file is copied out again)
 # Each step has its own timeout so that one slow step cannot take the others' results with it.
 set -uo pipefail
 (($#)) || { sed -n '2,/^# Each step/p' "$0"; exit 2; }
@@ -193,7 +196,7 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
       --backends sdpa-cudnn,flash-attn3 --json "$OUT/profile-decode.json" > "$OUT/profile-decode.txt" 2>&1
     echo "profile decode exit $?"; cat "$OUT/profile-decode.txt" ;;
   mechanisms-quick)
-    pytest_gpu 150 "cuda and (-triton- or rope or strided)" pytest-triton
+    pytest_gpu 150 "cuda and (-triton- or rope or strided or bigbird)" pytest-triton
     graph_tests
     # RoPE's rotation kernel and the strided merge kernel under every CUDA backend that runs them
     for dtype in bfloat16 float16; do
@@ -203,12 +206,10 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     done
     check_fa4 150
     mech 150 sparse16k --variants strided,bigbird,alibi,rope,causal --seq-lens 16384 --backends flash-attn4,flash-attn3
-    mech 200 window128k --variants sliding_window --window 512 --seq-lens 131072 --backends flash-attn4
-    profile16k 200 topk,strided,bigbird,rope,alibi,causal triton,flash-attn4
-    for probe in decode-splits alibi-mods bigbird-blocksparse; do
-      timeout 120 python3 tools/gpu-probes.py $probe --json "$OUT/probe-$probe.json" > "$OUT/probe-$probe.txt" 2>&1
-      echo "probe $probe exit $?"; cat "$OUT/probe-$probe.txt"
-    done ;;
+    profile16k 200 strided,bigbird,rope,causal flash-attn4
+    timeout 120 python3 tools/gpu-probes.py bigbird-blocksparse --json "$OUT/probe-bigbird-blocksparse.json" \
+      > "$OUT/probe-bigbird-blocksparse.txt" 2>&1
+    echo "probe bigbird-blocksparse exit $?"; cat "$OUT/probe-bigbird-blocksparse.txt" ;;
   history)
     # asv history of the last three commits on this GPU for the mechanisms (one batch process per
     # commit, recorded as asv results), then asv publish. Needs the checkout's git history:
@@ -235,11 +236,15 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
       ((TRIALS_BUDGET_S > 60)) || { echo "trials: no time left before the deadline"; continue; }
     fi
     mkdir -p /tmp/attnperf-trials && cp /tmp/attnperf-prcheck/verdicts-pass1.json /tmp/attnperf-trials/verdicts.json 2>/dev/null
+    [[ -n ${TRIALS_VERDICTS:-} ]] && cp "$TRIALS_VERDICTS" /tmp/attnperf-trials/verdicts.json
     shopt -s nullglob; aa=(/tmp/attnperf-prcheck/pass1-*.json); shopt -u nullglob  # the A/A check's processes
-    timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu --budget-s "${TRIALS_BUDGET_S:-520}" \
-      --workdir /tmp/attnperf-trials --out "$OUT/regress-trials.json" --noise-out "$OUT/noise.json" \
-      ${aa[0]:+--add-runs "${aa[@]}"} 2>&1 | grep -v USDT
+    commit=(); [[ -n ${TRIALS_COMMIT:-} ]] && commit=(--commit "$TRIALS_COMMIT" --repo "${ATTNPERF_ORIGIN:-.}")
+    # Triton's autotuning printed into each process's log: which kernels tune again in a later process
+    TRITON_PRINT_AUTOTUNING=1 timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu \
+      --budget-s "${TRIALS_BUDGET_S:-520}" --workdir /tmp/attnperf-trials --out "$OUT/regress-trials.json" \
+      --noise-out "$OUT/noise.json" "${commit[@]}" ${aa[0]:+--add-runs "${aa[@]}"} 2>&1 | grep -v USDT
     python3 tools/batch-costs.py /tmp/attnperf-trials/trial-*.json > "$OUT/trials-costs.txt"; tail -4 "$OUT/trials-costs.txt"
+    cp /tmp/attnperf-trials/verdicts.json "$OUT/trials-verdicts.json"
     tar czf "$OUT/trials-runs.tgz" -C /tmp attnperf-trials ;;
   *) echo "unknown phase $phase"; exit 2 ;;
   esac

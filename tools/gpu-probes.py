@@ -15,10 +15,11 @@ then scales every score in a separate multiply), with a bias of one constant slo
 the per-element distance: an integer-to-float conversion and a multiply-add) and with attnperf's
 ALiBi (the slope from the head index as well): how the 22% that ALiBi adds divides.
 
-bigbird-blocksparse: BigBird (blocks of 64) as one flash-attn-4 call over its own block-sparse
-lists (``block_sparse_tensors``: every allowed block a "full" block, tiles of 64 × 64 on SM90),
-beside attnperf's split (a dense call for the global rows and a varlen call over gathered key
-blocks, whose gathers took a third of its time at 16k): whether the backend should switch.
+bigbird-blocksparse: the flash-attn-4 backend's two BigBird paths in one process: one call over
+block-sparse lists (``attnperf.backends.block_lists``: every allowed block a "full" block, tiles of
+64 × 64 on SM90), which the backend's forward takes on SM90, and the split (a dense call for the
+global rows and a varlen call over gathered key blocks, whose gathers took a third of its time at
+16k), which its backward keeps.
 
 Every output is held against a float64 reference (decode: the whole step; ALiBi: the last 64
 query rows; BigBird: its first and last 64 rows) before it is timed; a wrong one is reported as
@@ -152,42 +153,29 @@ def alibi_mods(seq_len: int) -> dict[str, Any]:
 
 
 def bigbird_blocksparse(lens: list[int]) -> dict[str, Any]:
-    """BigBird as one flash-attn-4 call over its own block-sparse lists, beside attnperf's split."""
-    from flash_attn.cute import flash_attn_func
-    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
-
+    """flash-attn-4's two BigBird paths in one process: the one block-sparse call and the split."""
     from attnperf.analysis import forward_flops
+    from attnperf.backends.flash_attn import FlashAttn4
     from attnperf.case import make_inputs
     from attnperf.catalog import get_variant
-    from attnperf.correctness import verified_runner
     from attnperf.mechanisms import get_mechanism
-    from attnperf.mechanisms.sparse import bigbird_blocks
 
+    split = FlashAttn4()
+    split.bigbird_one_call = lambda case, requires_grad=False: False  # type: ignore[method-assign]
+    mech = get_mechanism("bigbird")
     rows_out = []
     for n in lens:
         case = get_variant("bigbird").case(n, heads=HEADS, head_dim=HEAD_DIM, dtype="bfloat16", device="cuda")
-        table = bigbird_blocks(case)  # [nb, nb]: every allowed block is whole ("full": no mask_mod)
-        nb = table.shape[0]
-        # Allowed blocks first, ascending (a stable sort): the kernel masks the sequence's end only on
-        # the block it processes first, the last of the list.
-        order = torch.argsort((~table).to(torch.int8), dim=1, stable=True).to(torch.int32)
-        sparse = BlockSparseTensorsTorch(
-            mask_block_cnt=torch.zeros(1, 1, nb, dtype=torch.int32, device="cuda"),
-            mask_block_idx=torch.zeros(1, 1, nb, nb, dtype=torch.int32, device="cuda"),
-            full_block_cnt=table.sum(1).to(torch.int32)[None, None].cuda(),
-            full_block_idx=order[None, None].cuda(), block_size=(case.block, case.block),
-        )  # fmt: skip
         q, k, v = make_inputs(case, seed=n)
-        qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
         rows = torch.cat([torch.arange(min(64, n)), torch.arange(max(0, n - 64), n)]).unique()
-        expected = get_mechanism("bigbird").reference(q, k, v, case, rows).transpose(1, 2)
+        expected = mech.reference(q, k, v, case, rows).transpose(1, 2)  # [B, T, H, D]: timed() slices T
         useful = forward_flops("bigbird", "flash-attn4", case).useful
-        blocksparse = functools.partial(flash_attn_func, qt, kt, vt, softmax_scale=case.scale, causal=False,
-                                        block_sparse_tensors=sparse)  # fmt: skip
-        split, _ = verified_runner("bigbird", "flash-attn4", case)
-        for name, call in (("block-sparse", lambda f=blocksparse: f()[0]),
-                           ("split", lambda s=split: s().transpose(1, 2))):  # fmt: skip
-            row = timed(f"{name} at {n}", call, expected, graph=False, rows=rows.cuda())
+        paths = {"block-sparse": FlashAttn4(), "split": split}
+        if not paths["block-sparse"].bigbird_one_call(case):
+            print(f"the one call does not apply at {n} (needs SM90 and a block of 64 or 128)", file=sys.stderr)
+        for name, backend in paths.items():
+            call = backend.prepare(mech, case, q, k, v)
+            row = timed(f"{name} at {n}", lambda c=call: c().transpose(1, 2), expected, graph=False, rows=rows.cuda())
             row |= {"seq_len": n, "way": name}
             if "median_ms" in row:
                 row["tflops"] = useful / (row["median_ms"] / 1e3) / 1e12

@@ -19,6 +19,7 @@ import torch
 from attnperf.analysis import memory
 from attnperf.backends import block_sparse_split
 from attnperf.backends.base import HALF_DTYPES, Backend, Runner, to_bthd
+from attnperf.backends.block_lists import block_lists, one_call_pairs
 from attnperf.backends.strided_split import split_pairs, split_peak_bytes, strided_attention
 from attnperf.case import Case
 from attnperf.mechanisms import Mechanism, SoftmaxMechanism
@@ -103,6 +104,11 @@ def bigbird_plan(case: Case, device: torch.device | str) -> block_sparse_split.L
                                      torch.device(device))  # fmt: skip
 
 
+#: BigBird block sizes that flash-attn-4's SM90 forward takes as block-sparse lists: its tiles shrink
+#: to a 64- or 128-token block (64 × 64 or 128 × 128), not to other sizes.
+ONE_CALL_BLOCKS = (64, 128)
+
+
 class FlashAttn4(FlashAttnBase):
     name = "flash-attn4"
     summary = "flash-attn-4 (flash_attn.cute, CuTe DSL kernels for Hopper/Blackwell)"
@@ -141,10 +147,29 @@ class FlashAttn4(FlashAttnBase):
 
         return lambda: strided_attention(qt, kt, vt, stride, attend, softmax_scale=case.scale).transpose(1, 2)
 
+    def bigbird_one_call(self, case: Case, requires_grad: bool = False) -> bool:
+        """Whether BigBird runs as one block-sparse call (else the two-call split): a forward on SM90
+        with a block size its tiles fit. The backward would need key-major lists at the backward's
+        own tile sizes (128 keys on SM90), which 64-token blocks do not fill."""
+        if requires_grad or case.block not in ONE_CALL_BLOCKS or not torch.cuda.is_available():
+            return False
+        return torch.cuda.get_device_capability(torch.device(case.device)) == (9, 0)
+
     def prepare_bigbird(self, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Runner:
-        """BigBird as a dense call for the global rows and a varlen call over gathered key blocks."""
+        """BigBird as one call over block-sparse lists (:mod:`attnperf.backends.block_lists`), or as a
+        dense call for the global rows and a varlen call over gathered key blocks."""
         self.load()
         qt, kt, vt = to_bthd(q), to_bthd(k), to_bthd(v)
+        if self.bigbird_one_call(case, q.requires_grad):
+            from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+
+            lists = block_lists(bigbird_blocks(case), case.block, q.device)
+            sparse = BlockSparseTensorsTorch(
+                mask_block_cnt=lists.mask_block_cnt, mask_block_idx=lists.mask_block_idx,
+                full_block_cnt=lists.full_block_cnt, full_block_idx=lists.full_block_idx,
+                block_size=(lists.block, lists.block),
+            )  # fmt: skip
+            return lambda: self.fn(qt, kt, vt, softmax_scale=case.scale, block_sparse_tensors=sparse)[0].transpose(1, 2)
         plan = bigbird_plan(case, q.device)
 
         def attend(*tensors: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -175,13 +200,15 @@ class FlashAttn4(FlashAttnBase):
     def executed_pairs(self, mechanism: SoftmaxMechanism, case: Case) -> int:
         if isinstance(mechanism, Strided):
             return split_pairs(case.q_len, stride_of(case), self.block_size or 128)
+        if isinstance(mechanism, BigBird) and self.bigbird_one_call(case):
+            return one_call_pairs(bigbird_blocks(case), case.block)
         if isinstance(mechanism, BigBird):
             return block_sparse_split.split_pairs(bigbird_plan(case, "cpu"), case.q_len, self.block_size or 128)
         return super().executed_pairs(mechanism, case)
 
     def softmax_peak_bytes(self, mechanism: SoftmaxMechanism, case: Case) -> int:
         peak = super().softmax_peak_bytes(mechanism, case)
-        if isinstance(mechanism, BigBird):
+        if isinstance(mechanism, BigBird) and not self.bigbird_one_call(case):  # the split's copies
             gathered = len(bigbird_plan(case, "cpu").key_rows) * case.batch * case.n_kv_heads * case.head_dim
             parts = case.batch * case.q_len * case.heads * case.head_dim  # the two calls' outputs before the cat
             peak += (2 * gathered + parts) * memory.element_size(case)
