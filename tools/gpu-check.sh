@@ -32,6 +32,8 @@
 #                     every CUDA backend in bf16 and fp16, flash-attn-4's checks, the sparse and positional mechanisms
 #                     at 16k on flash-attn-4 / FA3, their 16k profiles, and BigBird's two flash-attn-4 paths
 #                     (tools/gpu-probes.py bigbird-blocksparse)
+#   cp                context parallelism on two GPUs of one host (tools/cp-two-gpus.sh; nvidia-h200-x2): the check,
+#                     the 1-vs-2-GPU table and the longest sequence each holds, into $OUT/cp
 #   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf.history run), asv publish
 #   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
 #                     reuses its verdicts and pools its processes). TRIALS_COMMIT=SHA measures that commit's code
@@ -210,6 +212,10 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     timeout 120 python3 tools/gpu-probes.py bigbird-blocksparse --json "$OUT/probe-bigbird-blocksparse.json" \
       > "$OUT/probe-bigbird-blocksparse.txt" 2>&1
     echo "probe bigbird-blocksparse exit $?"; cat "$OUT/probe-bigbird-blocksparse.txt" ;;
+  cp)
+    (( $(python3 -c "import torch; print(torch.cuda.device_count())") >= 2 )) || { echo "cp needs two GPUs"; continue; }
+    OUT=$OUT/cp timeout "${CP_TIMEOUT_S:-560}" bash tools/cp-two-gpus.sh > "$OUT/cp.log" 2>&1; echo "cp exit $?"
+    grep -v USDT "$OUT/cp.log" | tail -40 ;;
   history)
     # asv history of the last three commits on this GPU for the mechanisms (one batch process per
     # commit, recorded as asv results), then asv publish. Needs the checkout's git history:
