@@ -37,6 +37,7 @@ def capture(runner: Runner, device: torch.device) -> tuple[torch.cuda.CUDAGraph,
     torch.cuda.synchronize(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     begun = ended = False
+    failure: str | None = None
     try:
         with torch.cuda.stream(stream):  # the current stream comes back even when capture fails
             graph.capture_begin(pool=pool)
@@ -51,14 +52,33 @@ def capture(runner: Runner, device: torch.device) -> tuple[torch.cuda.CUDAGraph,
             torch._C._cuda_endAllocateToPool(index, pool)
             torch._C._cuda_releasePool(index, pool)
         torch.cuda.synchronize(device)
-        first = exc
-        while first.__context__ is not None:
-            first = first.__context__
-        if isinstance(first, torch.OutOfMemoryError) or isinstance(exc, torch.OutOfMemoryError):
+        if out_of_memory(exc):
             raise
-        raise Unsupported(f"cannot be captured in a CUDA graph: {str(first).strip().splitlines()[0]}") from exc
+        failure = first_error_line(exc)
+    if failure is not None:
+        # Raised outside the handler, with the message only: the failed call's exception holds its
+        # frames, and with them the tensors it made (in the graph's pool and before it), until a
+        # garbage collection; chained to the Unsupported they would outlive this point.
+        raise Unsupported(f"cannot be captured in a CUDA graph: {failure}")
     torch.cuda.current_stream(device).wait_stream(stream)
     return graph, static
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc``, or the error it arose from, is CUDA running out of memory."""
+    return isinstance(exc, torch.OutOfMemoryError) or isinstance(root_error(exc), torch.OutOfMemoryError)
+
+
+def root_error(exc: BaseException) -> BaseException:
+    """The first error of a chain: a failed capture's own error is only the consequence of it."""
+    while exc.__context__ is not None:
+        exc = exc.__context__
+    return exc
+
+
+def first_error_line(exc: BaseException) -> str:
+    lines = str(root_error(exc)).strip().splitlines()
+    return lines[0] if lines else type(root_error(exc)).__name__
 
 
 def graphed(runner: Runner, device: str | torch.device, bound: float) -> Runner:

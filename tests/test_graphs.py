@@ -11,7 +11,7 @@ from attnperf.backends import Unsupported
 from attnperf.bench import build_point
 from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec
 from attnperf.correctness import WrongResult
-from attnperf.graphs import graphed, replay_or_direct
+from attnperf.graphs import first_error_line, graphed, out_of_memory, replay_or_direct
 from attnperf.records import Status
 from attnperf.sweep import run_point
 
@@ -100,3 +100,21 @@ def test_on_gpu_what_cannot_be_captured_is_timed_as_called_with_the_reason() -> 
     del replay
     torch.cuda.empty_cache()  # frees nothing while the allocator thinks a capture is under way
     assert torch.cuda.memory_reserved() <= before
+
+
+def chained(first: BaseException) -> BaseException:
+    """``first`` as the context of the error a failed capture_end raises after it."""
+    try:
+        try:
+            raise first
+        finally:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    except RuntimeError as exc:
+        return exc
+
+
+def test_a_failed_capture_is_named_by_its_first_error_and_out_of_memory_is_recognised() -> None:
+    sync = chained(RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors ..."))
+    assert first_error_line(sync) == "operation not permitted when stream is capturing"
+    assert not out_of_memory(sync)
+    assert out_of_memory(chained(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")))
