@@ -159,7 +159,7 @@ def test_flash_attn4_runs_bigbird_as_one_block_sparse_call(monkeypatch: pytest.M
 
     backend = FlashAttn4()
     monkeypatch.setattr(backend, "load", lambda: setattr(backend, "fn", library))
-    monkeypatch.setattr(backend, "bigbird_one_call", lambda case, requires_grad=False: not requires_grad)
+    monkeypatch.setattr(backend, "bigbird_one_call", lambda case: True)
     case = Case(heads=4, kv_heads=2, q_len=72, kv_len=72, head_dim=16, dtype="float32", block=8, num_global=1,
                 num_random=2)  # fmt: skip
     q, k, v = make_inputs(case, seed=SEED)
@@ -169,13 +169,14 @@ def test_flash_attn4_runs_bigbird_as_one_block_sparse_call(monkeypatch: pytest.M
 
 
 def test_flash_attn4_bigbird_one_call_only_where_the_kernel_takes_it() -> None:
-    """Gradients, other block sizes and a machine without SM90 keep the split."""
+    """Other block sizes and a machine without SM90 keep the split; gradients are refused with the reason."""
     from attnperf.backends.flash_attn import ONE_CALL_BLOCKS, FlashAttn4
 
     backend = FlashAttn4()
     case = Case(heads=2, q_len=256, kv_len=256, head_dim=64, block=64, device="cuda")
     assert 64 in ONE_CALL_BLOCKS
-    assert not backend.bigbird_one_call(case, requires_grad=True)
+    reasons = backend.not_supported_reasons(get_mechanism("bigbird"), case, backward=True)
+    assert "BigBird is forward only here" in reasons
     assert not backend.bigbird_one_call(Case(heads=2, q_len=256, kv_len=256, head_dim=64, block=32, device="cuda"))
     if not torch.cuda.is_available():
         assert not backend.bigbird_one_call(case)

@@ -17,9 +17,9 @@ ALiBi (the slope from the head index as well): how the 22% that ALiBi adds divid
 
 bigbird-blocksparse: the flash-attn-4 backend's two BigBird paths in one process: one call over
 block-sparse lists (``attnperf.backends.block_lists``: every allowed block a "full" block, tiles of
-64 × 64 on SM90), which the backend's forward takes on SM90, and the split (a dense call for the
-global rows and a varlen call over gathered key blocks, whose gathers took a third of its time at
-16k), which its backward keeps.
+64 × 64 on SM90), which the backend takes on SM90, and the split it keeps elsewhere (a dense call
+for the global rows and a varlen call over gathered key blocks, whose gathers took a third of its
+time at 16k).
 
 Every output is held against a float64 reference (decode: the whole step; ALiBi: the last 64
 query rows; BigBird: its first and last 64 rows) before it is timed; a wrong one is reported as
@@ -161,7 +161,7 @@ def bigbird_blocksparse(lens: list[int]) -> dict[str, Any]:
     from attnperf.mechanisms import get_mechanism
 
     split = FlashAttn4()
-    split.bigbird_one_call = lambda case, requires_grad=False: False  # type: ignore[method-assign]
+    split.bigbird_one_call = lambda case: False  # type: ignore[method-assign]
     mech = get_mechanism("bigbird")
     rows_out = []
     for n in lens:

@@ -147,11 +147,10 @@ class FlashAttn4(FlashAttnBase):
 
         return lambda: strided_attention(qt, kt, vt, stride, attend, softmax_scale=case.scale).transpose(1, 2)
 
-    def bigbird_one_call(self, case: Case, requires_grad: bool = False) -> bool:
-        """Whether BigBird runs as one block-sparse call (else the two-call split): a forward on SM90
-        with a block size its tiles fit. The backward would need key-major lists at the backward's
-        own tile sizes (128 keys on SM90), which 64-token blocks do not fill."""
-        if requires_grad or case.block not in ONE_CALL_BLOCKS or not torch.cuda.is_available():
+    def bigbird_one_call(self, case: Case) -> bool:
+        """Whether BigBird runs as one block-sparse call (else the two-call split): on SM90, with a
+        block size its forward tiles fit."""
+        if case.block not in ONE_CALL_BLOCKS or not torch.cuda.is_available():
             return False
         return torch.cuda.get_device_capability(torch.device(case.device)) == (9, 0)
 
@@ -160,7 +159,7 @@ class FlashAttn4(FlashAttnBase):
         dense call for the global rows and a varlen call over gathered key blocks."""
         self.load()
         qt, kt, vt = to_bthd(q), to_bthd(k), to_bthd(v)
-        if self.bigbird_one_call(case, q.requires_grad):
+        if self.bigbird_one_call(case):
             from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
 
             lists = block_lists(bigbird_blocks(case), case.block, q.device)
@@ -232,7 +231,9 @@ class FlashAttn4(FlashAttnBase):
         if backward and isinstance(mechanism, ALiBi):
             reasons.append("ALiBi's score_mod is forward only here (no score_mod_bwd passed)")
         if backward and isinstance(mechanism, BigBird):
-            reasons.append("the BigBird split is forward only here")
+            # the one call's backward would need key-major lists at the backward's own tiles (128 keys on
+            # SM90, which 64-token blocks do not fill); the split's would run through its gathers
+            reasons.append("BigBird is forward only here")
         if backward and isinstance(mechanism, Strided):
             reasons.append("the strided split is forward only (its merge needs the log-sum-exps' gradients)")
         return reasons
