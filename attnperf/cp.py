@@ -30,6 +30,7 @@ import argparse
 import os
 import secrets
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -242,6 +243,7 @@ def bench(args: argparse.Namespace, shape: Shape) -> int:
             lengths.append(lengths[-1] * 2)
         failed_single = failed_ring = False
         for seq_len in lengths:
+            started = time.perf_counter()
             timed = seq_len in args.seq_lens
             repeat = args.repeat if timed else 1
             case = shape.case(variant, seq_len)
@@ -269,6 +271,8 @@ def bench(args: argparse.Namespace, shape: Shape) -> int:
                           "shape": vars(shape), "rows": rows}  # fmt: skip
                 write_json(out_json, report)
                 write_atomic(out_json.with_suffix(".md"), table(rows, ranks))
+                # one line a row as it ends: where a long run spends its time shows before it is cut off
+                print(table(rows[-1:], ranks).splitlines()[-1], f"({time.perf_counter() - started:.0f} s)", flush=True)
             if failed_single and failed_ring:
                 break
     if rank == 0:

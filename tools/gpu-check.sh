@@ -214,7 +214,7 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     echo "probe bigbird-blocksparse exit $?"; cat "$OUT/probe-bigbird-blocksparse.txt" ;;
   cp)
     (( $(python3 -c "import torch; print(torch.cuda.device_count())") >= 2 )) || { echo "cp needs two GPUs"; continue; }
-    OUT=$OUT/cp timeout "${CP_TIMEOUT_S:-560}" bash tools/cp-two-gpus.sh > "$OUT/cp.log" 2>&1; echo "cp exit $?"
+    OUT=$OUT/cp timeout "${CP_TIMEOUT_S:-1050}" bash tools/cp-two-gpus.sh > "$OUT/cp.log" 2>&1; echo "cp exit $?"
     grep -v USDT "$OUT/cp.log" | tail -40 ;;
   history)
     # asv history of the last three commits on this GPU for the mechanisms (one batch process per
