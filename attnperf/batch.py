@@ -229,14 +229,16 @@ def process_costs(output: dict[str, Any]) -> dict[str, Any]:
     the measurement, over the points measured)."""
     records = [r for r in output["records"] if "injected_pct" not in r]
     phases = {name: sum(r["seconds"].get(name, 0.0) for r in records) for name in ("check", "first_call", "measure")}
-    total = output.get("wall_s") or output["seconds"].get("total") or 0.0
+    seconds = output["seconds"]
+    # a process stopped from outside wrote neither: its start-up and the points it finished
+    total = output.get("wall_s") or seconds.get("total") or (seconds.get("startup") or 0.0) + seconds.get("points", 0.0)
     measured = sum(r["status"] == Status.OK for r in records)
     statuses: dict[str, int] = {}
     for r in records:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
     return {
         "label": output.get("label"), "points": len(records), "statuses": statuses, "wall_s": total,
-        "startup_s": output["seconds"].get("startup"), **{f"{k}_s": v for k, v in phases.items()},
+        "startup_s": seconds.get("startup"), **{f"{k}_s": v for k, v in phases.items()},
         "overhead_per_point_s": (total - phases["measure"]) / measured if measured else None,
     }  # fmt: skip
 

@@ -128,11 +128,12 @@ class ProcessRunner:
         out.unlink(missing_ok=True)  # never read an earlier run's output as this one's
         started = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
-                                  check=False)  # fmt: skip
-            code, stderr = proc.returncode, proc.stderr
+            # stdout too: libraries print there (Triton's autotuning with TRITON_PRINT_AUTOTUNING=1)
+            proc = subprocess.run(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=PROCESS_TIMEOUT_S, check=False)  # fmt: skip
+            code, stderr = proc.returncode, proc.stdout
         except subprocess.TimeoutExpired as exc:
-            code, stderr = -1, f"stopped after {PROCESS_TIMEOUT_S} s: {exc.stderr or ''}"
+            code, stderr = -1, f"stopped after {PROCESS_TIMEOUT_S} s: {exc.stdout or ''}"
         wall = time.perf_counter() - started
         write_atomic(self.workdir / f"{label}.log", stderr or "")
         output = read_json(out) if out.exists() else {"records": [], "seconds": {}}

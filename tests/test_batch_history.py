@@ -64,6 +64,10 @@ def test_the_second_process_reuses_the_first_ones_verdicts(two_processes) -> Non
     costs = process_costs(second)
     assert costs["statuses"] == {"ok": 3, "unsupported": 1}
     assert costs["measure_s"] > 0
+    # a process stopped from outside (a deadline) has neither its wall time nor its total: its start-up
+    # and the points it finished stand in, never 0 (which made its overhead per point negative)
+    stopped = {k: v for k, v in second.items() if k != "wall_s"} | {"seconds": {"startup": 5.0, "points": 10.0}}
+    assert process_costs(stopped)["wall_s"] == 15.0
 
 
 def test_parse_inject_names_the_flag() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from attnperf.analysis.flops import allowed_pairs
 from attnperf.backends.block_lists import BlockLists, block_lists, one_call_pairs
 from attnperf.backends.block_sparse_split import block_sparse_attention, layout, split_pairs
 from attnperf.case import Case, make_inputs
@@ -121,7 +122,14 @@ def test_block_lists_are_the_bigbird_table_in_ascending_order(n: int, block: int
         listed = lists.full_block_idx[0, 0, qb, : lists.full_block_cnt[0, 0, qb]]
         # ascending: the partial last block, where the kernel masks the sequence's end, comes last
         assert torch.equal(listed, listed.sort().values)
-    assert one_call_pairs(table, block) == int(table.sum()) * block * block
+    assert lists.full_block_cnt.dtype == lists.full_block_idx.dtype == torch.int32
+    nb = table.shape[0]
+    assert lists.full_block_cnt.shape == (1, 1, nb)
+    assert lists.full_block_idx.shape == (1, 1, nb, nb)
+    if n % block == 0:  # whole blocks: the one call computes exactly the pattern's pairs
+        assert one_call_pairs(table, block) == allowed_pairs(get_mechanism("bigbird"), case)
+    else:  # the last block is partial: its whole tiles count more than the pattern allows
+        assert one_call_pairs(table, block) > allowed_pairs(get_mechanism("bigbird"), case)
 
 
 def test_flash_attn4_runs_bigbird_as_one_block_sparse_call(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,17 +176,26 @@ def test_flash_attn4_runs_bigbird_as_one_block_sparse_call(monkeypatch: pytest.M
     assert backend.executed_pairs(mech, case) == one_call_pairs(bigbird_blocks(case), 8)
 
 
-def test_flash_attn4_bigbird_one_call_only_where_the_kernel_takes_it() -> None:
-    """Other block sizes and a machine without SM90 keep the split; gradients are refused with the reason."""
-    from attnperf.backends.flash_attn import ONE_CALL_BLOCKS, FlashAttn4
+def test_flash_attn4_bigbird_one_call_only_where_the_kernel_takes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SM90 with a block its forward tiles fit (64; 128 up to head_dim 128); elsewhere the split.
+    Gradients are refused on both paths, with the reason."""
+    from attnperf.backends.flash_attn import FlashAttn4
 
     backend = FlashAttn4()
-    case = Case(heads=2, q_len=256, kv_len=256, head_dim=64, block=64, device="cuda")
-    assert 64 in ONE_CALL_BLOCKS
-    reasons = backend.not_supported_reasons(get_mechanism("bigbird"), case, backward=True)
+
+    def case(block: int, head_dim: int = 128) -> Case:
+        return Case(heads=2, q_len=512, kv_len=512, head_dim=head_dim, block=block, device="cuda")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert backend.bigbird_one_call(case(64))
+    assert backend.bigbird_one_call(case(64, head_dim=256))
+    assert backend.bigbird_one_call(case(128))
+    assert not backend.bigbird_one_call(case(128, head_dim=256))  # the key tile is 80 there, not 128
+    assert not backend.bigbird_one_call(case(32))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
+    assert not backend.bigbird_one_call(case(64))  # Blackwell's kernels tile differently: the split
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not backend.bigbird_one_call(case(64))
+    reasons = backend.not_supported_reasons(get_mechanism("bigbird"), case(64), backward=True)
     assert "BigBird is forward only here" in reasons
-    assert not backend.bigbird_one_call(Case(heads=2, q_len=256, kv_len=256, head_dim=64, block=32, device="cuda"))
-    if not torch.cuda.is_available():
-        assert not backend.bigbird_one_call(case)
-    else:
-        assert backend.bigbird_one_call(case) == (torch.cuda.get_device_capability() == (9, 0))

@@ -104,9 +104,12 @@ def bigbird_plan(case: Case, device: torch.device | str) -> block_sparse_split.L
                                      torch.device(device))  # fmt: skip
 
 
-#: BigBird block sizes that flash-attn-4's SM90 forward takes as block-sparse lists: its tiles shrink
-#: to a 64- or 128-token block (64 × 64 or 128 × 128), not to other sizes.
-ONE_CALL_BLOCKS = (64, 128)
+def sm90_tiles_fit(block: int, head_dim: int) -> bool:
+    """Whether flash-attn-4's SM90 forward takes BigBird's ``block`` as its block-sparse tile: its
+    tiles shrink to a sparse block (``_fit_sm90_fwd_tile_to_block_sparsity``) but never grow, and the
+    key tile must equal the block. A block of 64 always gets 64 × 64 tiles; 128 gets 128 × 128 up to
+    head_dim 128 (above it the key tile is 112 or 80, and the library refuses the block)."""
+    return block == 64 or (block == 128 and head_dim <= 128)
 
 
 class FlashAttn4(FlashAttnBase):
@@ -148,9 +151,10 @@ class FlashAttn4(FlashAttnBase):
         return lambda: strided_attention(qt, kt, vt, stride, attend, softmax_scale=case.scale).transpose(1, 2)
 
     def bigbird_one_call(self, case: Case) -> bool:
-        """Whether BigBird runs as one block-sparse call (else the two-call split): on SM90, with a
-        block size its forward tiles fit."""
-        if case.block not in ONE_CALL_BLOCKS or not torch.cuda.is_available():
+        """Whether BigBird runs as one block-sparse call (else the two-call split): on an SM90 GPU of
+        this machine, with a block its forward tiles fit. The analyzer asks the same, so on a
+        machine without one it models the split."""
+        if case.block is None or not sm90_tiles_fit(case.block, case.head_dim) or not torch.cuda.is_available():
             return False
         return torch.cuda.get_device_capability(torch.device(case.device)) == (9, 0)
 
