@@ -242,6 +242,19 @@ def added_run(output: dict[str, Any]) -> dict[str, Any]:
     return output
 
 
+def finished(outputs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The processes that ended by themselves (exit 0), each named on stderr if left out: one
+    stopped from outside (a session's deadline) measured part of the grid and is no replicate."""
+    kept = []
+    for output in outputs:
+        if output.get("exit_code") == 0:
+            kept.append(output)
+        else:
+            note = output.get("error") or f"exit {output.get('exit_code', 'not recorded: it was stopped')}"
+            print(f"attnperf trials: {output.get('label')} left out of the pool ({note})", file=sys.stderr)
+    return kept
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attnperf.regress trials", description=__doc__.splitlines()[0])
     parser.add_argument("--grid", help="grid name (default: pr-gpu with CUDA, else pr-cpu)")
@@ -299,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = ProcessRunner(args.workdir.resolve(), repeat=args.repeat)
     started = time.perf_counter()
     if args.reuse:
-        runs = [added_run(read_json(p)) for p in sorted(args.workdir.glob("trial-*.json"))]
+        runs = finished([added_run(read_json(p)) for p in sorted(args.workdir.glob("trial-*.json"))])
     else:
         print(f"attnperf trials: grid {grid_name}: {describe(points)}; inject {inject}", file=sys.stderr)
         points_file = write_json(args.workdir / "points.json", {"points": [p.as_dict() for p in points]})
@@ -310,8 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RegressError as exc:  # git's own message, in one line
             print(f"attnperf trials: {exc}", file=sys.stderr)
             return 1
-    for path in args.add_runs:
-        runs.append(added_run(read_json(path)))
+    runs += finished([added_run(read_json(path)) for path in args.add_runs])
     fingerprints = sorted({r["fingerprint"] for r in runs if r.get("fingerprint")})
     if len(fingerprints) > 1:  # processes of other code are not an A/A comparison
         parser.error(f"the pooled processes come from {len(fingerprints)} code states (fingerprints "

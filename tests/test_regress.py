@@ -20,7 +20,7 @@ import pytest
 
 from attnperf.batch import code_fingerprint
 from attnperf.regress import RegressError, alternation, main, regress
-from attnperf.results import write_json
+from attnperf.results import read_json, write_json
 from attnperf.verdict import HOLE, REGRESSION
 
 from .test_workflows import perf_pr_regress_args
@@ -203,13 +203,18 @@ def test_trials_refuse_to_pool_processes_of_other_code(tmp_path: Path, capsys) -
     """Processes of two code states are not an A/A pool: the evaluation stops and says so."""
     from attnperf.trials import main as trials_main
 
-    for label, fingerprint in (("trial-001-A", "a" * 16), ("trial-002-B", "b" * 16)):
+    for label, fingerprint in (("trial-001-A", "a" * 16), ("trial-002-B", "b" * 16), ("trial-003-B", "c" * 16)):
         write_json(tmp_path / f"{label}.json", {"label": label, "fingerprint": fingerprint, "records": [],
-                                                "seconds": {}, "wall_s": 1.0})  # fmt: skip
+                                                "seconds": {}, "wall_s": 1.0, "exit_code": 0})  # fmt: skip
+    # a third code state, but its process was stopped from outside (no exit code): left out, and said so
+    stopped_output = read_json(tmp_path / "trial-003-B.json")
+    write_json(tmp_path / "trial-003-B.json", {k: v for k, v in stopped_output.items() if k != "exit_code"})
     with pytest.raises(SystemExit) as stopped:
         trials_main(["--reuse", "--grid", "pr-cpu", "--workdir", str(tmp_path), "--out", str(tmp_path / "t.json")])
     assert stopped.value.code == 2
-    assert "2 code states" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 code states" in err
+    assert "trial-003-B left out of the pool (exit not recorded: it was stopped)" in err
 
 
 def test_trials_of_an_unknown_commit_say_so_in_one_line(tmp_path: Path, capsys) -> None:

@@ -38,7 +38,11 @@
 #   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
 #                     reuses its verdicts and pools its processes). TRIALS_COMMIT=SHA measures that commit's code
 #                     (a worktree of ATTNPERF_ORIGIN), so that several sessions' processes pool; TRIALS_VERDICTS=FILE
-#                     starts from an earlier session's verdicts of that same code (the file is copied out again)
+#                     starts from an earlier session's verdicts of that same code (the file is copied out again);
+#                     TRIALS_POOL=FILE.tgz pools an earlier session's processes (its trials-runs.tgz); TRIALS_RESERVE_S
+#                     leaves that many seconds before the deadline to the phases after it
+#   prcheck-pr        a pull request's check, timed: regress HEAD~1 HEAD over pr-gpu where the head changes a comment
+#                     (other fingerprints: both sides run their checks), with the compile cache earlier phases filled
 # Each step has its own timeout so that one slow step cannot take the others' results with it.
 set -uo pipefail
 (($#)) || { sed -n '2,/^# Each step/p' "$0"; exit 2; }
@@ -46,6 +50,9 @@ FINAL=${OUT:-$PWD/gpu-out}; OUT=$FINAL/raw; mkdir -p "$OUT"
 trap 'tar czf "$FINAL/gpu-check.tgz" -C "$OUT" . && rm -rf "$OUT"' EXIT
 if [[ -f /tmp/devstack/env.sh ]]; then source /tmp/devstack/env.sh; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 ATTNPERF_SEED=${ATTNPERF_SEED:-20261128}
+# One compilation cache for every phase's processes, as a runner keeps between jobs (perf-pr.yml restores
+# main's): a later phase's checks load the kernels an earlier one built.
+export ATTNPERF_COMPILE_CACHE=${ATTNPERF_COMPILE_CACHE:-/tmp/attnperf-compile}
 LIBS="(-flash-attn4- or -flash-attn3- or -xformers- or -fla-)"  # pytest -k terms: the ids read mechanism-backend-case
 SHAPE=(--device cuda --dtype bfloat16 --heads 16 --head-dim 128)
 LENS=4096,8192,16384,32768
@@ -83,15 +90,23 @@ profile16k() {  # $1 = timeout, $2 = variants, $3 = backends: where the time goe
   timeout "$1" python3 -m attnperf profile "${SHAPE[@]}" --seq-lens 16384 --top 6 --variants "$2" --backends "$3" \
     --json "$OUT/profile16k.json" > "$OUT/profile16k.txt" 2>&1; echo "profile 16k exit $?"; cat "$OUT/profile16k.txt"
 }
-asv_repo() {  # asv needs a git repository: the tree as one commit and an empty commit after it
-  [[ $(git log -1 --format=%s 2>/dev/null) == a/a ]] && return
-  if git rev-parse --git-dir >/dev/null 2>&1; then  # never commit into a real checkout
-    echo "asv and aa make a throwaway history: run them in a copy without .git"
-    echo "  (git archive HEAD | tar x -C /tmp/copy, then cd /tmp/copy)"; return 1
+asv_repo() {  # asv needs a git repository: the tree as one commit and an empty commit after it;
+  # $1 = pr: then one more commit that changes a comment in attnperf/, a head of the same behaviour but
+  # another code fingerprint (its checks run again, as a pull request's head's do)
+  local subject; subject=$(git log -1 --format=%s 2>/dev/null)
+  if [[ $subject != a/a && $subject != pr ]]; then
+    if git rev-parse --git-dir >/dev/null 2>&1; then  # never commit into a real checkout
+      echo "asv and aa make a throwaway history: run them in a copy without .git"
+      echo "  (git archive HEAD | tar x -C /tmp/copy, then cd /tmp/copy)"; return 1
+    fi
+    git init -q 2>/dev/null; echo /.devstack/ >> .git/info/exclude; git add -A >/dev/null; git -c user.name=gpu -c user.email=gpu@local commit -qm base >/dev/null
+    git -c user.name=gpu -c user.email=gpu@local commit -q --allow-empty -m "a/a"; git branch -M main  # asv.conf.json follows main
+    python3 -m asv machine --yes --machine "$M" >/dev/null 2>&1 || true  # asv phases check for asv themselves
   fi
-  git init -q 2>/dev/null; echo /.devstack/ >> .git/info/exclude; git add -A >/dev/null; git -c user.name=gpu -c user.email=gpu@local commit -qm base >/dev/null
-  git -c user.name=gpu -c user.email=gpu@local commit -q --allow-empty -m "a/a"; git branch -M main  # asv.conf.json follows main
-  python3 -m asv machine --yes --machine "$M" >/dev/null 2>&1 || true  # asv phases check for asv themselves
+  if [[ ${1:-} == pr && $(git log -1 --format=%s) != pr ]]; then
+    echo "# the head of tools/gpu-check.sh's prcheck-pr: the same code, another fingerprint" >> attnperf/__init__.py
+    git -c user.name=gpu -c user.email=gpu@local commit -qam pr
+  fi
 }
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee -a "$OUT/gpu.txt"
@@ -166,6 +181,18 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     grep -v USDT "$OUT/prcheck.txt" | tail -12; head -8 "$OUT/prcheck-summary.md"
     python3 tools/batch-costs.py /tmp/attnperf-prcheck/pass1-*.json | tee "$OUT/prcheck-costs.txt"
     tar czf "$OUT/prcheck-runs.tgz" -C /tmp attnperf-prcheck ;;
+  prcheck-pr)
+    # A pull request's check as perf-pr.yml runs it: base and head of other fingerprints (the head changes
+    # a comment), so each side runs its checks once; kernels from the compile cache that earlier phases
+    # filled, as a runner's restored cache of main's history run. Timed from start to verdict.
+    asv_repo pr || continue
+    start=$(date +%s.%N); rm -rf /tmp/attnperf-prcheck-pr
+    timeout "${PRCHECK_TIMEOUT_S:-900}" python3 -m attnperf.regress HEAD~1 HEAD --grid pr-gpu --workdir /tmp/attnperf-prcheck-pr \
+      --summary "$OUT/prcheck-pr-summary.md" > "$OUT/prcheck-pr.txt" 2>&1; echo "regress exit $?" | tee -a "$OUT/prcheck-pr.txt"
+    echo "prcheck-pr wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a "$OUT/prcheck-pr.txt"
+    grep -v USDT "$OUT/prcheck-pr.txt" | tail -14; head -8 "$OUT/prcheck-pr-summary.md"
+    python3 tools/batch-costs.py /tmp/attnperf-prcheck-pr/pass*.json | tee "$OUT/prcheck-pr-costs.txt"
+    tar czf "$OUT/prcheck-pr-runs.tgz" -C /tmp attnperf-prcheck-pr ;;
   rows16)
     timeout 200 python3 -m attnperf sweep --device cuda --dtype float16 --heads 16 --head-dim 128 --variants causal \
       --seq-lens 1024,4096,16384 --repeat 10 --json "$OUT/rows16-fp16.json" \
@@ -238,12 +265,15 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     python3 tools/html-points.py /tmp/history/.asv/html "$M" | tee "$OUT/history-graphs.txt" ;;
   trials)
     if [[ -n ${DEADLINE_UNIX:-} ]]; then  # what is left of the session's device time, less a minute to hand back
-      TRIALS_BUDGET_S=$(( DEADLINE_UNIX - $(date +%s) - 60 )); TRIALS_TIMEOUT_S=$(( TRIALS_BUDGET_S + 50 ))
+      TRIALS_BUDGET_S=$(( DEADLINE_UNIX - $(date +%s) - 60 - ${TRIALS_RESERVE_S:-0} )); TRIALS_TIMEOUT_S=$(( TRIALS_BUDGET_S + 50 ))
       ((TRIALS_BUDGET_S > 60)) || { echo "trials: no time left before the deadline"; continue; }
     fi
     mkdir -p /tmp/attnperf-trials && cp /tmp/attnperf-prcheck/verdicts-pass1.json /tmp/attnperf-trials/verdicts.json 2>/dev/null
     [[ -n ${TRIALS_VERDICTS:-} ]] && cp "$TRIALS_VERDICTS" /tmp/attnperf-trials/verdicts.json
-    shopt -s nullglob; aa=(/tmp/attnperf-prcheck/pass1-*.json); shopt -u nullglob  # the A/A check's processes
+    if [[ -n ${TRIALS_POOL:-} ]]; then  # an earlier session's processes of the same commit (its trials-runs.tgz)
+      rm -rf /tmp/attnperf-trials-pool && mkdir -p /tmp/attnperf-trials-pool && tar xzf "$TRIALS_POOL" -C /tmp/attnperf-trials-pool
+    fi
+    shopt -s nullglob; aa=(/tmp/attnperf-prcheck/pass1-*.json /tmp/attnperf-trials-pool/*/trial-*.json); shopt -u nullglob
     commit=(); [[ -n ${TRIALS_COMMIT:-} ]] && commit=(--commit "$TRIALS_COMMIT" --repo "${ATTNPERF_ORIGIN:-.}")
     # Triton's autotuning printed into each process's log: which kernels tune again in a later process
     TRITON_PRINT_AUTOTUNING=1 timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu \
