@@ -52,7 +52,7 @@ import torch
 from attnperf.case import Case, make_inputs
 from attnperf.correctness import check, relative_error
 from attnperf.mechanisms import get_mechanism
-from attnperf.backends.triton.topk import topk_attention
+from attnperf.backends.triton.topk import first_passes, topk_attention
 
 seed, cases = json.loads(sys.argv[1])
 for mechanism, shape in cases:
@@ -75,7 +75,24 @@ q, k, v = make_inputs(case, seed=seed)
 k[:] = k[:, :, :1]
 out = topk_attention(q, k, v, top_k=4, causal=False, scale=case.scale)
 overflow = relative_error(out, get_mechanism("topk").reference(q, k, v, case, None))
-print(json.dumps({"ties": ties, "overflow": overflow}))
+
+# The threshold on random inputs, past one block of lanes (400 keys, 128 lanes), causal and not:
+# never above a row's k-th largest score (it would drop a key the row keeps), and few candidates a
+# row, none past the row's slots (else every call would fall back to the streaming pass). Rows with
+# fewer keys than k (t0 = -inf) are the causal CASES above. 32 queries: one program, for time.
+passes = {}
+for causal in (False, True):
+    case = Case(heads=2, q_len=32, kv_len=400, head_dim=16, top_k=4, causal=causal)
+    q, k, v = make_inputs(case, seed=seed)
+    t0, candidates, counts = first_passes(q, k, top_k=4, causal=causal, scale=case.scale)
+    scores = (q.double() @ k.double().transpose(-1, -2)) * case.scale
+    if causal:  # bottom-right: query i sees keys up to 368 + i
+        scores = scores.masked_fill(torch.ones(32, 400, dtype=torch.bool).triu(369), float("-inf"))
+    kth = scores.topk(4, dim=-1).values[..., -1].flatten()
+    passes[str(causal)] = {"below_kth": bool((t0.double() <= kth + 1e-6).all()),
+                           "max_count": int(counts.max()), "mean_count": float(counts.float().mean()),
+                           "slots": candidates.shape[1]}
+print(json.dumps({"ties": ties, "overflow": overflow, "passes": passes}))
 """
 
 
@@ -91,6 +108,10 @@ def test_triton_kernels_match_the_float64_reference_in_the_interpreter() -> None
         assert result["status"] == "ok", (mechanism, shape, result, f"seed {SEED}")
     assert ties["ties"] < 1e-5, ties
     assert ties["overflow"] < 1e-5, ties
+    for causal, passes in ties["passes"].items():
+        assert passes["below_kth"], (causal, passes)
+        assert passes["max_count"] <= passes["slots"], (causal, passes)
+        assert passes["mean_count"] <= 2 * 4, (causal, passes)  # about k on random scores
 
 
 ROTATION_SCRIPT = """
@@ -205,7 +226,7 @@ def test_the_kernels_sizes_are_the_ones_the_models_count() -> None:
     from attnperf.backends.triton import linear, topk
 
     assert get_backend("triton").block_size == linear.CHUNK  # the FLOP and memory models' chunk
-    assert get_backend("triton").topk_group == topk.GROUP  # the memory model's candidates
+    assert get_backend("triton").topk_cap_per_k == topk.CAP_PER_K  # the memory model's candidates
     assert get_backend("triton").max_top_k == topk.MAX_TOP_K
 
 
@@ -273,7 +294,7 @@ def test_the_kernels_compile_for_hopper() -> None:
         hopper_compile(
             topk._threshold,
             qk | {"t_ptr": "*fp32"},
-            {"TOP_K": 4, "K_PAD": 4, "GROUP": topk.GROUP, "BLOCK_N": topk.BLOCK_N} | scoring,
+            {"TOP_K": 4, "BLOCK_N": topk.LANES} | scoring,
             4,
         )
         hopper_compile(

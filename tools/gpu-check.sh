@@ -27,11 +27,10 @@
 #   mechanisms        issue 15's table: the own Triton kernels' and flash-attn-4's ALiBi/strided correctness on the GPU,
 #                     then every mechanism at 16k (top-k also at 64k, decode over 4k..128k caches directly and as CUDA
 #                     graphs, sliding window at 128k) on its candidates, the decode bound, strided's exponent, profiles
-#   mechanisms-quick  the mechanisms phase without flex and fla (whose compiles and autotuning take minutes): the
-#                     Triton, RoPE, strided and BigBird CUDA tests, the CUDA-graph tests, RoPE and strided checked on
-#                     every CUDA backend in bf16 and fp16, flash-attn-4's checks, the sparse and positional mechanisms
-#                     at 16k on flash-attn-4 / FA3, their 16k profiles, and BigBird's two flash-attn-4 paths
-#                     (tools/gpu-probes.py bigbird-blocksparse)
+#   mechanisms-quick  what the mechanisms phase left to measure, without flex and fla (whose compiles take minutes):
+#                     the Triton and BigBird CUDA tests, the CUDA-graph tests, flash-attn-4's checks, top-k at 16k
+#                     (beside dense causal) and 64k, BigBird's one call from 16k to 128k, the 16k profiles, and
+#                     BigBird's two flash-attn-4 paths (tools/gpu-probes.py bigbird-blocksparse)
 #   cp                context parallelism on two GPUs of one host (tools/cp-two-gpus.sh; nvidia-h200-x2): the check,
 #                     the 1-vs-2-GPU table and the longest sequence each holds, into $OUT/cp
 #   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf.history run), asv publish
@@ -225,17 +224,14 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
       --backends sdpa-cudnn,flash-attn3 --json "$OUT/profile-decode.json" > "$OUT/profile-decode.txt" 2>&1
     echo "profile decode exit $?"; cat "$OUT/profile-decode.txt" ;;
   mechanisms-quick)
-    pytest_gpu 150 "cuda and (-triton- or rope or strided or bigbird)" pytest-triton
+    pytest_gpu 150 "cuda and (-triton- or bigbird)" pytest-triton
     graph_tests
-    # RoPE's rotation kernel and the strided merge kernel under every CUDA backend that runs them
-    for dtype in bfloat16 float16; do
-      timeout 150 python3 -m attnperf check --device cuda --dtype $dtype --heads 12 --head-dim 128 --variants rope,strided \
-        --backends flash-attn4,flash-attn3,sdpa-cudnn,xformers,eager --seq-lens 17,257,1000 > "$OUT/check-rope-$dtype.txt" 2>&1
-      echo "check rope/strided $dtype: exit $?"; tail -4 "$OUT/check-rope-$dtype.txt"
-    done
     check_fa4 150
-    mech 150 sparse16k --variants strided,bigbird,alibi,rope,causal --seq-lens 16384 --backends flash-attn4,flash-attn3
-    profile16k 200 strided,bigbird,rope,causal flash-attn4
+    mech 120 topk16k --variants topk,causal --seq-lens 16384 --backends triton,flash-attn3
+    mech 90 topk64k --variants topk --seq-lens 65536 --backends triton
+    # BigBird's one block-sparse call from 16k to 128k: TFLOP/s at 16k-64k and the fitted exponent
+    mech 200 bigbird-lens --variants bigbird --seq-lens 16384,32768,65536,131072 --backends flash-attn4
+    profile16k 200 topk,strided,bigbird triton,flash-attn4
     timeout 120 python3 tools/gpu-probes.py bigbird-blocksparse --json "$OUT/probe-bigbird-blocksparse.json" \
       > "$OUT/probe-bigbird-blocksparse.txt" 2>&1
     echo "probe bigbird-blocksparse exit $?"; cat "$OUT/probe-bigbird-blocksparse.txt" ;;

@@ -55,7 +55,7 @@ to the H100 (tests/test_gpu_records.py):
   heads, D = 128, bf16; counting float32 states over-predicted by 17%.
 * triton (attnperf's own kernels, predicted from their code, not yet held to a GPU
   measurement): top-k the output, a threshold and a count per query and its row of
-  GROUP · k' packed int64 candidates (k' = k rounded up to a power of two; a call whose rows
+  CAP_PER_K · k' packed int64 candidates (k' = k rounded up to a power of two; a call whose rows
   overflow also allocates a second output for the exact streaming pass, not counted);
   linear the output plus float32 chunk states, one D × D state and a D normalizer per kv head
   for every 64-token chunk and one more (the state of all keys).
@@ -235,11 +235,11 @@ def output_bytes(case: Case) -> int:
     return case.batch * case.heads * case.q_len * case.head_dim * element_size(case)
 
 
-def triton_topk_peak(case: Case, group: int) -> int:
+def triton_topk_peak(case: Case, cap_per_k: int) -> int:
     """attnperf's Triton top-k: the output, and per query a float32 threshold, an int32 count and
-    ``group · k'`` int64 candidates (k' = top_k rounded up to a power of two)."""
+    ``cap_per_k · k'`` int64 candidates (k' = top_k rounded up to a power of two)."""
     k_pad = 1 << max(0, ((case.top_k or 1) - 1).bit_length())
-    return output_bytes(case) + case.batch * case.heads * case.q_len * (4 + 4 + 8 * group * k_pad)
+    return output_bytes(case) + case.batch * case.heads * case.q_len * (4 + 4 + 8 * cap_per_k * k_pad)
 
 
 def triton_linear_peak(case: Case, chunk: int) -> int:

@@ -37,7 +37,7 @@ class Triton(Backend):
     compiles_per_shape = True  # a compile per shape class on a GPU; interpreted (slow) on the CPU
     block_size: int = 64  # the linear chunk; top-k gathers its k rows (the FLOP model's "tiled")
     max_top_k: int = 64
-    topk_group: int = 8  # keys per group maximum in top-k's first pass: GROUP · k candidates a query
+    topk_cap_per_k: int = 8  # top-k's candidate row: CAP_PER_K · k' packed keys a query
 
     topk_attention: Any = None
     linear_attention: Any = None
@@ -77,7 +77,7 @@ class Triton(Backend):
         return run
 
     def topk_peak_bytes(self, case: Case) -> int:
-        return memory.triton_topk_peak(case, group=self.topk_group)
+        return memory.triton_topk_peak(case, cap_per_k=self.topk_cap_per_k)
 
     def linear_peak_bytes(self, case: Case) -> int:
         return memory.triton_linear_peak(case, chunk=self.block_size)
