@@ -38,7 +38,7 @@
 #                     reuses its verdicts and pools its processes). TRIALS_COMMIT=SHA measures that commit's code
 #                     (a worktree of ATTNPERF_ORIGIN), so that several sessions' processes pool; TRIALS_VERDICTS=FILE
 #                     starts from an earlier session's verdicts of that same code (the file is copied out again);
-#                     TRIALS_POOL=FILE.tgz pools an earlier session's processes (its trials-runs.tgz); TRIALS_RESERVE_S
+#                     TRIALS_POOL="A.tgz B.tgz" pools earlier sessions' processes (their trials-runs.tgz); TRIALS_RESERVE_S
 #                     leaves that many seconds before the deadline to the phases after it
 #   prcheck-pr        a pull request's check, timed: regress HEAD~1 HEAD over pr-gpu where the head changes a comment
 #                     (other fingerprints: both sides run their checks), with the compile cache earlier phases filled
@@ -266,10 +266,11 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     fi
     mkdir -p /tmp/attnperf-trials && cp /tmp/attnperf-prcheck/verdicts-pass1.json /tmp/attnperf-trials/verdicts.json 2>/dev/null
     [[ -n ${TRIALS_VERDICTS:-} ]] && cp "$TRIALS_VERDICTS" /tmp/attnperf-trials/verdicts.json
-    if [[ -n ${TRIALS_POOL:-} ]]; then  # an earlier session's processes of the same commit (its trials-runs.tgz)
-      rm -rf /tmp/attnperf-trials-pool && mkdir -p /tmp/attnperf-trials-pool && tar xzf "$TRIALS_POOL" -C /tmp/attnperf-trials-pool
-    fi
-    shopt -s nullglob; aa=(/tmp/attnperf-prcheck/pass1-*.json /tmp/attnperf-trials-pool/*/trial-*.json); shopt -u nullglob
+    rm -rf /tmp/attnperf-trials-pool; i=0
+    for pool in ${TRIALS_POOL:-}; do  # earlier sessions' processes of the same commit (their trials-runs.tgz)
+      i=$((i + 1)); mkdir -p "/tmp/attnperf-trials-pool/$i" && tar xzf "$pool" -C "/tmp/attnperf-trials-pool/$i"
+    done
+    shopt -s nullglob; aa=(/tmp/attnperf-prcheck/pass1-*.json /tmp/attnperf-trials-pool/*/*/trial-*.json); shopt -u nullglob
     commit=(); [[ -n ${TRIALS_COMMIT:-} ]] && commit=(--commit "$TRIALS_COMMIT" --repo "${ATTNPERF_ORIGIN:-.}")
     # Triton's autotuning printed into each process's log: which kernels tune again in a later process
     TRITON_PRINT_AUTOTUNING=1 timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu \
