@@ -9,12 +9,12 @@ Three passes over the keys, each program owning ``BLOCK_M`` queries of one head:
 
 1. :func:`_threshold` keeps, per query, the maximum of each of ``LANES`` lanes (lane c holds the
    keys ≡ c mod LANES: one elementwise maximum per score) and takes the TOP_K-th largest of them
-   as ``t₀`` (one sort a row at the end). TOP_K lanes reach ``t₀`` with distinct keys, so ``t₀`` is a
-   lower bound of the k-th largest score and no score below it can be kept; a query with fewer
-   than k lanes seen keeps ``t₀ = −∞``. With 128 lanes and k = 32 ``t₀`` is the upper quartile of
-   the lane maxima: on random scores at 16k about 40 keys reach it. (The first version kept the k
-   largest maxima of 8-key groups by replacing the smallest, a min, an argmin and a select over k
-   per group: 34.5 of its 54 ms at 16k on the H200.)
+   as ``t₀`` (at the end, the largest left taken out k times). TOP_K lanes reach ``t₀`` with
+   distinct keys, so ``t₀`` is a lower bound of the k-th largest score and no score below it can
+   be kept; a query with fewer than k lanes seen keeps ``t₀ = −∞``. With 128 lanes and k = 32
+   ``t₀`` is the upper quartile of the lane maxima: on random scores at 16k about 40 keys reach
+   it. (The first version kept the k largest maxima of 8-key groups by replacing the smallest, a
+   min, an argmin and a select over k per group: 34.5 of its 54 ms at 16k on the H200.)
 2. :func:`_candidates` recomputes the scores and appends those ``≥ t₀ − margin`` to the query's
    row of ``CAP = CAP_PER_K · k`` packed keys. On ordinary data a row gets about k of them; a row
    with fewer than k lanes has fewer than k keys in all. The margin (2⁻¹² · (|t₀| + 0.001)) covers a
@@ -157,8 +157,17 @@ def _threshold(
         scores, seen = _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offset, scale,
                                CAUSAL, PRECISION, UPCAST)  # fmt: skip
         lane_max = tl.maximum(lane_max, tl.where(seen, scores, float("-inf")))
-    ordered = tl.sort(lane_max, dim=1, descending=True)
-    tl.store(t_ptr + pid_bh * q_len + rows, _column(ordered, tl.arange(0, BLOCK_N), TOP_K - 1), mask=row_ok)
+    # The TOP_K-th largest lane maximum, equal ones counted: the largest left, taken out TOP_K times at
+    # most (a tl.sort of the lanes, a bitonic network, took Triton's interpreter 19 s a call).
+    t0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    needed = tl.full([BLOCK_M], TOP_K, tl.int32)
+    for _ in range(TOP_K):
+        top = tl.max(lane_max, axis=1)
+        at_top = lane_max == top[:, None]
+        t0 = tl.where(needed > 0, top, t0)
+        needed -= tl.sum(at_top.to(tl.int32), axis=1)
+        lane_max = tl.where(at_top, float("-inf"), lane_max)
+    tl.store(t_ptr + pid_bh * q_len + rows, t0, mask=row_ok)
 
 
 @triton.jit
