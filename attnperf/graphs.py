@@ -78,8 +78,9 @@ def root_error(exc: BaseException) -> BaseException:
 
 
 def first_error_line(exc: BaseException) -> str:
-    lines = str(root_error(exc)).strip().splitlines()
-    return lines[0] if lines else type(root_error(exc)).__name__
+    root = root_error(exc)
+    lines = str(root).strip().splitlines()
+    return lines[0] if lines else type(root).__name__
 
 
 def graphed(runner: Runner, device: str | torch.device, bound: float) -> Runner:

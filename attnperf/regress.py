@@ -131,15 +131,15 @@ class ProcessRunner:
             # stdout too: libraries print there (Triton's autotuning with TRITON_PRINT_AUTOTUNING=1)
             proc = subprocess.run(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   timeout=PROCESS_TIMEOUT_S, check=False)  # fmt: skip
-            code, stderr = proc.returncode, proc.stdout
+            code, log = proc.returncode, proc.stdout
         except subprocess.TimeoutExpired as exc:
-            code, stderr = -1, f"stopped after {PROCESS_TIMEOUT_S} s: {exc.stdout or ''}"
+            code, log = -1, f"stopped after {PROCESS_TIMEOUT_S} s: {exc.stdout or ''}"
         wall = time.perf_counter() - started
-        write_atomic(self.workdir / f"{label}.log", stderr or "")
+        write_atomic(self.workdir / f"{label}.log", log or "")
         output = read_json(out) if out.exists() else {"records": [], "seconds": {}}
         output.update(label=label, exit_code=code, wall_s=wall)
         if code != 0:
-            tail = [line for line in (stderr or "").strip().splitlines() if line.strip()][-1:] or [""]
+            tail = [line for line in (log or "").strip().splitlines() if line.strip()][-1:] or [""]
             output["error"] = f"exit {code}: {tail[0]}"
         write_json(out, output)
         return output

@@ -33,6 +33,7 @@ products are exact in float32), the selection the mechanism documents.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -283,10 +284,8 @@ def topk_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, top_k: int, causal: bool, scale: float
 ) -> torch.Tensor:
     """Top-k attention of ``q [B, H, Lq, D]`` over ``k, v [B, H_kv, Lk, D]`` (bottom-right causal)."""
-    if v.stride(-1) != 1:
-        raise ValueError("topk_attention: q, k and v need a contiguous last dimension")
-    _, candidates, counts = first_passes(q, k, top_k=top_k, causal=causal, scale=scale)
-    args = _launch(q, k, causal, scale)
+    launch = Launch.of(q, k, v, top_k=top_k, causal=causal, scale=scale)
+    _, candidates, counts = _first_passes(q, k, launch, top_k)
     batch, heads, q_len, head_dim = q.shape
     k_pad, cap = triton.next_power_of_2(top_k), candidates.shape[1]
     v_strides = (v.stride(0), v.stride(1), v.stride(2))
@@ -294,12 +293,12 @@ def topk_attention(
     o_strides = (out.stride(0), out.stride(1), out.stride(2))
     _select[(triton.cdiv(q_len, SELECT_BLOCK_M), batch * heads)](
         v, out, candidates, counts, *v_strides, *o_strides, heads, heads // k.shape[1], q_len, head_dim,
-        TOP_K=top_k, K_PAD=k_pad, CAP=cap, **(args["shape"] | {"BLOCK_M": SELECT_BLOCK_M}),
+        TOP_K=top_k, K_PAD=k_pad, CAP=cap, **(launch.shape | {"BLOCK_M": SELECT_BLOCK_M}),
     )  # fmt: skip
     # 8 warps: with 4 the streaming kernel spills at k = 32 (compiled for sm_90 without a GPU).
-    _streaming[args["grid"]](q, k, v, out, counts, *args["q_strides"], *args["k_strides"], *v_strides, *o_strides,
-                             *args["sizes"], TOP_K=top_k, K_PAD=k_pad, CAP=cap, BLOCK_N=max(BLOCK_N, k_pad),
-                             **args["shape"], **args["scoring"], num_warps=8)  # fmt: skip
+    _streaming[launch.grid](q, k, v, out, counts, *launch.q_strides, *launch.k_strides, *v_strides, *o_strides,
+                            *launch.sizes, TOP_K=top_k, K_PAD=k_pad, CAP=cap, BLOCK_N=max(BLOCK_N, k_pad),
+                            **launch.shape, **launch.scoring, num_warps=8)  # fmt: skip
     return out
 
 
@@ -308,39 +307,58 @@ def first_passes(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Passes 1 and 2: per query (flattened ``[B · H · Lq]``) the threshold ``t₀``, the row of packed
     candidates and their count (above the row's ``CAP`` slots: overflowed, for the streaming pass)."""
-    if q.stride(-1) != 1 or k.stride(-1) != 1:
-        raise ValueError("topk_attention: q, k and v need a contiguous last dimension")
-    if causal and q.shape[2] > k.shape[2]:
-        raise ValueError(f"topk_attention: causal needs q_len <= kv_len, got {q.shape[2]} > {k.shape[2]}")
-    if not 1 <= top_k <= MAX_TOP_K:
-        raise ValueError(f"topk_attention: top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
-    args = _launch(q, k, causal, scale)
+    return _first_passes(q, k, Launch.of(q, k, None, top_k=top_k, causal=causal, scale=scale), top_k)
+
+
+def _first_passes(
+    q: torch.Tensor, k: torch.Tensor, launch: Launch, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     lines = q.shape[0] * q.shape[1] * q.shape[2]
     threshold = torch.empty(lines, device=q.device, dtype=torch.float32)
     candidates = torch.empty(lines, CAP_PER_K * triton.next_power_of_2(top_k), device=q.device, dtype=torch.int64)
     counts = torch.empty(lines, device=q.device, dtype=torch.int32)
-    common = (*args["q_strides"], *args["k_strides"], *args["sizes"])
-    _threshold[args["grid"]](q, k, threshold, *common, TOP_K=top_k, BLOCK_N=LANES, **args["shape"],
-                             **args["scoring"])  # fmt: skip
-    _candidates[args["grid"]](q, k, threshold, candidates, counts, *common, CAP=candidates.shape[1], BLOCK_N=BLOCK_N,
-                              **args["shape"], **args["scoring"])  # fmt: skip
+    common = (*launch.q_strides, *launch.k_strides, *launch.sizes)
+    _threshold[launch.grid](q, k, threshold, *common, TOP_K=top_k, BLOCK_N=LANES, **launch.shape,
+                            **launch.scoring)  # fmt: skip
+    _candidates[launch.grid](q, k, threshold, candidates, counts, *common, CAP=candidates.shape[1], BLOCK_N=BLOCK_N,
+                             **launch.shape, **launch.scoring)  # fmt: skip
     return threshold, candidates, counts
 
 
-def _launch(q: torch.Tensor, k: torch.Tensor, causal: bool, scale: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Launch:
     """What every pass's launch shares: the grid, the sizes, the strides and the scoring options."""
-    batch, heads, q_len, head_dim = q.shape
-    kv_heads, k_len = k.shape[1], k.shape[2]
-    return {
-        "grid": (triton.cdiv(q_len, BLOCK_M), batch * heads),
-        "sizes": (heads, heads // kv_heads, q_len, k_len, k_len - q_len, head_dim, scale),
-        "q_strides": (q.stride(0), q.stride(1), q.stride(2)),
-        "k_strides": (k.stride(0), k.stride(1), k.stride(2)),
-        "shape": {"BLOCK_M": BLOCK_M, "BLOCK_D": max(16, triton.next_power_of_2(head_dim))},
-        "scoring": {
-            "CAUSAL": causal,
-            # float32: IEEE products (the 1e-5 bound); half inputs: tensor-core products, exact in float32.
-            "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-            "UPCAST": interpreted() and q.dtype == torch.bfloat16,
-        },
-    }
+
+    grid: tuple[int, int]
+    sizes: tuple[int, int, int, int, int, int, float]
+    q_strides: tuple[int, int, int]
+    k_strides: tuple[int, int, int]
+    shape: dict[str, int]
+    scoring: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, *, top_k: int, causal: bool, scale: float
+    ) -> Launch:
+        """The launch of ``q`` over ``k`` (and ``v``), its arguments checked."""
+        batch, heads, q_len, head_dim = q.shape
+        kv_heads, k_len = k.shape[1], k.shape[2]
+        if any(t.stride(-1) != 1 for t in (q, k, v) if t is not None):
+            raise ValueError("topk_attention: q, k and v need a contiguous last dimension")
+        if causal and q_len > k_len:
+            raise ValueError(f"topk_attention: causal needs q_len <= kv_len, got {q_len} > {k_len}")
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise ValueError(f"topk_attention: top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        return cls(
+            grid=(triton.cdiv(q_len, BLOCK_M), batch * heads),
+            sizes=(heads, heads // kv_heads, q_len, k_len, k_len - q_len, head_dim, scale),
+            q_strides=(q.stride(0), q.stride(1), q.stride(2)),
+            k_strides=(k.stride(0), k.stride(1), k.stride(2)),
+            shape={"BLOCK_M": BLOCK_M, "BLOCK_D": max(16, triton.next_power_of_2(head_dim))},
+            scoring={
+                "CAUSAL": causal,
+                # float32: IEEE products (the 1e-5 bound); half inputs: tensor-core products, exact in float32.
+                "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+                "UPCAST": interpreted() and q.dtype == torch.bfloat16,
+            },
+        )
