@@ -52,6 +52,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 ATTNPERF_SE
 # One compilation cache for every phase's processes, as a runner keeps between jobs (perf-pr.yml restores
 # main's): a later phase's checks load the kernels an earlier one built.
 export ATTNPERF_COMPILE_CACHE=${ATTNPERF_COMPILE_CACHE:-/tmp/attnperf-compile}
+W=${WORK_ROOT:-/tmp}  # the check's and the trials' work folders (gpu-session.sh gives its second lane its own)
 LIBS="(-flash-attn4- or -flash-attn3- or -xformers- or -fla-)"  # pytest -k terms: the ids read mechanism-backend-case
 SHAPE=(--device cuda --dtype bfloat16 --heads 16 --head-dim 128)
 LENS=4096,8192,16384,32768
@@ -173,25 +174,26 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
   prcheck)
     # Work folders in /tmp outlive the call while the machine stays warm: trials reuse the verdicts.
     asv_repo || continue
-    start=$(date +%s.%N); rm -rf /tmp/attnperf-prcheck
-    timeout "${PRCHECK_TIMEOUT_S:-480}" python3 -m attnperf.regress HEAD~1 HEAD --grid pr-gpu --workdir /tmp/attnperf-prcheck \
+    start=$(date +%s.%N); rm -rf $W/attnperf-prcheck
+    timeout "${PRCHECK_TIMEOUT_S:-480}" python3 -m attnperf.regress HEAD~1 HEAD --grid pr-gpu --workdir $W/attnperf-prcheck \
       --summary "$OUT/prcheck-summary.md" > "$OUT/prcheck.txt" 2>&1; echo "regress exit $?" | tee -a "$OUT/prcheck.txt"
     echo "prcheck wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a "$OUT/prcheck.txt"
     grep -v USDT "$OUT/prcheck.txt" | tail -12; head -8 "$OUT/prcheck-summary.md"
-    python3 tools/batch-costs.py /tmp/attnperf-prcheck/pass1-*.json | tee "$OUT/prcheck-costs.txt"
-    tar czf "$OUT/prcheck-runs.tgz" -C /tmp attnperf-prcheck ;;
+    python3 tools/batch-costs.py $W/attnperf-prcheck/pass1-*.json | tee "$OUT/prcheck-costs.txt"
+    tar czf "$OUT/prcheck-runs.tgz" -C "$W" attnperf-prcheck ;;
   prcheck-pr)
     # A pull request's check as perf-pr.yml runs it: base and head of other fingerprints (the head changes
     # a comment), so each side runs its checks once; kernels from the compile cache that earlier phases
     # filled, as a runner's restored cache of main's history run. Timed from start to verdict.
     asv_repo pr || continue
-    start=$(date +%s.%N); rm -rf /tmp/attnperf-prcheck-pr
-    timeout "${PRCHECK_TIMEOUT_S:-900}" python3 -m attnperf.regress HEAD~1 HEAD --grid pr-gpu --workdir /tmp/attnperf-prcheck-pr \
+    start=$(date +%s.%N); rm -rf $W/attnperf-prcheck-pr; limit=${PRCHECK_TIMEOUT_S:-900}
+    if [[ -n ${DEADLINE_UNIX:-} ]] && (( DEADLINE_UNIX - $(date +%s) - 60 < limit )); then limit=$(( DEADLINE_UNIX - $(date +%s) - 60 )); fi
+    timeout "$limit" python3 -m attnperf.regress HEAD~1 HEAD --grid pr-gpu --workdir $W/attnperf-prcheck-pr \
       --summary "$OUT/prcheck-pr-summary.md" > "$OUT/prcheck-pr.txt" 2>&1; echo "regress exit $?" | tee -a "$OUT/prcheck-pr.txt"
     echo "prcheck-pr wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a "$OUT/prcheck-pr.txt"
     grep -v USDT "$OUT/prcheck-pr.txt" | tail -14; head -8 "$OUT/prcheck-pr-summary.md"
-    python3 tools/batch-costs.py /tmp/attnperf-prcheck-pr/pass*.json | tee "$OUT/prcheck-pr-costs.txt"
-    tar czf "$OUT/prcheck-pr-runs.tgz" -C /tmp attnperf-prcheck-pr ;;
+    python3 tools/batch-costs.py $W/attnperf-prcheck-pr/pass*.json | tee "$OUT/prcheck-pr-costs.txt"
+    tar czf "$OUT/prcheck-pr-runs.tgz" -C "$W" attnperf-prcheck-pr ;;
   rows16)
     timeout 200 python3 -m attnperf sweep --device cuda --dtype float16 --heads 16 --head-dim 128 --variants causal \
       --seq-lens 1024,4096,16384 --repeat 10 --json "$OUT/rows16-fp16.json" \
@@ -264,21 +266,21 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
       TRIALS_BUDGET_S=$(( DEADLINE_UNIX - $(date +%s) - 60 - ${TRIALS_RESERVE_S:-0} )); TRIALS_TIMEOUT_S=$(( TRIALS_BUDGET_S + 50 ))
       ((TRIALS_BUDGET_S > 60)) || { echo "trials: no time left before the deadline"; continue; }
     fi
-    mkdir -p /tmp/attnperf-trials && cp /tmp/attnperf-prcheck/verdicts-pass1.json /tmp/attnperf-trials/verdicts.json 2>/dev/null
-    [[ -n ${TRIALS_VERDICTS:-} ]] && cp "$TRIALS_VERDICTS" /tmp/attnperf-trials/verdicts.json
-    rm -rf /tmp/attnperf-trials-pool; i=0
+    mkdir -p $W/attnperf-trials && cp $W/attnperf-prcheck/verdicts-pass1.json $W/attnperf-trials/verdicts.json 2>/dev/null
+    [[ -n ${TRIALS_VERDICTS:-} ]] && cp "$TRIALS_VERDICTS" $W/attnperf-trials/verdicts.json
+    rm -rf $W/attnperf-trials-pool; i=0
     for pool in ${TRIALS_POOL:-}; do  # earlier sessions' processes of the same commit (their trials-runs.tgz)
-      i=$((i + 1)); mkdir -p "/tmp/attnperf-trials-pool/$i" && tar xzf "$pool" -C "/tmp/attnperf-trials-pool/$i"
+      i=$((i + 1)); mkdir -p "$W/attnperf-trials-pool/$i" && tar xzf "$pool" -C "$W/attnperf-trials-pool/$i"
     done
-    shopt -s nullglob; aa=(/tmp/attnperf-prcheck/pass1-*.json /tmp/attnperf-trials-pool/*/*/trial-*.json); shopt -u nullglob
+    shopt -s nullglob; aa=($W/attnperf-prcheck/pass1-*.json $W/attnperf-trials-pool/*/*/trial-*.json); shopt -u nullglob
     commit=(); [[ -n ${TRIALS_COMMIT:-} ]] && commit=(--commit "$TRIALS_COMMIT" --repo "${ATTNPERF_ORIGIN:-.}")
     # Triton's autotuning printed into each process's log: which kernels tune again in a later process
     TRITON_PRINT_AUTOTUNING=1 timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu \
-      --budget-s "${TRIALS_BUDGET_S:-520}" --workdir /tmp/attnperf-trials --out "$OUT/regress-trials.json" \
+      --budget-s "${TRIALS_BUDGET_S:-520}" --workdir $W/attnperf-trials --out "$OUT/regress-trials.json" \
       --noise-out "$OUT/noise.json" "${commit[@]}" ${aa[0]:+--add-runs "${aa[@]}"} 2>&1 | grep -v USDT
-    python3 tools/batch-costs.py /tmp/attnperf-trials/trial-*.json > "$OUT/trials-costs.txt"; tail -4 "$OUT/trials-costs.txt"
-    cp /tmp/attnperf-trials/verdicts.json "$OUT/trials-verdicts.json"
-    tar czf "$OUT/trials-runs.tgz" -C /tmp attnperf-trials ;;
+    python3 tools/batch-costs.py $W/attnperf-trials/trial-*.json > "$OUT/trials-costs.txt"; tail -4 "$OUT/trials-costs.txt"
+    cp $W/attnperf-trials/verdicts.json "$OUT/trials-verdicts.json"
+    tar czf "$OUT/trials-runs.tgz" -C "$W" attnperf-trials ;;
   *) echo "unknown phase $phase"; exit 2 ;;
   esac
 done

@@ -3,28 +3,52 @@
 # process session of their own (which outlives the call) in a copy of the tree without .git, and
 # each call waits for them up to WAIT_S. Calls must follow each other within the machine's idle
 # release (30 s), or it is given back with the job.
-#   bash tools/gpu-session.sh start SECONDS PHASE...   start; the trials phase ends SECONDS from now
+#   bash tools/gpu-session.sh start SECONDS PHASE... [+ PHASE...]
+#                                                      start; the trials phase ends SECONDS from now
 #   bash tools/gpu-session.sh wait                     wait again
-# The call in which the phases end copies their archive (gpu-check.tgz) to $OUT; every earlier call
-# brings back what the phases wrote so far ($OUT/partial.tgz), since a machine given back between
+# Phases after a "+" run at the same time on the second GPU of a two-GPU machine (nvidia-h200-x2):
+# a lane of their own (CUDA_VISIBLE_DEVICES=1, its own copy of the tree, work folders under
+# /tmp/lane1, archive gpu-check-lane1.tgz), so that one session's device time does twice the work
+# (the cp phase needs both GPUs: never in a lane). The lanes share the compile cache.
+# The call in which every lane has ended copies the archives (gpu-check*.tgz) to $OUT; every earlier
+# call brings back what the phases wrote so far ($OUT/partial.tgz), since a machine given back between
 # calls takes the job and its files with it.
 # The device's .git is the session's starting commit, not the working tree's: for the history phase,
 # carry the newer commits as a bundle (git bundle create .hist/new.bundle START..main, with /.hist/
 # in .git/info/exclude, and carry .hist).
 set -uo pipefail
-S=/tmp/gpu-session WAIT_S=${WAIT_S:-570}
+R=${GPU_SESSION_ROOT:-/tmp}  # where the session keeps its copies and files (a test sets it)
+S=$R/gpu-session WAIT_S=${WAIT_S:-570}
 case ${1:-} in
 start)
   shift; deadline=$(( $(date +%s) + $1 )); shift
-  rm -rf /tmp/copy "$S" && mkdir -p /tmp/copy "$S"
-  tar --exclude=./.git -cf - . | tar xf - -C /tmp/copy
-  origin=$PWD  # the checkout with .git, for the history phase
-  (cd /tmp/copy && ATTNPERF_ORIGIN=$origin DEADLINE_UNIX=$deadline OUT=$S setsid nohup bash -c \
-    'bash tools/gpu-check.sh "$@"; echo done > /tmp/gpu-session/done' _ "$@" > "$S/log" 2>&1 < /dev/null &) ;;
+  lane0=() lane1=(); lane=0
+  for arg; do if [[ $arg == + ]]; then lane=1; elif ((lane)); then lane1+=("$arg"); else lane0+=("$arg"); fi; done
+  rm -rf "$R/copy" "$R/copy-lane1" "$R/lane1" "$S" && mkdir -p "$R/copy" "$S"
+  tar --exclude=./.git -cf - . | tar xf - -C "$R/copy"
+  origin=$PWD  # the checkout with .git, for the history phase and TRIALS_COMMIT
+  launch() {  # $1 = copy, $2 = lane's OUT, $3 = its done marker, then VAR=VALUE... -- PHASE...
+    local copy=$1 out=$2 marker=$3 vars=(); shift 3
+    while [[ $1 != -- ]]; do vars+=("$1"); shift; done; shift
+    (cd "$copy" && env "${vars[@]}" ATTNPERF_ORIGIN="$origin" DEADLINE_UNIX=$deadline OUT="$out" setsid nohup \
+      bash -c 'bash tools/gpu-check.sh "$@"; echo done > '"$marker" _ "$@" > "$out/log" 2>&1 < /dev/null &)
+  }
+  launch "$R/copy" "$S" "$S/done" GPU_LANE=0 -- "${lane0[@]}"
+  if ((${#lane1[@]})); then
+    mkdir -p "$R/copy-lane1" "$S/lane1" "$R/lane1" && cp -a "$R/copy/." "$R/copy-lane1/"
+    launch "$R/copy-lane1" "$S/lane1" "$S/done-lane1" GPU_LANE=1 CUDA_VISIBLE_DEVICES=1 WORK_ROOT="$R/lane1" -- "${lane1[@]}"
+  else echo done > "$S/done-lane1"; fi ;;
 wait) ;;
 *) sed -n '2,/^set/p' "$0" | grep '^#'; exit 2 ;;
 esac
-for ((i = 0; i < WAIT_S; i += 5)); do [[ -f $S/done ]] && break; sleep 5; done
-grep -v USDT "$S/log" | tail -60
-if [[ -f $S/done ]]; then cp "$S/gpu-check.tgz" "${OUT:?}/" && echo "phases done; archive in \$OUT"
-else tar czf "${OUT:?}/partial.tgz" -C "$S" log raw /tmp/attnperf-prcheck /tmp/attnperf-trials 2>/dev/null; echo "still running"; fi
+all_done() { [[ -f $S/done && -f $S/done-lane1 ]]; }
+for ((i = 0; i < WAIT_S; i += 5)); do all_done && break; sleep 5; done
+grep -v USDT "$S/log" | tail -40
+if [[ -f $S/lane1/log ]]; then echo "--- lane 1"; grep -v USDT "$S/lane1/log" | tail -30; fi
+if all_done; then
+  cp "$S/gpu-check.tgz" "${OUT:?}/" && echo "phases done; archive in \$OUT"
+  if [[ -f $S/lane1/gpu-check.tgz ]]; then cp "$S/lane1/gpu-check.tgz" "$OUT/gpu-check-lane1.tgz"; fi
+else
+  tar czf "${OUT:?}/partial.tgz" -C "$S" log raw lane1/log lane1/raw /tmp/attnperf-prcheck /tmp/attnperf-trials \
+    "$R/lane1" 2>/dev/null; echo "still running"
+fi

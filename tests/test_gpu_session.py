@@ -1,0 +1,67 @@
+"""tools/gpu-session.sh, the runner of GPU-check phases on the lent machine, with a stub in place of
+tools/gpu-check.sh: phases after a "+" run as a second lane on the second GPU, with a copy, work
+folders and an archive of their own; without a "+" there is one lane, as before lanes existed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Writes what its lane was given into its archive, as gpu-check.sh writes raw/ into gpu-check.tgz.
+STUB = """set -u
+mkdir -p "$OUT/raw"
+echo "lane=$GPU_LANE gpus=${CUDA_VISIBLE_DEVICES:-all} work=${WORK_ROOT:-/tmp} phases=$* deadline=$DEADLINE_UNIX" \\
+  > "$OUT/raw/seen.txt"
+tar czf "$OUT/gpu-check.tgz" -C "$OUT/raw" .
+"""
+
+
+def seen(archive: Path) -> str:
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("./seen.txt")
+        assert member is not None
+        return member.read().decode().strip()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    if shutil.which("bash") is None or shutil.which("setsid") is None:
+        pytest.skip("needs bash and setsid (util-linux), as the lent machine has")
+    tree = tmp_path / "tree"
+    (tree / "tools").mkdir(parents=True)
+    shutil.copy(ROOT / "tools" / "gpu-session.sh", tree / "tools")
+    (tree / "tools" / "gpu-check.sh").write_text(STUB)
+    return tree
+
+
+def start(tree: Path, root: Path, *phases: str) -> Path:
+    out = root / "out"
+    out.mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "WAIT_S": "30", "GPU_SESSION_ROOT": str(root)}
+    proc = subprocess.run(["bash", "tools/gpu-session.sh", "start", "100", *phases], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "phases done" in proc.stdout, proc.stdout
+    return out
+
+
+def test_two_lanes(tree: Path, tmp_path: Path) -> None:
+    root = tmp_path / "session"
+    out = start(tree, root, "trials", "+", "mechanisms-quick", "prcheck-pr")
+    first, second = seen(out / "gpu-check.tgz"), seen(out / "gpu-check-lane1.tgz")
+    assert first.startswith("lane=0 gpus=all work=/tmp phases=trials deadline=")
+    assert second.startswith(f"lane=1 gpus=1 work={root}/lane1 phases=mechanisms-quick prcheck-pr deadline=")
+    assert first.split("deadline=")[1] == second.split("deadline=")[1], "both lanes end by one deadline"
+    assert (root / "copy-lane1" / "tools" / "gpu-check.sh").is_file(), "the second lane runs a copy of its own"
+
+
+def test_one_lane(tree: Path, tmp_path: Path) -> None:
+    out = start(tree, tmp_path / "session", "tests", "libs")
+    assert seen(out / "gpu-check.tgz").startswith("lane=0 gpus=all work=/tmp phases=tests libs deadline=")
+    assert not (out / "gpu-check-lane1.tgz").exists()
