@@ -4,6 +4,7 @@ folders and an archive of their own; without a "+" there is one lane, as before 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tarfile
@@ -18,15 +19,20 @@ STUB = """set -u
 mkdir -p "$OUT/raw"
 echo "lane=$GPU_LANE gpus=${CUDA_VISIBLE_DEVICES:-all} work=${WORK_ROOT:-/tmp} phases=$* deadline=$DEADLINE_UNIX" \\
   > "$OUT/raw/seen.txt"
+grep Cpus_allowed_list /proc/self/status | cut -f2 > "$OUT/raw/cpus.txt"
 tar czf "$OUT/gpu-check.tgz" -C "$OUT/raw" .
 """
 
 
-def seen(archive: Path) -> str:
+def seen(archive: Path, name: str = "seen.txt") -> str:
     with tarfile.open(archive) as tar:
-        member = tar.extractfile("./seen.txt")
+        member = tar.extractfile(f"./{name}")
         assert member is not None
         return member.read().decode().strip()
+
+
+def all_cpus() -> str:
+    return Path("/proc/self/status").read_text().split("Cpus_allowed_list:")[1].split()[0]
 
 
 @pytest.fixture
@@ -59,9 +65,15 @@ def test_two_lanes(tree: Path, tmp_path: Path) -> None:
     assert second.startswith(f"lane=1 gpus=1 work={root}/lane1 phases=mechanisms-quick prcheck-pr deadline=")
     assert first.split("deadline=")[1] == second.split("deadline=")[1], "both lanes end by one deadline"
     assert (root / "copy-lane1" / "tools" / "gpu-check.sh").is_file(), "the second lane runs a copy of its own"
+    if shutil.which("taskset") and os.cpu_count() and os.cpu_count() >= 2 and all_cpus() == f"0-{os.cpu_count() - 1}":
+        half = os.cpu_count() // 2
+        cpus = seen(out / "gpu-check.tgz", "cpus.txt"), seen(out / "gpu-check-lane1.tgz", "cpus.txt")
+        expected = tuple(f"{a}-{b}" if a != b else f"{a}" for a, b in ((0, half - 1), (half, 2 * half - 1)))
+        assert cpus == expected, "each lane holds its half of the cores"
 
 
 def test_one_lane(tree: Path, tmp_path: Path) -> None:
     out = start(tree, tmp_path / "session", "tests", "libs")
     assert seen(out / "gpu-check.tgz").startswith("lane=0 gpus=all work=/tmp phases=tests libs deadline=")
     assert not (out / "gpu-check-lane1.tgz").exists()
+    assert seen(out / "gpu-check.tgz", "cpus.txt") == all_cpus(), "one lane is not pinned"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,26 @@ def test_pooled_processes_keep_their_sides() -> None:
     labels = {name: added_run({"label": name, "records": []})["trial_label"]
               for name in ("trial-001-A", "trial-002-B", "pass1-base-1", "pass1-head-2")}  # fmt: skip
     assert labels == {"trial-001-A": "A", "trial-002-B": "B", "pass1-base-1": "A", "pass1-head-2": "B"}
+
+
+def test_trials_budget_the_next_pair_on_processes_after_the_first(monkeypatch, tmp_path: Path) -> None:
+    """The first process runs the checks and compilations; a budget read from it ends trials early."""
+    from attnperf import trials
+
+    clock = [0.0]
+    monkeypatch.setattr(trials.time, "perf_counter", lambda: clock[0])
+
+    class Runner:
+        workdir = tmp_path
+
+        def run(self, repo, points, label, **_) -> dict:
+            wall = 300.0 if label.startswith("trial-001") else 100.0
+            clock[0] += wall
+            return {"label": label, "wall_s": wall}
+
+    runs = trials.run_processes(Runner(), tmp_path, tmp_path / "points.json", inject=None, budget_s=1000,
+                                max_processes=50)  # fmt: skip
+    # 300 + 100 = 400 s after two; the next pair is expected at 2 × 100 s (not 2 × 300): 600, 800, then
+    # 800 + 200 = 1000 is not over the budget, 1000 + 200 is
+    assert [r["trial_label"] for r in runs] == ["A", "B", "B", "A", "A", "B", "B", "A"]
+    assert clock[0] == 1000

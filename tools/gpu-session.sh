@@ -9,7 +9,11 @@
 # Phases after a "+" run at the same time on the second GPU of a two-GPU machine (nvidia-h200-x2):
 # a lane of their own (CUDA_VISIBLE_DEVICES=1, its own copy of the tree, work folders under
 # /tmp/lane1, archive gpu-check-lane1.tgz), so that one session's device time does twice the work
-# (the cp phase needs both GPUs: never in a lane). The lanes share the compile cache.
+# (the cp phase needs both GPUs: never in a lane). The lanes share the compile cache. Each lane is
+# held to its half of the cores (taskset), as a one-GPU machine has 16 of 32: unpinned, two lanes'
+# processes fought over the host (2026-11-29, seventh session: host-bound work between timings took
+# 77 s a process instead of 14-18 s, and the spread of host-bound backward points rose from 0.08 to
+# 0.12-0.14 in log).
 # The call in which every lane has ended copies the archives (gpu-check*.tgz) to $OUT; every earlier
 # call brings back what the phases wrote so far ($OUT/partial.tgz), since a machine given back between
 # calls takes the job and its files with it.
@@ -27,16 +31,21 @@ start)
   rm -rf "$R/copy" "$R/copy-lane1" "$R/lane1" "$S" && mkdir -p "$R/copy" "$S"
   tar --exclude=./.git -cf - . | tar xf - -C "$R/copy"
   origin=$PWD  # the checkout with .git, for the history phase and TRIALS_COMMIT
-  launch() {  # $1 = copy, $2 = lane's OUT, $3 = its done marker, then VAR=VALUE... -- PHASE...
-    local copy=$1 out=$2 marker=$3 vars=(); shift 3
+  launch() {  # $1 = copy, $2 = lane's OUT, $3 = its done marker, $4 = its cores ("" = all), then VAR=VALUE... -- PHASE...
+    local copy=$1 out=$2 marker=$3 pin=() vars=(); [[ -n $4 ]] && pin=(taskset -c "$4"); shift 4
     while [[ $1 != -- ]]; do vars+=("$1"); shift; done; shift
     (cd "$copy" && env "${vars[@]}" ATTNPERF_ORIGIN="$origin" DEADLINE_UNIX=$deadline OUT="$out" setsid nohup \
-      bash -c 'bash tools/gpu-check.sh "$@"; echo done > '"$marker" _ "$@" > "$out/log" 2>&1 < /dev/null &)
+      "${pin[@]}" bash -c 'bash tools/gpu-check.sh "$@"; echo done > '"$marker" _ "$@" > "$out/log" 2>&1 < /dev/null &)
   }
-  launch "$R/copy" "$S" "$S/done" GPU_LANE=0 -- "${lane0[@]}"
+  cores0="" cores1=""
+  if ((${#lane1[@]})) && command -v taskset >/dev/null; then
+    half=$(( $(nproc) / 2 )); cores0="0-$((half - 1))" cores1="$half-$((2 * half - 1))"
+  fi
+  launch "$R/copy" "$S" "$S/done" "$cores0" GPU_LANE=0 -- "${lane0[@]}"
   if ((${#lane1[@]})); then
     mkdir -p "$R/copy-lane1" "$S/lane1" "$R/lane1" && cp -a "$R/copy/." "$R/copy-lane1/"
-    launch "$R/copy-lane1" "$S/lane1" "$S/done-lane1" GPU_LANE=1 CUDA_VISIBLE_DEVICES=1 WORK_ROOT="$R/lane1" -- "${lane1[@]}"
+    launch "$R/copy-lane1" "$S/lane1" "$S/done-lane1" "$cores1" GPU_LANE=1 CUDA_VISIBLE_DEVICES=1 \
+      WORK_ROOT="$R/lane1" -- "${lane1[@]}"
   else echo done > "$S/done-lane1"; fi ;;
 wait) ;;
 *) sed -n '2,/^set/p' "$0" | grep '^#'; exit 2 ;;
