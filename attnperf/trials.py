@@ -86,8 +86,9 @@ def calibrate(runs: Sequence[dict[str, Any]], floor: float = 0.001) -> dict[str,
 
 def as_head(run: dict[str, Any], pct: float, backend: str) -> dict[str, Any]:
     """A B-process seen as a head slowed by ``pct`` % on ``backend``: its injected records take the
-    place of the plain ones they were measured beside."""
-    injected = {r["base_key"]: r for r in run["records"] if r.get("injected_pct") == pct}
+    place of the plain ones they were measured beside. A benchmark on which that slowdown could not
+    be injected (shorter than the spin's own cost) keeps its plain record: it is not slowed."""
+    injected = {r["base_key"]: r for r in run["records"] if r.get("injected_pct") == pct and r["status"] == Status.OK}
     records = []
     for plain_record in run["records"]:
         if "injected_pct" in plain_record:
@@ -130,9 +131,22 @@ def injected_ratio(runs: Sequence[dict[str, Any]], pct: float) -> float | None:
     for run in runs:
         medians = {r["key"]: r.get("median") for r in run["records"] if r["status"] == Status.OK}
         for r in run["records"]:
-            if r.get("injected_pct") == pct and medians.get(r["base_key"]):
+            if r.get("injected_pct") == pct and r["status"] == Status.OK and medians.get(r["base_key"]):
                 ratios.append(r["median"] / medians[r["base_key"]])
     return statistics.median(ratios) if ratios else None
+
+
+def injected_benchmarks(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, int]:
+    """How many of the benchmarks asked for a ``pct`` % slowdown carried it (in the processes that
+    could inject it): a slowdown shorter than the spin's own cost cannot be injected."""
+    asked, slowed = set(), set()
+    for run in runs:
+        for r in run["records"]:
+            if r.get("injected_pct") == pct:
+                asked.add(r["base_key"])
+                if r["status"] == Status.OK:
+                    slowed.add(r["base_key"])
+    return {"slowed": len(slowed), "of": len(asked)}
 
 
 def evaluate(
@@ -191,8 +205,10 @@ def held_out(
         trials, flagged = len(real) + len(sampled), sum(real) + sum(sampled)
         low, high = wilson(flagged, trials)
         measured = injected_ratio(runs, pct) if pct else None
+        slowed = injected_benchmarks(runs, pct) if pct else None
         rows.append({
             "injected_pct": pct, "measured_pct": None if measured is None else round(100 * (measured - 1), 3),
+            "slowed_benchmarks": slowed,
             "trials": trials, "flagged": flagged, "rate": flagged / trials if trials else None,
             "ci95": [round(low, 4), round(high, 4)], "real_trials": len(real), "real_flagged": sum(real),
             "resampled_trials": len(sampled), "resampled_flagged": sum(sampled),
@@ -349,10 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine = runs[0].get("machine") if runs else None
         calibration = {"sigma": sigma, "default_sigma": DEFAULT_SIGMA, "processes": len(runs), "grid": grid_name}
         write_json(args.noise_out, calibration | {"machine": machine})
-    print(f"{'injected %':>10} {'measured %':>10} {'trials':>6} {'flagged':>7} {'rate':>6}  95% interval  (real)")
+    print(f"{'injected %':>10} {'measured %':>10} {'slowed':>7} {'trials':>6} {'flagged':>7} {'rate':>6}  "
+          "95% interval  (real)")  # fmt: skip
     for row in rows:
         measured = "" if row["measured_pct"] is None else f"{row['measured_pct']:.2f}"
-        print(f"{row['injected_pct']:>10g} {measured:>10} {row['trials']:>6} {row['flagged']:>7} "
+        slowed = "" if row["slowed_benchmarks"] is None else "{slowed}/{of}".format(**row["slowed_benchmarks"])
+        print(f"{row['injected_pct']:>10g} {measured:>10} {slowed:>7} {row['trials']:>6} {row['flagged']:>7} "
               f"{row['rate'] or 0:>6.3f}  [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]  "
               f"({row['real_flagged']}/{row['real_trials']})")  # fmt: skip
     return 0

@@ -201,3 +201,40 @@ def test_memory_freed_between_points_keeps_later_collections_small() -> None:
         assert alive() is None
     finally:
         gc.unfreeze()
+
+
+def test_an_injected_slowdown_takes_the_spins_own_cost_off_the_spin(monkeypatch) -> None:
+    """The spin is sized to pct % of the median less what the shortest spin adds (its launch); a
+    slowdown shorter than that cost is recorded unsupported with both sizes, never measured."""
+    from types import SimpleNamespace
+
+    from attnperf import batch
+    from attnperf.measure import Timing
+
+    plain_s, launch_s = 100e-6, 2e-6
+    spun: list[float] = []
+    pending: list[float] = []
+
+    def spin(seconds: float) -> None:
+        pending.append(seconds)
+
+    def fake_measure_time(fn, device, **_) -> Timing:  # one call stands for the timing: what it spun
+        pending.clear()
+        fn()
+        spun.extend(pending)
+        return Timing(median=plain_s + sum(launch_s + s for s in pending))
+
+    monkeypatch.setattr(batch, "measure_time", fake_measure_time)
+    runner = batch.BatchRunner(cache=batch.VerdictCache(None, "x"), repeat=3)
+    runner.spins["cpu"] = spin
+    point = SimpleNamespace(case=SimpleNamespace(device="cpu"), run=lambda: None)
+    plain = {"key": "k", "spec": {}, "median": plain_s}
+    five = runner._injected(point, plain, 5.0)
+    assert five["status"] == "ok"
+    assert five["spin_cost_s"] == pytest.approx(launch_s)
+    assert five["median"] == pytest.approx(plain_s * 1.05), "the call takes 5% longer, launch included"
+    assert spun[-1] == pytest.approx(5e-6 - launch_s)
+    one = runner._injected(point, plain, 1.0)  # 1 µs, below the 2 µs launch
+    assert one["status"] == "unsupported"
+    assert "below the spin's own cost" in one["reason"]
+    assert "median" not in one

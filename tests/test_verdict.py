@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from attnperf.benchgrid import BACKWARD, FORWARD, PointSpec
-from attnperf.trials import added_run, as_head, calibrate, held_out, wilson
+from attnperf.trials import added_run, as_head, calibrate, held_out, injected_benchmarks, wilson
 from attnperf.verdict import HOLE, IMPROVEMENT, NEW, REGRESSION, SAME, Noise, compare_times, decide
 
 SPEC = PointSpec("flash-attn4", "causal", 8192, 128, "bfloat16", FORWARD, device="cuda", heads=16)
@@ -124,6 +124,22 @@ def test_as_head_swaps_in_the_injected_records_of_one_backend() -> None:
     assert rec["key"] == SPEC.key
     assert rec["median"] == pytest.approx(1.1)
     assert as_head(run, 10.0, "sdpa-cudnn")["records"][0]["median"] == pytest.approx(1.0)
+
+
+def test_a_slowdown_that_could_not_be_injected_leaves_the_benchmark_plain() -> None:
+    """An unsupported injected record (shorter than the spin's cost) must not become the head's
+    record: the verdict would call it a hole and count a detection that no slowdown earned."""
+    run = synthetic_runs(1, sigma=0.0)[0]
+    for r in run["records"]:
+        if r.get("injected_pct") == 3.0:
+            r.update(status="unsupported", reason="below the spin's own cost")
+            del r["median"]
+    assert as_head(run, 3.0, "flash-attn4")["records"][0] == record(SPEC, 1.0)
+    assert injected_benchmarks([run], 3.0) == {"slowed": 0, "of": 1}
+    assert injected_benchmarks([run], 10.0) == {"slowed": 1, "of": 1}
+    rows = held_out([*synthetic_runs(8, sigma=0.004), run], noise=Noise(sigma={}), processes=2, confirm=2,
+                    levels=(3.0,), backend="flash-attn4", resamples=0, seed=0)  # fmt: skip
+    assert rows[1]["slowed_benchmarks"] == {"slowed": 1, "of": 1}, "slowed in the processes that could inject it"
 
 
 def test_pooled_processes_keep_their_sides() -> None:
