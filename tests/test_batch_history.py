@@ -234,6 +234,11 @@ def test_an_injected_slowdown_takes_the_spins_own_cost_off_the_spin(monkeypatch)
     assert five["spin_cost_s"] == pytest.approx(launch_s)
     assert five["median"] == pytest.approx(plain_s * 1.05), "the call takes 5% longer, launch included"
     assert spun[-1] == pytest.approx(5e-6 - launch_s)
+    assert runner._injected(point, {"key": "k", "spec": {}, "median": 0.98 * plain_s}, 5.0)[
+        "spin_cost_s"
+    ] == pytest.approx(launch_s), (
+        "the spin's cost is read against the call timed again, not against a median that drifted"
+    )
     one = runner._injected(point, plain, 1.0)  # 1 µs, below the 2 µs launch
     assert one["status"] == "unsupported"
     assert "below the spin's own cost" in one["reason"]

@@ -180,11 +180,7 @@ def _candidates(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     """Pass 2: every seen key scoring ``≥ t₀ − margin``, packed, into the query's row of CAP
-    (the count, zeroed by the caller, counts them all, so that a row past CAP is known to have
-    overflowed). A key takes its slot by an atomic increment of its row's count: about k keys a row
-    are taken, so the increments are few, where a prefix sum over every score of a key block to
-    place them took 13.8 of the pass's 23.5 ms at 16k on the H200. The slots' order varies from
-    run to run; pass 3 sorts them."""
+    (the count is stored whole, so that a row past CAP is known to have overflowed)."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -195,15 +191,16 @@ def _candidates(
     line = (pid_bh * q_len + rows).to(tl.int64)
     t0 = tl.load(t_ptr + line, mask=row_ok, other=0.0)
     t0 = t0 - (tl.abs(t0) + 0.001) * 0.000244140625  # the margin, 2⁻¹² relative: −∞ stays −∞
-    counters = n_ptr + line[:, None] + tl.zeros([1, BLOCK_N], tl.int64)  # each score's row count
+    count = tl.zeros([BLOCK_M], dtype=tl.int32)
     for start in tl.range(0, _key_end(pid_m, k_len, offset, CAUSAL, BLOCK_M), BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
         scores, seen = _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offset, scale,
                                CAUSAL, PRECISION, UPCAST)  # fmt: skip
         take = seen & (scores >= t0[:, None])
-        if tl.max(take.to(tl.int32)) > 0:
-            slot = tl.atomic_add(counters, tl.full([BLOCK_M, BLOCK_N], 1, tl.int32), mask=take, sem="relaxed")
-            tl.store(c_ptr + line[:, None] * CAP + slot, _pack(scores, keys[None, :]), mask=take & (slot < CAP))
+        slot = count[:, None] + tl.cumsum(take.to(tl.int32), axis=1) - 1
+        tl.store(c_ptr + line[:, None] * CAP + slot, _pack(scores, keys[None, :]), mask=take & (slot < CAP))
+        count += tl.sum(take.to(tl.int32), axis=1)
+    tl.store(n_ptr + line, count, mask=row_ok)
 
 
 @triton.jit
@@ -319,7 +316,7 @@ def _first_passes(
     lines = q.shape[0] * q.shape[1] * q.shape[2]
     threshold = torch.empty(lines, device=q.device, dtype=torch.float32)
     candidates = torch.empty(lines, CAP_PER_K * triton.next_power_of_2(top_k), device=q.device, dtype=torch.int64)
-    counts = torch.zeros(lines, device=q.device, dtype=torch.int32)  # pass 2 counts up from zero
+    counts = torch.empty(lines, device=q.device, dtype=torch.int32)
     common = (*launch.q_strides, *launch.k_strides, *launch.sizes)
     _threshold[launch.grid](q, k, threshold, *common, TOP_K=top_k, BLOCK_N=LANES, **launch.shape,
                             **launch.scoring)  # fmt: skip
