@@ -295,6 +295,15 @@ def parse_inject(text: str | None) -> tuple[str | None, tuple[float, ...]]:
     return backend, values
 
 
+def gpu_identity(points: Sequence[PointSpec]) -> str | None:
+    """The UUID of the GPU the points run on (None for CPU points): two GPUs of one machine tag
+    differ by a few percent on long kernels (flash-attn-4's causal at 8k: σ 2.0% over processes of
+    two H200 hosts), so trials can keep a comparison to the processes of one GPU, as a runner's is."""
+    if not any(torch.device(p.device).type == "cuda" for p in points) or not torch.cuda.is_available():
+        return None
+    return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+
+
 def run(
     points: Sequence[PointSpec], out: Path, *, verdicts: Path | None = None, inject: str | None = None,
     repeat: int = 10, min_sample_s: float | None = None, label: str | None = None,
@@ -308,8 +317,8 @@ def run(
     started = time.perf_counter()
     output: dict[str, Any] = {
         "schema": SCHEMA, "label": label, "fingerprint": fingerprint, "machine": machine_tag(),
-        "host": host_description(), "torch": torch.__version__, "pid": os.getpid(), "started_unix": time.time(),
-        "seconds": {"startup": seconds_since_start()}, "records": [],
+        "host": host_description(), "gpu": gpu_identity(points), "torch": torch.__version__, "pid": os.getpid(),
+        "started_unix": time.time(), "seconds": {"startup": seconds_since_start()}, "records": [],
     }  # fmt: skip
     for spec in points:
         output["records"] += runner.measure(spec, pcts if spec.backend == inject_backend else ())

@@ -47,6 +47,7 @@ def test_every_point_is_recorded_with_what_happened(two_processes) -> None:
     # Timed as called on the CPU: no CUDA graph, and no reason needed for it.
     assert [by_key[p.key]["cuda_graph"] for p in (POINTS[0], POINTS[1], POINTS[3])] == [False, False, False]
     assert not any("graph_reason" in r for r in first["records"])
+    assert first["gpu"] is None, "CPU points name no GPU"
     assert by_key[POINTS[2].key] | {"status": "unsupported"} == by_key[POINTS[2].key]
     assert "does not implement linear" in by_key[POINTS[2].key]["reason"]
     injected = [r for r in first["records"] if "injected_pct" in r]
