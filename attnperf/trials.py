@@ -10,13 +10,15 @@ call sized to PCT % of the median that process just measured (a ``torch.cuda._sl
 a GPU, calibrated against the clock; a busy wait on the CPU). The injected size is verified: the
 table reports the measured ratio injected/plain beside the nominal one.
 
-From those processes:
+From those processes (every comparison within the processes of one GPU, as a pull request's check
+on one runner: each process records its GPU's UUID, and GPUs of one machine tag differ by a few
+percent on long kernels, a difference that pooled across GPUs would pass for noise):
 
-* **Calibration**: per benchmark, the between-process spread of log medians (pooled over A and B)
-  becomes the noise file the check reads (``--noise-out``; ``benchmarks/noise/MACHINE.json``).
-  The trials below are never judged with a calibration of their own processes (that would fit
-  the noise to them): each half of the processes is judged with the other half's, or all of them
-  with an earlier calibration (``--noise``).
+* **Calibration**: per benchmark, the between-process spread of log medians (pooled over A and B
+  and over GPUs, each from its own mean) becomes the noise file the check reads (``--noise-out``;
+  ``benchmarks/noise/MACHINE.json``). The trials below are never judged with a calibration of
+  their own processes (that would fit the noise to them): each half of the processes is judged
+  with the other half's, or all of them with an earlier calibration (``--noise``).
 * **Real trials**: disjoint groups of ``P`` A-processes and ``P`` B-processes make one check each
   (the next ``C`` processes of each label serve as its confirmation pass, which overlaps the next
   trial's first pass and is read only when something was flagged). For an injected size the head
@@ -64,11 +66,12 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def calibrate(runs: Sequence[dict[str, Any]], floor: float = 0.001) -> dict[str, float]:
-    """Per benchmark key, the sd of log per-process medians (pooled over labels), at least ``floor``."""
+    """Per benchmark key, the sd of log per-process medians within each label and GPU (pooled), at
+    least ``floor``: the spread a check on one GPU sees, without the differences between GPUs."""
     sigma: dict[str, float] = {}
-    by_label: dict[str, list[dict[str, Any]]] = {}
+    by_label: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
     for run in runs:
-        by_label.setdefault(run["trial_label"], []).append(run)
+        by_label.setdefault((run.get("gpu"), run["trial_label"]), []).append(run)
     tables = [per_process(group) for group in by_label.values()]
     for key in set().union(*tables):
         if "%" in key:
@@ -149,31 +152,44 @@ def injected_benchmarks(runs: Sequence[dict[str, Any]], pct: float) -> dict[str,
     return {"slowed": len(slowed), "of": len(asked)}
 
 
+def by_gpu(runs: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The processes of each GPU (``gpu``, its UUID), in the order they ran; processes that name
+    none (CPU runs, and GPU runs before the field existed) are one group. A pull request's check
+    compares processes of one GPU, and GPUs of one machine tag differ by a few percent on long
+    kernels: a trial that set one GPU's processes against another's would measure that, not noise."""
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(run.get("gpu"), []).append(run)
+    return list(groups.values())
+
+
 def evaluate(
     runs: Sequence[dict[str, Any]], noise: Noise, *, processes: int, confirm: int, levels: Sequence[float],
     backend: str | None, resamples: int, seed: int,
 ) -> dict[float, dict[str, list[bool]]]:  # fmt: skip
-    """Per injected size, the outcomes of the real and the resampled trials among ``runs``."""
+    """Per injected size, the outcomes of the real and the resampled trials among ``runs``, each
+    trial within the processes of one GPU (a resampled trial's GPU drawn in proportion to how many
+    processes a side it has)."""
     rng = random.Random(seed)
     outcomes: dict[float, dict[str, list[bool]]] = {}
     for pct in (0.0, *levels):
         usable = [r for r in runs if not pct or any(x.get("injected_pct") == pct for x in r["records"])]
-        pools = {label: [r for r in usable if r["trial_label"] == label] for label in (A, B)}
-        n = min(len(pools[A]), len(pools[B]))
-        real = []
-        for t in range(max(0, (n - confirm) // processes)):  # a confirmation never reuses its own processes
-            group = range(t * processes, (t + 1) * processes)
-            conf = [(t + 1) * processes + i for i in range(confirm)]
-            first_a, first_b = [pools[A][i] for i in group], [pools[B][i] for i in group]
-            conf_a, conf_b = [pools[A][i] for i in conf], [pools[B][i] for i in conf]
-            real.append(one_trial(first_a, first_b, conf_a, conf_b, noise, pct, backend))
-        sampled = []
-        if n >= processes + confirm:
-            for _ in range(resamples):
-                a, b = rng.sample(pools[A], processes + confirm), rng.sample(pools[B], processes + confirm)
-                sampled.append(
-                    one_trial(a[:processes], b[:processes], a[processes:], b[processes:], noise, pct, backend)
-                )
+        real, sampled, eligible = [], [], []
+        for group in by_gpu(usable):
+            pools = {label: [r for r in group if r["trial_label"] == label] for label in (A, B)}
+            n = min(len(pools[A]), len(pools[B]))
+            for t in range(max(0, (n - confirm) // processes)):  # a confirmation never reuses its own processes
+                first = range(t * processes, (t + 1) * processes)
+                conf = [(t + 1) * processes + i for i in range(confirm)]
+                first_a, first_b = [pools[A][i] for i in first], [pools[B][i] for i in first]
+                conf_a, conf_b = [pools[A][i] for i in conf], [pools[B][i] for i in conf]
+                real.append(one_trial(first_a, first_b, conf_a, conf_b, noise, pct, backend))
+            if n >= processes + confirm:
+                eligible.append((pools, n))
+        for _ in range(resamples if eligible else 0):
+            pools = rng.choices([p for p, _ in eligible], weights=[n for _, n in eligible])[0]
+            a, b = rng.sample(pools[A], processes + confirm), rng.sample(pools[B], processes + confirm)
+            sampled.append(one_trial(a[:processes], b[:processes], a[processes:], b[processes:], noise, pct, backend))
         outcomes[pct] = {"real": real, "sampled": sampled}
     return outcomes
 

@@ -171,3 +171,19 @@ def test_trials_budget_the_next_pair_on_processes_after_the_first(monkeypatch, t
     # 800 + 200 = 1000 is not over the budget, 1000 + 200 is
     assert [r["trial_label"] for r in runs] == ["A", "B", "B", "A", "A", "B", "B", "A"]
     assert clock[0] == 1000
+
+
+def test_trials_compare_the_processes_of_one_gpu() -> None:
+    """Two GPUs 3% apart, each with A and B processes: within a GPU every comparison is A/A; set
+    across GPUs, the 3% would be flagged or widen the calibrated spread of every benchmark."""
+    runs = synthetic_runs(12, sigma=0.002, seed=3)
+    for i, run in enumerate(runs):  # A B A B … ; GPUs alternate in pairs: x x y y x x …
+        run["gpu"] = "xy"[(i // 2) % 2]
+        if run["gpu"] == "y":
+            for r in run["records"]:
+                r["median"] *= 1.03
+    assert max(calibrate(runs).values()) < 0.006, "the spread is measured within each GPU"
+    rows = held_out(runs, noise=Noise(sigma=calibrate(runs)), processes=2, confirm=2, levels=(), backend=None,
+                    resamples=200, seed=0)  # fmt: skip
+    assert rows[0]["flagged"] == 0
+    assert rows[0]["real_trials"] == 4, "6 processes a label on each GPU: (6 - 2) // 2 = 2 real trials a GPU"
