@@ -15,9 +15,9 @@ per commit and point, before anything is timed). Its output feeds the verdict
 ``--inject BACKEND=PCT,...`` (trials only) measures each forward and decode time of that backend
 again with a spin after every call (:func:`attnperf.measure.spinner`), so that the call takes PCT %
 longer than the median just measured in this process; the injected points are recorded beside the
-plain ones. The spin's own cost (its launch, about 2 µs on the H200, 12% of a 19 µs call) is
-measured beside each point and taken off the spin; a slowdown smaller than that cost cannot be
-injected and is recorded ``unsupported`` with both sizes.
+plain ones. The spin's own cost (its launch, 2-3 µs on the H200: 12% of a 19 µs call) is measured
+once a process and taken off the spin; a slowdown smaller than that cost cannot be injected and
+is recorded ``unsupported`` with both sizes.
 
 Every point's record says what happened: ``ok`` with its samples, ``unsupported`` (the reason),
 ``wrong`` (never timed), ``oom``, or ``failed`` (the exception's first line); the run goes on.
@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -127,6 +128,7 @@ class BatchRunner:
     def __init__(self, *, cache: VerdictCache, repeat: int, min_sample_s: float | None = None) -> None:
         self.cache, self.repeat, self.min_sample_s = cache, repeat, min_sample_s
         self.spins: dict[str, Any] = {}
+        self.spin_costs: dict[str, float] = {}
 
     def measure(self, spec: PointSpec, inject: Sequence[float] = ()) -> list[dict[str, Any]]:
         """The record of ``spec`` (and of its injected variants, when asked)."""
@@ -218,8 +220,7 @@ class BatchRunner:
         device = point.case.device
         if device not in self.spins:
             self.spins[device] = spinner(device)
-        spin, target = self.spins[device], plain["median"] * pct / 100
-        own = self._spin_cost(point, plain)
+        spin, target, own = self.spins[device], plain["median"] * pct / 100, self._spin_cost(device)
         record = {"key": f"{plain['key']}+{pct:g}%", "base_key": plain["key"], "injected_pct": pct,
                   "spec": plain["spec"], "target_s": target, "spin_cost_s": own}  # fmt: skip
         if target <= own:
@@ -235,21 +236,15 @@ class BatchRunner:
         return record | {"status": Status.OK.value, "median": timing.median, "samples": timing.samples,
                          "number": timing.number}  # fmt: skip
 
-    def _spin_cost(self, point: Point, plain: dict[str, Any]) -> float:
-        """What the shortest spin adds to one call of ``point`` (its launch), measured once a point
-        against the plain call timed again just before it: against the median taken seconds
-        earlier, the H200's slow drift read 0 µs on a 541 µs call and 17 µs on a 1.8 ms one."""
-        if "spin_cost_s" not in plain:
-            spin, device = self.spins[point.case.device], point.case.device
-
-            def shortest() -> None:
-                point.run()
-                spin(0.0)
-
-            options = {"repeat": self.repeat, "min_sample_s": self.min_sample_s}
-            now = measure_time(point.run, device, **options).median
-            plain["spin_cost_s"] = max(0.0, measure_time(shortest, device, **options).median - now)
-        return plain["spin_cost_s"]
+    def _spin_cost(self, device: str) -> float:
+        """What the shortest spin costs (its launch), once a process: the time of back-to-back
+        shortest spins. Read for each point as the difference of two medians of the slowed and the
+        plain call, it was mostly their noise on long calls (0 µs on a 541 µs call and 17 µs on a
+        1.8 ms one on the H200, where short calls read 2-3 µs)."""
+        if device not in self.spin_costs:
+            spin = self.spins[device]
+            self.spin_costs[device] = statistics.median(time_calls(lambda: spin(0.0), device, 100) for _ in range(5))
+        return self.spin_costs[device]
 
 
 def process_costs(output: dict[str, Any]) -> dict[str, Any]:

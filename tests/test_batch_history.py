@@ -205,8 +205,9 @@ def test_memory_freed_between_points_keeps_later_collections_small() -> None:
 
 
 def test_an_injected_slowdown_takes_the_spins_own_cost_off_the_spin(monkeypatch) -> None:
-    """The spin is sized to pct % of the median less what the shortest spin adds (its launch); a
-    slowdown shorter than that cost is recorded unsupported with both sizes, never measured."""
+    """The spin is sized to pct % of the median less what the shortest spin costs (its launch,
+    measured once a process); a slowdown shorter than that cost is recorded unsupported with both
+    sizes, never measured."""
     from types import SimpleNamespace
 
     from attnperf import batch
@@ -215,6 +216,7 @@ def test_an_injected_slowdown_takes_the_spins_own_cost_off_the_spin(monkeypatch)
     plain_s, launch_s = 100e-6, 2e-6
     spun: list[float] = []
     pending: list[float] = []
+    cost_measured: list[int] = []
 
     def spin(seconds: float) -> None:
         pending.append(seconds)
@@ -225,7 +227,14 @@ def test_an_injected_slowdown_takes_the_spins_own_cost_off_the_spin(monkeypatch)
         spun.extend(pending)
         return Timing(median=plain_s + sum(launch_s + s for s in pending))
 
+    def fake_time_calls(fn, device, number) -> float:  # back-to-back shortest spins: their launch each
+        cost_measured.append(number)
+        pending.clear()
+        fn()
+        return launch_s + pending[0]
+
     monkeypatch.setattr(batch, "measure_time", fake_measure_time)
+    monkeypatch.setattr(batch, "time_calls", fake_time_calls)
     runner = batch.BatchRunner(cache=batch.VerdictCache(None, "x"), repeat=3)
     runner.spins["cpu"] = spin
     point = SimpleNamespace(case=SimpleNamespace(device="cpu"), run=lambda: None)
@@ -235,12 +244,8 @@ def test_an_injected_slowdown_takes_the_spins_own_cost_off_the_spin(monkeypatch)
     assert five["spin_cost_s"] == pytest.approx(launch_s)
     assert five["median"] == pytest.approx(plain_s * 1.05), "the call takes 5% longer, launch included"
     assert spun[-1] == pytest.approx(5e-6 - launch_s)
-    assert runner._injected(point, {"key": "k", "spec": {}, "median": 0.98 * plain_s}, 5.0)[
-        "spin_cost_s"
-    ] == pytest.approx(launch_s), (
-        "the spin's cost is read against the call timed again, not against a median that drifted"
-    )
     one = runner._injected(point, plain, 1.0)  # 1 µs, below the 2 µs launch
     assert one["status"] == "unsupported"
     assert "below the spin's own cost" in one["reason"]
     assert "median" not in one
+    assert len(cost_measured) == 5, "the spin's cost is measured once a process, not once a point"

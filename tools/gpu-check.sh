@@ -188,6 +188,7 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     asv_repo pr || continue
     start=$(date +%s.%N); rm -rf $W/attnperf-prcheck-pr; limit=${PRCHECK_TIMEOUT_S:-900}
     if [[ -n ${DEADLINE_UNIX:-} ]] && (( DEADLINE_UNIX - $(date +%s) - 60 < limit )); then limit=$(( DEADLINE_UNIX - $(date +%s) - 60 )); fi
+    ((limit > 120)) || { echo "prcheck-pr: no time left before the deadline"; continue; }
     timeout "$limit" python3 -m attnperf.regress HEAD~1 HEAD --grid pr-gpu --workdir $W/attnperf-prcheck-pr \
       --summary "$OUT/prcheck-pr-summary.md" > "$OUT/prcheck-pr.txt" 2>&1; echo "regress exit $?" | tee -a "$OUT/prcheck-pr.txt"
     echo "prcheck-pr wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a "$OUT/prcheck-pr.txt"

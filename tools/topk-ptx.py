@@ -46,7 +46,7 @@ def key_loop(text: str) -> collections.Counter[str]:
     lines = text.splitlines()
     head = next(i for i, line in enumerate(lines) if "Loop Header" in line)
     label = lines[head].split(":")[0]
-    back = max(i for i, line in enumerate(lines) if "bra" in line and label in line)
+    back = max(i for i, line in enumerate(lines) if re.search(rf"\bbra(\.uni)?\s+{re.escape(label)};", line))
     return collections.Counter(m.group(1) for line in lines[head : back + 1] if (m := INSTRUCTION.match(line)))
 
 
