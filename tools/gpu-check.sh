@@ -248,20 +248,20 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     # ATTNPERF_ORIGIN (gpu-session.sh sets it to the device's checkout).
     need_asv history || continue
     [[ -d ${ATTNPERF_ORIGIN:-}/.git ]] || { echo "history needs ATTNPERF_ORIGIN, a checkout with .git"; continue; }
-    rm -rf /tmp/history /tmp/history-work && git clone -q "$ATTNPERF_ORIGIN" /tmp/history || continue
+    rm -rf $W/history $W/history-work && git clone -q "$ATTNPERF_ORIGIN" $W/history || continue
     if [[ -f .hist/new.bundle ]]; then  # commits the device's .git lacks (git bundle create .hist/new.bundle BASE..main)
-      git -C /tmp/history fetch -q "$PWD/.hist/new.bundle" main && git -C /tmp/history checkout -q -B main FETCH_HEAD
+      git -C $W/history fetch -q "$PWD/.hist/new.bundle" main && git -C $W/history checkout -q -B main FETCH_HEAD
     fi
-    git -C /tmp/history log --oneline -4
+    git -C $W/history log --oneline -4
     # With flex (a compile per variant, forward and backward) a commit's process took 294 s for 56 points;
     # without it, 20-25 s for 12 points (2026-11-29). flex's lines come from the full GPU grid's history.
-    (cd /tmp/history && ATTNPERF_GRID=gpu ATTNPERF_SEQ_LENS=16384 ATTNPERF_DECODE_LENS=4096,131072 \
+    (cd $W/history && ATTNPERF_GRID=gpu ATTNPERF_SEQ_LENS=16384 ATTNPERF_DECODE_LENS=4096,131072 \
       ATTNPERF_VARIANTS=strided,bigbird,alibi,rope,topk,linear_causal ATTNPERF_BACKENDS=flash-attn4,triton,fla \
       timeout "${HISTORY_TIMEOUT_S:-480}" python3 -m attnperf.history run --steps 3 --machine "$M" \
-      --workdir /tmp/history-work && python3 -m asv publish) > "$OUT/history.txt" 2>&1
+      --workdir $W/history-work && python3 -m asv publish) > "$OUT/history.txt" 2>&1
     echo "history exit $?"; grep -v USDT "$OUT/history.txt" | grep -v "^\s*$" | tail -15
-    tar czf "$OUT/history-results.tgz" -C /tmp/history/.asv results 2>/dev/null
-    python3 tools/html-points.py /tmp/history/.asv/html "$M" | tee "$OUT/history-graphs.txt" ;;
+    tar czf "$OUT/history-results.tgz" -C $W/history/.asv results 2>/dev/null
+    python3 tools/html-points.py $W/history/.asv/html "$M" | tee "$OUT/history-graphs.txt" ;;
   trials)
     if [[ -n ${DEADLINE_UNIX:-} ]]; then  # what is left of the session's device time, less a minute to hand back
       TRIALS_BUDGET_S=$(( DEADLINE_UNIX - $(date +%s) - 60 - ${TRIALS_RESERVE_S:-0} )); TRIALS_TIMEOUT_S=$(( TRIALS_BUDGET_S + 50 ))
@@ -269,6 +269,10 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     fi
     mkdir -p $W/attnperf-trials && cp $W/attnperf-prcheck/verdicts-pass1.json $W/attnperf-trials/verdicts.json 2>/dev/null
     [[ -n ${TRIALS_VERDICTS:-} ]] && cp "$TRIALS_VERDICTS" $W/attnperf-trials/verdicts.json
+    if [[ -z ${TRIALS_VERDICTS:-} && $W != /tmp && -f /tmp/attnperf-trials/verdicts.json ]]; then
+      # a second lane starts from the first lane's verdicts so far (kept by code fingerprint: others' are ignored)
+      cp /tmp/attnperf-trials/verdicts.json $W/attnperf-trials/verdicts.json
+    fi
     rm -rf $W/attnperf-trials-pool; i=0
     for pool in ${TRIALS_POOL:-}; do  # earlier sessions' processes of the same commit (their trials-runs.tgz)
       i=$((i + 1)); mkdir -p "$W/attnperf-trials-pool/$i" && tar xzf "$pool" -C "$W/attnperf-trials-pool/$i"
