@@ -296,7 +296,8 @@ def gpu_identity(points: Sequence[PointSpec]) -> str | None:
     two H200 hosts), so trials can keep a comparison to the processes of one GPU, as a runner's is."""
     if not any(torch.device(p.device).type == "cuda" for p in points) or not torch.cuda.is_available():
         return None
-    return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+    return None if uuid is None else str(uuid)  # a torch without it: every process one group, as before
 
 
 def run(
