@@ -33,7 +33,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,7 @@ class BatchRunner:
 
     def __init__(self, *, cache: VerdictCache, repeat: int, min_sample_s: float | None = None) -> None:
         self.cache, self.repeat, self.min_sample_s = cache, repeat, min_sample_s
-        self.spins: dict[str, Any] = {}
-        self.spin_costs: dict[str, float] = {}
+        self.spins: dict[str, tuple[Callable[[float], None], float]] = {}
 
     def measure(self, spec: PointSpec, inject: Sequence[float] = ()) -> list[dict[str, Any]]:
         """The record of ``spec`` (and of its injected variants, when asked)."""
@@ -218,9 +217,7 @@ class BatchRunner:
         5.1% for 2% (7.6% on a 34 µs forward, 13.9% on a 19 µs one), which overstated what the
         check can catch."""
         device = point.case.device
-        if device not in self.spins:
-            self.spins[device] = spinner(device)
-        spin, target, own = self.spins[device], plain["median"] * pct / 100, self._spin_cost(device)
+        (spin, own), target = self._spin(device), plain["median"] * pct / 100
         record = {"key": f"{plain['key']}+{pct:g}%", "base_key": plain["key"], "injected_pct": pct,
                   "spec": plain["spec"], "target_s": target, "spin_cost_s": own}  # fmt: skip
         if target <= own:
@@ -236,15 +233,16 @@ class BatchRunner:
         return record | {"status": Status.OK.value, "median": timing.median, "samples": timing.samples,
                          "number": timing.number}  # fmt: skip
 
-    def _spin_cost(self, device: str) -> float:
-        """What the shortest spin costs (its launch), once a process: the time of back-to-back
-        shortest spins. Read for each point as the difference of two medians of the slowed and the
-        plain call, it was mostly their noise on long calls (0 µs on a 541 µs call and 17 µs on a
-        1.8 ms one on the H200, where short calls read 2-3 µs)."""
-        if device not in self.spin_costs:
-            spin = self.spins[device]
-            self.spin_costs[device] = statistics.median(time_calls(lambda: spin(0.0), device, 100) for _ in range(5))
-        return self.spin_costs[device]
+    def _spin(self, device: str) -> tuple[Callable[[float], None], float]:
+        """The device's spin and what its shortest call costs (its launch), once a process: the time
+        of back-to-back shortest spins. Read for each point as the difference of two medians of the
+        slowed and the plain call, that cost was mostly their noise on long calls (0 µs on a 541 µs
+        call and 17 µs on a 1.8 ms one on the H200, where short calls read 2-3 µs)."""
+        if device not in self.spins:
+            spin = spinner(device)
+            cost = statistics.median(time_calls(lambda: spin(0.0), device, 100) for _ in range(5))
+            self.spins[device] = spin, cost
+        return self.spins[device]
 
 
 def process_costs(output: dict[str, Any]) -> dict[str, Any]:

@@ -235,8 +235,8 @@ def test_an_injected_slowdown_takes_the_spins_own_cost_off_the_spin(monkeypatch)
 
     monkeypatch.setattr(batch, "measure_time", fake_measure_time)
     monkeypatch.setattr(batch, "time_calls", fake_time_calls)
+    monkeypatch.setattr(batch, "spinner", lambda device: spin)
     runner = batch.BatchRunner(cache=batch.VerdictCache(None, "x"), repeat=3)
-    runner.spins["cpu"] = spin
     point = SimpleNamespace(case=SimpleNamespace(device="cpu"), run=lambda: None)
     plain = {"key": "k", "spec": {}, "median": plain_s}
     five = runner._injected(point, plain, 5.0)

@@ -39,7 +39,6 @@ start)
       setsid nohup bash -c '${PIN_CPUS:+taskset -c $PIN_CPUS} bash tools/gpu-check.sh "$@"; echo done > '"$marker" \
       _ "$@" > "$out/log" 2>&1 < /dev/null &)
   }
-  cpus=("" "")
   if ((${#lane1[@]})); then
     # each lane whole physical cores of the allowed ones, half each (hyperthread siblings kept together)
     mapfile -t cpus < <(python3 - <<'PY'
@@ -63,8 +62,6 @@ PY
       echo "gpu-session: the two lanes run unpinned (no taskset, or fewer than two cores)"; cpus=("" "")
     fi
     mkdir -p "$R/copy-lane1" "$S/lane1" "$R/lane1" && cp -a "$R/copy/." "$R/copy-lane1/"  # before lane 0 starts
-  fi
-  if ((${#lane1[@]})); then
     launch "$R/copy" "$S" "$S/done" "${cpus[0]}" GPU_LANE=0 CUDA_VISIBLE_DEVICES=0 -- "${lane0[@]}"
     launch "$R/copy-lane1" "$S/lane1" "$S/done-lane1" "${cpus[1]}" GPU_LANE=1 CUDA_VISIBLE_DEVICES=1 \
       WORK_ROOT="$R/lane1" -- "${lane1[@]}"
