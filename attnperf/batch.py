@@ -15,9 +15,10 @@ per commit and point, before anything is timed). Its output feeds the verdict
 ``--inject BACKEND=PCT,...`` (trials only) measures each forward and decode time of that backend
 again with a spin after every call (:func:`attnperf.measure.spinner`), so that the call takes PCT %
 longer than the median just measured in this process; the injected points are recorded beside the
-plain ones. The spin's own cost (its launch, 2-3 µs on the H200: 12% of a 19 µs call) is measured
-once a process and taken off the spin; a slowdown smaller than that cost cannot be injected and
-is recorded ``unsupported`` with both sizes.
+plain ones. What a spin adds behind queued work (a fixed part, 2.7 µs on the H200, and a slope) is
+fitted before each point's injections (:func:`attnperf.measure.spin_cost`) and the spin sized by
+it; a slowdown smaller than the fixed part cannot be injected and is recorded ``unsupported`` with
+both sizes.
 
 Every point's record says what happened: ``ok`` with its samples, ``unsupported`` (the reason),
 ``wrong`` (never timed), ``oom``, or ``failed`` (the exception's first line); the run goes on.
@@ -30,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +50,7 @@ from attnperf.measure import (
     measure_cpu_peak_rss,
     measure_cuda_peak,
     measure_time,
+    spin_cost,
     spinner,
     time_calls,
 )
@@ -127,7 +128,7 @@ class BatchRunner:
 
     def __init__(self, *, cache: VerdictCache, repeat: int, min_sample_s: float | None = None) -> None:
         self.cache, self.repeat, self.min_sample_s = cache, repeat, min_sample_s
-        self.spins: dict[str, tuple[Callable[[float], None], float]] = {}
+        self.spins: dict[str, Callable[[float], None]] = {}
 
     def measure(self, spec: PointSpec, inject: Sequence[float] = ()) -> list[dict[str, Any]]:
         """The record of ``spec`` (and of its injected variants, when asked)."""
@@ -185,8 +186,8 @@ class BatchRunner:
             if point.spec.mode == FORWARD:
                 record.update(peak | self._model_figures(point, timing.median))
             records = [record]
-            for pct in inject if point.spec.mode in (FORWARD, DECODE) else ():
-                records.append(self._injected(point, record, pct))
+            if inject and point.spec.mode in (FORWARD, DECODE):
+                records += self._injected(point, record, inject)
         return records
 
     def _peak(self, point: Point) -> dict[str, Any]:
@@ -210,39 +211,45 @@ class BatchRunner:
             figures["model_reason"] = error_line(exc)
         return figures
 
-    def _injected(self, point: Point, plain: dict[str, Any], pct: float) -> dict[str, Any]:
-        """``point`` slowed by ``pct`` % of its median: the spin sized to that, less the spin's own cost.
+    def _injected(self, point: Point, plain: dict[str, Any], levels: Sequence[float]) -> list[dict[str, Any]]:
+        """``point`` slowed by each of ``levels`` % of its median, the spin sized by what it adds
+        behind this point's device state (:func:`attnperf.measure.spin_cost`, fitted once a point).
 
-        Sized from the median alone, the spin's launch came on top: the H200's trials measured
-        5.1% for 2% (7.6% on a 34 µs forward, 13.9% on a 19 µs one), which overstated what the
-        check can catch."""
+        Sized from the median alone, the spin's launch came on top (the H200 measured 5.1% for 2%);
+        less the cost of back-to-back shortest spins, which are launch-bound, it came short (1.4%
+        for 2%)."""
         device = point.case.device
-        (spin, own), target = self._spin(device), plain["median"] * pct / 100
-        record = {"key": f"{plain['key']}+{pct:g}%", "base_key": plain["key"], "injected_pct": pct,
-                  "spec": plain["spec"], "target_s": target, "spin_cost_s": own}  # fmt: skip
-        if target <= own:
-            reason = (f"a {pct:g}% slowdown ({target * 1e6:.2f} µs) is below the spin's own cost "
-                      f"({own * 1e6:.2f} µs)")  # fmt: skip
-            return record | {"status": Status.UNSUPPORTED.value, "reason": reason}
-
-        def slowed() -> None:
-            point.run()
-            spin(target - own)
-
-        timing = measure_time(slowed, device, repeat=self.repeat, min_sample_s=self.min_sample_s)
-        return record | {"status": Status.OK.value, "median": timing.median, "samples": timing.samples,
-                         "number": timing.number}  # fmt: skip
-
-    def _spin(self, device: str) -> tuple[Callable[[float], None], float]:
-        """The device's spin and what its shortest call costs (its launch), once a process: the time
-        of back-to-back shortest spins. Read for each point as the difference of two medians of the
-        slowed and the plain call, that cost was mostly their noise on long calls (0 µs on a 541 µs
-        call and 17 µs on a 1.8 ms one on the H200, where short calls read 2-3 µs)."""
         if device not in self.spins:
-            spin = spinner(device)
-            cost = statistics.median(time_calls(lambda: spin(0.0), device, 100) for _ in range(5))
-            self.spins[device] = spin, cost
-        return self.spins[device]
+            self.spins[device] = spinner(device)
+        spin = self.spins[device]
+        records = []
+        try:
+            cost = spin_cost(spin, device)
+        except RuntimeError as exc:
+            cost, failed = None, str(exc)
+        for pct in levels:
+            target = plain["median"] * pct / 100
+            record = {"key": f"{plain['key']}+{pct:g}%", "base_key": plain["key"], "injected_pct": pct,
+                      "spec": plain["spec"], "target_s": target}  # fmt: skip
+            if cost is None:
+                records.append(record | {"status": Status.FAILED.value, "reason": failed})
+                continue
+            record |= {"spin_fixed_s": cost.fixed_s, "spin_slope": cost.slope}
+            request = cost.request(target)
+            if request is None:
+                reason = (f"a {pct:g}% slowdown ({target * 1e6:.2f} µs) is below the shortest spin's cost "
+                          f"({cost.fixed_s * 1e6:.2f} µs)")  # fmt: skip
+                records.append(record | {"status": Status.UNSUPPORTED.value, "reason": reason})
+                continue
+
+            def slowed(request: float = request) -> None:
+                point.run()
+                spin(request)
+
+            timing = measure_time(slowed, device, repeat=self.repeat, min_sample_s=self.min_sample_s)
+            records.append(record | {"status": Status.OK.value, "median": timing.median, "samples": timing.samples,
+                                     "number": timing.number, "spin_s": request})  # fmt: skip
+        return records
 
 
 def process_costs(output: dict[str, Any]) -> dict[str, Any]:

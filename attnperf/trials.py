@@ -10,25 +10,29 @@ call sized to PCT % of the median that process just measured (a ``torch.cuda._sl
 a GPU, calibrated against the clock; a busy wait on the CPU). The injected size is verified: the
 table reports the measured ratio injected/plain beside the nominal one.
 
-From those processes (every comparison within the processes of one GPU, as a pull request's check
-on one runner: each process records its GPU's UUID, and GPUs of one machine tag differ by a few
-percent on long kernels, a difference that pooled across GPUs would pass for noise):
+From those processes (every comparison within the processes of one GPU and one code state, as a
+pull request's check on one runner: each process records its GPU's UUID, and GPUs of one machine
+tag differ by a few percent on long kernels, a difference that pooled across GPUs would pass for
+noise):
 
 * **Calibration**: per benchmark, the between-process spread of log medians (pooled over A and B
-  and over GPUs, each from its own mean) becomes the noise file the check reads (``--noise-out``;
+  and over GPUs and code states, each from its own mean) becomes the noise file the check reads (``--noise-out``;
   ``benchmarks/noise/MACHINE.json``). The trials below are never judged with a calibration of
   their own processes (that would fit the noise to them): each half of the processes is judged
   with the other half's, or all of them with an earlier calibration (``--noise``).
 * **Real trials**: disjoint groups of ``P`` A-processes and ``P`` B-processes make one check each
   (the next ``C`` processes of each label serve as its confirmation pass, which overlaps the next
-  trial's first pass and is read only when something was flagged). For an injected size the head
+  trial's first pass, the last trial's wrapping round to the first one's, and is read only when
+  something was flagged: a confirmation never reuses its own trial's processes). For an injected size the head
   side reads the injected records of the B-processes, so base and head come from different
   processes, as in a real check.
 * **Resampled trials**: ``--resamples`` checks whose ``P + C`` processes a side are drawn at random
   (without replacement within a trial) from the same pool.
 
 A trial at 0% counts when the check fails on anything (a false alarm); at x% when any benchmark
-of the slowed backend is flagged after confirmation. The JSON has one row per injected size with
+of the slowed backend is flagged after confirmation. Processes of other commits (``--aa-runs``, an
+earlier pool whose injection was sized another way) serve the 0% row only, each trial within its
+own code state. The JSON has one row per injected size with
 ``injected_pct``, ``trials``, ``flagged``, ``rate`` and a 95% Wilson interval, split into real and
 resampled counts.
 """
@@ -66,12 +70,13 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def calibrate(runs: Sequence[dict[str, Any]], floor: float = 0.001) -> dict[str, float]:
-    """Per benchmark key, the sd of log per-process medians within each label and GPU (pooled), at
-    least ``floor``: the spread a check on one GPU sees, without the differences between GPUs."""
+    """Per benchmark key, the sd of log per-process medians within each label, GPU and code state
+    (pooled), at least ``floor``: the spread a check on one GPU sees, without the differences
+    between GPUs."""
     sigma: dict[str, float] = {}
-    by_label: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
+    by_label: dict[tuple[str | None, str | None, str], list[dict[str, Any]]] = {}
     for run in runs:
-        by_label.setdefault((run.get("gpu"), run["trial_label"]), []).append(run)
+        by_label.setdefault((*replicate_of(run), run["trial_label"]), []).append(run)
     tables = [per_process(group) for group in by_label.values()]
     for key in set().union(*tables):
         if "%" in key:
@@ -128,6 +133,12 @@ def one_trial(
     return any(f"({backend!r}," in p.key for p in flagged)
 
 
+def injects(run: dict[str, Any], pct: float) -> bool:
+    """Whether ``run`` serves the trials at ``pct`` % (it measured that slowdown, and its injection
+    counts: not an ``--aa-runs`` process)."""
+    return not run.get("aa_only") and any(r.get("injected_pct") == pct for r in run["records"])
+
+
 def injected_ratio(runs: Sequence[dict[str, Any]], pct: float) -> float | None:
     """Median over processes and benchmarks of injected/plain time: the slowdown actually injected."""
     ratios = []
@@ -152,14 +163,19 @@ def injected_benchmarks(runs: Sequence[dict[str, Any]], pct: float) -> dict[str,
     return {"slowed": len(slowed), "of": len(asked)}
 
 
-def by_gpu(runs: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The processes of each GPU (``gpu``, its UUID), in the order they ran; processes that name
-    none (CPU runs, and GPU runs before the field existed) are one group. A pull request's check
+def replicate_of(run: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(GPU UUID, code fingerprint): the processes one trial may compare. A pull request's check
     compares processes of one GPU, and GPUs of one machine tag differ by a few percent on long
-    kernels: a trial that set one GPU's processes against another's would measure that, not noise."""
-    groups: dict[str | None, list[dict[str, Any]]] = {}
+    kernels: a trial that set one GPU's processes against another's would measure that, not noise.
+    Processes that name no GPU (CPU runs, and GPU runs before the field existed) share one."""
+    return run.get("gpu"), run.get("fingerprint")
+
+
+def by_replicate(runs: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The processes of each GPU and code state (:func:`replicate_of`), in the order they ran."""
+    groups: dict[tuple[str | None, str | None], list[dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault(run.get("gpu"), []).append(run)
+        groups.setdefault(replicate_of(run), []).append(run)
     return list(groups.values())
 
 
@@ -168,19 +184,20 @@ def evaluate(
     backend: str | None, resamples: int, seed: int,
 ) -> dict[float, dict[str, list[bool]]]:  # fmt: skip
     """Per injected size, the outcomes of the real and the resampled trials among ``runs``, each
-    trial within the processes of one GPU (a resampled trial's GPU drawn in proportion to how many
-    processes a side it has)."""
+    trial within the processes of one GPU and code state (a resampled trial's group drawn in
+    proportion to how many processes a side it has). Processes marked ``aa_only`` serve 0% only."""
     rng = random.Random(seed)
     outcomes: dict[float, dict[str, list[bool]]] = {}
     for pct in (0.0, *levels):
-        usable = [r for r in runs if not pct or any(x.get("injected_pct") == pct for x in r["records"])]
+        usable = [r for r in runs if not pct or injects(r, pct)]
         real, sampled, eligible = [], [], []
-        for group in by_gpu(usable):
+        for group in by_replicate(usable):
             pools = {label: [r for r in group if r["trial_label"] == label] for label in (A, B)}
             n = min(len(pools[A]), len(pools[B]))
-            for t in range(max(0, (n - confirm) // processes)):  # a confirmation never reuses its own processes
+            for t in range(n // processes if n >= processes + confirm else 0):
                 first = range(t * processes, (t + 1) * processes)
-                conf = [(t + 1) * processes + i for i in range(confirm)]
+                # the next processes confirm; the last trial's wrap round to the first (never its own)
+                conf = [((t + 1) * processes + i) % n for i in range(confirm)]
                 first_a, first_b = [pools[A][i] for i in first], [pools[B][i] for i in first]
                 conf_a, conf_b = [pools[A][i] for i in conf], [pools[B][i] for i in conf]
                 real.append(one_trial(first_a, first_b, conf_a, conf_b, noise, pct, backend))
@@ -220,8 +237,9 @@ def held_out(
         sampled = [x for fold in folds for x in fold[pct]["sampled"]]
         trials, flagged = len(real) + len(sampled), sum(real) + sum(sampled)
         low, high = wilson(flagged, trials)
-        measured = injected_ratio(runs, pct) if pct else None
-        slowed = injected_benchmarks(runs, pct) if pct else None
+        injecting = [r for r in runs if not r.get("aa_only")]
+        measured = injected_ratio(injecting, pct) if pct else None
+        slowed = injected_benchmarks(injecting, pct) if pct else None
         rows.append({
             "injected_pct": pct, "measured_pct": None if measured is None else round(100 * (measured - 1), 3),
             "slowed_benchmarks": slowed,
@@ -293,9 +311,13 @@ def finished(outputs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attnperf.regress trials", description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", help="grid name (default: pr-gpu with CUDA, else pr-cpu)")
     parser.add_argument(
-        "--inject", help="BACKEND=PCT[,PCT...] (default flash-attn4=2,3,5,10 on a GPU, eager on the CPU)"
+        "--grid", help="grid name (default: pr-gpu with CUDA, else pr-cpu; with --reuse, that of the processes' device)"
+    )
+    parser.add_argument(
+        "--inject",
+        help="BACKEND=PCT[,PCT...] (default flash-attn4=2,3,5,10 on a GPU, eager on the CPU; with --reuse, what the "
+        "pooled processes injected)",
     )
     parser.add_argument("--processes", type=int, default=2, help="processes a side in one check (default 2)")
     parser.add_argument("--confirm", type=int, default=2, help="processes a side in its confirmation (default 2)")
@@ -325,7 +347,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="process outputs to pool: an A/A regress's (pass1-base-* as A, pass1-head-* as B) or earlier "
         "trials' (trial-NNN-A, trial-NNN-B)",
     )  # fmt: skip
+    parser.add_argument(
+        "--aa-runs", type=Path, nargs="*", default=[],
+        help="process outputs that serve the 0%% row only (their injected records are not read): an earlier "
+        "commit's trial processes, compared within their own code state",
+    )  # fmt: skip
     return parser
+
+
+def pool_inject(runs: Sequence[dict[str, Any]]) -> str | None:
+    """``BACKEND=PCT,...`` as the processes ``runs`` injected it (None if none did, or several backends)."""
+    injected = [r for run in runs for r in run["records"] if "injected_pct" in r]
+    backends = {r["spec"]["backend"] for r in injected}
+    if len(backends) != 1:
+        return None
+    return f"{backends.pop()}=" + ",".join(f"{pct:g}" for pct in sorted({r["injected_pct"] for r in injected}))
+
+
+def pool_grid(runs: Sequence[dict[str, Any]]) -> str | None:
+    """The trial grid of the processes' device (pr-gpu for CUDA points, pr-cpu otherwise)."""
+    devices = {r["spec"]["device"].split(":")[0] for run in runs for r in run["records"][:1]}
+    return None if not devices else "pr-gpu" if devices == {"cuda"} else "pr-cpu"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -334,21 +376,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    grid_name = args.grid or ("pr-gpu" if grid_named().device == "cuda" else "pr-cpu")
+    if args.processes < 1 or args.confirm < 0:
+        parser.error("--processes must be at least 1 and --confirm at least 0")
+    saved = sorted(args.workdir.glob("trial-*.json")) if args.reuse else []
+    pooled = finished([added_run(read_json(path)) for path in [*saved, *args.add_runs]])
+    # Evaluated elsewhere than they ran, the processes say their grid and injection: this machine's
+    # defaults would judge a GPU pool's flash-attn4 slowdowns as eager's and find none flagged.
+    said_grid, said_inject = (pool_grid(pooled), pool_inject(pooled)) if args.reuse else (None, None)
+    grid_name = args.grid or said_grid or ("pr-gpu" if grid_named().device == "cuda" else "pr-cpu")
     grid = grid_named(grid_name)
-    inject = args.inject or ("flash-attn4=2,3,5,10" if grid.device == "cuda" else "eager=2,3,5,10")
+    inject = args.inject or said_inject or ("flash-attn4=2,3,5,10" if grid.device == "cuda" else "eager=2,3,5,10")
     try:
         backend, levels = parse_inject(inject)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.processes < 1 or args.confirm < 0:
-        parser.error("--processes must be at least 1 and --confirm at least 0")
+    if said_inject and said_inject.split("=")[0] != backend:
+        parser.error(f"--inject {inject}: the pooled processes injected {said_inject}")
     points = grid.points()
     args.workdir.mkdir(parents=True, exist_ok=True)
     runner = ProcessRunner(args.workdir.resolve(), repeat=args.repeat)
     started = time.perf_counter()
     if args.reuse:
-        runs = finished([added_run(read_json(p)) for p in sorted(args.workdir.glob("trial-*.json"))])
+        runs = pooled
     else:
         print(f"attnperf trials: grid {grid_name}: {describe(points)}; inject {inject}", file=sys.stderr)
         points_file = write_json(args.workdir / "points.json", {"points": [p.as_dict() for p in points]})
@@ -359,11 +408,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RegressError as exc:  # git's own message, in one line
             print(f"attnperf trials: {exc}", file=sys.stderr)
             return 1
-    runs += finished([added_run(read_json(path)) for path in args.add_runs])
+        runs += pooled
     fingerprints = sorted({r["fingerprint"] for r in runs if r.get("fingerprint")})
-    if len(fingerprints) > 1:  # processes of other code are not an A/A comparison
+    if len(fingerprints) > 1:  # the injected rows read one injection: processes of one code state
         parser.error(f"the pooled processes come from {len(fingerprints)} code states (fingerprints "
-                     f"{', '.join(f[:12] for f in fingerprints)}): pool processes of one commit")  # fmt: skip
+                     f"{', '.join(f[:12] for f in fingerprints)}): pool processes of one commit, and add "
+                     "other commits' with --aa-runs")  # fmt: skip
+    runs += [run | {"aa_only": True} for run in finished([added_run(read_json(path)) for path in args.aa_runs])]
     sigma = calibrate(runs)
     judge = Noise.load(args.noise, min_effect=args.min_effect) if args.noise else None
     rows = held_out(runs, noise=judge, min_effect=args.min_effect, processes=args.processes, confirm=args.confirm,
@@ -372,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(args.out, {
         "grid": grid_name, "points": len(points), "inject": inject, "processes_a_side": args.processes,
         "confirm_a_side": args.confirm, "min_effect": args.min_effect, "process_count": len(runs),
+        "aa_only_processes": sum(bool(r.get("aa_only")) for r in runs),
         "process_wall_s": {"first": walls[:2], "median": statistics.median(walls) if walls else None},
         "machine": runs[0].get("machine") if runs else None, "wall_s": time.perf_counter() - started,
         "sigma_median": statistics.median(sigma.values()) if sigma else None,

@@ -204,48 +204,78 @@ def test_memory_freed_between_points_keeps_later_collections_small() -> None:
         gc.unfreeze()
 
 
-def test_an_injected_slowdown_takes_the_spins_own_cost_off_the_spin(monkeypatch) -> None:
-    """The spin is sized to pct % of the median less what the shortest spin costs (its launch,
-    measured once a process); a slowdown shorter than that cost is recorded unsupported with both
+def test_an_injected_slowdown_is_sized_by_what_the_spin_adds_behind_queued_work(monkeypatch) -> None:
+    """A device on which a spin of x seconds adds 2.7 µs + 0.9·x behind queued work (as the H200's
+    trials measured): the fit reads the 2.7 µs and the 0.9 once a point, the spin is sized so that
+    the call takes pct % longer, and a slowdown below 2.7 µs is recorded unsupported with both
     sizes, never measured."""
     from types import SimpleNamespace
 
-    from attnperf import batch
+    from attnperf import batch, measure
     from attnperf.measure import Timing
 
-    plain_s, launch_s = 100e-6, 2e-6
-    spun: list[float] = []
-    pending: list[float] = []
-    cost_measured: list[int] = []
+    plain_s, fixed_s, slope, busy_s = 100e-6, 2.7e-6, 0.9, 50e-6
+    fits: list[int] = []
+    queue: list[float] = []
+
+    def added(spins: list[float]) -> float:  # what the spins add behind work already queued
+        return sum(fixed_s + slope * s for s in spins)
 
     def spin(seconds: float) -> None:
-        pending.append(seconds)
+        queue.append(seconds)
 
-    def fake_measure_time(fn, device, **_) -> Timing:  # one call stands for the timing: what it spun
-        pending.clear()
+    def fake_time_calls(fn, device, number) -> float:  # the fit's variants: busy work, then spins
+        queue.clear()
         fn()
-        spun.extend(pending)
-        return Timing(median=plain_s + sum(launch_s + s for s in pending))
+        fits.append(number)
+        first, *rest = queue
+        assert first == busy_s
+        return busy_s + added(rest)
 
-    def fake_time_calls(fn, device, number) -> float:  # back-to-back shortest spins: their launch each
-        cost_measured.append(number)
-        pending.clear()
+    def fake_measure_time(fn, device, **_) -> Timing:  # the slowed call: the point, then its spin
+        queue.clear()
         fn()
-        return launch_s + pending[0]
+        return Timing(median=plain_s + added(queue))
 
+    monkeypatch.setattr(measure, "time_calls", fake_time_calls)
     monkeypatch.setattr(batch, "measure_time", fake_measure_time)
-    monkeypatch.setattr(batch, "time_calls", fake_time_calls)
     monkeypatch.setattr(batch, "spinner", lambda device: spin)
     runner = batch.BatchRunner(cache=batch.VerdictCache(None, "x"), repeat=3)
     point = SimpleNamespace(case=SimpleNamespace(device="cpu"), run=lambda: None)
     plain = {"key": "k", "spec": {}, "median": plain_s}
-    five = runner._injected(point, plain, 5.0)
+    five, one = runner._injected(point, plain, (5.0, 1.0))
     assert five["status"] == "ok"
-    assert five["spin_cost_s"] == pytest.approx(launch_s)
-    assert five["median"] == pytest.approx(plain_s * 1.05), "the call takes 5% longer, launch included"
-    assert spun[-1] == pytest.approx(5e-6 - launch_s)
-    one = runner._injected(point, plain, 1.0)  # 1 µs, below the 2 µs launch
-    assert one["status"] == "unsupported"
-    assert "below the spin's own cost" in one["reason"]
+    assert five["spin_fixed_s"] == pytest.approx(fixed_s)
+    assert five["spin_slope"] == pytest.approx(slope)
+    assert five["median"] == pytest.approx(plain_s * 1.05), "the call takes 5% longer, fixed cost included"
+    assert five["spin_s"] == pytest.approx((5e-6 - fixed_s) / slope)
+    assert one["status"] == "unsupported"  # 1 µs, below the 2.7 µs a spin adds at least
+    assert "below the shortest spin's cost" in one["reason"]
     assert "median" not in one
-    assert len(cost_measured) == 5, "the spin's cost is measured once a process, not once a point"
+    assert len(fits) == 15, "three variants, five times each, once for the point's levels"
+
+
+def test_the_spins_cost_is_fitted_on_this_machine() -> None:
+    """The real CPU spin (a busy wait): a small fixed cost, and about a second a second."""
+    from attnperf.measure import spin_cost, spinner
+
+    cost = spin_cost(spinner("cpu"), "cpu", busy_s=200e-6, long_s=400e-6, number=5, repeat=5)
+    assert 0.0 <= cost.fixed_s < 50e-6
+    assert 0.8 < cost.slope < 1.25
+    assert cost.request(cost.fixed_s - 1e-9) is None
+    assert cost.request(cost.fixed_s + 100e-6) == pytest.approx(100e-6 / cost.slope)
+
+
+def test_a_spin_that_cannot_be_fitted_fails_its_injected_records(monkeypatch) -> None:
+    """A device whose spins add nothing measurable: no slowdown is claimed, each level says why."""
+    from types import SimpleNamespace
+
+    from attnperf import batch, measure
+
+    monkeypatch.setattr(measure, "time_calls", lambda fn, device, number: 1e-3)
+    monkeypatch.setattr(batch, "spinner", lambda device: lambda seconds: None)
+    runner = batch.BatchRunner(cache=batch.VerdictCache(None, "x"), repeat=3)
+    point = SimpleNamespace(case=SimpleNamespace(device="cpu"), run=lambda: None)
+    records = runner._injected(point, {"key": "k", "spec": {}, "median": 1e-3}, (2.0, 10.0))
+    assert [r["status"] for r in records] == ["failed", "failed"]
+    assert all("could not be fitted" in r["reason"] for r in records)

@@ -110,11 +110,11 @@ def test_trials_find_a_clear_slowdown_and_stay_quiet_on_aa() -> None:
     assert by_pct[10.0]["rate"] == 1.0
     assert by_pct[3.0]["rate"] >= 0.8
     assert by_pct[3.0]["measured_pct"] == pytest.approx(3.0, abs=0.01)
-    # Two halves of 10 processes a label, 2 a trial, the last 2 of each half only confirm: 4 + 4.
-    assert by_pct[0.0]["real_trials"] == 8
+    # Two halves of 10 processes a label, 2 a trial (the last trial's confirmation wraps round): 5 + 5.
+    assert by_pct[0.0]["real_trials"] == 10
     judged = held_out(runs, noise=Noise(sigma=sigma), processes=2, confirm=2, levels=(), backend=None, resamples=0,
                       seed=0)  # fmt: skip
-    assert judged[0]["real_trials"] == 9  # an earlier calibration lets every process serve: 20 a label
+    assert judged[0]["real_trials"] == 10  # an earlier calibration lets every process serve: 20 a label, one pool
 
 
 def test_as_head_swaps_in_the_injected_records_of_one_backend() -> None:
@@ -193,4 +193,70 @@ def test_trials_compare_the_processes_of_one_gpu() -> None:
     rows = held_out(runs, noise=Noise(sigma=sigma), processes=2, confirm=2, levels=(), backend=None, resamples=200,
                     seed=0)  # fmt: skip
     assert rows[0]["flagged"] == 0
-    assert rows[0]["real_trials"] == 2, "4 processes of the rarer label on each GPU: (4 - 2) // 2 = 1 a GPU"
+    assert rows[0]["real_trials"] == 4, "4 processes of the rarer label on each GPU: 4 // 2 = 2 a GPU"
+
+
+def test_a_confirmation_never_reuses_its_own_trials_processes(monkeypatch) -> None:
+    """Real trials take disjoint first passes; each confirms on the next processes, the last on the
+    first trial's, and none on its own. Too few processes for one pass and a confirmation: none."""
+    from attnperf import trials
+
+    seen: list[tuple[list[int], list[int]]] = []
+
+    def one_trial(base, head, base_c, head_c, *_) -> bool:
+        seen.append(([r["i"] for r in base], [r["i"] for r in base_c]))
+        return False
+
+    monkeypatch.setattr(trials, "one_trial", one_trial)
+    runs = [{"i": i // 2, "trial_label": "AB"[i % 2], "records": []} for i in range(14)]  # 7 a label
+    trials.evaluate(runs, Noise(), processes=2, confirm=2, levels=(), backend=None, resamples=0, seed=0)
+    assert seen == [([0, 1], [2, 3]), ([2, 3], [4, 5]), ([4, 5], [6, 0])]
+    seen.clear()
+    trials.evaluate(runs[:6], Noise(), processes=2, confirm=2, levels=(), backend=None, resamples=0, seed=0)
+    assert seen == []
+
+
+def test_trials_never_compare_two_code_states_and_aa_only_processes_serve_zero_percent() -> None:
+    """An earlier commit's pool (another fingerprint, 3% slower, and an injection that never took)
+    pooled with --aa-runs: its A/A trials count within it, no trial sets it against the other pool,
+    and it feeds neither the injected rows nor their measured size."""
+    current = synthetic_runs(8, sigma=0.002, seed=5)
+    earlier = synthetic_runs(8, sigma=0.002, seed=6)
+    for run in current:
+        run["fingerprint"] = "now"
+    for run in earlier:
+        run |= {"fingerprint": "before", "aa_only": True}
+        for r in run["records"]:
+            r["median"] *= 1.03
+            if "injected_pct" in r:  # its injection read nothing: were it pooled, the 10% row would fall
+                r["median"] /= 1 + r["injected_pct"] / 100
+    runs = current + earlier
+    rows = held_out(runs, noise=Noise(sigma=calibrate(runs)), processes=2, confirm=2, levels=(10.0,),
+                    backend="flash-attn4", resamples=200, seed=0)  # fmt: skip
+    aa, ten = rows
+    assert aa["real_trials"] == 8, "4 real trials in each pool, none across them"
+    assert aa["flagged"] == 0
+    assert ten["real_trials"] == 4
+    assert ten["rate"] == 1.0
+    assert ten["measured_pct"] == pytest.approx(10.0, abs=0.01)
+
+
+def test_reuse_reads_the_grid_and_injection_from_the_processes(tmp_path: Path, capsys) -> None:
+    """A GPU pool evaluated on a CPU machine: without the processes' own grid and injection the
+    table judged flash-attn4's slowdowns as eager's and counted none (the H200's pool at c1c8ea0
+    first read 0% at every size that way). A contradicting --inject names what the pool injected."""
+    from attnperf import trials
+    from attnperf.results import read_json, write_json
+
+    for i, run in enumerate(synthetic_runs(10, sigma=0.002, seed=7)):
+        label = f"trial-{i + 1:03d}-{run['trial_label']}"
+        write_json(tmp_path / f"{label}.json", run | {"label": label, "exit_code": 0, "wall_s": 1.0})
+    out = tmp_path / "table.json"
+    argv = ["--reuse", "--workdir", str(tmp_path), "--out", str(out), "--resamples", "50"]
+    assert trials.main(argv) == 0
+    table = read_json(out)
+    assert (table["grid"], table["inject"]) == ("pr-gpu", "flash-attn4=3,10")
+    assert {row["injected_pct"]: row["rate"] for row in table["rows"]}[10.0] == 1.0
+    with pytest.raises(SystemExit):
+        trials.main([*argv, "--inject", "eager=10"])
+    assert "the pooled processes injected flash-attn4=3,10" in capsys.readouterr().err

@@ -279,8 +279,12 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     done
     shopt -s nullglob; aa=($W/attnperf-prcheck/pass1-*.json $W/attnperf-trials-pool/*/*/trial-*.json); shopt -u nullglob
     commit=(); [[ -n ${TRIALS_COMMIT:-} ]] && commit=(--commit "$TRIALS_COMMIT" --repo "${ATTNPERF_ORIGIN:-.}")
-    # Triton's autotuning printed into each process's log: which kernels tune again in a later process
+    # Triton's autotuning printed into each process's log: which kernels tune again in a later process.
+    # The real trials only (--resamples 0): 1,000 resampled checks a size take a minute for 36 processes,
+    # which the deadline did not leave (2026-11-29, eighth session); the table is evaluated off the device
+    # (python -m attnperf.regress trials --reuse, docs/benchmarks.md).
     TRITON_PRINT_AUTOTUNING=1 timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu \
+      --resamples "${TRIALS_RESAMPLES:-0}" \
       --budget-s "${TRIALS_BUDGET_S:-520}" --workdir $W/attnperf-trials --out "$OUT/regress-trials.json" \
       --noise-out "$OUT/noise.json" "${commit[@]}" ${aa[0]:+--add-runs "${aa[@]}"} 2>&1 | grep -v USDT
     python3 tools/batch-costs.py $W/attnperf-trials/trial-*.json > "$OUT/trials-costs.txt"; tail -4 "$OUT/trials-costs.txt"
