@@ -169,27 +169,30 @@ def spinner(device: str | torch.device) -> Callable[[float], None]:
 class SpinCost:
     """What ``spin(x)`` adds to a call queued before it: ``fixed_s + slope · x`` (a fit at two sizes)."""
 
-    fixed_s: float  #: what the shortest spin adds (its launch gap and minimal run)
+    fixed_s: float  #: what the shortest spin adds (its launch gap and minimal run); a few ns under 0 is noise
     slope: float  #: added seconds per requested second
 
     def request(self, added_s: float) -> float | None:
         """The ``x`` for which ``spin(x)`` adds ``added_s``; None below the shortest spin's cost."""
-        return None if added_s < self.fixed_s else (added_s - self.fixed_s) / self.slope
+        fixed = max(0.0, self.fixed_s)
+        return None if added_s < fixed else (added_s - fixed) / self.slope
 
 
 def spin_cost(
     spin: Callable[[float], None], device: str | torch.device, *, busy_s: float = 50e-6, long_s: float = 40e-6,
     number: int = 40, repeat: int = 5,
 ) -> SpinCost:  # fmt: skip
-    """Fit what a spin adds behind ``busy_s`` of queued work, in the state (clocks) the device is in.
+    """Fit what a spin adds behind ``busy_s`` of queued work (a spin itself), just before it is used.
 
     A slowdown is injected after a call that keeps the device busy, so the spin's launch overlaps
     that call: back-to-back shortest spins (launch-bound, 5.6 µs a spin on the H200) overstated
-    what one adds there, and a requested size on a boosted clock came out shorter than asked (the
-    H200's trials at c1c8ea0 delivered 2.7 µs + 0.83-0.97 × the request: 1.4 / 2.2 / 3.9 / 8.3% for
-    2 / 3 / 5 / 10%). Busy work, busy work plus the shortest spin, and busy work plus a ``long_s``
-    spin are timed alternately, ``repeat`` times each; their medians give the fixed cost and the
-    slope."""
+    what one adds there, and the sizes came out short (the H200's trials at c1c8ea0 delivered
+    2.7-3.4 µs + 0.83-0.98 × the request: 1.4 / 2.2 / 3.9 / 8.3% for 2 / 3 / 5 / 10%). Busy work,
+    busy work plus the shortest spin, and busy work plus a ``long_s`` spin are timed alternately,
+    ``repeat`` times each; their medians give the fixed cost and the slope. The busy work is a
+    spin, not the slowed call (whose own noise, read as a difference of medians of long calls,
+    became the cost before): behind heavier kernels the spin may add a little else, which is why
+    the trials report the size measured against the call."""
     variants = {"busy": lambda: spin(busy_s), "short": lambda: (spin(busy_s), spin(0.0)),
                 "long": lambda: (spin(busy_s), spin(long_s))}  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -197,11 +200,11 @@ def spin_cost(
         for name, fn in variants.items():
             times[name].append(time_calls(fn, device, number))
     busy, short, long = (statistics.median(times[name]) for name in variants)
-    slope = (long - short) / long_s
-    if not 0.5 < slope < 2.0:
-        raise RuntimeError(f"the spin's cost could not be fitted: {long_s * 1e6:g} µs requested added "
-                           f"{(long - short) * 1e6:.2f} µs more than the shortest spin")  # fmt: skip
-    return SpinCost(fixed_s=max(0.0, short - busy), slope=slope)
+    slope, fixed = (long - short) / long_s, short - busy
+    if not 0.5 < slope < 2.0 or not -1e-6 < fixed < busy_s:  # a fit this far off measured something else
+        raise RuntimeError(f"the spin's cost could not be fitted: the shortest spin added {fixed * 1e6:.2f} µs "
+                           f"and {long_s * 1e6:g} µs requested {(long - short) * 1e6:.2f} µs more")  # fmt: skip
+    return SpinCost(fixed_s=fixed, slope=slope)
 
 
 def measure_cuda_peak(fn: Callable[[], object], device: str | torch.device) -> int:

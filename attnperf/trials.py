@@ -6,9 +6,12 @@
 Runs fresh :mod:`attnperf.batch` processes of this checkout, alternately labelled A and B (the
 same code: every A/B comparison is an A/A comparison). Each process measures the whole grid and,
 for the ``--inject`` backend, each of its forward and decode times again with a spin after every
-call sized to PCT % of the median that process just measured (a ``torch.cuda._sleep`` kernel on
-a GPU, calibrated against the clock; a busy wait on the CPU). The injected size is verified: the
-table reports the measured ratio injected/plain beside the nominal one.
+call that should make it PCT % slower than the median that process just measured (a
+``torch.cuda._sleep`` kernel on a GPU, a busy wait on the CPU; sized by a fit of what a spin adds
+behind queued work, :func:`attnperf.measure.spin_cost`). The injected size is verified: the table
+reports the measured ratio injected/plain beside the nominal one, its median and its range over
+the slowed benchmarks. ``--reuse`` evaluates saved processes again, with the grid and injection
+they ran.
 
 From those processes (every comparison within the processes of one GPU and one code state, as a
 pull request's check on one runner: each process records its GPU's UUID, and GPUs of one machine
@@ -95,7 +98,8 @@ def calibrate(runs: Sequence[dict[str, Any]], floor: float = 0.001) -> dict[str,
 def as_head(run: dict[str, Any], pct: float, backend: str) -> dict[str, Any]:
     """A B-process seen as a head slowed by ``pct`` % on ``backend``: its injected records take the
     place of the plain ones they were measured beside. A benchmark on which that slowdown could not
-    be injected (shorter than the spin's own cost) keeps its plain record: it is not slowed."""
+    be injected (shorter than the shortest spin's cost, or its spin not fitted) keeps its plain
+    record: it is not slowed."""
     injected = {r["base_key"]: r for r in run["records"] if r.get("injected_pct") == pct and r["status"] == Status.OK}
     records = []
     for plain_record in run["records"]:
@@ -139,20 +143,36 @@ def injects(run: dict[str, Any], pct: float) -> bool:
     return not run.get("aa_only") and any(r.get("injected_pct") == pct for r in run["records"])
 
 
-def injected_ratio(runs: Sequence[dict[str, Any]], pct: float) -> float | None:
-    """Median over processes and benchmarks of injected/plain time: the slowdown actually injected."""
-    ratios = []
+def injected_ratios(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, list[float]]:
+    """Per slowed benchmark, injected/plain time in each process: the slowdown actually injected."""
+    ratios: dict[str, list[float]] = {}
     for run in runs:
         medians = {r["key"]: r.get("median") for r in run["records"] if r["status"] == Status.OK}
         for r in run["records"]:
             if r.get("injected_pct") == pct and r["status"] == Status.OK and medians.get(r["base_key"]):
-                ratios.append(r["median"] / medians[r["base_key"]])
-    return statistics.median(ratios) if ratios else None
+                ratios.setdefault(r["base_key"], []).append(r["median"] / medians[r["base_key"]])
+    return ratios
+
+
+def measured_size(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, Any]:
+    """The slowdown injected at ``pct`` %, in %: the median over processes and benchmarks, and the
+    range of the benchmarks' medians (a check flags on any benchmark, so one slowed beyond the
+    nominal size would carry the detections: the range shows it)."""
+    ratios = injected_ratios(runs, pct)
+    if not ratios:
+        return {"measured_pct": None, "measured_range_pct": None}
+    each = [statistics.median(r) for r in ratios.values()]
+    pooled = statistics.median([x for r in ratios.values() for x in r])
+
+    def as_pct(ratio: float) -> float:
+        return round(100 * (ratio - 1), 3)
+
+    return {"measured_pct": as_pct(pooled), "measured_range_pct": [as_pct(min(each)), as_pct(max(each))]}
 
 
 def injected_benchmarks(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, int]:
     """How many of the benchmarks asked for a ``pct`` % slowdown carried it (in the processes that
-    could inject it): a slowdown shorter than the spin's own cost cannot be injected."""
+    could inject it): a slowdown shorter than the shortest spin's cost cannot be injected."""
     asked, slowed = set(), set()
     for run in runs:
         for r in run["records"]:
@@ -218,14 +238,19 @@ def held_out(
 
     A spread calibrated on the very processes a trial compares fits the noise to them and
     understates the false-alarm rate. With a stored calibration (``noise``, from an earlier run)
-    every process serves the trials. Otherwise the processes are cut into two halves in the order
-    they ran (whole A B B A quadruples, so each half has as many A as B), each half is judged with
-    the other half's calibration, and the counts are added."""
+    every process serves the trials. Otherwise the processes of each GPU and code state are cut
+    into two halves in the order they ran (whole A B B A quadruples, so each half has as many A as
+    B), the first halves of every group are judged with the second halves' calibration and the
+    other way round, and the counts are added: a trial is never judged by another commit's spread
+    alone."""
     if noise is not None:
         folds = [evaluate(runs, noise, **options)]
     else:
-        half = len(runs) // 4 * 2
-        first, second = runs[:half], runs[half:]
+        first, second = [], []
+        for group in by_replicate(runs):
+            half = len(group) // 4 * 2
+            first += group[:half]
+            second += group[half:]
         options = options | {"resamples": options["resamples"] // 2}
         folds = [
             evaluate(fold, Noise(sigma=calibrate(other), min_effect=min_effect, source="the other half"), **options)
@@ -237,14 +262,15 @@ def held_out(
         sampled = [x for fold in folds for x in fold[pct]["sampled"]]
         trials, flagged = len(real) + len(sampled), sum(real) + sum(sampled)
         low, high = wilson(flagged, trials)
+        real_low, real_high = wilson(sum(real), len(real))
         injecting = [r for r in runs if not r.get("aa_only")]
-        measured = injected_ratio(injecting, pct) if pct else None
-        slowed = injected_benchmarks(injecting, pct) if pct else None
+        size = measured_size(injecting, pct) if pct else {"measured_pct": None, "measured_range_pct": None}
         rows.append({
-            "injected_pct": pct, "measured_pct": None if measured is None else round(100 * (measured - 1), 3),
-            "slowed_benchmarks": slowed,
+            "injected_pct": pct, **size, "slowed_benchmarks": injected_benchmarks(injecting, pct) if pct else None,
             "trials": trials, "flagged": flagged, "rate": flagged / trials if trials else None,
             "ci95": [round(low, 4), round(high, 4)], "real_trials": len(real), "real_flagged": sum(real),
+            # resampled checks reuse a few processes: the interval of the real ones alone is the honest width
+            "ci95_real": [round(real_low, 4), round(real_high, 4)],
             "resampled_trials": len(sampled), "resampled_flagged": sum(sampled),
         })  # fmt: skip
     return rows
@@ -356,42 +382,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pool_inject(runs: Sequence[dict[str, Any]]) -> str | None:
-    """``BACKEND=PCT,...`` as the processes ``runs`` injected it (None if none did, or several backends)."""
+    """``BACKEND=PCT,...`` as the processes ``runs`` injected it (None if none did)."""
     injected = [r for run in runs for r in run["records"] if "injected_pct" in r]
-    backends = {r["spec"]["backend"] for r in injected}
-    if len(backends) != 1:
+    backends = sorted({r["spec"]["backend"] for r in injected})
+    if len(backends) > 1:
+        raise ValueError(f"the pooled processes slowed several backends ({', '.join(backends)}): pool one injection")
+    if not backends:
         return None
-    return f"{backends.pop()}=" + ",".join(f"{pct:g}" for pct in sorted({r["injected_pct"] for r in injected}))
+    return f"{backends[0]}=" + ",".join(f"{pct:g}" for pct in sorted({r["injected_pct"] for r in injected}))
 
 
 def pool_grid(runs: Sequence[dict[str, Any]]) -> str | None:
-    """The trial grid of the processes' device (pr-gpu for CUDA points, pr-cpu otherwise)."""
-    devices = {r["spec"]["device"].split(":")[0] for run in runs for r in run["records"][:1]}
-    return None if not devices else "pr-gpu" if devices == {"cuda"} else "pr-cpu"
+    """The trial grid of the processes' device (pr-gpu for CUDA points, pr-cpu for CPU ones)."""
+    devices = sorted({r["spec"]["device"].split(":")[0] for run in runs for r in run["records"][:1]})
+    if len(devices) > 1:
+        raise ValueError(f"the pooled processes ran on several devices ({', '.join(devices)}): evaluate each apart")
+    return None if not devices else "pr-gpu" if devices == ["cuda"] else "pr-cpu"
+
+
+def read_pool(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The saved processes (``--reuse``) and ``--add-runs``, and the ``--aa-runs`` ones, each once."""
+    from attnperf.results import read_json
+
+    saved = sorted(args.workdir.glob("trial-*.json")) if args.reuse else []
+    paths = [path.resolve() for path in [*saved, *args.add_runs, *args.aa_runs]]
+    twice = sorted({str(path) for path in paths if paths.count(path) > 1})
+    if twice:  # a copy in both halves would calibrate the other half with the process it judges
+        raise ValueError(f"processes given twice: {', '.join(twice[:3])}")
+    pooled = finished([added_run(read_json(path)) for path in [*saved, *args.add_runs]])
+    return pooled, [run | {"aa_only": True} for run in finished([added_run(read_json(p)) for p in args.aa_runs])]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from attnperf.batch import parse_inject
-    from attnperf.results import read_json
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.processes < 1 or args.confirm < 0:
         parser.error("--processes must be at least 1 and --confirm at least 0")
-    saved = sorted(args.workdir.glob("trial-*.json")) if args.reuse else []
-    pooled = finished([added_run(read_json(path)) for path in [*saved, *args.add_runs]])
-    # Evaluated elsewhere than they ran, the processes say their grid and injection: this machine's
-    # defaults would judge a GPU pool's flash-attn4 slowdowns as eager's and find none flagged.
-    said_grid, said_inject = (pool_grid(pooled), pool_inject(pooled)) if args.reuse else (None, None)
-    grid_name = args.grid or said_grid or ("pr-gpu" if grid_named().device == "cuda" else "pr-cpu")
-    grid = grid_named(grid_name)
-    inject = args.inject or said_inject or ("flash-attn4=2,3,5,10" if grid.device == "cuda" else "eager=2,3,5,10")
     try:
+        pooled, aa_only = read_pool(args)
+        # Evaluated elsewhere than they ran, the processes say their grid and injection: this machine's
+        # defaults would judge a GPU pool's flash-attn4 slowdowns as eager's and find none flagged.
+        said_grid, said_inject = (pool_grid(pooled), pool_inject(pooled)) if args.reuse else (None, None)
+        grid_name = args.grid or said_grid or ("pr-gpu" if grid_named().device == "cuda" else "pr-cpu")
+        grid = grid_named(grid_name)
+        inject = args.inject or said_inject or ("flash-attn4=2,3,5,10" if grid.device == "cuda" else "eager=2,3,5,10")
         backend, levels = parse_inject(inject)
+        if said_inject:
+            said_backend, said_levels = parse_inject(said_inject)
+            if backend != said_backend or not set(levels) <= set(said_levels):
+                raise ValueError(f"--inject {inject}: the pooled processes injected {said_inject}")
     except ValueError as exc:
         parser.error(str(exc))
-    if said_inject and said_inject.split("=")[0] != backend:
-        parser.error(f"--inject {inject}: the pooled processes injected {said_inject}")
     points = grid.points()
     args.workdir.mkdir(parents=True, exist_ok=True)
     runner = ProcessRunner(args.workdir.resolve(), repeat=args.repeat)
@@ -414,31 +457,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the pooled processes come from {len(fingerprints)} code states (fingerprints "
                      f"{', '.join(f[:12] for f in fingerprints)}): pool processes of one commit, and add "
                      "other commits' with --aa-runs")  # fmt: skip
-    runs += [run | {"aa_only": True} for run in finished([added_run(read_json(path)) for path in args.aa_runs])]
+    machines = sorted({str(r.get("machine")) for r in [*runs, *aa_only]})
+    if len(machines) > 1:  # the calibration and the rates are a runner's
+        parser.error(f"the pooled processes ran on several machine tags ({', '.join(machines)})")
+    walls = [r["wall_s"] for r in runs]
+    runs += aa_only
     sigma = calibrate(runs)
     judge = Noise.load(args.noise, min_effect=args.min_effect) if args.noise else None
     rows = held_out(runs, noise=judge, min_effect=args.min_effect, processes=args.processes, confirm=args.confirm,
                     levels=levels, backend=backend, resamples=args.resamples, seed=args.seed)  # fmt: skip
-    walls = [r["wall_s"] for r in runs]
+    machine = runs[0].get("machine") if runs else None
+    code_states = sorted({str(r.get("fingerprint")) for r in runs})
     write_json(args.out, {
         "grid": grid_name, "points": len(points), "inject": inject, "processes_a_side": args.processes,
         "confirm_a_side": args.confirm, "min_effect": args.min_effect, "process_count": len(runs),
-        "aa_only_processes": sum(bool(r.get("aa_only")) for r in runs),
+        "aa_only_processes": len(aa_only), "fingerprints": code_states,
         "process_wall_s": {"first": walls[:2], "median": statistics.median(walls) if walls else None},
-        "machine": runs[0].get("machine") if runs else None, "wall_s": time.perf_counter() - started,
+        "machine": machine, "wall_s": time.perf_counter() - started,
         "sigma_median": statistics.median(sigma.values()) if sigma else None,
         "judged_with": str(args.noise) if args.noise else "the other half's calibration", "rows": rows,
     })  # fmt: skip
     if args.noise_out is not None:
-        machine = runs[0].get("machine") if runs else None
-        calibration = {"sigma": sigma, "default_sigma": DEFAULT_SIGMA, "processes": len(runs), "grid": grid_name}
-        write_json(args.noise_out, calibration | {"machine": machine})
-    print(f"{'injected %':>10} {'measured %':>10} {'slowed':>7} {'trials':>6} {'flagged':>7} {'rate':>6}  "
-          "95% interval  (real)")  # fmt: skip
+        write_json(args.noise_out, {"sigma": sigma, "default_sigma": DEFAULT_SIGMA, "processes": len(runs),
+                                    "grid": grid_name, "machine": machine, "fingerprints": code_states})  # fmt: skip
+    print_rows(rows)
+    return 0
+
+
+def print_rows(rows: Sequence[dict[str, Any]]) -> None:
+    print(f"{'injected %':>10} {'measured %':>10} {'range %':>13} {'slowed':>7} {'trials':>6} {'flagged':>7} "
+          f"{'rate':>6}  95% interval    real (95% interval)")  # fmt: skip
     for row in rows:
         measured = "" if row["measured_pct"] is None else f"{row['measured_pct']:.2f}"
+        spread = "" if row["measured_range_pct"] is None else "{:.2f}-{:.2f}".format(*row["measured_range_pct"])
         slowed = "" if row["slowed_benchmarks"] is None else "{slowed}/{of}".format(**row["slowed_benchmarks"])
-        print(f"{row['injected_pct']:>10g} {measured:>10} {slowed:>7} {row['trials']:>6} {row['flagged']:>7} "
-              f"{row['rate'] or 0:>6.3f}  [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]  "
-              f"({row['real_flagged']}/{row['real_trials']})")  # fmt: skip
-    return 0
+        print(
+            f"{row['injected_pct']:>10g} {measured:>10} {spread:>13} {slowed:>7} {row['trials']:>6} "
+            f"{row['flagged']:>7} {row['rate'] or 0:>6.3f}  [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]  "
+            f"{row['real_flagged']}/{row['real_trials']} [{row['ci95_real'][0]:.2f}, {row['ci95_real'][1]:.2f}]"
+        )

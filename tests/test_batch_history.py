@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnperf.batch import parse_inject, process_costs, read_points, run, write_points
 from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec, grid_named
@@ -260,7 +261,7 @@ def test_the_spins_cost_is_fitted_on_this_machine() -> None:
     from attnperf.measure import spin_cost, spinner
 
     cost = spin_cost(spinner("cpu"), "cpu", busy_s=200e-6, long_s=400e-6, number=5, repeat=5)
-    assert 0.0 <= cost.fixed_s < 50e-6
+    assert -1e-6 < cost.fixed_s < 50e-6  # a shortest busy wait adds a call; below 0 by noise only
     assert 0.8 < cost.slope < 1.25
     assert cost.request(cost.fixed_s - 1e-9) is None
     assert cost.request(cost.fixed_s + 100e-6) == pytest.approx(100e-6 / cost.slope)
@@ -279,3 +280,30 @@ def test_a_spin_that_cannot_be_fitted_fails_its_injected_records(monkeypatch) ->
     records = runner._injected(point, {"key": "k", "spec": {}, "median": 1e-3}, (2.0, 10.0))
     assert [r["status"] for r in records] == ["failed", "failed"]
     assert all("could not be fitted" in r["reason"] for r in records)
+
+
+@pytest.mark.gpu
+def test_on_gpu_a_fitted_spin_slows_a_replayed_graph_by_what_was_asked() -> None:
+    """Behind a CUDA-graph replay of a matrix product (about 0.2 ms on an H100 or H200), as the
+    benchmarks' forward points are timed: 5% asked, 4-6% measured. Sized from back-to-back spins
+    the H200 measured 3.9% for 5% on such points."""
+    from attnperf.measure import ensure_warm, measure_time, spin_cost, spinner
+
+    device = "cuda"
+    ensure_warm(device)
+    a = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)
+    stream, graph = torch.cuda.Stream(), torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        a @ a
+        with torch.cuda.graph(graph):
+            a @ a
+    torch.cuda.synchronize()
+    spin = spinner(device)
+    plain = measure_time(graph.replay, device, repeat=10).median
+    cost = spin_cost(spin, device)
+    assert 0.8 < cost.slope < 1.25
+    assert cost.fixed_s < 10e-6
+    request = cost.request(plain * 0.05)
+    assert request is not None
+    slowed = measure_time(lambda: (graph.replay(), spin(request)), device, repeat=10).median
+    assert 1.04 < slowed / plain < 1.06

@@ -196,49 +196,66 @@ def test_trials_compare_the_processes_of_one_gpu() -> None:
     assert rows[0]["real_trials"] == 4, "4 processes of the rarer label on each GPU: 4 // 2 = 2 a GPU"
 
 
-def test_a_confirmation_never_reuses_its_own_trials_processes(monkeypatch) -> None:
-    """Real trials take disjoint first passes; each confirms on the next processes, the last on the
-    first trial's, and none on its own. Too few processes for one pass and a confirmation: none."""
+@pytest.mark.parametrize(("processes", "confirm"), [(2, 2), (1, 3), (3, 1), (2, 5), (4, 0)])
+@pytest.mark.parametrize("extra", range(6))
+def test_a_confirmation_never_reuses_its_own_trials_processes(monkeypatch, processes, confirm, extra) -> None:
+    """Real trials take disjoint first passes; each confirms on the next processes (the last on the
+    first ones'), never on its own: n // processes trials for n processes a label, none below
+    processes + confirm."""
     from attnperf import trials
 
-    seen: list[tuple[list[int], list[int]]] = []
+    seen: list[tuple[list[int], list[int], list[int], list[int]]] = []
 
     def one_trial(base, head, base_c, head_c, *_) -> bool:
-        seen.append(([r["i"] for r in base], [r["i"] for r in base_c]))
+        seen.append(tuple([r["i"] for r in side] for side in (base, head, base_c, head_c)))
         return False
 
     monkeypatch.setattr(trials, "one_trial", one_trial)
-    runs = [{"i": i // 2, "trial_label": "AB"[i % 2], "records": []} for i in range(14)]  # 7 a label
-    trials.evaluate(runs, Noise(), processes=2, confirm=2, levels=(), backend=None, resamples=0, seed=0)
-    assert seen == [([0, 1], [2, 3]), ([2, 3], [4, 5]), ([4, 5], [6, 0])]
-    seen.clear()
-    trials.evaluate(runs[:6], Noise(), processes=2, confirm=2, levels=(), backend=None, resamples=0, seed=0)
-    assert seen == []
+    n = processes + confirm + extra - 1  # one short of a trial when extra is 0
+    runs = [{"i": i // 2, "trial_label": "AB"[i % 2], "records": []} for i in range(2 * n)]
+    trials.evaluate(runs, Noise(), processes=processes, confirm=confirm, levels=(), backend=None, resamples=0,
+                    seed=0)  # fmt: skip
+    assert len(seen) == (n // processes if n >= processes + confirm else 0)
+    firsts = [i for base, *_ in seen for i in base]
+    assert len(firsts) == len(set(firsts)), "first passes are disjoint"
+    for base, head, base_c, head_c in seen:
+        assert base == head, "each label's processes in run order"
+        assert base_c == head_c
+        assert len(base_c) == confirm
+        assert not set(base) & set(base_c)
 
 
 def test_trials_never_compare_two_code_states_and_aa_only_processes_serve_zero_percent() -> None:
-    """An earlier commit's pool (another fingerprint, 3% slower, and an injection that never took)
-    pooled with --aa-runs: its A/A trials count within it, no trial sets it against the other pool,
-    and it feeds neither the injected rows nor their measured size."""
-    current = synthetic_runs(8, sigma=0.002, seed=5)
-    earlier = synthetic_runs(8, sigma=0.002, seed=6)
+    """An earlier commit's pool on the same GPU (another fingerprint, 10% slower, and an injection
+    that never took) pooled with --aa-runs: its A/A trials count within it, no trial or calibration
+    sets it against the other pool, and it feeds neither the injected rows nor their measured size.
+    The pools' labels are lopsided the other way round (5 A 8 B, 8 A 5 B): by code state that is
+    2 + 2 real trials; pooled by GPU alone, 13 a label, 6."""
+
+    def without_last(runs: list[dict], label: str, count: int) -> list[dict]:
+        drop = [i for i, r in enumerate(runs) if r["trial_label"] == label][-count:]
+        return [r for i, r in enumerate(runs) if i not in drop]
+
+    current = without_last(synthetic_runs(8, sigma=0.002, seed=5), "A", 3)
+    earlier = without_last(synthetic_runs(8, sigma=0.002, seed=6), "B", 3)
     for run in current:
         run["fingerprint"] = "now"
     for run in earlier:
         run |= {"fingerprint": "before", "aa_only": True}
         for r in run["records"]:
-            r["median"] *= 1.03
+            r["median"] *= 1.10
             if "injected_pct" in r:  # its injection read nothing: were it pooled, the 10% row would fall
                 r["median"] /= 1 + r["injected_pct"] / 100
     runs = current + earlier
-    rows = held_out(runs, noise=Noise(sigma=calibrate(runs)), processes=2, confirm=2, levels=(10.0,),
-                    backend="flash-attn4", resamples=200, seed=0)  # fmt: skip
-    aa, ten = rows
-    assert aa["real_trials"] == 8, "4 real trials in each pool, none across them"
+    assert max(calibrate(runs).values()) < 0.006, "the spread is measured within each code state"
+    aa, ten = held_out(runs, noise=Noise(), processes=2, confirm=2, levels=(10.0,), backend="flash-attn4",
+                       resamples=200, seed=0)  # fmt: skip
+    assert aa["real_trials"] == 4
     assert aa["flagged"] == 0
-    assert ten["real_trials"] == 4
+    assert ten["real_trials"] == 2
     assert ten["rate"] == 1.0
     assert ten["measured_pct"] == pytest.approx(10.0, abs=0.01)
+    assert ten["measured_range_pct"] == [pytest.approx(10.0, abs=0.01)] * 2
 
 
 def test_reuse_reads_the_grid_and_injection_from_the_processes(tmp_path: Path, capsys) -> None:
@@ -260,3 +277,30 @@ def test_reuse_reads_the_grid_and_injection_from_the_processes(tmp_path: Path, c
     with pytest.raises(SystemExit):
         trials.main([*argv, "--inject", "eager=10"])
     assert "the pooled processes injected flash-attn4=3,10" in capsys.readouterr().err
+
+
+def test_a_pool_of_mixed_devices_backends_or_repeated_files_is_refused(tmp_path: Path, capsys) -> None:
+    """The evaluation cannot guess a grid for CPU and GPU processes together, nor one injection for
+    two slowed backends, and a process given twice would sit in both halves of the calibration."""
+    from attnperf import trials
+    from attnperf.results import write_json
+
+    def saved(name: str, run: dict) -> Path:
+        return write_json(tmp_path / f"{name}.json", run | {"label": name, "exit_code": 0, "wall_s": 1.0})
+
+    gpu = saved("trial-001-A", synthetic_runs(1, sigma=0.0)[0])
+    cpu_run = synthetic_runs(1, sigma=0.0)[1]
+    for r in cpu_run["records"]:
+        r["spec"] = r["spec"] | {"device": "cpu"}
+    cpu = saved("other-B", cpu_run)
+    cudnn_run = synthetic_runs(1, sigma=0.0)[1]
+    for r in cudnn_run["records"]:
+        r["spec"] = r["spec"] | {"backend": "sdpa-cudnn"}
+    cudnn = saved("cudnn-B", cudnn_run)
+    out = ["--out", str(tmp_path / "t.json"), "--workdir", str(tmp_path / "none"), "--reuse"]
+    for extra, message in (([str(cpu)], "several devices (cpu, cuda)"),
+                           ([str(cudnn)], "slowed several backends (flash-attn4, sdpa-cudnn)"),
+                           ([str(gpu), "--aa-runs", str(gpu)], "processes given twice")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            trials.main([*out, "--add-runs", str(gpu), *extra])
+        assert message in capsys.readouterr().err
