@@ -358,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise-out", type=Path, help="write the calibration of all processes here (regress --noise)")
     parser.add_argument(
         "--noise", type=Path,
-        help="judge the trials with this calibration from earlier processes (default: each half of the "
-        "processes judged with the other half's)",
+        help="judge the trials with this calibration from earlier processes (default: each half of each GPU's "
+        "and code state's processes judged with the other halves' calibration)",
     )  # fmt: skip
     parser.add_argument("--reuse", action="store_true", help="evaluate the process outputs in --workdir again")
     parser.add_argument(
