@@ -457,8 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the pooled processes come from {len(fingerprints)} code states (fingerprints "
                      f"{', '.join(f[:12] for f in fingerprints)}): pool processes of one commit, and add "
                      "other commits' with --aa-runs")  # fmt: skip
-    machines = sorted({str(r.get("machine")) for r in [*runs, *aa_only]})
-    if len(machines) > 1:  # the calibration and the rates are a runner's
+    machines = sorted({str(r.get("machine")) for r in runs})
+    if len(machines) > 1:  # the calibration and the rates are a runner's (--aa-runs: compared within their own)
         parser.error(f"the pooled processes ran on several machine tags ({', '.join(machines)})")
     walls = [r["wall_s"] for r in runs]
     runs += aa_only
@@ -472,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "grid": grid_name, "points": len(points), "inject": inject, "processes_a_side": args.processes,
         "confirm_a_side": args.confirm, "min_effect": args.min_effect, "process_count": len(runs),
         "aa_only_processes": len(aa_only), "fingerprints": code_states,
+        "aa_only_machines": sorted({str(r.get("machine")) for r in aa_only}),
         "process_wall_s": {"first": walls[:2], "median": statistics.median(walls) if walls else None},
         "machine": machine, "wall_s": time.perf_counter() - started,
         "sigma_median": statistics.median(sigma.values()) if sigma else None,
