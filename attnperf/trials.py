@@ -19,25 +19,25 @@ tag differ by a few percent on long kernels, a difference that pooled across GPU
 noise):
 
 * **Calibration**: per benchmark, the between-process spread of log medians (pooled over A and B
-  and over GPUs and code states, each from its own mean) becomes the noise file the check reads (``--noise-out``;
-  ``benchmarks/noise/MACHINE.json``). The trials below are never judged with a calibration of
-  their own processes (that would fit the noise to them): each half of the processes is judged
-  with the other half's, or all of them with an earlier calibration (``--noise``).
+  and over GPUs and code states, each from its own mean) becomes the noise file the check reads
+  (``--noise-out``; ``benchmarks/noise/MACHINE.json``). The trials below are never judged with a
+  calibration of their own processes (that would fit the noise to them): each half of each GPU's
+  and code state's processes is judged with the other halves', or all of them with an earlier
+  calibration (``--noise``).
 * **Real trials**: disjoint groups of ``P`` A-processes and ``P`` B-processes make one check each
   (the next ``C`` processes of each label serve as its confirmation pass, which overlaps the next
   trial's first pass, the last trial's wrapping round to the first one's, and is read only when
-  something was flagged: a confirmation never reuses its own trial's processes). For an injected size the head
-  side reads the injected records of the B-processes, so base and head come from different
-  processes, as in a real check.
+  something was flagged: a confirmation never reuses its own trial's processes). For an injected
+  size the head side reads the injected records of the B-processes, so base and head come from
+  different processes, as in a real check.
 * **Resampled trials**: ``--resamples`` checks whose ``P + C`` processes a side are drawn at random
   (without replacement within a trial) from the same pool.
 
 A trial at 0% counts when the check fails on anything (a false alarm); at x% when any benchmark
 of the slowed backend is flagged after confirmation. Processes of other commits (``--aa-runs``, an
 earlier pool whose injection was sized another way) serve the 0% row only, each trial within its
-own code state. The JSON has one row per injected size with
-``injected_pct``, ``trials``, ``flagged``, ``rate`` and a 95% Wilson interval, split into real and
-resampled counts.
+own code state. The JSON has one row per injected size with ``injected_pct``, ``trials``,
+``flagged``, ``rate`` and a 95% Wilson interval, split into real and resampled counts.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def injected_ratios(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, lis
 def measured_size(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, Any]:
     """The slowdown injected at ``pct`` %, in %: the median over processes and benchmarks, and the
     range of the benchmarks' medians (a check flags on any benchmark, so one slowed beyond the
-    nominal size would carry the detections: the range shows it)."""
+    nominal size would carry the detections: the range shows it). None for 0% (nothing injected)."""
     ratios = injected_ratios(runs, pct)
     if not ratios:
         return {"measured_pct": None, "measured_range_pct": None}
@@ -214,15 +214,16 @@ def evaluate(
         for group in by_replicate(usable):
             pools = {label: [r for r in group if r["trial_label"] == label] for label in (A, B)}
             n = min(len(pools[A]), len(pools[B]))
-            for t in range(n // processes if n >= processes + confirm else 0):
+            if n < processes + confirm:  # no first pass with a confirmation of other processes
+                continue
+            eligible.append((pools, n))
+            for t in range(n // processes):
                 first = range(t * processes, (t + 1) * processes)
                 # the next processes confirm; the last trial's wrap round to the first (never its own)
                 conf = [((t + 1) * processes + i) % n for i in range(confirm)]
                 first_a, first_b = [pools[A][i] for i in first], [pools[B][i] for i in first]
                 conf_a, conf_b = [pools[A][i] for i in conf], [pools[B][i] for i in conf]
                 real.append(one_trial(first_a, first_b, conf_a, conf_b, noise, pct, backend))
-            if n >= processes + confirm:
-                eligible.append((pools, n))
         for _ in range(resamples if eligible else 0):
             pools = rng.choices([p for p, _ in eligible], weights=[n for _, n in eligible])[0]
             a, b = rng.sample(pools[A], processes + confirm), rng.sample(pools[B], processes + confirm)
@@ -257,16 +258,16 @@ def held_out(
             for fold, other in ((first, second), (second, first))
         ]
     rows = []
+    injecting = [r for r in runs if not r.get("aa_only")]
     for pct in folds[0]:
         real = [x for fold in folds for x in fold[pct]["real"]]
         sampled = [x for fold in folds for x in fold[pct]["sampled"]]
         trials, flagged = len(real) + len(sampled), sum(real) + sum(sampled)
         low, high = wilson(flagged, trials)
         real_low, real_high = wilson(sum(real), len(real))
-        injecting = [r for r in runs if not r.get("aa_only")]
-        size = measured_size(injecting, pct) if pct else {"measured_pct": None, "measured_range_pct": None}
         rows.append({
-            "injected_pct": pct, **size, "slowed_benchmarks": injected_benchmarks(injecting, pct) if pct else None,
+            "injected_pct": pct, **measured_size(injecting, pct),
+            "slowed_benchmarks": injected_benchmarks(injecting, pct) if pct else None,
             "trials": trials, "flagged": flagged, "rate": flagged / trials if trials else None,
             "ci95": [round(low, 4), round(high, 4)], "real_trials": len(real), "real_flagged": sum(real),
             # resampled checks reuse a few processes: the interval of the real ones alone is the honest width
