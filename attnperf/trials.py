@@ -38,6 +38,12 @@ of the slowed backend is flagged after confirmation. Processes of other commits 
 earlier pool whose injection was sized another way) serve the 0% row only, each trial within its
 own code state. The JSON has one row per injected size with ``injected_pct``, ``trials``,
 ``flagged``, ``rate`` and a 95% Wilson interval, split into real and resampled counts.
+
+Since a trial flags on any benchmark, a row's rate can be carried by the one benchmark slowed
+most. Each row therefore lists its slowed ``benchmarks`` (measured slowdown, what the spin added
+beyond the request in µs, σ, and in how many trials that slowed it in every head process it was
+flagged), and ``by_measured_slowdown`` pools those by the slowdown each really carried, apart for
+the benchmarks whose minimum effect their σ raised: the sensitivity per benchmark.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +64,7 @@ from attnperf.benchgrid import grid_named
 from attnperf.records import Status
 from attnperf.regress import ProcessRunner, RegressError, describe, git, worktrees
 from attnperf.results import write_json
-from attnperf.verdict import DEFAULT_SIGMA, HOLE, MIN_EFFECT, REGRESSION, Noise, decide, per_process
+from attnperf.verdict import DEFAULT_SIGMA, MIN_EFFECT, Noise, decide, per_process
 
 A, B = "A", "B"
 
@@ -95,18 +102,27 @@ def calibrate(runs: Sequence[dict[str, Any]], floor: float = 0.001) -> dict[str,
     return sigma
 
 
+def slowed_keys(run: dict[str, Any], pct: float, backend: str) -> dict[str, dict[str, Any]]:
+    """The injected records of ``backend`` at ``pct`` % that ``run`` measured, by the key of the plain
+    benchmark they slowed. A benchmark on which that slowdown could not be injected (shorter than
+    the shortest spin's cost, or its spin not fitted) is not among them."""
+    return {
+        r["base_key"]: r for r in run["records"]
+        if r.get("injected_pct") == pct and r["status"] == Status.OK and r["spec"]["backend"] == backend
+    }  # fmt: skip
+
+
 def as_head(run: dict[str, Any], pct: float, backend: str) -> dict[str, Any]:
-    """A B-process seen as a head slowed by ``pct`` % on ``backend``: its injected records take the
-    place of the plain ones they were measured beside. A benchmark on which that slowdown could not
-    be injected (shorter than the shortest spin's cost, or its spin not fitted) keeps its plain
-    record: it is not slowed."""
-    injected = {r["base_key"]: r for r in run["records"] if r.get("injected_pct") == pct and r["status"] == Status.OK}
+    """A B-process seen as a head slowed by ``pct`` % on ``backend``: its injected records
+    (:func:`slowed_keys`) take the place of the plain ones they were measured beside; the others
+    keep their plain record: they are not slowed."""
+    injected = slowed_keys(run, pct, backend)
     records = []
     for plain_record in run["records"]:
         if "injected_pct" in plain_record:
             continue
         key = plain_record["key"]
-        if key in injected and plain_record["spec"]["backend"] == backend:
+        if key in injected:
             records.append({k: v for k, v in injected[key].items() if k != "injected_pct"} | {"key": key})
         else:
             records.append(plain_record)
@@ -117,24 +133,39 @@ def plain(run: dict[str, Any]) -> dict[str, Any]:
     return {"records": [r for r in run["records"] if "injected_pct" not in r]}
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One trial's check: the benchmarks it flagged after confirmation (at x %: those of the slowed
+    backend) and those slowed in every head process it read. True when it flagged anything."""
+
+    flagged: frozenset[str] = frozenset()
+    slowed: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.flagged)
+
+
 def one_trial(
     base: Sequence[dict], head: Sequence[dict], base_c: Sequence[dict], head_c: Sequence[dict], noise: Noise,
     pct: float, backend: str | None,
-) -> bool:  # fmt: skip
-    """Whether one check (first pass, then a confirmation on other processes) flags: anything at 0%,
-    a benchmark of ``backend`` at ``pct`` > 0."""
+) -> Outcome:  # fmt: skip
+    """One check (first pass, then a confirmation on other processes): what it flags, anything at
+    0%, a benchmark of ``backend`` at ``pct`` > 0."""
+    slowed: frozenset[str] = frozenset()
+    if pct and backend:
+        slowed = frozenset.intersection(*(frozenset(slowed_keys(r, pct, backend)) for r in [*head, *head_c]))
 
     def heads(runs: Sequence[dict]) -> list[dict]:
         return [as_head(r, pct, backend) if pct and backend else plain(r) for r in runs]
 
     first = decide([plain(r) for r in base], heads(head), noise)
     if not first.failed:
-        return False
+        return Outcome(slowed=slowed)
     final = first if not base_c else decide([plain(r) for r in base_c], heads(head_c), noise, keys=first.flagged_keys())
-    flagged = [p for p in final.points if p.outcome == REGRESSION] + final.where(HOLE)
-    if not pct:
-        return bool(flagged)
-    return any(f"({backend!r}," in p.key for p in flagged)
+    flagged = final.flagged_keys()
+    if pct:
+        flagged = {key for key in flagged if f"({backend!r}," in key}
+    return Outcome(flagged=frozenset(flagged), slowed=slowed)
 
 
 def injects(run: dict[str, Any], pct: float) -> bool:
@@ -143,15 +174,20 @@ def injects(run: dict[str, Any], pct: float) -> bool:
     return not run.get("aa_only") and any(r.get("injected_pct") == pct for r in run["records"])
 
 
-def injected_ratios(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, list[float]]:
-    """Per slowed benchmark, injected/plain time in each process: the slowdown actually injected."""
-    ratios: dict[str, list[float]] = {}
+def injected_pairs(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, list[tuple[float, float]]]:
+    """Per slowed benchmark, (plain, injected) medians of each process that measured both."""
+    pairs: dict[str, list[tuple[float, float]]] = {}
     for run in runs:
         medians = {r["key"]: r.get("median") for r in run["records"] if r["status"] == Status.OK}
         for r in run["records"]:
             if r.get("injected_pct") == pct and r["status"] == Status.OK and medians.get(r["base_key"]):
-                ratios.setdefault(r["base_key"], []).append(r["median"] / medians[r["base_key"]])
-    return ratios
+                pairs.setdefault(r["base_key"], []).append((medians[r["base_key"]], r["median"]))
+    return pairs
+
+
+def injected_ratios(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, list[float]]:
+    """Per slowed benchmark, injected/plain time in each process: the slowdown actually injected."""
+    return {key: [slowed / base for base, slowed in pairs] for key, pairs in injected_pairs(runs, pct).items()}
 
 
 def measured_size(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, Any]:
@@ -202,12 +238,12 @@ def by_replicate(runs: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 def evaluate(
     runs: Sequence[dict[str, Any]], noise: Noise, *, processes: int, confirm: int, levels: Sequence[float],
     backend: str | None, resamples: int, seed: int,
-) -> dict[float, dict[str, list[bool]]]:  # fmt: skip
+) -> dict[float, dict[str, list[Outcome]]]:  # fmt: skip
     """Per injected size, the outcomes of the real and the resampled trials among ``runs``, each
     trial within the processes of one GPU and code state (a resampled trial's group drawn in
     proportion to how many processes a side it has). Processes marked ``aa_only`` serve 0% only."""
     rng = random.Random(seed)
-    outcomes: dict[float, dict[str, list[bool]]] = {}
+    outcomes: dict[float, dict[str, list[Outcome]]] = {}
     for pct in (0.0, *levels):
         usable = [r for r in runs if not pct or injects(r, pct)]
         real, sampled, eligible = [], [], []
@@ -260,11 +296,12 @@ def held_out(
     rows = []
     injecting = [r for r in runs if not r.get("aa_only")]
     for pct in folds[0]:
-        real = [x for fold in folds for x in fold[pct]["real"]]
-        sampled = [x for fold in folds for x in fold[pct]["sampled"]]
+        real = [bool(x) for fold in folds for x in fold[pct]["real"]]
+        sampled = [bool(x) for fold in folds for x in fold[pct]["sampled"]]
         trials, flagged = len(real) + len(sampled), sum(real) + sum(sampled)
         low, high = wilson(flagged, trials)
         real_low, real_high = wilson(sum(real), len(real))
+        outcomes = [x for fold in folds for kind in ("real", "sampled") for x in fold[pct][kind]]
         rows.append({
             "injected_pct": pct, **measured_size(injecting, pct),
             "slowed_benchmarks": injected_benchmarks(injecting, pct) if pct else None,
@@ -273,8 +310,63 @@ def held_out(
             # resampled checks reuse a few processes: the interval of the real ones alone is the honest width
             "ci95_real": [round(real_low, 4), round(real_high, 4)],
             "resampled_trials": len(sampled), "resampled_flagged": sum(sampled),
+            "benchmarks": benchmark_detections(injecting, pct, outcomes) if pct else None,
         })  # fmt: skip
     return rows
+
+
+def benchmark_detections(runs: Sequence[dict[str, Any]], pct: float, outcomes: Sequence[Outcome]) -> list[dict]:
+    """Per slowed benchmark: its measured slowdown (the median over ``runs`` of injected/plain, in
+    %), what the spin added beyond the ``pct`` % asked for (the median of injected - plain × (1 +
+    pct/100), in µs: the part of the spin's cost that its fit did not see, behind this call), and
+    in how many of the trials that slowed it in every head process it was flagged. A trial counts
+    as flagged when any benchmark is: this is how a benchmark slowed by about x % fares alone,
+    when the others were slowed more or less than asked."""
+    pairs = injected_pairs(runs, pct)
+    rows = []
+    for key, each in pairs.items():
+        trials = [o for o in outcomes if key in o.slowed]
+        rows.append({
+            "key": key, "measured_pct": round(100 * (statistics.median(s / b for b, s in each) - 1), 3),
+            "excess_us": round(1e6 * statistics.median(s - b * (1 + pct / 100) for b, s in each), 2),
+            "trials": len(trials), "flagged": sum(key in o.flagged for o in trials),
+        })  # fmt: skip
+    return sorted(rows, key=lambda row: row["measured_pct"])
+
+
+#: lower edges (%) of the measured-slowdown bins of :func:`by_measured_slowdown`
+SLOWDOWN_BINS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0)
+
+
+def by_measured_slowdown(rows: Sequence[dict[str, Any]], noise: Noise) -> list[dict[str, Any]]:
+    """The benchmark detections of every injected row pooled by the benchmark's measured slowdown
+    (bins from :data:`SLOWDOWN_BINS`, a slowdown under 0 in the first) and by whether ``noise``
+    (the pool's calibration, as the check reads it) raised its minimum effect to its own σ: the
+    sensitivity of the check against the slowdown a benchmark really carried, whatever size was
+    asked for, apart for the benchmarks that need more. Each bin: how many (benchmark, injected
+    size) pairs fell in it, their benchmark-trials, flagged, rate and a 95% Wilson interval (trials
+    within one row share processes: a width from the benchmark-trials alone is narrower than the
+    evidence)."""
+    bins: dict[tuple[bool, float], list[int]] = {}
+    for row in rows:
+        for bench in row.get("benchmarks") or ():
+            if bench["trials"]:
+                raised = noise.of(bench["key"])[1] > noise.min_effect
+                edge = max((e for e in SLOWDOWN_BINS if e <= bench["measured_pct"]), default=SLOWDOWN_BINS[0])
+                counts = bins.setdefault((raised, edge), [0, 0, 0])
+                counts[0] += bench["trials"]
+                counts[1] += bench["flagged"]
+                counts[2] += 1
+    table = []
+    for raised, edge in sorted(bins):
+        trials, flagged, benchmarks = bins[raised, edge]
+        upper = next((e for e in SLOWDOWN_BINS if e > edge), None)
+        low, high = wilson(flagged, trials)
+        table.append({
+            "measured_pct": [edge, upper], "threshold_raised": raised, "benchmarks": benchmarks, "trials": trials,
+            "flagged": flagged, "rate": flagged / trials, "ci95": [round(low, 4), round(high, 4)],
+        })  # fmt: skip
+    return table
 
 
 def run_processes(
@@ -467,6 +559,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     judge = Noise.load(args.noise, min_effect=args.min_effect) if args.noise else None
     rows = held_out(runs, noise=judge, min_effect=args.min_effect, processes=args.processes, confirm=args.confirm,
                     levels=levels, backend=backend, resamples=args.resamples, seed=args.seed)  # fmt: skip
+    pool_noise = Noise(sigma=sigma, min_effect=args.min_effect)
+    for row in rows:
+        for bench in row["benchmarks"] or ():
+            bench["sigma_pct"] = round(100 * pool_noise.of(bench["key"])[0], 3)
+    bins = by_measured_slowdown(rows, pool_noise)
     machine = runs[0].get("machine") if runs else None
     code_states = sorted({str(r.get("fingerprint")) for r in runs})
     write_json(args.out, {
@@ -478,11 +575,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine, "wall_s": time.perf_counter() - started,
         "sigma_median": statistics.median(sigma.values()) if sigma else None,
         "judged_with": str(args.noise) if args.noise else "the other half's calibration", "rows": rows,
+        "by_measured_slowdown": bins,
     })  # fmt: skip
     if args.noise_out is not None:
         write_json(args.noise_out, {"sigma": sigma, "default_sigma": DEFAULT_SIGMA, "processes": len(runs),
                                     "grid": grid_name, "machine": machine, "fingerprints": code_states})  # fmt: skip
     print_rows(rows)
+    print_bins(bins, args.min_effect)
     return 0
 
 
@@ -497,4 +596,22 @@ def print_rows(rows: Sequence[dict[str, Any]]) -> None:
             f"{row['injected_pct']:>10g} {measured:>10} {spread:>13} {slowed:>7} {row['trials']:>6} "
             f"{row['flagged']:>7} {row['rate'] or 0:>6.3f}  [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]  "
             f"{row['real_flagged']}/{row['real_trials']} [{row['ci95_real'][0]:.2f}, {row['ci95_real'][1]:.2f}]"
+        )
+
+
+def print_bins(bins: Sequence[dict[str, Any]], min_effect: float) -> None:
+    if not bins:
+        return
+    print(f"each slowed benchmark alone, by the slowdown it carried (threshold: the minimum effect of "
+          f"{100 * min_effect:g}%, or raised to a noisier benchmark's σ):")  # fmt: skip
+    print(
+        f"{'measured %':>10} {'threshold':>9} {'benchmarks':>10} {'trials':>6} {'flagged':>7} {'rate':>6}  95% interval"
+    )
+    for row in bins:
+        low, high = row["measured_pct"]
+        span = f"{low:g}+" if high is None else f"{low:g}-{high:g}"
+        threshold = "σ" if row["threshold_raised"] else f"{100 * min_effect:g}%"
+        print(
+            f"{span:>10} {threshold:>9} {row['benchmarks']:>10} {row['trials']:>6} {row['flagged']:>7} "
+            f"{row['rate']:>6.3f}  [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
         )

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from attnperf.benchgrid import BACKWARD, FORWARD, PointSpec
-from attnperf.trials import added_run, as_head, calibrate, held_out, injected_benchmarks, wilson
+from attnperf.trials import (
+    added_run,
+    as_head,
+    by_measured_slowdown,
+    calibrate,
+    held_out,
+    injected_benchmarks,
+    wilson,
+)
 from attnperf.verdict import HOLE, IMPROVEMENT, NEW, REGRESSION, SAME, Noise, compare_times, decide
 
 SPEC = PointSpec("flash-attn4", "causal", 8192, 128, "bfloat16", FORWARD, device="cuda", heads=16)
@@ -140,6 +148,57 @@ def test_a_slowdown_that_could_not_be_injected_leaves_the_benchmark_plain() -> N
     rows = held_out([*synthetic_runs(8, sigma=0.004), run], noise=Noise(sigma={}), processes=2, confirm=2,
                     levels=(3.0,), backend="flash-attn4", resamples=0, seed=0)  # fmt: skip
     assert rows[1]["slowed_benchmarks"] == {"slowed": 1, "of": 1}, "slowed in the processes that could inject it"
+
+
+def test_each_slowed_benchmark_counts_the_trials_that_slowed_it_in_every_head_process() -> None:
+    """A trial flags when any benchmark is, so a row's rate can be carried by one benchmark slowed
+    more than asked: each benchmark's own count says how a slowdown of its measured size fares. A
+    head process that could not inject the 3% takes the trials that read it (its first pass and the
+    previous trial's confirmation) out of that benchmark's count; what the spin added beyond the
+    request is reported in µs."""
+    runs = synthetic_runs(20, sigma=0.004, seed=2)
+    b_runs = [r for r in runs if r["trial_label"] == "B"]
+    for r in b_runs[4]["records"]:
+        if r.get("injected_pct") == 3.0:
+            r.update(status="unsupported", reason="below the spin's own cost")
+    for run in runs:
+        for r in run["records"]:
+            if r.get("injected_pct") == 10.0:
+                r["median"] += 2e-6  # a spin that added 2 µs more than asked
+    _, three, ten = held_out(runs, noise=Noise(sigma={SPEC.key: 0.004}), processes=2, confirm=2, levels=(3.0, 10.0),
+                             backend="flash-attn4", resamples=0, seed=0)  # fmt: skip
+    (bench3,) = three["benchmarks"]
+    (bench10,) = ten["benchmarks"]
+    assert (three["real_trials"], bench3["trials"]) == (10, 8)
+    # one benchmark: a trial flags when it does (seeded: 7 of the 10, all 7 among the 8 that slowed it)
+    assert bench3["flagged"] == three["real_flagged"] == 7
+    assert bench3["measured_pct"] == pytest.approx(3.0, abs=0.01)
+    assert bench3["excess_us"] == pytest.approx(0.0, abs=0.01)
+    assert (bench10["trials"], bench10["flagged"]) == (10, 10)
+    assert bench10["excess_us"] == pytest.approx(2.0, abs=0.01)
+
+
+def test_detections_pool_by_measured_slowdown_apart_where_the_threshold_is_raised() -> None:
+    """A benchmark whose σ exceeds the minimum effect needs a larger slowdown: its bins stay apart."""
+    noisy = PointSpec("flash-attn4", "rope", 8192, 128, "bfloat16", FORWARD, device="cuda", heads=16).key
+    rows = [
+        {"benchmarks": None},
+        {"benchmarks": [{"key": SPEC.key, "measured_pct": 3.4, "trials": 10, "flagged": 9},
+                        {"key": noisy, "measured_pct": 3.8, "trials": 10, "flagged": 0},
+                        {"key": SPEC.key, "measured_pct": 5.2, "trials": 0, "flagged": 0}]},
+        {"benchmarks": [{"key": SPEC.key, "measured_pct": 3.9, "trials": 10, "flagged": 10},
+                        {"key": noisy, "measured_pct": -0.3, "trials": 10, "flagged": 0},
+                        {"key": noisy, "measured_pct": 11.0, "trials": 10, "flagged": 10}]},
+    ]  # fmt: skip
+    bins = by_measured_slowdown(rows, Noise(sigma={SPEC.key: 0.004, noisy: 0.015}, min_effect=0.01))
+    summary = [(b["threshold_raised"], b["measured_pct"], b["benchmarks"], b["trials"], b["flagged"]) for b in bins]
+    assert summary == [
+        (False, [3.0, 4.0], 2, 20, 19),
+        (True, [0.0, 1.0], 1, 10, 0),  # a slowdown measured under 0 falls in the first bin
+        (True, [3.0, 4.0], 1, 10, 0),
+        (True, [10.0, None], 1, 10, 10),
+    ], "a benchmark slowed in no trial's every head process is left out"
+    assert bins[0]["rate"] == 0.95
 
 
 def test_pooled_processes_keep_their_sides() -> None:
