@@ -152,7 +152,7 @@ def one_trial(
     """One check (first pass, then a confirmation on other processes): what it flags, anything at
     0%, a benchmark of ``backend`` at ``pct`` > 0."""
     slowed: frozenset[str] = frozenset()
-    if pct and backend:
+    if pct and backend and head:
         slowed = frozenset.intersection(*(frozenset(slowed_keys(r, pct, backend)) for r in [*head, *head_c]))
 
     def heads(runs: Sequence[dict]) -> list[dict]:
@@ -559,11 +559,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     judge = Noise.load(args.noise, min_effect=args.min_effect) if args.noise else None
     rows = held_out(runs, noise=judge, min_effect=args.min_effect, processes=args.processes, confirm=args.confirm,
                     levels=levels, backend=backend, resamples=args.resamples, seed=args.seed)  # fmt: skip
-    pool_noise = Noise(sigma=sigma, min_effect=args.min_effect)
+    # σ as the trials were judged: --noise's, else that of all the processes (each half's trials
+    # read the other half's, which a borderline benchmark may see on the other side of the 1%)
+    reported = judge or Noise(sigma=sigma, min_effect=args.min_effect)
     for row in rows:
         for bench in row["benchmarks"] or ():
-            bench["sigma_pct"] = round(100 * pool_noise.of(bench["key"])[0], 3)
-    bins = by_measured_slowdown(rows, pool_noise)
+            bench["sigma_pct"] = round(100 * reported.of(bench["key"])[0], 3)
+    bins = by_measured_slowdown(rows, reported)
     machine = runs[0].get("machine") if runs else None
     code_states = sorted({str(r.get("fingerprint")) for r in runs})
     write_json(args.out, {

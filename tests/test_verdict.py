@@ -152,30 +152,49 @@ def test_a_slowdown_that_could_not_be_injected_leaves_the_benchmark_plain() -> N
 
 def test_each_slowed_benchmark_counts_the_trials_that_slowed_it_in_every_head_process() -> None:
     """A trial flags when any benchmark is, so a row's rate can be carried by one benchmark slowed
-    more than asked: each benchmark's own count says how a slowdown of its measured size fares. A
-    head process that could not inject the 3% takes the trials that read it (its first pass and the
-    previous trial's confirmation) out of that benchmark's count; what the spin added beyond the
-    request is reported in µs."""
+    more than asked: each benchmark's own count says how a slowdown of its measured size fares.
+
+    Beside the 3%/10% benchmark, a second flash-attn-4 benchmark whose injection added nothing
+    (never flagged, though its trials are) and a cuDNN benchmark that every B process runs 20%
+    slower (flagged at 0%, where anything counts, and never at x%, where only the slowed backend
+    does). A head process that could not inject a size takes the trials that read it (its first
+    pass and the previous trial's confirmation) out of that benchmark's count, flagged or not;
+    what the spin added beyond the request is reported in µs."""
+    unmoved = PointSpec("flash-attn4", "rope", 8192, 128, "bfloat16", FORWARD, device="cuda", heads=16)
     runs = synthetic_runs(20, sigma=0.004, seed=2)
-    b_runs = [r for r in runs if r["trial_label"] == "B"]
-    for r in b_runs[4]["records"]:
-        if r.get("injected_pct") == 3.0:
-            r.update(status="unsupported", reason="below the spin's own cost")
     for run in runs:
+        slower = 1.2 if run["trial_label"] == "B" else 1.0
+        run["records"] += [record(unmoved, 1.0), record(OTHER, slower)]
+        run["records"] += [{**record(unmoved, 1.0), "key": f"{unmoved.key}+{pct:g}%", "base_key": unmoved.key,
+                            "injected_pct": pct} for pct in (3.0, 10.0)]  # fmt: skip
         for r in run["records"]:
-            if r.get("injected_pct") == 10.0:
+            if r.get("injected_pct") == 10.0 and r["base_key"] == SPEC.key:
                 r["median"] += 2e-6  # a spin that added 2 µs more than asked
-    _, three, ten = held_out(runs, noise=Noise(sigma={SPEC.key: 0.004}), processes=2, confirm=2, levels=(3.0, 10.0),
-                             backend="flash-attn4", resamples=0, seed=0)  # fmt: skip
-    (bench3,) = three["benchmarks"]
-    (bench10,) = ten["benchmarks"]
-    assert (three["real_trials"], bench3["trials"]) == (10, 8)
-    # one benchmark: a trial flags when it does (seeded: 7 of the 10, all 7 among the 8 that slowed it)
-    assert bench3["flagged"] == three["real_flagged"] == 7
+    b_runs = [r for r in runs if r["trial_label"] == "B"]
+    for pct, run in ((3.0, b_runs[4]), (10.0, b_runs[6])):
+        for r in run["records"]:
+            if r.get("injected_pct") == pct and r["base_key"] == SPEC.key:
+                r.update(status="unsupported", reason="below the spin's own cost")
+            elif pct == 10.0 and r["key"] == SPEC.key:
+                r["median"] *= 1.1  # slow by itself: its head reads 10% slower without an injection
+    noise = Noise(sigma={SPEC.key: 0.004, unmoved.key: 0.004, OTHER.key: 0.004})
+    aa, three, ten = held_out(runs, noise=noise, processes=2, confirm=2, levels=(3.0, 10.0), backend="flash-attn4",
+                              resamples=0, seed=0)  # fmt: skip
+    assert aa["real_flagged"] == aa["real_trials"] == 10, "cuDNN's 20% is a false alarm at 0%"
+    by_key = {pct: {b["key"]: b for b in row["benchmarks"]} for pct, row in ((3.0, three), (10.0, ten))}
+    bench3, bench10 = by_key[3.0][SPEC.key], by_key[10.0][SPEC.key]
+    assert OTHER.key not in by_key[3.0], "only the slowed backend's benchmarks"
+    # seeded: 7 of the 10 trials flag, all 7 among the 8 that slowed the benchmark in every head
+    assert (three["real_trials"], three["real_flagged"]) == (10, 7), "cuDNN's 20% does not count at 3%"
+    assert (bench3["trials"], bench3["flagged"]) == (8, 7)
     assert bench3["measured_pct"] == pytest.approx(3.0, abs=0.01)
     assert bench3["excess_us"] == pytest.approx(0.0, abs=0.01)
-    assert (bench10["trials"], bench10["flagged"]) == (10, 10)
+    # at 10% the trials that read the process slow by itself flag, but did not slow the benchmark
+    assert (ten["real_flagged"], bench10["trials"], bench10["flagged"]) == (10, 8, 8)
     assert bench10["excess_us"] == pytest.approx(2.0, abs=0.01)
+    for pct in (3.0, 10.0):
+        assert by_key[pct][unmoved.key] == {"key": unmoved.key, "measured_pct": 0.0, "excess_us": pytest.approx(
+            -1e6 * pct / 100), "trials": 10, "flagged": 0}  # fmt: skip
 
 
 def test_detections_pool_by_measured_slowdown_apart_where_the_threshold_is_raised() -> None:
@@ -265,9 +284,9 @@ def test_a_confirmation_never_reuses_its_own_trials_processes(monkeypatch, proce
 
     seen: list[tuple[list[int], list[int], list[int], list[int]]] = []
 
-    def one_trial(base, head, base_c, head_c, *_) -> bool:
+    def one_trial(base, head, base_c, head_c, *_) -> trials.Outcome:
         seen.append(tuple([r["i"] for r in side] for side in (base, head, base_c, head_c)))
-        return False
+        return trials.Outcome()
 
     monkeypatch.setattr(trials, "one_trial", one_trial)
     n = processes + confirm + extra - 1  # one short of a trial when extra is 0
