@@ -15,7 +15,7 @@ per commit and point, before anything is timed). Its output feeds the verdict
 ``--inject BACKEND=PCT,...`` (trials only) measures each forward and decode time of that backend
 again with a spin after every call (:func:`attnperf.measure.spinner`), so that the call takes PCT %
 longer than the median just measured in this process; the injected points are recorded beside the
-plain ones. What a spin adds behind queued work (a fixed part, 2.7 µs on the H200, and a slope) is
+plain ones. What a spin adds behind queued work (a fixed part, 1.3-1.5 µs on the H200, and a slope) is
 fitted before each point's injections (:func:`attnperf.measure.spin_cost`) and the spin sized by
 it; a slowdown smaller than the fixed part cannot be injected and is recorded ``unsupported`` with
 both sizes.
