@@ -190,6 +190,11 @@ def injected_ratios(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, lis
     return {key: [slowed / base for base, slowed in pairs] for key, pairs in injected_pairs(runs, pct).items()}
 
 
+def slowdown_pct(ratio: float) -> float:
+    """A time ratio slowed/plain as the slowdown in %, as the table reports it."""
+    return round(100 * (ratio - 1), 3)
+
+
 def measured_size(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, Any]:
     """The slowdown injected at ``pct`` %, in %: the median over processes and benchmarks, and the
     range of the benchmarks' medians (a check flags on any benchmark, so one slowed beyond the
@@ -199,11 +204,10 @@ def measured_size(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, Any]:
         return {"measured_pct": None, "measured_range_pct": None}
     each = [statistics.median(r) for r in ratios.values()]
     pooled = statistics.median([x for r in ratios.values() for x in r])
-
-    def as_pct(ratio: float) -> float:
-        return round(100 * (ratio - 1), 3)
-
-    return {"measured_pct": as_pct(pooled), "measured_range_pct": [as_pct(min(each)), as_pct(max(each))]}
+    return {
+        "measured_pct": slowdown_pct(pooled),
+        "measured_range_pct": [slowdown_pct(min(each)), slowdown_pct(max(each))],
+    }
 
 
 def injected_benchmarks(runs: Sequence[dict[str, Any]], pct: float) -> dict[str, int]:
@@ -327,7 +331,7 @@ def benchmark_detections(runs: Sequence[dict[str, Any]], pct: float, outcomes: S
     for key, each in pairs.items():
         trials = [o for o in outcomes if key in o.slowed]
         rows.append({
-            "key": key, "measured_pct": round(100 * (statistics.median(s / b for b, s in each) - 1), 3),
+            "key": key, "measured_pct": slowdown_pct(statistics.median(s / b for b, s in each)),
             "excess_us": round(1e6 * statistics.median(s - b * (1 + pct / 100) for b, s in each), 2),
             "trials": len(trials), "flagged": sum(key in o.flagged for o in trials),
         })  # fmt: skip
@@ -341,7 +345,7 @@ SLOWDOWN_BINS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0)
 def by_measured_slowdown(rows: Sequence[dict[str, Any]], noise: Noise) -> list[dict[str, Any]]:
     """The benchmark detections of every injected row pooled by the benchmark's measured slowdown
     (bins from :data:`SLOWDOWN_BINS`, a slowdown under 0 in the first) and by whether ``noise``
-    (the pool's calibration, as the check reads it) raised its minimum effect to its own σ: the
+    (the calibration the trials were judged with) raised its minimum effect to its own σ: the
     sensitivity of the check against the slowdown a benchmark really carried, whatever size was
     asked for, apart for the benchmarks that need more. Each bin: how many (benchmark, injected
     size) pairs fell in it, their benchmark-trials, flagged, rate and a 95% Wilson interval (trials
