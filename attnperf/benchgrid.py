@@ -49,18 +49,28 @@ from attnperf.catalog import get_variant
 FORWARD, BACKWARD, DECODE = "forward", "forward+backward", "decode"
 SUITE = "bench_attention"
 
-#: The asv benchmarks one point feeds, by mode: (asv name, what it holds, whether it gates a PR).
-#: Times and measured peak memory gate; derived numbers (TFLOP/s, the analyzer's prediction) are
-#: for the graphs only.
+#: The asv benchmarks one point feeds, by mode: (asv name, which figure of the point's record it
+#: holds, whether the regression check gates on it). The first of each mode names the point's key.
+#: Times (the direct call and, on CUDA, the CUDA-graph replay) and measured peak memory gate;
+#: derived numbers (TFLOP/s, the analyzer's prediction) and the first call's time are for the graphs.
 BENCHMARKS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     FORWARD: (
-        (f"{SUITE}.TimeForward.time_forward", "time", True),
+        (f"{SUITE}.TimeForward.time_forward", "direct", True),
+        (f"{SUITE}.TimeForwardReplay.time_forward_replay", "replay", True),
         (f"{SUITE}.TrackPeakMemory.track_peak_bytes", "memory", True),
         (f"{SUITE}.TrackPeakMemory.track_predicted_peak_bytes", "prediction", False),
         (f"{SUITE}.TrackTFLOPs.track_tflops", "tflops", False),
+        (f"{SUITE}.TrackFirstCall.track_first_call_s", "first_call", False),
     ),
-    BACKWARD: ((f"{SUITE}.TimeForwardBackward.time_forward_backward", "time", True),),
-    DECODE: ((f"{SUITE}.TimeDecode.time_decode_step", "time", True),),
+    BACKWARD: (
+        (f"{SUITE}.TimeForwardBackward.time_forward_backward", "direct", True),
+        (f"{SUITE}.TimeForwardBackward.track_peak_bytes_backward", "memory", True),
+    ),
+    DECODE: (
+        (f"{SUITE}.TimeDecode.time_decode_step", "direct", True),
+        (f"{SUITE}.TimeDecodeReplay.time_decode_step_replay", "replay", True),
+        (f"{SUITE}.TimeDecode.track_peak_bytes_decode", "memory", True),
+    ),
 }
 
 

@@ -36,18 +36,47 @@ class Failure(RuntimeError):
 
 
 def check_output(path: str | Path, flag: str, *, existing_ok: bool = True) -> Path:
-    """Refuse an output path before any work is done: its folder must exist and be writable, and it
-    must not be a folder; with ``existing_ok=False`` it must not exist either."""
+    """Refuse an output path before any work is done: its folder must exist and be writable, and the
+    path must be absent or a regular file (not a folder, a device or a pipe, which a replace would
+    swap for a file); with ``existing_ok=False`` it must not exist at all."""
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
         raise UsageError(f"{flag} {path}: the folder {folder} does not exist")
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{flag} {path} is not a regular file (a device or a pipe); give a file name")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise UsageError(f"{flag} {path}: not writable")
     if path.exists() and not existing_ok:
         raise UsageError(f"{flag} {path} exists; --resume continues that run, --force overwrites it")
+    return path
+
+
+def check_distinct(outputs: dict[str, Path | None]) -> None:
+    """Refuse two outputs of one command that name the same file (one would overwrite the other)."""
+    seen: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise UsageError(f"{flag} and {seen[resolved]} name the same file {path}; give two files")
+        seen[resolved] = flag
+
+
+def check_workdir(path: Path, flag: str) -> Path:
+    """A folder a command writes many files into: created if absent; refused if it is a file or not
+    writable."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot create it ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: not writable")
     return path
 
 

@@ -36,8 +36,8 @@ import torch
 
 from attnperf.errors import UsageError
 from attnperf.measure import measure_peak, measure_time
+from attnperf.point import is_oom
 from attnperf.records import Status
-from attnperf.sweep import is_oom
 
 #: Llama-3.2-1B's ``config.json`` (https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json,
 #: the architecture fields; cross-checked with copies of it in public repositories that load it

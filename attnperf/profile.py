@@ -20,13 +20,11 @@ from typing import Any
 
 import torch
 
-from attnperf.backends import Unsupported, get_backend
 from attnperf.benchgrid import PointSpec
-from attnperf.correctness import WrongResult, verified_runner
-from attnperf.measure import measure_time, synchronize
+from attnperf.correctness import WrongResult
+from attnperf.measure import synchronize
+from attnperf.point import DIRECT, failure, measure, prepare
 from attnperf.records import Status
-from attnperf.registry import fit
-from attnperf.sweep import failure
 
 
 @dataclass(frozen=True)
@@ -89,30 +87,27 @@ def kernels_of(prof: torch.profiler.profile, calls: int, device: torch.device) -
 
 
 def profile_point(spec: PointSpec, *, calls: int = 20, repeat: int = 5) -> Profile:
-    """Check ``spec``, time it (median of ``repeat`` samples), then profile ``calls`` calls."""
+    """Check ``spec``, time its direct call (:func:`attnperf.point.measure`), then profile ``calls`` calls."""
     head = {"variant": spec.variant, "backend": spec.backend, "seq_len": spec.seq_len,
             "device": torch.device(spec.device).type}  # fmt: skip
-    case, reason = fit(spec)
-    if case is None:
-        return Profile(**head, status=Status.UNSUPPORTED, reason=reason)
-    device = torch.device(case.device)
+    device = torch.device(spec.device)
     try:
-        runner, _ = verified_runner(spec.mechanism, get_backend(spec.backend), case)
-        with torch.no_grad():
-            median = measure_time(runner, device, repeat=repeat).median
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            if device.type == "cuda":
-                activities.append(torch.profiler.ProfilerActivity.CUDA)
-            with torch.profiler.profile(activities=activities) as prof:
-                for _ in range(calls):
-                    runner()
-                synchronize(device)
-    except Unsupported as exc:
+        point = prepare(spec)
+    except NotImplementedError as exc:
         return Profile(**head, status=Status.UNSUPPORTED, reason=str(exc))
     except WrongResult as exc:
         return Profile(**head, status=Status.WRONG, reason=str(exc))
+    try:
+        median = measure(point, repeat=repeat, timings=(DIRECT,), memory=False).direct.median  # type: ignore[union-attr]
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
+            for _ in range(calls):
+                point.call()
+            synchronize(device)
     except Exception as exc:  # a backend that breaks (a kernel that fails to compile): the others still run
-        status, reason = failure(exc, case.device)
+        status, reason = failure(exc, spec.device)
         return Profile(**head, status=status, reason=reason)
     kernels = kernels_of(prof, calls, device)
     return Profile(**head, status=Status.OK, median_s=median, kernel_s=sum(k.seconds for k in kernels),

@@ -13,8 +13,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from attnperf.benchgrid import Grid
+from attnperf.point import free_memory, measure_point
 from attnperf.records import Record, Status
-from attnperf.sweep import free_memory, run_point
 
 
 def p95(samples: list[float]) -> float:
@@ -23,7 +23,7 @@ def p95(samples: list[float]) -> float:
 
 @dataclass(frozen=True)
 class Trial:
-    """One batch size: its record (:func:`attnperf.sweep.run_point`) and whether it met the limits."""
+    """One batch size: its record (:func:`attnperf.point.measure_point`) and whether it met the limits."""
 
     record: Record
     fits: bool
@@ -53,7 +53,8 @@ class TuneResult:
 def trial(grid: Grid, variant: str, backend: str, batch: int, *, memory_limit: int, p95_ms: float | None,
           repeat: int) -> Trial:  # fmt: skip
     """Check, time and measure one batch size (one call a sample, for the p95) against the limits."""
-    record = run_point(grid.spec(backend, variant, grid.seq_lens[0], batch=batch), repeat=repeat, min_sample_s=0.0)
+    spec = grid.spec(backend, variant, grid.seq_lens[0], batch=batch)
+    (record,) = measure_point(spec, repeat=repeat, min_sample_s=0.0)
     free_memory(grid.device)
     mib = 2**20
     if record.status is not Status.OK:

@@ -5,23 +5,51 @@ head_dim × dtype, from :func:`attnperf.benchgrid.active_grid` (CPU grid by defa
 when CUDA is visible; ``ATTNPERF_*`` environment variables pick subsets). A combination the
 backend cannot run is skipped (``NotImplementedError`` in ``setup``) with the reason.
 
-These names and parameters are also what :mod:`attnperf.history` records from the batch runner
-(``nox -s bench``), so results of ``asv run`` and of the batch runner share one history; the
-benchmark names and what they hold are listed once, in ``attnperf.benchgrid.BENCHMARKS``.
+Every point is prepared by :func:`attnperf.point.prepare` (checked against the float64 reference,
+then warmed), and the figures that are not asv's own timings come from
+:func:`attnperf.point.measure`: the same closures and the same measuring function as the sweep,
+the batch runner and the regression check. These names and parameters are also what
+:mod:`attnperf.asvhistory` records from the batch runner (``nox -s bench``), listed once in
+``attnperf.benchgrid.BENCHMARKS``.
 
 Sample counts: asv's Mann–Whitney test needs 7+ samples a side to ever fire (6 a side cannot
 reach p < 0.002), so ``rounds = 2`` × ``repeat`` ≥ 7 gives at least 14 per commit.
 """
 
-from attnperf.analysis import forward_flops, predicted_peak_bytes
-from attnperf.backends import get_backend
-from attnperf.bench import BACKWARD, FORWARD, prepare_point
-from attnperf.benchgrid import active_grid
-from attnperf.measure import measure_peak, measure_time, synchronized_clock
+from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, active_grid
+from attnperf.measure import synchronized_clock, warm_point
+from attnperf.point import DIRECT, derived, measure, prepare
 
 GRID = active_grid()
 PARAMS = [list(GRID.backends), list(GRID.variants), list(GRID.seq_lens), list(GRID.head_dims), list(GRID.dtypes)]
 PARAM_NAMES = ["backend", "variant", "seq_len", "head_dim", "dtype"]
+_PREPARED = {}
+
+
+def prepared(backend, variant, seq_len, head_dim, dtype, mode=FORWARD):
+    """The checked, warmed point, once per process (asv re-runs ``setup`` before every sample)."""
+    spec = GRID.spec(backend, variant, seq_len, mode=mode, head_dim=head_dim, dtype=dtype)
+    if spec not in _PREPARED:
+        point = prepare(spec)
+        warm_point(point.call, point.case.device)
+        _PREPARED[spec] = point
+    return _PREPARED[spec]
+
+
+def replayed(point):
+    """The point's CUDA-graph replay, warmed; skipped (with why) where there is none."""
+    replay, reason = point.replay()
+    if replay is None:
+        raise NotImplementedError(reason)
+    warm_point(replay, point.case.device)
+    return replay
+
+
+def peak_bytes(point):
+    m = measure(point, repeat=3, timings=(), memory=True)
+    if m.peak_bytes is None:
+        raise NotImplementedError(m.peak_kind)
+    return m.peak_bytes
 
 
 class _Suite:
@@ -33,18 +61,27 @@ class _Suite:
     warmup_time = 0.05
     timeout = 600
     mode = FORWARD
-    timed = True  # prepare the timed runner (a CUDA graph's replay on a GPU)
 
     def setup(self, backend, variant, seq_len, head_dim, dtype):
-        self.point = prepare_point(backend, variant, seq_len, head_dim, dtype, mode=self.mode, timed=self.timed)
+        self.point = prepared(backend, variant, seq_len, head_dim, dtype, self.mode)
 
 
 class TimeForward(_Suite):
-    """Forward latency: on CUDA the call's CUDA-graph replay where it can be captured (the host's
-    launch jitter between processes hid small slowdowns of sub-millisecond points), else the call."""
+    """Forward latency as called: what a model calling the backend from Python pays."""
 
     def time_forward(self, *params):
-        self.point.run()
+        self.point.call()
+
+
+class TimeForwardReplay(_Suite):
+    """Forward latency as a CUDA-graph replay (the device's work alone); skipped off CUDA."""
+
+    def setup(self, *params):
+        super().setup(*params)
+        self.replay = replayed(self.point)
+
+    def time_forward_replay(self, *params):
+        self.replay()
 
 
 class TimeForwardBackward(_Suite):
@@ -54,7 +91,13 @@ class TimeForwardBackward(_Suite):
     mode = BACKWARD
 
     def time_forward_backward(self, *params):
-        self.point.run()
+        self.point.call()
+
+    def track_peak_bytes_backward(self, *params):
+        """Peak memory of one forward+backward step beyond its inputs (bytes)."""
+        return peak_bytes(self.point)
+
+    track_peak_bytes_backward.unit = "bytes"
 
 
 class TrackPeakMemory(_Suite):
@@ -63,24 +106,17 @@ class TrackPeakMemory(_Suite):
     peak and so whatever ``setup`` allocated (the float64 check) rather than the forward."""
 
     unit = "bytes"
-    timed = False  # no CUDA graph's memory pool beside the call it measures
 
     def track_peak_bytes(self, *params):
-        point = self.point
-        backend = get_backend(point.backend)
-        peak, kind = measure_peak(point.call, point.case.device, own_cpu_allocator=backend.own_cpu_allocator,
-                                  own_cuda_allocator=backend.own_cuda_allocator)  # fmt: skip
-        if peak is None:
-            raise NotImplementedError(kind)
-        return peak
+        return peak_bytes(self.point)
 
     def track_predicted_peak_bytes(self, *params):
         """The analyzer's prediction for the same point, to read beside the measured one."""
-        return predicted_peak_bytes(self.point.mechanism, self.point.backend, self.point.case)
+        return derived(self.point.spec, self.point.case, None)["predicted_peak_bytes"]
 
 
 class TrackTFLOPs(_Suite):
-    """Achieved TFLOP/s: the analyzer's useful FLOPs over the median forward time.
+    """Achieved TFLOP/s: the analyzer's useful FLOPs over the median forward time as called.
 
     asv reads every benchmark as smaller-is-better, so a drop here shows as an improvement in
     ``asv compare``: it is for the graphs, and the regression check never gates on it.
@@ -89,15 +125,26 @@ class TrackTFLOPs(_Suite):
     unit = "TFLOP/s"
 
     def track_tflops(self, *params):
-        point = self.point
-        timing = measure_time(point.run, point.case.device, repeat=7)
-        tflops = forward_flops(point.mechanism, point.backend, point.case).useful / timing.median / 1e12
+        m = measure(self.point, repeat=7, timings=(DIRECT,), memory=False)
+        tflops = derived(self.point.spec, self.point.case, m.direct.median)["useful_tflops"]
         return float(f"{tflops:.4g}")  # four digits: asv prints the float as returned
 
 
-class TimeDecode:
-    """One decode step: a single new token against a KV cache of ``cache_len`` tokens (on CUDA a
-    CUDA-graph replay where it can be captured, as a serving engine runs its step)."""
+class TrackFirstCall(_Suite):
+    """Seconds of a point's first call in a fresh process (compilation, autotuning): for the graphs."""
+
+    unit = "seconds"
+
+    def setup(self, backend, variant, seq_len, head_dim, dtype):
+        spec = GRID.spec(backend, variant, seq_len, mode=self.mode, head_dim=head_dim, dtype=dtype)
+        self.point = prepare(spec)  # not warmed: the first call is what is measured
+
+    def track_first_call_s(self, *params):
+        return measure(self.point, repeat=3, timings=(), memory=False).first_call_s
+
+
+class _Decode:
+    """One decode step: a single new token against a KV cache of ``cache_len`` tokens."""
 
     params = [list(GRID.backends), list(GRID.decode_lens), list(GRID.head_dims), list(GRID.dtypes)]
     param_names = ["backend", "cache_len", "head_dim", "dtype"]
@@ -107,7 +154,28 @@ class TimeDecode:
     warmup_time = 0.05
 
     def setup(self, backend, cache_len, head_dim, dtype):
-        self.point = prepare_point(backend, "decode", cache_len, head_dim, dtype)
+        self.point = prepared(backend, "decode", cache_len, head_dim, dtype, DECODE)
+
+
+class TimeDecode(_Decode):
+    """A decode step as called."""
 
     def time_decode_step(self, *params):
-        self.point.run()
+        self.point.call()
+
+    def track_peak_bytes_decode(self, *params):
+        """Peak memory of one decode step beyond its inputs (bytes)."""
+        return peak_bytes(self.point)
+
+    track_peak_bytes_decode.unit = "bytes"
+
+
+class TimeDecodeReplay(_Decode):
+    """One decode step as a CUDA-graph replay, as a serving engine that captures its step runs it."""
+
+    def setup(self, *params):
+        super().setup(*params)
+        self.replay = replayed(self.point)
+
+    def time_decode_step_replay(self, *params):
+        self.replay()

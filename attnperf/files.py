@@ -1,4 +1,6 @@
-"""Result records and files, written atomically so a crash never leaves a corrupt history."""
+"""Reading and writing attnperf's files: every write is atomic (a crash never leaves a corrupt
+history), and every read of a JSON input goes through :func:`read_json_file`, which names the file
+and the flag it came from when it cannot be read or parsed."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from attnperf.errors import Failure, UsageError
 
 
 def _umask() -> int:
@@ -29,6 +33,13 @@ def write_atomic(path: str | Path, text: str) -> Path:
     The file gets the permissions a plain ``open`` would give it (``mkstemp`` makes it private).
     """
     path = Path(path)
+    try:
+        return _write_atomic(path, text)
+    except OSError as exc:  # "File too large", a full disk, a folder that went away: name the file
+        raise Failure(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_atomic(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -61,4 +72,37 @@ def write_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file attnperf wrote itself (a cache, a points file): errors are bugs, not input."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_json_file(path: str | Path, what: str) -> Any:
+    """The JSON value in ``path``, an input the user named (``what``: the flag or role, e.g.
+    ``"--noise"``, ``"results file"``). A :class:`~attnperf.errors.UsageError` names both when the
+    file is missing, a folder, unreadable, not UTF-8, empty, truncated or not JSON (NaN and
+    Infinity, which Python's parser accepts, are refused too)."""
+    path = Path(path)
+
+    def refuse(why: str) -> UsageError:
+        return UsageError(f"{what} {path}: {why}")
+
+    if path.is_dir():
+        raise refuse("is a folder; give a file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise refuse(f"cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise refuse("is not a text file (not UTF-8)") from None
+    if not text.strip():
+        raise refuse("is empty")
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a number JSON allows")
+
+    try:
+        return json.loads(text, parse_constant=no_constant)
+    except json.JSONDecodeError as exc:
+        raise refuse(f"is not valid JSON (truncated?): {exc.msg} at line {exc.lineno}") from None
+    except ValueError as exc:
+        raise refuse(str(exc)) from None

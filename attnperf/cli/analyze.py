@@ -1,0 +1,181 @@
+"""``attnperf analyze | plot``: the analyzer's predictions against measurements, and the pictures."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from attnperf.cli.args import (
+    PICTURE_N,
+    add_cuda_graphs_argument,
+    add_shape_arguments,
+    case_from_flags,
+    csv_list,
+    format_table,
+    grid_of,
+    picture_size,
+    positive_int,
+    require_cuda_for_graphs,
+)
+from attnperf.errors import Failure, UsageError, check_output
+
+
+def print_complexity_table(args: argparse.Namespace) -> int:
+    """``attnperf analyze --table``: big-O classes beside the exponents fitted over --seq-lens."""
+    from attnperf.analysis.complexity import complexity_rows
+    from attnperf.files import write_json
+    from attnperf.sweep import run_sweep
+
+    if args.measure_ceilings:  # the table has no roofline: the flag would be silently ignored
+        raise UsageError("--measure-ceilings: --table draws no roofline and uses no ceilings; leave one of them out")
+    if args.json:
+        check_output(args.json, "--json")
+    if len(set(args.seq_lens)) < 2:  # checked before --measure times anything
+        raise UsageError(f"--seq-lens: --table fits exponents over the lengths; give at least 2 distinct lengths, "
+                         f"got {','.join(map(str, args.seq_lens))}")  # fmt: skip
+    for variant in args.variants:
+        for n in args.seq_lens:
+            case_from_flags(variant, n, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype)
+    measured: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    if args.measure:
+        for r in run_sweep(grid_of(args), repeat=args.repeat):
+            if r.ok and r.median_s is not None:
+                measured.setdefault((r.variant, r.backend), []).append((r.seq_len, r.median_s))
+    rows = complexity_rows(args.variants, args.seq_lens, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
+                           measured_times=measured)  # fmt: skip
+    columns = [("variant", "variant"), ("time", "time"), ("time_p", "p (useful FLOPs)"),
+               ("fused_space", "space, fused"), ("fused_q", "q (tiled)"),
+               ("materialized_space", "space, materialized"), ("materialized_q", "q (eager)")]  # fmt: skip
+    columns += [(f"measured_p_{b}", f"p measured {b}") for b in args.backends if args.measure]
+    print(f"exponents fitted over n = {', '.join(map(str, args.seq_lens))}: time ∝ n^p, memory ∝ n^q")
+    print("n tokens, d head dim, w window, k top-k, s stride (√n unless the variant fixes it: strided has s = 64),")
+    print("b block, g global, r random, c summary columns; batch and heads multiply every entry")
+    print(format_table(rows, columns))
+    if args.json:
+        write_json(args.json, {"table": "complexity", "seq_lens": args.seq_lens, "rows": rows})
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    if args.table:
+        return print_complexity_table(args)
+    from attnperf.analysis.hardware import ceilings
+    from attnperf.analysis.report import fit_exponents, join, predict
+    from attnperf.files import write_json
+    from attnperf.sweep import run_sweep
+
+    if args.json:
+        check_output(args.json, "--json")
+    require_cuda_for_graphs(args)
+    hardware = ceilings(args.device, args.dtype, measure=args.measure_ceilings)
+    grid = grid_of(args)
+    rows = predict(grid, hardware)
+    columns = [("variant", "variant"), ("backend", "backend"), ("seq_len", "seq_len"),
+               ("useful_gflop", "useful GFLOP"), ("executed_gflop", "executed GFLOP"), ("min_mb", "min MB"),
+               ("pred_mib", "pred. peak MiB"), ("bound_ms", "roofline ms"), ("limit", "bound")]  # fmt: skip
+    if args.measure:
+        rows = join(rows, run_sweep(grid, repeat=args.repeat, cuda_graph=args.cuda_graphs))
+        columns += [("ms", "median ms"), ("tflops", "useful TFLOP/s"), ("roofline_pct", "% roofline"),
+                    ("meas_mib", "meas. peak MiB"), ("pred_over_meas", "pred/meas")]  # fmt: skip
+    table = [row.as_dict() for row in rows]
+    print(f"hardware: {hardware.name}; {hardware.flops} FLOP/s, {hardware.bandwidth / 1e9:.0f} GB/s")
+    print(format_table(table, columns))
+    fits = fit_exponents(rows) if args.measure else []
+    if fits:
+        print("\nfitted exponents (time ∝ n^p, memory ∝ n^q; 95% intervals; 'longest half': p fitted on the longer")
+        print("half of the lengths only, where fixed per-call costs no longer flatten the slope; two lengths")
+        print("give a slope without an interval):")
+        print(format_table(fits, [("variant", "variant"), ("backend", "backend"), ("time_exp", "time p"),
+                                  ("time_ci", "95% CI"), ("tail_exp", "p, longest half"), ("tail_lens", "lengths"),
+                                  ("mem_exp", "memory q"), ("mem_ci", "95% CI")]))  # fmt: skip
+    if args.json:
+        write_json(args.json, {"hardware": hardware.name, "rows": table, "fits": fits})
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from attnperf.analysis.hardware import ceilings
+    from attnperf.plots import PICTURE_PLOTS, RESULT_PLOTS, PictureOptions, plot_pictures, plot_results
+    from attnperf.records import load_records
+
+    out = Path(args.out)
+    kinds = args.kinds or [*RESULT_PLOTS, *PICTURE_PLOTS]
+    unknown = [k for k in kinds if k not in RESULT_PLOTS + PICTURE_PLOTS]
+    if unknown:
+        raise UsageError(f"--kinds: unknown {unknown}; allowed: {', '.join(RESULT_PLOTS + PICTURE_PLOTS)}")
+    tokens = tuple(args.tokens.split()) if args.tokens else None
+    if tokens is not None and not PICTURE_N[0] <= len(tokens) <= PICTURE_N[1]:
+        raise UsageError(f"--tokens: {len(tokens)} given; the pictures take {PICTURE_N[0]} to {PICTURE_N[1]} tokens")
+    picture = PictureOptions(n=len(tokens) if tokens else args.n, window=args.window, top_k=args.top_k,
+                             stride=args.stride, tokens=tokens)  # fmt: skip
+    result_kinds = [k for k in kinds if k in RESULT_PLOTS]
+    if result_kinds and args.kinds and not args.results:
+        raise UsageError(f"--kinds {', '.join(result_kinds)} need result files (attnperf sweep --json FILE)")
+    files = [load_records(path) for path in args.results]  # every file checked before any picture is drawn
+    for results in files:
+        if not any(r.ok for r in results.records):
+            raise Failure(f"results file {results.path}: no point ran successfully, nothing to plot "
+                          f"({len(results.records)} records)")  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    records = [r.to_dict() for results in files for r in results.records]
+    hardware = None
+    if records and "roofline" in result_kinds:  # chosen before any picture: it may refuse the results
+        dtype = next(r["case"]["dtype"] for r in records if r["status"] == "ok")
+        hardware = ceilings("cpu", dtype, gpu_name=files[-1].machine.get("gpu"))
+    paths = plot_pictures(out, [k for k in kinds if k in PICTURE_PLOTS], picture)
+    if records and result_kinds:
+        paths += plot_results(records, out, result_kinds, hardware)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add analyze, plot to the ``attnperf`` command."""
+    p = sub.add_parser("analyze", help="predicted FLOPs, bytes, peak memory, roofline; --measure holds them to timings")
+    add_shape_arguments(p, seq_lens="1024,2048,4096")
+    p.add_argument(
+        "--measure", action="store_true", help="also time each point and measure its peak memory, and fit exponents"
+    )
+    p.add_argument(
+        "--measure-ceilings", action="store_true",
+        help="measure matmul/copy ceilings on a GPU instead of its datasheet (not with --table)",
+    )  # fmt: skip
+    p.add_argument("--repeat", type=positive_int, default=5, help="timed samples per point with --measure (default 5)")
+    p.add_argument("--json", help="write the table (and fits) to this JSON file, atomically")
+    p.add_argument(
+        "--table", action="store_true",
+        help="the complexity table: big-O time and space per variant beside exponents fitted over --seq-lens "
+        "(from the analyzer; with --measure, from timings of --backends too); --json writes its rows",
+    )  # fmt: skip
+    add_cuda_graphs_argument(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("plot", help="plots from sweep result files, and pictures of the mechanisms (PNG and SVG)")
+    p.add_argument("results", nargs="*", help="JSON files written by attnperf sweep --json")
+    p.add_argument("--out", default="plots", help="output folder (default plots/)")
+    p.add_argument(
+        "--kinds",
+        type=csv_list,
+        default=None,
+        help="scaling, memory, throughput, roofline (need results); masks, heatmaps, positions, heads",
+    )
+    p.add_argument(
+        "--n", type=picture_size, default=64,
+        help=f"tokens in the mechanism pictures, {PICTURE_N[0]} to {PICTURE_N[1]} (default 64)",
+    )  # fmt: skip
+    p.add_argument(
+        "--window", type=positive_int, default=32, help="window of the pictures' local variants (default 32)"
+    )
+    p.add_argument("--top-k", type=positive_int, default=32, help="k of the pictures' top-k panel (default 32)")
+    p.add_argument(
+        "--stride", type=positive_int, default=None, help="stride of the strided pictures (default round(√n))"
+    )
+    p.add_argument(
+        "--tokens", default=None,
+        help=f"space-separated tokens labelling the pictures' axes (sets n: {PICTURE_N[0]} to {PICTURE_N[1]} of them)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_plot)
