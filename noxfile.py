@@ -63,18 +63,18 @@ def bench(session: nox.Session) -> None:
 
     Each commit is measured in one fresh process of its own batch runner (CPU grid unless CUDA is
     visible) and recorded as asv results; ``asv publish`` then draws the history into .asv/html.
-    Extra arguments go to ``python -m attnperf.history run``, e.g. ``nox -s bench -- --steps 1``.
+    Extra arguments go to ``attnperf history run``, e.g. ``nox -s bench -- --steps 1``.
     """
     install(session, "test")
-    session.run("python", "-m", "attnperf.history", "run", *session.posargs)
+    session.run("python", "-m", "attnperf", "history", "run", *session.posargs)
     session.run("asv", "publish")
 
 
 @nox.session(python=PYTHON)
 def history(session: nox.Session) -> None:
-    """``python -m attnperf.history ...`` as it is (the workflows' measure and record steps)."""
+    """``attnperf history ...`` as it is (the workflows' measure and record steps)."""
     install(session, "test")
-    session.run("python", "-m", "attnperf.history", *session.posargs)
+    session.run("python", "-m", "attnperf", "history", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -88,18 +88,26 @@ def publish(session: nox.Session) -> None:
 def regress(session: nox.Session) -> None:
     """Base vs head: ``nox -s regress -- BASE HEAD [--grid pr-gpu] [--processes 2] [--allow-grid-change]``.
 
-    Exits 1 on a confirmed slowdown or a benchmark that ran on base and not on head; writes
-    regress-summary.md and regress-out/verdict.json.
+    Exits 1 on a confirmed slowdown, a benchmark that ran on base and not on head, or a head that
+    changes the measuring code without ``--allow-measurement-change``; writes regress-summary.md and
+    regress-out/verdict.json. Run from the base's checkout: its code judges.
     """
     install(session, "test")
-    session.run("python", "-m", "attnperf.regress", *(session.posargs or ["origin/main", "HEAD"]))
+    session.run("python", "-m", "attnperf", "regress", *(session.posargs or ["origin/main", "HEAD"]))
+
+
+@nox.session(python=PYTHON)
+def calibrate(session: nox.Session) -> None:
+    """The runner's noise calibration: A/A processes, written where the check reads it (ATTNPERF_NOISE)."""
+    install(session, "test")
+    session.run("python", "-m", "attnperf", "calibrate", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def trials(session: nox.Session) -> None:
-    """The check's error rates on this machine: A/A and injected slowdowns (regress-trials.json)."""
+    """The check's error rates on this machine: disjoint A/A and injected-slowdown trials."""
     install(session, "test")
-    session.run("python", "-m", "attnperf.regress", "trials", *session.posargs)
+    session.run("python", "-m", "attnperf", "trials", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -118,11 +126,11 @@ def sweep(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def cp(session: nox.Session) -> None:
-    """Context-parallel attention under torchrun: ``nox -s cp -- check|bench ...`` (``attnperf.cp``).
+    """Context-parallel attention under torchrun: ``nox -s cp -- check|bench ...`` (``attnperf cp``).
 
     ``ATTNPERF_NPROC`` ranks (default 2): one GPU each with CUDA (NCCL), else gloo on the CPU.
     NVLink multicast stays off (the launcher sets NCCL_NVLS_ENABLE=0 and the others when absent).
     """
     install(session, "test")
     nproc = os.environ.get("ATTNPERF_NPROC", "2")
-    session.run("torchrun", "--nproc-per-node", nproc, "-m", "attnperf.cp", *(session.posargs or ["check"]))
+    session.run("torchrun", "--nproc-per-node", nproc, "-m", "attnperf", "cp", *(session.posargs or ["check"]))

@@ -317,7 +317,7 @@ def table(rows: Sequence[dict[str, Any]], ranks: int) -> str:
     for row in rows:
         best, ring = row.get("best_single"), row.get("ring")
         single_failed = next((r["status"] for r in row.get("single", []) if r["status"] != Status.OK.value), "-")
-        one = f"{_cell(best, best['median_s'])} ({best['backend']})" if best else single_failed
+        one = f"{_cell(best, best['median_s'])} ({best['spec']['backend']})" if best else single_failed
         many = _cell(ring, (ring or {}).get("median_s"))
         one_mem = (best.get("peak_bytes") or 0) + min_bytes(Case(**best["case"])) if best else None
         many_mem = (ring or {}).get("peak_per_rank_bytes")

@@ -194,11 +194,13 @@ def measure_point(
     """Check, refuse, time and measure one point: its :class:`Record` (first), which always says
     what happened, and whatever ``then(point, record)`` adds for an ok point (a trial's injected
     measurements). ``checks``: verdicts to reuse and to keep (the batch runner's)."""
+    cached = checks.get(spec) if checks is not None else None
+    reused = True if cached is not None else None
     case, reason = fit(spec)
     if case is None:
-        if checks is not None and checks.get(spec) is None:
+        if checks is not None and cached is None:
             checks.put(spec, CheckResult(spec.mechanism, spec.backend, "", Status.UNSUPPORTED, reason=reason))
-        return [Record(spec, Status.UNSUPPORTED, case=intended_shape(spec), reason=reason)]
+        return [Record(spec, Status.UNSUPPORTED, case=intended_shape(spec), reason=reason, check_cached=reused)]
     head: dict[str, Any] = {"case_id": case.id, "case": case.as_dict()}
     refusal = memory_refusal(spec, case)
     if refusal is not None:
@@ -213,7 +215,6 @@ def measure_point(
                 available_bytes=refusal.available_bytes,
             )
         ]
-    cached = checks.get(spec) if checks is not None else None
     started = time.perf_counter()
     try:
         try:
@@ -222,7 +223,7 @@ def measure_point(
             status = Status.UNSUPPORTED if isinstance(exc, NotImplementedError) else Status.WRONG
             if checks is not None and cached is None:
                 checks.put(spec, CheckResult(spec.mechanism, spec.backend, case.id, status, reason=str(exc)))
-            return [Record(spec, status, **head, reason=str(exc), check_cached=cached is not None or None)]
+            return [Record(spec, status, **head, reason=str(exc), check_cached=reused)]
         if checks is not None and cached is None:
             checks.put(spec, point.checked)
         head |= {

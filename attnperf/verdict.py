@@ -140,6 +140,7 @@ def guarded_slowdown(sigma: float, dof: float, n_base: int, n_head: int, confirm
     ``P₁(δ)·P₂(δ) ≥ 0.9``, ``P(δ) = T_ν((δ − m)/se − q)`` (the spread taken as known)."""
     m = math.log1p(min_effect)
     q = t_ppf(1 - (1 - LEVEL) / 2, dof)
+    sigma = max(sigma, 1e-9)  # a spread read as 0 (identical medians): the minimum effect is what is guarded
     passes = [sigma * math.sqrt(1 / n_base + 1 / n_head)]
     if confirm > 0:
         passes.append(sigma * math.sqrt(2 / confirm))

@@ -66,7 +66,8 @@ def test_sweep_writes_json_and_csv_and_ratios(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr  # stdout lists a wrong row with its error and seed
     data = json.loads(out_json.read_text())
-    records = {(r["variant"], r["backend"]): r for r in data["records"]}
+    assert data["schema"] == 2
+    records = {(r["spec"]["variant"], r["spec"]["backend"]): r for r in data["records"]}
     assert records[("causal", "eager")]["speedup"] == 1.0
     assert records[("causal", "tiled")]["status"] == "ok"
     assert records[("causal", "tiled")]["median_s"] > 0

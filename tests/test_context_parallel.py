@@ -20,7 +20,8 @@ import pytest
 
 from attnperf.backends import BACKENDS
 from attnperf.case import Case
-from attnperf.cp import MULTICAST_OFF, build_parser, keep_multicast_off, main
+from attnperf.cli import main as attnperf_main
+from attnperf.cpbench import MULTICAST_OFF, keep_multicast_off
 from attnperf.mechanisms import MECHANISMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def torchrun(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-               str(free_port()), "-m", "attnperf.cp", *args]  # fmt: skip
+               str(free_port()), "-m", "attnperf", "cp", *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False, cwd=ROOT)
 
 
@@ -78,7 +79,7 @@ def test_bench_writes_the_table_with_both_configurations(tmp_path: Path) -> None
     assert [(r["seq_len"], r["timed"]) for r in rows] == [(256, True), (512, False)]
     first = rows[0]
     assert first["check"]["status"] == "ok"
-    assert first["best_single"]["backend"] in ("eager", "sdpa-flash")
+    assert first["best_single"]["spec"]["backend"] in ("eager", "sdpa-flash")
     assert first["ring"]["status"] == "ok"
     assert len(first["ring"]["per_rank"]) == 2
     assert first["speedup"] == pytest.approx(first["best_single"]["median_s"] / first["ring"]["median_s"])
@@ -93,10 +94,14 @@ def test_outside_torchrun_the_backend_says_why_and_the_launcher_refuses(capsys: 
     assert "needs torchrun with WORLD_SIZE >= 2" in capsys.readouterr().err
 
 
+def main(argv: list[str]) -> int:
+    return attnperf_main(["cp", *argv])
+
+
 def test_bad_arguments_name_the_parameter_and_the_allowed_values(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["bench", "--out", "x", "--variants", "window"])
-    assert "choose from full, causal" in capsys.readouterr().err
+        main(["bench", "--out", "x", "--variants", "window"])
+    assert "unknown variants ['window']; allowed: all or full, causal" in capsys.readouterr().err
     assert main(["check", "--device", "cpu", "--heads", "4", "--kv-heads", "3"]) == 2
     assert "kv_heads" in capsys.readouterr().err
 
@@ -104,8 +109,8 @@ def test_bad_arguments_name_the_parameter_and_the_allowed_values(capsys: pytest.
 def test_repeat_and_baselines_are_refused_on_stderr_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     for args, message in (
         (["--repeat", "0"], "argument --repeat: expected an integer >= 1, got 0"),
-        (["--baselines", "eager,turbo"], "argument --baselines: choose from eager, fla,"),
-        (["--baselines", "context-parallel"], "argument --baselines: choose from"),  # not its own baseline
+        (["--baselines", "eager,turbo"], "argument --baselines: unknown baselines ['turbo']; allowed: all or eager"),
+        (["--baselines", "context-parallel"], "unknown baselines ['context-parallel']"),  # not its own baseline
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(["bench", "--device", "cpu", "--out", "x", *args])
@@ -128,25 +133,25 @@ def one_gloo_rank() -> Iterator[None]:
 
 
 def test_the_cpu_allocators_failure_in_the_ring_is_oom(monkeypatch, one_gloo_rank) -> None:
-    """time_ring classifies allocation failures as the sweep does (sweep.is_oom): the CPU
+    """time_ring classifies allocation failures as every runner does (point.is_oom): the CPU
     allocator raises a plain RuntimeError, not torch.OutOfMemoryError."""
-    import attnperf.cp
+    import attnperf.cpbench
 
     message = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: 1 TB"
 
     def no_memory(*args: object) -> None:
         raise RuntimeError(message)
 
-    monkeypatch.setattr(attnperf.cp, "shards", no_memory)
-    ring = attnperf.cp.time_ring(Case(q_len=64, head_dim=16), seed=0, repeat=3)
+    monkeypatch.setattr(attnperf.cpbench, "shards", no_memory)
+    ring = attnperf.cpbench.time_ring(Case(q_len=64, head_dim=16), seed=0, repeat=3, variant="full")
     assert ring == {"status": "oom", "reason": message}
 
     def a_bug(*args: object) -> None:
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(attnperf.cp, "shards", a_bug)
+    monkeypatch.setattr(attnperf.cpbench, "shards", a_bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # anything else is not an oom
-        attnperf.cp.time_ring(Case(q_len=64, head_dim=16), seed=0, repeat=3)
+        attnperf.cpbench.time_ring(Case(q_len=64, head_dim=16), seed=0, repeat=3, variant="full")
 
 
 def test_multicast_stays_off_unless_the_environment_says_otherwise() -> None:

@@ -69,6 +69,11 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, capsys
     assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
+def records_in(path: Path) -> list[dict]:
+    """A results file's records as JSON objects, with the point's identity (its spec) on top."""
+    return [{**r["spec"], **r} for r in json.loads(path.read_text())["records"]]
+
+
 def test_a_value_error_from_inside_the_library_keeps_its_traceback(monkeypatch) -> None:
     """Only UsageError is bad input (exit 2); a ValueError a bug raises is not passed off as the
     user's mistake: it leaves main, so Python prints its traceback and exits 1."""
@@ -101,7 +106,7 @@ def test_a_point_too_large_for_memory_is_refused_and_the_sweep_goes_on(capsys, t
     code, _ = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "200000,64", *SMALL,
                        "--json", str(out)], capsys)  # fmt: skip
     assert code == 0
-    records = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    records = {r["seq_len"]: r for r in records_in(out)}
     refused = records[200000]
     assert refused["status"] == "refused"
     assert refused["needed_bytes"] > refused["available_bytes"]
@@ -117,14 +122,14 @@ def test_a_case_that_does_not_fit_is_recorded_and_the_sweep_goes_on(capsys, tmp_
     code, _ = run_cli(["sweep", "--variants", "topk", "--backends", "eager", "--seq-lens", "16,64", "--top-k", "32",
                        *SMALL, "--json", str(out)], capsys)  # fmt: skip
     assert code == 0
-    records = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    records = {r["seq_len"]: r for r in records_in(out)}
     assert records[16]["status"] == "unsupported"
     assert records[16]["reason"].startswith("case does not fit topk: top_k")
     assert records[64]["status"] == "ok"
     code, _ = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "16", "--heads", "4",
                        "--kv-heads", "3", "--json", str(out), "--force"], capsys)  # fmt: skip
     assert code == 0
-    (record,) = json.loads(out.read_text())["records"]
+    (record,) = records_in(out)
     assert record["status"] == "unsupported"
     assert "heads (4) must be divisible by kv_heads (3)" in record["reason"]
 
@@ -142,7 +147,7 @@ def test_an_existing_results_file_is_refused_resumed_or_overwritten(capsys, tmp_
     # An interrupted run: only its first two points were saved. --resume measures the other two.
     out.write_text(json.dumps(first | {"records": first["records"][:2]}))
     assert run_cli([*argv, "--resume"], capsys)[0] == 0
-    resumed = json.loads(out.read_text())["records"]
+    resumed = records_in(out)
     assert len(resumed) == 4
     assert resumed[0]["samples_s"] == first["records"][0]["samples_s"], "kept, not measured again"
     assert {(r["backend"], r["seq_len"]) for r in resumed} == {(b, n) for b in ("eager", "tiled") for n in (32, 64)}
@@ -161,9 +166,9 @@ def test_resume_keeps_the_points_outside_the_new_grid(capsys, tmp_path) -> None:
     out = tmp_path / "r.json"
     argv = ["sweep", "--variants", "causal", "--backends", "eager", *SMALL, "--json", str(out)]
     assert run_cli([*argv, "--seq-lens", "32,64"], capsys)[0] == 0
-    first = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    first = {r["seq_len"]: r for r in records_in(out)}
     assert run_cli([*argv, "--seq-lens", "64,96", "--resume"], capsys)[0] == 0
-    resumed = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    resumed = {r["seq_len"]: r for r in records_in(out)}
     assert sorted(resumed) == [32, 64, 96]
     for n in (32, 64):
         assert resumed[n]["samples_s"] == first[n]["samples_s"], f"{n}: kept, not measured again"
@@ -179,7 +184,7 @@ def test_resume_refuses_unbuildable_points_of_another_shape(capsys, tmp_path) ->
     argv = ["sweep", "--variants", "topk", "--backends", "eager", "--seq-lens", "16", "--top-k", "32", *SMALL,
             "--json", str(out)]  # fmt: skip
     assert run_cli(argv, capsys)[0] == 0
-    (record,) = json.loads(out.read_text())["records"]
+    (record,) = records_in(out)
     assert (record["status"], record["case_id"]) == ("unsupported", "")
     assert record["case"] == {"batch": 1, "heads": 2, "head_dim": 16, "dtype": "float32", "device": "cpu",
                               "top_k": 32}  # fmt: skip
@@ -190,7 +195,7 @@ def test_resume_refuses_unbuildable_points_of_another_shape(capsys, tmp_path) ->
         assert "topk × eager at 16 with another shape or options; --force starts over" in err
     code, err = run_cli([*argv, "--resume", "--batches", "2"], capsys)  # another batch: another point, kept
     assert code == 0
-    assert [r["batch"] for r in json.loads(out.read_text())["records"]] == [1, 2]
+    assert [r["batch"] for r in records_in(out)] == [1, 2]
     legacy = json.loads(out.read_text())
     legacy["records"][0]["case"] = {"top_k": 32}  # as written before the shape was stored
     out.write_text(json.dumps(legacy))
@@ -237,8 +242,8 @@ def test_a_lock_file_removed_while_it_is_being_locked_is_not_a_lock(monkeypatch,
     [
         ("", "is empty"),
         ('{"machine": {}, "records": [{"variant": "causal"', "is not valid JSON (truncated?)"),
-        ('{"rows": []}', "is not a sweep's results (no 'records' list"),
-        ('{"records": [{"variant": "causal"}]}', "record 0: record lacks"),
+        ('{"rows": []}', "is not attnperf results (no 'records' list"),
+        ('{"records": [{"variant": "causal"}]}', "records[0]: record lacks backend"),
     ],
     ids=["empty", "truncated", "wrong shape", "bad record"],
 )
@@ -287,14 +292,18 @@ def test_tune_says_which_limit_nothing_met(capsys) -> None:
     assert "> limit 0.25 MiB" in out
 
 
-def test_regress_gives_gits_own_message_in_one_line(tmp_path) -> None:
+def test_regress_names_a_commit_it_cannot_find_with_gits_own_message(tmp_path) -> None:
+    """A commit that is not there is bad input (exit 2), named with git's own words, through the
+    ``python -m attnperf.regress`` shim as through ``attnperf regress``."""
     for args, cwd, message in (
         (["nosuchref", "HEAD"], Path(__file__).parents[1], "fatal: Needed a single revision"),
         (["--repo", str(tmp_path), "main", "HEAD"], tmp_path, "not a git repository"),
     ):
+        args = [*args, "--workdir", str(tmp_path / "w"), "--summary", str(tmp_path / "s.md")]
         proc = subprocess.run([sys.executable, "-m", "attnperf.regress", *args], cwd=cwd, capture_output=True,
                               text=True, timeout=120, check=False)  # fmt: skip
-        assert proc.returncode == 1
+        assert proc.returncode == 2
+        assert "attnperf regress: error: base" in proc.stderr
         assert message in proc.stderr
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
@@ -317,7 +326,7 @@ def test_ctrl_c_saves_what_was_measured_and_exits_130(tmp_path) -> None:
     proc.send_signal(signal.SIGINT)
     _stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130
-    saved = len(json.loads(out.read_text())["records"])
+    saved = len(records_in(out))
     assert 1 <= saved < 48
     assert f"interrupted; {saved} points saved to {out}" in stderr
     assert "Traceback" not in stderr
@@ -355,14 +364,14 @@ def test_ctrl_c_names_every_file_it_wrote(outputs: list[str], monkeypatch, capsy
 def test_an_allocation_that_fails_anyway_is_recorded_as_oom(monkeypatch, capsys, tmp_path) -> None:
     """Without the refusal (as when the prediction is too low), the CPU allocator's failure is an
     ``oom`` record with its message, and the next point still runs."""
-    import attnperf.sweep
+    import attnperf.point
 
-    monkeypatch.setattr(attnperf.sweep, "memory_refusal", lambda spec, case: None)
+    monkeypatch.setattr(attnperf.point, "memory_refusal", lambda spec, case: None)
     out = tmp_path / "r.json"
     code, _ = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "200000,64", *SMALL,
                        "--json", str(out)], capsys)  # fmt: skip
     assert code == 0
-    records = {r["seq_len"]: r for r in json.loads(out.read_text())["records"]}
+    records = {r["seq_len"]: r for r in records_in(out)}
     assert records[200000]["status"] == "oom"
     assert "allocate" in records[200000]["reason"]
     assert records[64]["status"] == "ok"
@@ -385,7 +394,7 @@ def test_a_backend_that_breaks_is_recorded_as_failed_and_the_sweep_goes_on(monke
     code, _ = run_cli(["sweep", "--variants", "causal", "--backends", "tiled,eager", "--seq-lens", "32", *SMALL,
                        "--json", str(out)], capsys)  # fmt: skip
     assert code == 1
-    records = {r["backend"]: r for r in json.loads(out.read_text())["records"]}
+    records = {r["backend"]: r for r in records_in(out)}
     assert records["tiled"]["status"] == "failed"
     assert records["tiled"]["reason"] == "TypeError: profile of input tuples doesn't match: ((1,), 2)"
     assert records["eager"]["status"] == "ok"
@@ -396,7 +405,7 @@ def test_a_cuda_error_that_poisons_the_context_stops_the_sweep(monkeypatch) -> N
     ``failed`` point after another would hide the cause, so it is raised."""
     from attnperf.backends import get_backend
     from attnperf.benchgrid import FORWARD, PointSpec
-    from attnperf.sweep import run_point
+    from attnperf.point import measure_point
 
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -405,4 +414,4 @@ def test_a_cuda_error_that_poisons_the_context_stops_the_sweep(monkeypatch) -> N
     spec = PointSpec(backend="tiled", variant="causal", seq_len=32, head_dim=16, dtype="float32", mode=FORWARD,
                      device="cpu", heads=2)  # fmt: skip
     with pytest.raises(RuntimeError, match="illegal memory access"):
-        run_point(spec, repeat=3)
+        measure_point(spec, repeat=3)

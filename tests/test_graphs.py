@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from attnperf.backends import Unsupported
-from attnperf.bench import build_point
 from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec
 from attnperf.correctness import WrongResult
-from attnperf.graphs import first_error_line, graphed, out_of_memory, replay_or_direct
+from attnperf.graphs import first_error_line, graphed, out_of_memory
+from attnperf.point import DIRECT, REPLAY, measure_point, prepare
 from attnperf.records import Status
-from attnperf.sweep import run_point
 
 from .test_cli import run
 
@@ -37,13 +36,14 @@ def decode_spec(backend: str) -> PointSpec:
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["eager", "sdpa-flash", "sdpa-cudnn"])
 def test_on_gpu_a_graphed_decode_step_is_checked_and_marked(backend: str) -> None:
-    record = run_point(decode_spec(backend), repeat=3, cuda_graph=True)
+    (record,) = measure_point(decode_spec(backend), repeat=3, timings=(DIRECT, REPLAY))
     if record.status is Status.UNSUPPORTED:
         pytest.skip(record.reason or "unsupported")
     assert record.status is Status.OK, record.reason
-    assert record.cuda_graph is True
-    assert record.median_s is not None
-    assert record.median_s > 0
+    assert record.graph_reason is None
+    assert record.replay_median_s is not None
+    assert record.replay_median_s > 0
+    assert record.median_s is not None  # the direct call is timed beside it
 
 
 @pytest.mark.gpu
@@ -60,26 +60,27 @@ def test_on_gpu_a_replay_that_computes_something_else_is_wrong() -> None:
         graphed(drifting, "cuda", 1e-5)
 
 
-def test_benchmark_points_off_cuda_are_timed_as_called() -> None:
-    point = build_point(PointSpec("eager", "causal", 64, 16, "float32", FORWARD, device="cpu", heads=2))
-    assert point.run is point.call
-    assert not point.cuda_graph
-    assert point.graph_reason is None
+def test_benchmark_points_off_cuda_have_no_replay_and_say_why() -> None:
+    point = prepare(PointSpec("eager", "causal", 64, 16, "float32", FORWARD, device="cpu", heads=2))
+    assert point.replay() == (None, "CUDA graphs need a CUDA device")
+    (record,) = measure_point(point.spec, repeat=3, timings=(DIRECT, REPLAY))
+    assert record.median_s is not None
+    assert record.replay_median_s is None
+    assert record.graph_reason is None  # not a CUDA point: nothing to explain
 
 
 @pytest.mark.gpu
 def test_on_gpu_benchmark_forward_and_decode_points_are_replayed_and_steps_are_not() -> None:
-    forward = build_point(PointSpec("sdpa-cudnn", "causal", 1024, 128, "bfloat16", FORWARD, device="cuda", heads=16))
-    assert forward.cuda_graph, forward.graph_reason
-    assert forward.run is not forward.call
-    assert build_point(decode_spec("sdpa-flash")).cuda_graph
-    step = build_point(PointSpec("sdpa-cudnn", "causal", 1024, 128, "bfloat16", BACKWARD, device="cuda", heads=16))
-    assert not step.cuda_graph  # a forward+backward step is timed as called
-    assert step.graph_reason is None
+    forward = prepare(PointSpec("sdpa-cudnn", "causal", 1024, 128, "bfloat16", FORWARD, device="cuda", heads=16))
+    replay, reason = forward.replay()
+    assert replay is not None, reason
+    assert prepare(decode_spec("sdpa-flash")).replay()[0] is not None
+    step = prepare(PointSpec("sdpa-cudnn", "causal", 1024, 128, "bfloat16", BACKWARD, device="cuda", heads=16))
+    assert step.replay() == (None, "a forward+backward step is timed as called")
 
 
 @pytest.mark.gpu
-def test_on_gpu_what_cannot_be_captured_is_timed_as_called_with_the_reason() -> None:
+def test_on_gpu_what_cannot_be_captured_is_refused_and_leaves_the_allocator_clean() -> None:
     x = torch.ones(4, device="cuda")
     torch.cuda.empty_cache()
     before = torch.cuda.memory_reserved()
@@ -87,13 +88,8 @@ def test_on_gpu_what_cannot_be_captured_is_timed_as_called_with_the_reason() -> 
     def syncs() -> torch.Tensor:
         return x * float(x.sum())  # a host read inside the call: capture refuses it
 
-    run, reason = replay_or_direct(syncs, "cuda", 1e-5)
-    assert run is syncs
-    assert reason is not None
-    assert reason.startswith("timed call by call: cannot be captured in a CUDA graph")
-    own, why = replay_or_direct(syncs, "cuda", 1e-5, own_stream=True)
-    assert own is syncs
-    assert "stream of its own" in (why or "")
+    with pytest.raises(Unsupported, match="cannot be captured in a CUDA graph"):
+        graphed(syncs, "cuda", 1e-5)
     # The failed capture left nothing under way: the next one works and the cache empties.
     replay = graphed(lambda: x * 2, "cuda", 1e-5)
     assert torch.equal(replay(), torch.full((4,), 2.0, device="cuda"))

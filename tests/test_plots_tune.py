@@ -121,8 +121,8 @@ def test_layer_weights_one_panel_per_head(tmp_path) -> None:
 def test_result_plots_are_small_multiples(results, tmp_path) -> None:
     import matplotlib.pyplot as plt
 
+    from attnperf.files import read_json
     from attnperf.plots import _small_multiples
-    from attnperf.results import read_json
 
     records = read_json(results)["records"]
     fig = _small_multiples(records, "median_s", 1e3, "ms", "t", slopes=True)

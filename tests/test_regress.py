@@ -10,7 +10,6 @@ commit's own batch runner in fresh processes over a six-point slice of the ``pr-
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from attnperf.batch import code_fingerprint
-from attnperf.regress import RegressError, alternation, main, regress
-from attnperf.results import read_json, write_json
+from attnperf.cli import main as attnperf_main
+from attnperf.files import write_json
+from attnperf.machine import machine_tag
+from attnperf.prcheck import alternation, regress
+from attnperf.processes import GitError
 from attnperf.verdict import HOLE, REGRESSION
 
 from .test_workflows import perf_pr_regress_args
@@ -98,20 +99,32 @@ def grid_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
+def main(argv: list[str]) -> int:
+    return attnperf_main(["regress", *argv])
+
+
 def cpu_noise(folder: Path) -> Path:
-    """The between-process spread of this kind of machine, as the runner's calibration would store it.
+    """The between-process spread of this kind of machine, as ``attnperf calibrate`` stores it for the
+    runner (this machine's tag, every benchmark of the slice, direct timings).
 
     Measured on the 2-core CI machine: five single-threaded processes of eager causal attention at
     256 and 1024 tokens gave per-process medians 5.1–10.1 ms and 70–120 ms (sd of the logs 0.22–0.25),
-    against 0.2–0.4% for millisecond kernels on the H200. 0.3 a benchmark."""
-    return write_json(folder / "noise-ci.json", {"sigma": {}, "default_sigma": 0.3})
+    against 0.2–0.4% for millisecond kernels on the H200. 0.3 a benchmark, worth 8 degrees of freedom."""
+    from attnperf.benchgrid import grid_named
+
+    keys = [p.key for p in grid_named("pr-cpu").points()]
+    return write_json(folder / "noise-ci.json", {
+        "schema": 2, "machine": machine_tag(), "sigma": {"direct": dict.fromkeys(keys, 0.3)},
+        "dof": {"direct": dict.fromkeys(keys, 8)},
+    })  # fmt: skip
 
 
 def check(repo: Path, base: str, head: str, name: str, **options: object):
     """The check as perf-pr.yml runs it, on the six-point CPU slice with the CI machine's noise."""
     options = {"processes": 2, "noise_file": cpu_noise(repo.parent)} | options
-    return regress(base, head, repo=repo, grid="pr-cpu", workdir=repo.parent / name, summary=repo.parent / f"{name}.md",
-                   **options)  # fmt: skip
+    result = regress(base, head, repo=repo, grid="pr-cpu", workdir=repo.parent / name,
+                     summary=repo.parent / f"{name}.md", **options)  # fmt: skip
+    return result.final
 
 
 @pytest.mark.slow
@@ -122,7 +135,26 @@ def test_aa_comparison_reports_nothing(throwaway) -> None:
     assert result.where(REGRESSION) == []
     assert result.where(HOLE) == []
     assert not result.failed
-    assert "no regression" in (repo.parent / "aa.md").read_text()
+    assert result.advisory is None
+    summary = (repo.parent / "aa.md").read_text()
+    assert "no regression" in summary
+    assert "### What this check guards" in summary
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("grid_env")
+def test_an_uncalibrated_machine_gives_no_confident_verdict(throwaway) -> None:
+    """Without a calibration for this machine tag, even a six-fold slowdown is reported, not enforced:
+    the summary says the check is advisory and why. A calibration of another machine does not count."""
+    repo, (_base, aa, slow, *_rest) = throwaway
+    other = write_json(
+        repo.parent / "noise-other.json", {"schema": 2, "machine": "h200-other", "sigma": {"direct": {}}}
+    )
+    result = check(repo, aa, slow, "uncalibrated", processes=2, confirm=0, noise_file=other)
+    assert result.advisory is not None
+    assert "calibrated on machine 'h200-other'" in result.advisory
+    assert not result.failed
+    assert "no confident verdict" in (repo.parent / "uncalibrated.md").read_text()
 
 
 @pytest.mark.slow
@@ -169,18 +201,28 @@ def test_a_backend_turning_not_importable_fails_unless_the_grid_change_is_declar
     assert declared.where(HOLE) == []
 
 
-def test_unknown_revision_is_one_line_from_git(tmp_path: Path) -> None:
-    with pytest.raises(RegressError, match=r"^git rev-parse --git-dir: fatal: not a git repository"):
-        regress("nosuchref", "HEAD", repo=tmp_path)
-    with pytest.raises(RegressError, match=r"unknown revision|Needed a single revision"):
-        regress("nosuchref", "HEAD", repo=ROOT)
+def test_unknown_revision_is_one_line_naming_the_argument(tmp_path: Path) -> None:
+    from attnperf.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^base 'nosuchref': not a commit of .*not a git repository"):
+        regress("nosuchref", "HEAD", repo=tmp_path, workdir=tmp_path / "w", summary=None)
+    with pytest.raises(UsageError, match=r"^base 'nosuchref': not a commit of"):
+        regress("nosuchref", "HEAD", repo=ROOT, workdir=tmp_path / "w", summary=None)
 
 
-def test_main_reports_git_errors_in_one_line(tmp_path: Path, capsys) -> None:
-    assert main(["nosuchref", "HEAD", "--repo", str(tmp_path)]) == 1
+def test_main_reports_bad_commits_in_one_line_with_exit_2(tmp_path: Path, capsys) -> None:
+    assert main(["nosuchref", "HEAD", "--repo", str(tmp_path), "--workdir", str(tmp_path / "w"),
+                 "--summary", str(tmp_path / "s.md")]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith("attnperf regress: git rev-parse --git-dir: fatal: not a git repository")
+    assert err[0].startswith("attnperf regress: error: base 'nosuchref': not a commit of")
+
+
+def test_git_errors_are_failures_with_gits_own_line(tmp_path: Path) -> None:
+    from attnperf.processes import git
+
+    with pytest.raises(GitError, match=r"^git status: fatal: not a git repository"):
+        git(["status"], cwd=tmp_path)
 
 
 def test_alternation_balances_order() -> None:
@@ -188,7 +230,7 @@ def test_alternation_balances_order() -> None:
 
 
 def test_compile_caches_live_under_one_folder_when_asked() -> None:
-    from attnperf.regress import COMPILE_CACHE_DIRS, compile_cache_env
+    from attnperf.processes import COMPILE_CACHE_DIRS, compile_cache_env
 
     plain = compile_cache_env({})
     assert plain == {"FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1", "TRITON_CACHE_AUTOTUNING": "1"}
@@ -199,45 +241,20 @@ def test_compile_caches_live_under_one_folder_when_asked() -> None:
     assert set(COMPILE_CACHE_DIRS) <= set(env)
 
 
-def test_trials_refuse_to_pool_processes_of_other_code(tmp_path: Path, capsys) -> None:
-    """Processes of two code states are not an A/A pool: the evaluation stops and says so."""
-    from attnperf.trials import main as trials_main
+def test_trials_pool_only_finished_processes_of_one_machine(tmp_path: Path, capsys) -> None:
+    """A process stopped from outside is left out and named; processes of two machine tags are not
+    one runner's pool: the evaluation stops and says so (exit 2)."""
 
-    for label, fingerprint in (("trial-001-A", "a" * 16), ("trial-002-B", "b" * 16), ("trial-003-B", "c" * 16)):
-        write_json(tmp_path / f"{label}.json", {"label": label, "fingerprint": fingerprint, "records": [],
-                                                "seconds": {}, "wall_s": 1.0, "exit_code": 0})  # fmt: skip
-    # a third code state, but its process was stopped from outside (no exit code): left out, and said so
-    stopped_output = read_json(tmp_path / "trial-003-B.json")
-    write_json(tmp_path / "trial-003-B.json", {k: v for k, v in stopped_output.items() if k != "exit_code"})
-    with pytest.raises(SystemExit) as stopped:
-        trials_main(["--reuse", "--grid", "pr-cpu", "--workdir", str(tmp_path), "--out", str(tmp_path / "t.json")])
-    assert stopped.value.code == 2
+    def process(label: str, machine: str, **meta: object) -> None:
+        write_json(tmp_path / f"{label}.json", {"schema": 2, "label": label, "fingerprint": "f" * 16,
+                                                "machine": machine, "records": [], "wall_s": 1.0, **meta})  # fmt: skip
+
+    process("trial-001-A", "cpu-a", exit_code=0)
+    process("trial-002-B", "cpu-b", exit_code=0)
+    process("trial-003-B", "cpu-c")  # stopped from outside: no exit code
+    code = attnperf_main(["trials", "--reuse", "--grid", "pr-cpu", "--workdir", str(tmp_path),
+                          "--out", str(tmp_path / "t.json")])  # fmt: skip
+    assert code == 2
     err = capsys.readouterr().err
-    assert "2 code states" in err
-    assert "trial-003-B left out of the pool (exit not recorded: it was stopped)" in err
-
-
-def test_trials_of_an_unknown_commit_say_so_in_one_line(tmp_path: Path, capsys) -> None:
-    from attnperf.trials import main as trials_main
-
-    code = trials_main(["--commit", "nosuchref", "--repo", str(ROOT), "--grid", "pr-cpu", "--workdir", str(tmp_path)])
-    assert code == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("attnperf trials: git rev-parse --verify nosuchref^{commit}: fatal")
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("grid_env")
-def test_trials_measure_the_code_of_the_commit_asked_for(throwaway, tmp_path: Path) -> None:
-    """``--commit``: the processes run a worktree of that commit (here the slowed eager), so two
-    sessions' processes at one commit pool as one code state."""
-    from attnperf.trials import main as trials_main
-
-    repo, (_base, _aa, slow, *_rest) = throwaway
-    assert trials_main(["--commit", slow, "--repo", str(repo), "--grid", "pr-cpu", "--workdir", str(tmp_path),
-                        "--out", str(tmp_path / "t.json"), "--max-processes", "2", "--resamples", "0",
-                        "--inject", "eager=50"]) == 0  # fmt: skip
-    runs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("trial-*.json"))]
-    assert [r["label"] for r in runs] == ["trial-001-A", "trial-002-B"]
-    assert len({r["fingerprint"] for r in runs}) == 1
-    assert runs[0]["fingerprint"] != code_fingerprint()  # the commit's code, not this checkout's
+    assert "several machine tags (cpu-a, cpu-b)" in err
+    assert "trial-003-B left out of the pool (exit not recorded)" in err

@@ -20,7 +20,7 @@ from attnperf.benchgrid import Grid
 from attnperf.case import Case, make_inputs
 from attnperf.correctness import check
 from attnperf.mechanisms import get_mechanism
-from attnperf.sweep import run_point
+from attnperf.point import measure_point
 
 from .conftest import DEVICES, SEED
 
@@ -91,7 +91,7 @@ def test_check_and_sweep_rows_say_the_kernel() -> None:
     assert result.kernel in KERNEL_OPS
     assert check("full", "sdpa-math", case, seed=SEED).kernel is None  # forced kernels need no report
     grid = Grid(variants=("causal",), backends=("sdpa",), seq_lens=(64,), heads=2, head_dims=(16,))
-    record = run_point(grid.spec("sdpa", "causal", 64), repeat=3)
+    (record,) = measure_point(grid.spec("sdpa", "causal", 64), repeat=3)
     assert record.status == "ok"
     assert record.kernel == result.kernel
 

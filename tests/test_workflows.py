@@ -69,6 +69,17 @@ def test_the_check_is_judged_by_the_base_commits_code() -> None:
     assert '--repo "$GITHUB_WORKSPACE"' in compare["run"]
 
 
+def test_the_judge_reads_the_runners_calibration_and_a_label_allows_measurement_changes() -> None:
+    """The calibration comes from the runner, never the head; only a maintainer's label lets a head that
+    changes the measuring code pass."""
+    bench = load("perf-pr.yml")["jobs"]["benchmark"]
+    assert bench["env"]["ATTNPERF_NOISE"].startswith("/")
+    assert "--noise" not in " ".join(perf_pr_regress_args())
+    allow = bench["env"]["ALLOW_MEASUREMENT_CHANGE"]
+    assert "'perf-measurement-change'" in allow
+    assert "'--allow-measurement-change'" in allow
+
+
 def test_a_fork_runs_only_on_the_label_event_and_on_the_labelled_commit() -> None:
     """A fork's push (``synchronize``) never runs: only the ``labeled`` event of the review label,
     and then the very head commit the event names (issue: each push of a fork reviewed)."""
@@ -125,15 +136,17 @@ def test_only_the_store_job_writes_the_history_and_it_runs_no_gpu_or_pr_code() -
 def perf_pr_regress_args(workspace: str = "workspace") -> list[str]:
     """The arguments perf-pr.yml gives ``nox -s regress`` (after ``--``), the workspace's path in."""
     (line,) = [x for x in run_lines(ROOT / ".github/workflows/perf-pr.yml") if "nox -s regress" in x]
+    # the label's flag, where the label is set (an empty variable leaves no argument)
+    line = line.replace('${ALLOW_MEASUREMENT_CHANGE:+"$ALLOW_MEASUREMENT_CHANGE"}', "")
     tokens = shlex.split(line.replace("$GITHUB_WORKSPACE", workspace))
     return tokens[tokens.index("--") + 1 :]
 
 
 def test_perf_pr_regress_command_parses() -> None:
-    from attnperf.regress import build_parser
+    from attnperf.cli import build_parser
 
     args = build_parser().parse_args(
-        [a.replace("$BASE_SHA", "b").replace("$HEAD_SHA", "h") for a in perf_pr_regress_args()]
+        ["regress", *[a.replace("$BASE_SHA", "b").replace("$HEAD_SHA", "h") for a in perf_pr_regress_args()]]
     )
     assert args.grid == "pr-gpu"
     assert (args.base, args.head) == ("b", "h")
@@ -146,7 +159,7 @@ def test_the_two_gpu_job_runs_trusted_code_read_only_with_multicast_off() -> Non
     assert "permissions" not in job
     labels = yaml.safe_load((ROOT / ".github/actionlint.yaml").read_text())["self-hosted-runner"]["labels"]
     assert "h200x2" in labels
-    from attnperf.cp import MULTICAST_OFF
+    from attnperf.cpbench import MULTICAST_OFF
 
     assert {name: job["env"][name] for name in MULTICAST_OFF} == MULTICAST_OFF
 

@@ -124,7 +124,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     hardware = None
     if records and "roofline" in result_kinds:  # chosen before any picture: it may refuse the results
         dtype = next(r["case"]["dtype"] for r in records if r["status"] == "ok")
-        hardware = ceilings("cpu", dtype, gpu_name=files[-1].machine.get("gpu"))
+        machine = files[-1].meta.get("machine")
+        hardware = ceilings("cpu", dtype, gpu_name=machine.get("gpu") if isinstance(machine, dict) else None)
     paths = plot_pictures(out, [k for k in kinds if k in PICTURE_PLOTS], picture)
     if records and result_kinds:
         paths += plot_results(records, out, result_kinds, hardware)
