@@ -299,8 +299,8 @@ def test_regress_names_a_commit_it_cannot_find_with_gits_own_message(tmp_path) -
         (["nosuchref", "HEAD"], Path(__file__).parents[1], "fatal: Needed a single revision"),
         (["--repo", str(tmp_path), "main", "HEAD"], tmp_path, "not a git repository"),
     ):
-        args = [*args, "--workdir", str(tmp_path / "w"), "--summary", str(tmp_path / "s.md")]
-        proc = subprocess.run([sys.executable, "-m", "attnperf.regress", *args], cwd=cwd, capture_output=True,
+        paths = ["--workdir", str(tmp_path / "w"), "--summary", str(tmp_path / "s.md")]
+        proc = subprocess.run([sys.executable, "-m", "attnperf.regress", *args, *paths], cwd=cwd, capture_output=True,
                               text=True, timeout=120, check=False)  # fmt: skip
         assert proc.returncode == 2
         assert "attnperf regress: error: base" in proc.stderr
