@@ -45,6 +45,7 @@ from typing import Any
 
 from attnperf.case import Case
 from attnperf.catalog import get_variant
+from attnperf.errors import UsageError
 
 FORWARD, BACKWARD, DECODE = "forward", "forward+backward", "decode"
 SUITE = "bench_attention"
@@ -224,11 +225,10 @@ GPU_GRID = Grid(
 
 #: The pull-request grid on the GPU runner: every GPU library backend and one variant of each
 #: mechanism class (dense causal, GQA, local, block-sparse, linear, positional, decode) at a short
-#: and a long length, the backward at the short one. Sized from the H200: a process over the whole
-#: GPU-grid set of variants at these lengths took over 250 s (checks, flex compilations, 7 s a
-#: point for the plain-PyTorch ``tiled`` loops at 8k). ``tiled`` and the ONNX Runtime backends (an export per
-#: shape) are left to the main-branch history and the CPU check. Its lengths are a subset of the GPU
-#: grid's, so its results are points of the same asv history.
+#: and a long length, the backward at the short one, sized so that a process takes minutes: the
+#: plain-PyTorch ``tiled`` loops (seconds a point at 8k) and the ONNX Runtime backends (an export
+#: per shape) are left to the main-branch history and the CPU check. Its lengths are a subset of
+#: the GPU grid's, so its results are points of the same asv history.
 PR_GPU_GRID = dataclasses.replace(
     GPU_GRID,
     backends=tuple(b for b in GPU_GRID.backends if b not in ("tiled", "onnxruntime-cuda", "onnxruntime-trt")),
@@ -255,12 +255,10 @@ class Cost:
 
 
 GRID_COSTS: dict[str, Cost] = {
-    "pr-cpu": Cost(6, 4.7, 1.2, 0.2, "2-core CPU: 40 points, first process 195 s (11-28), later 53 s (11-29)"),
-    # H200, 2026-11-29 (docs/gpu/2026-11-29/trials/costs.txt): 240 points, 155 runnable; a commit's
-    # first process 415 s (cold compile caches: 364 s of checks), its second 228 s (fla's Triton
-    # autotuning once more, 152 s), later ones 74-81 s (verdicts and compilations cached, per-point
-    # collections frozen out), those including flash-attn-4's points timed with injected slowdowns.
-    "pr-gpu": Cost(9, 1.7, 0.29, 0.2, "H200, 2026-11-29: first processes 415 s and 228 s, later 74-81 s (240 points)"),
+    # Fitted to measured processes (docs/benchmarks.md has them): a commit's first process checks
+    # every point and compiles; later ones load verdicts and compilations from the caches.
+    "pr-cpu": Cost(6, 4.7, 1.2, 0.2, "2-core CPU, 40 points"),
+    "pr-gpu": Cost(9, 1.7, 0.29, 0.2, "H200, 240 points"),
 }
 
 GRIDS: dict[str, Grid] = {"cpu": CPU_GRID, "gpu": GPU_GRID, "pr-cpu": PR_CPU_GRID, "pr-gpu": PR_GPU_GRID}
@@ -275,10 +273,18 @@ def cuda_visible() -> bool:
 
 
 def _env_list(name: str, default: tuple, convert: type = str) -> tuple:
+    """The comma-separated values of the variable ``name`` (``default`` when unset); a UsageError names
+    the variable when a value is not what it holds."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    return tuple(convert(item.strip()) for item in raw.split(",") if item.strip())
+    try:
+        values = tuple(convert(item.strip()) for item in raw.split(",") if item.strip())
+    except ValueError:
+        raise UsageError(f"{name}={raw!r}: expected comma-separated {convert.__name__} values") from None
+    if convert is int and any(v < 1 for v in values):
+        raise UsageError(f"{name}={raw!r}: lengths and sizes must be at least 1")
+    return values
 
 
 def grid_named(name: str | None = None) -> Grid:
@@ -286,7 +292,7 @@ def grid_named(name: str | None = None) -> Grid:
     the ``ATTNPERF_*`` environment variables."""
     choice = name or os.environ.get("ATTNPERF_GRID") or ("gpu" if cuda_visible() else "cpu")
     if choice not in GRIDS:
-        raise ValueError(f"grid (ATTNPERF_GRID) must be one of {sorted(GRIDS)}, got {choice!r}")
+        raise UsageError(f"grid (--grid or ATTNPERF_GRID) must be one of {sorted(GRIDS)}, got {choice!r}")
     base = GRIDS[choice]
     seq_lens = _env_list("ATTNPERF_SEQ_LENS", base.seq_lens, int)
     backward = base.backward_seq_lens

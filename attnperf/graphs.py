@@ -2,13 +2,13 @@
 its kernels are gone, as a decoder that captures its step (vLLM, TensorRT-LLM, ``torch.compile``'s
 ``mode="reduce-overhead"``) runs it.
 
-A decode step over a 4k cache moves 34 MB (B 1, H 16, D 128, bf16), about 8 µs at the H200's
-bandwidth, while one call from Python costs tens of µs: timed call by call, such points measure
-the host. ``attnperf sweep --cuda-graphs`` times the replay instead, and the benchmarks (the asv
-suites and the batch runner, so the regression check and the history) time every CUDA forward and
-decode point that can be captured that way (:func:`replay_or_direct`). The replay computes on the
-runner's own inputs; its output is held against the direct call's (which was checked against the
-float64 reference before), so a graph that captured the wrong thing is never timed.
+A short decode step moves a few tens of MB, microseconds at HBM bandwidth, while one call from
+Python costs tens of µs: timed call by call, such points measure the host. So every CUDA forward
+and decode point that can be captured is timed both ways (:meth:`attnperf.point.Point.replay`):
+as called, what a model calling from Python pays, and as a replay, the device's own work. The
+replay computes on the runner's own inputs; its output is held against the direct call's (which
+was checked against the float64 reference before), so a graph that captured the wrong thing is
+never timed.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def capture(runner: Runner, device: torch.device) -> tuple[torch.cuda.CUDAGraph,
     if failure is not None:
         # No local of this frame may hold the error: its traceback holds this frame, and through it
         # the callers' (graphed's warm-up output) and the failed call's tensors in the graph's pool,
-        # a cycle that kept 4 MiB reserved on the H200 until a garbage collection. Only the message
-        # is kept, and the Unsupported is raised after the handler has dropped the error.
+        # a cycle that keeps memory reserved until a garbage collection. Only the message is kept,
+        # and the Unsupported is raised after the handler has dropped the error.
         raise Unsupported(f"cannot be captured in a CUDA graph: {failure}")
     torch.cuda.current_stream(device).wait_stream(stream)
     return graph, static
@@ -115,28 +115,3 @@ def graphed(runner: Runner, device: str | torch.device, bound: float) -> Runner:
         return static
 
     return replay
-
-
-def replay_or_direct(runner: Runner, device: str | torch.device, bound: float, *,
-                     own_stream: bool = False) -> tuple[Runner, str | None]:  # fmt: skip
-    """What a benchmark times of a verified forward or decode ``runner``: on CUDA its graph's
-    replay, else (the CPU, or a call that cannot be captured) the runner itself, with the reason
-    when a CUDA call was not captured.
-
-    Timed call by call, the host's launches set the time of every sub-millisecond point, and they
-    jitter from process to process: over eight pr-gpu processes on the H200 (2026-11-29) the
-    between-process spread of points under 1 ms was 5.8% at the median (up to 54%), against 0.7%
-    for points of a millisecond and more, so the regression check could not see a few percent on
-    two thirds of its grid. ``own_stream``: the backend launches on a stream of its own (ONNX
-    Runtime), which a capture on PyTorch's stream would miss. A replay that differs from the
-    direct call falls back to the direct call, which is what the check verified."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return runner, None
-    if own_stream:
-        return runner, "runs on a CUDA stream of its own, which a graph on PyTorch's stream does not capture"
-    try:
-        with torch.no_grad():
-            return graphed(runner, device, bound), None
-    except (Unsupported, WrongResult) as exc:
-        return runner, f"timed call by call: {exc}"

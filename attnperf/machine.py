@@ -97,9 +97,31 @@ def host_description() -> dict[str, str]:
             "num_cpu": str(os.cpu_count() or ""), "ram": str(ram) if ram else ""}  # fmt: skip
 
 
+#: The GPU kernel libraries whose versions change what a benchmark measures, and their short names
+#: in the machine tag: a calibration or a history of one stack never judges another's.
+KERNEL_LIBRARIES = {"triton": "triton", "flash-attn-4": "fa4", "fa3-fwd": "fa3", "xformers": "xf", "fla-core": "fla"}
+
+
+def kernel_versions() -> str:
+    """``-cudnn91002-triton3.6.0-fa44.0.0b36…``: cuDNN's and each installed kernel library's version."""
+    from importlib import metadata
+
+    parts = []
+    cudnn = machine_info().get("cudnn")
+    if cudnn:
+        parts.append(f"cudnn{cudnn}")
+    for package, short in KERNEL_LIBRARIES.items():
+        try:
+            parts.append(f"{short}{metadata.version(package).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            continue
+    return "".join(f"-{p}" for p in parts)
+
+
 def machine_tag() -> str:
-    """A short name that differs whenever the hardware or stack does, e.g.
-    ``h100-80gb-hbm3-drv580-cu130-torch2.11`` or ``cpu-x86_64-torch2.13``."""
+    """A name that differs whenever the hardware or stack does, e.g. ``cpu-x86_64-torch2.13`` or
+    ``h200-drv580-cu130-torch2.11-cudnn91002-triton3.6.0-fa44.0.0b36-xf0.0.35`` (on a GPU the kernel
+    libraries' versions too, so that a calibration or a history never spans two stacks)."""
     info = machine_info()
     torch_version = info["torch"].split("+")[0].rsplit(".", 1)[0]
     if "gpu" not in info:
@@ -107,4 +129,4 @@ def machine_tag() -> str:
     gpu = re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower().replace("nvidia", "")).strip("-")
     driver = (info.get("driver") or "unknown").split(".")[0]
     cuda = (info.get("cuda") or "").replace(".", "")
-    return f"{gpu}-drv{driver}-cu{cuda}-torch{torch_version}"
+    return f"{gpu}-drv{driver}-cu{cuda}-torch{torch_version}{kernel_versions()}"

@@ -2,11 +2,10 @@
 
 * GPU work is asynchronous: every sample synchronizes the device before reading the host clock.
 * One warm-up :class:`Policy` per kind of device, for every entry point (asv, the batch runner,
-  the sweep, the tuner, pytest-benchmark): the device is kept busy once per process (an idle H100
-  sits at 345 MHz and needs load to reach its ~1.9 GHz boost; without it the repeat CV was 6.6%,
-  with it 0.6–1.0%; a fresh CPU process read up to 3× slow at its first point), then each point
-  is called for a short while before its samples, which keeps compilation (flex, flash-attn-4's
-  JIT) and first-call caches out of them.
+  the sweep, the tuner, pytest-benchmark): the device is kept busy once per process (an idle GPU
+  sits at a low clock and needs load to reach its boost; a fresh CPU process reads slow at its
+  first point: thread pools, page faults), then each point is called for a short while before its
+  samples, which keeps compilation (flex, flash-attn-4's JIT) and first-call caches out of them.
 * Each sample times enough back-to-back calls to last ``min_sample_s`` (as ``timeit``'s
   autorange), and the median of the samples is reported with all samples kept.
 """
@@ -185,9 +184,8 @@ def spin_cost(
     """Fit what a spin adds behind ``busy_s`` of queued work (a spin itself), just before it is used.
 
     A slowdown is injected after a call that keeps the device busy, so the spin's launch overlaps
-    that call: back-to-back shortest spins (launch-bound, 5.6 µs a spin on the H200) overstated
-    what one adds there, and the sizes came out short (the H200's trials at c1c8ea0 delivered
-    2.7-3.4 µs + 0.83-0.98 × the request: 1.4 / 2.2 / 3.9 / 8.3% for 2 / 3 / 5 / 10%). Busy work,
+    that call: back-to-back shortest spins are launch-bound and overstate what one adds there (the
+    injected sizes came out short when sized from them). Busy work,
     busy work plus the shortest spin, and busy work plus a ``long_s`` spin are timed alternately,
     ``repeat`` times each; their medians give the fixed cost and the slope. The busy work is a
     spin, not the slowed call (whose own noise, read as a difference of medians of long calls,
@@ -276,7 +274,7 @@ def measure_cpu_allocated_peak(fn: Callable[[], object]) -> int:
     ``fn``: the CPU counterpart of ``torch.cuda.max_memory_allocated``, exact and independent of
     glibc, from the profiler's memory events (slow: for checking memory models, not for timing).
 
-    On the shapes measured on the H100 it matched ``max_memory_allocated`` to the byte.
+    On a GPU the same events agree with ``max_memory_allocated`` to the byte.
     """
     from torch.profiler import ProfilerActivity, profile
 

@@ -78,8 +78,7 @@ IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
 
 #: Relative-error bound ‖logits − reference‖ / ‖reference‖, the reference being eager in float32
 #: on the same weights. Looser than one attention call's 1e-5 in float32: every layer adds its
-#: rounding and the LM head sums over the hidden size (sdpa and flex_attention measured 3e-7 to
-#: 6e-7 at the small size, 5.8e-6 and 6.4e-6 at Llama-3.2-1B's on an H200). In half precision each
+#: rounding and the LM head sums over the hidden size (docs/commands.md has the measured errors). In half precision each
 #: layer's output is rounded to 8 (bf16) or 11 (fp16) bits before the next, so how far a whole
 #: model lands from float32 grows with its depth: at Llama-3.2-1B's 16 layers, bf16 sdpa and
 #: flex_attention differed from bf16 eager by 3.6e-2. There an implementation is held to

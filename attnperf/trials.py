@@ -81,7 +81,7 @@ def finished(outputs: Iterable[ResultFile]) -> list[ResultFile]:
     from outside measured part of the grid and is no replicate."""
     kept = []
     for output in outputs:
-        if output.meta.get("exit_code", 0) == 0 and output.records:
+        if output.meta.get("exit_code") == 0 and output.records:
             kept.append(output)
         else:
             note = output.meta.get("error") or f"exit {output.meta.get('exit_code', 'not recorded')}"

@@ -126,12 +126,29 @@ def test_a_case_that_does_not_fit_is_recorded_and_the_sweep_goes_on(capsys, tmp_
     assert records[16]["status"] == "unsupported"
     assert records[16]["reason"].startswith("case does not fit topk: top_k")
     assert records[64]["status"] == "ok"
-    code, _ = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "16", "--heads", "4",
-                       "--kv-heads", "3", "--json", str(out), "--force"], capsys)  # fmt: skip
-    assert code == 0
-    (record,) = records_in(out)
-    assert record["status"] == "unsupported"
-    assert "heads (4) must be divisible by kv_heads (3)" in record["reason"]
+    before = out.read_text()
+    for heads, kv_heads in (("4", "3"), ("8", "16")):  # no point could be built: refused before the first
+        code, err = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "16", "--heads",
+                             heads, "--kv-heads", kv_heads, "--json", str(out), "--force"], capsys)  # fmt: skip
+        assert code == 2
+        assert f"--kv-heads {kv_heads}: must divide --heads {heads} (allowed: 1, 2, 4" in err
+    assert out.read_text() == before, "nothing written"
+
+
+def test_flag_values_that_cannot_run_are_refused_before_the_first_point(capsys, tmp_path) -> None:
+    """A value given twice, a limit that is not finite, an option a table would ignore: one line each."""
+    for argv, message in (
+        (["sweep", "--seq-lens", "64,64"], "argument --seq-lens: 64 given twice; give each value once"),
+        (["sweep", "--backends", "eager,eager"], "argument --backends: eager given twice"),
+        (["tune", "--memory-limit-mib", "inf"], "argument --memory-limit-mib: expected a finite number > 0, got inf"),
+        (["tune", "--memory-limit-mib", "nan"], "expected a finite number > 0, got nan"),
+        (["analyze", "--table", "--window", "64"], "--window: analyze --table uses each variant's own options"),
+        (["sweep", "--json", str(tmp_path / "x"), "--csv", str(tmp_path / "x")], "--csv and --json name the same file"),
+    ):
+        code, err = run_cli([*argv, *SMALL], capsys)
+        assert code == 2, argv
+        assert message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_an_existing_results_file_is_refused_resumed_or_overwritten(capsys, tmp_path) -> None:
@@ -156,7 +173,7 @@ def test_an_existing_results_file_is_refused_resumed_or_overwritten(capsys, tmp_
     assert "with another shape or options (and 3 more points); --force starts over" in err
     code, err = run_cli([*argv, "--resume", "--kv-heads", "3"], capsys)  # flags that cannot build the case
     assert code == 2
-    assert "with another shape or options" in err
+    assert "--kv-heads 3: must divide --heads 2" in err
     assert run_cli([*argv, "--force"], capsys)[0] == 0
 
 

@@ -245,9 +245,14 @@ def test_trials_pool_only_finished_processes_of_one_machine(tmp_path: Path, caps
     """A process stopped from outside is left out and named; processes of two machine tags are not
     one runner's pool: the evaluation stops and says so (exit 2)."""
 
+    from attnperf.benchgrid import grid_named
+    from attnperf.records import Record, Status
+
+    point = Record(grid_named("pr-cpu").points()[0], Status.OK, median_s=1.0, samples_s=(1.0,)).to_dict()
+
     def process(label: str, machine: str, **meta: object) -> None:
         write_json(tmp_path / f"{label}.json", {"schema": 2, "label": label, "fingerprint": "f" * 16,
-                                                "machine": machine, "records": [], "wall_s": 1.0, **meta})  # fmt: skip
+                                                "machine": machine, "records": [point], "wall_s": 1.0, **meta})  # fmt: skip
 
     process("trial-001-A", "cpu-a", exit_code=0)
     process("trial-002-B", "cpu-b", exit_code=0)

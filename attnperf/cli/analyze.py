@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from attnperf.cli.args import (
+    OPTION_FLAGS,
     PICTURE_N,
     add_cuda_graphs_argument,
     add_shape_arguments,
@@ -28,6 +29,11 @@ def print_complexity_table(args: argparse.Namespace) -> int:
 
     if args.measure_ceilings:  # the table has no roofline: the flag would be silently ignored
         raise UsageError("--measure-ceilings: --table draws no roofline and uses no ceilings; leave one of them out")
+    ignored = [flag for flag in OPTION_FLAGS if flag != "kv_heads" and getattr(args, flag) is not None]
+    if ignored:  # the table's rows are each variant's own definition: an override would be silently ignored
+        flag = "--" + ignored[0].replace("_", "-")
+        raise UsageError(f"{flag}: analyze --table uses each variant's own options; leave {flag} out, or use "
+                         "analyze without --table")  # fmt: skip
     if args.json:
         check_output(args.json, "--json")
     if len(set(args.seq_lens)) < 2:  # checked before --measure times anything

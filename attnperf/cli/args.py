@@ -16,9 +16,14 @@ OPTION_FLAGS = ("window", "top_k", "stride", "block", "num_global", "num_random"
 
 
 def csv_list(text: str) -> list[str]:
+    """Comma-separated values, at least one, none twice (a point measured twice would be compared
+    with itself)."""
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
         raise argparse.ArgumentTypeError("give at least one value (comma-separated)")
+    twice = sorted({item for item in items if items.count(item) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{', '.join(twice)} given twice; give each value once")
     return items
 
 
@@ -37,8 +42,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value:g}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
 
 
@@ -161,10 +166,21 @@ def options_of(args: argparse.Namespace) -> dict[str, int]:
     return {name: getattr(args, name) for name in OPTION_FLAGS if getattr(args, name) is not None}
 
 
+def check_heads(args: argparse.Namespace) -> None:
+    """``--kv-heads`` against ``--heads``, refused before any point runs (every point would be a case
+    that cannot be built)."""
+    kv_heads = getattr(args, "kv_heads", None)
+    if kv_heads is not None and (kv_heads > args.heads or args.heads % kv_heads):
+        raise UsageError(f"--kv-heads {kv_heads}: must divide --heads {args.heads} (allowed: "
+                         f"{', '.join(str(n) for n in range(1, args.heads + 1) if args.heads % n == 0)})")  # fmt: skip
+
+
 def grid_of(args: argparse.Namespace) -> Any:
-    """The :class:`attnperf.benchgrid.Grid` the shape arguments describe."""
+    """The :class:`attnperf.benchgrid.Grid` the shape arguments describe (flag combinations that
+    cannot build any point are refused here, before the first one runs)."""
     from attnperf.benchgrid import Grid
 
+    check_heads(args)
     return Grid(
         variants=tuple(getattr(args, "variants", None) or [args.variant]), backends=tuple(args.backends),
         seq_lens=tuple(getattr(args, "seq_lens", None) or [args.seq_len]), head_dims=(args.head_dim,),

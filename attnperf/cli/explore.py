@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 from attnperf.backends import BACKENDS
@@ -24,7 +25,7 @@ from attnperf.cli.args import (
     positive_int,
     require_cuda_for_graphs,
 )
-from attnperf.errors import EXIT_FAILURE, EXIT_INTERRUPTED, UsageError, check_output, exclusive
+from attnperf.errors import EXIT_FAILURE, EXIT_INTERRUPTED, UsageError, check_distinct, check_output, exclusive
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -73,7 +74,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from tqdm import tqdm
 
@@ -87,8 +87,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     require_cuda_for_graphs(args)
     grid = grid_of(args)
     json_path = Path(args.json) if args.json else None
+    csv_path = Path(args.csv) if args.csv else None
     if args.resume and json_path is None:
         raise UsageError("--resume continues the run in --json FILE; give --json")
+    check_distinct({"--json": json_path, "--csv": csv_path})
     done: list[Record] = []
     if json_path is not None:  # every check before the first point runs
         check_output(json_path, "--json", existing_ok=args.force or args.resume)
@@ -108,7 +110,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def progress(points: Any) -> Any:
         return tqdm(points, desc="sweep", unit="point", file=sys.stderr)
 
-    with exclusive(json_path) if json_path is not None else contextlib.nullcontext():
+    with contextlib.ExitStack() as locks:  # every file this sweep writes, so two sweeps never interleave in one
+        for path in (json_path, csv_path):
+            if path is not None:
+                locks.enter_context(exclusive(path))
         try:
             records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save, done=done,
                                 cuda_graph=args.cuda_graphs)  # fmt: skip
@@ -150,7 +155,6 @@ def csv_row(record: Any) -> dict[str, Any]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from attnperf.files import write_json
     from attnperf.profile import profile_point
@@ -188,6 +192,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for flag in ("json", "csv"):
         if getattr(args, flag):
             check_output(getattr(args, flag), f"--{flag}")
+    check_distinct({"--json": args.json and Path(args.json), "--csv": args.csv and Path(args.csv)})
     grid = grid_of(args)
     rows, results = [], []
     for backend in args.backends:

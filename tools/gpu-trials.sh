@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The pull-request check's calibration and error rates on a CUDA host, in phases that outlive one shell:
+# the trial pool runs in the background (its own session), and later phases wait for it and evaluate it.
+#
+#   tools/gpu-trials.sh start DIR BUDGET_S [attnperf trials flags…]   start the pool (attnperf trials), return
+#   tools/gpu-trials.sh wait DIR SECONDS                               wait up to SECONDS; exit 0 once the pool ended
+#   tools/gpu-trials.sh report DIR OUT [attnperf trials flags…]        evaluate the pool again (--reuse) into OUT:
+#                                                                      regress-trials.json, noise.json, runs.tgz
+#
+# ATTNPERF_ENV_FILE, when set, is sourced first (an environment that provides the GPU libraries).
+# Run from the repository root; every process measures this checkout's code.
+set -euo pipefail
+[[ -n ${ATTNPERF_ENV_FILE:-} ]] && source "$ATTNPERF_ENV_FILE"
+phase=${1:?start, wait or report}
+dir=${2:?the pool's folder}
+case $phase in
+  start)
+    budget=${3:?budget in seconds}; shift 3
+    mkdir -p "$dir/pool"
+    rm -f "$dir/exit-code"
+    setsid nohup bash -c 'python3 -m attnperf trials --workdir "$0/pool" --out "$0/regress-trials.json" \
+      --budget-s "$1" "${@:2}" > "$0/trials.log" 2>&1; echo $? > "$0/exit-code"' "$dir" "$budget" "$@" \
+      < /dev/null > /dev/null 2>&1 &
+    echo "started the trial pool in $dir (log: $dir/trials.log)";;
+  wait)
+    limit=${3:?seconds}
+    end=$((SECONDS + limit))
+    while [[ ! -f $dir/exit-code && $SECONDS -lt $end ]]; do
+      sleep 15
+      echo "$(date +%T) $(ls "$dir/pool"/trial-*.json 2>/dev/null | wc -l) processes; $(tail -n 1 "$dir/trials.log" 2>/dev/null)"
+    done
+    if [[ -f $dir/exit-code ]]; then echo "pool ended: exit $(cat "$dir/exit-code")"; tail -n 30 "$dir/trials.log"; exit 0; fi
+    echo "pool still running"; exit 3;;
+  report)
+    out=${3:?output folder}; shift 3
+    mkdir -p "$out"
+    python3 -m attnperf trials --reuse --workdir "$dir/pool" --out "$out/regress-trials.json" \
+      --noise-out "$out/noise.json" "$@"
+    tar -czf "$out/runs.tgz" -C "$dir" pool/points.json $(cd "$dir" && ls pool/trial-*.json pool/trial-*.log)
+    cp "$dir/trials.log" "$out/trials.log";;
+  *) echo "unknown phase $phase: start, wait or report" >&2; exit 2;;
+esac
