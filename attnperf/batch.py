@@ -201,12 +201,13 @@ class BatchRunner:
 
     def _model_figures(self, point: Point, median: float) -> dict[str, Any]:
         """The analyzer's predicted peak and useful TFLOP/s (derived: for the graphs, never gating)."""
-        from attnperf.analysis import forward_flops, predicted_peak_bytes
+        from attnperf.analysis import forward_flops
 
         figures: dict[str, Any] = {}
         try:
-            figures["predicted_bytes"] = predicted_peak_bytes(point.mechanism, point.backend, point.case)
-            figures["tflops"] = forward_flops(point.mechanism, point.backend, point.case).useful / median / 1e12
+            mechanism, backend = attnperf.get_mechanism(point.mechanism), get_backend(point.backend)
+            figures["predicted_bytes"] = backend.predicted_peak_bytes(mechanism, point.case)
+            figures["tflops"] = forward_flops(mechanism, backend, point.case).useful / median / 1e12
         except (KeyError, ValueError, NotImplementedError) as exc:  # no model: the graphs go without it
             figures["model_reason"] = error_line(exc)
         return figures

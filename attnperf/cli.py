@@ -391,7 +391,7 @@ def case_from_flags(variant: str, seq_len: int, **shape: Any) -> Any:
 
 def print_complexity_table(args: argparse.Namespace) -> int:
     """``attnperf analyze --table``: big-O classes beside the exponents fitted over --seq-lens."""
-    from attnperf.analysis.complexity import complexity_rows
+    from attnperf.reports.complexity import complexity_rows
     from attnperf.results import write_json
     from attnperf.sweep import run_sweep
 
@@ -428,8 +428,8 @@ def print_complexity_table(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     if args.table:
         return print_complexity_table(args)
-    from attnperf.analysis.hardware import ceilings
-    from attnperf.analysis.report import fit_exponents, join, predict
+    from attnperf.ceilings import ceilings
+    from attnperf.reports.predictions import fit_exponents, join, predict
     from attnperf.results import write_json
     from attnperf.sweep import run_sweep
 
@@ -465,7 +465,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from attnperf.analysis.hardware import ceilings
+    from attnperf.ceilings import ceilings
     from attnperf.plots import PICTURE_PLOTS, RESULT_PLOTS, PictureOptions, plot_pictures, plot_results
     from attnperf.records import load_records
 

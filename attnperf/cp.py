@@ -193,7 +193,7 @@ def time_ring(case: Case, seed: int, repeat: int) -> dict[str, Any]:
     if oom:
         return {"status": Status.OOM.value, "reason": oom[0]}
     median = max(r["median_s"] for r in per_rank)
-    flops = forward_flops("full", BACKEND, case)
+    flops = forward_flops(get_mechanism("full"), BACKEND, case)
     return result | {
         "status": Status.OK.value, "median_s": median, "tokens_per_s": case.batch * case.q_len / median,
         "useful_tflops": flops.useful / median / 1e12, "per_rank": per_rank,

@@ -149,7 +149,7 @@ def run_point(spec: PointSpec, *, repeat: int, min_sample_s: float | None = None
     except Exception as exc:  # out of memory, or any other error of the backend: recorded, and the sweep goes on
         status, reason = failure(exc, case.device)
         return Record(**head, status=status, reason=reason)
-    flops = forward_flops(spec.mechanism, backend, case)
+    flops = forward_flops(get_mechanism(spec.mechanism), backend, case)
     return Record(
         **head, status=Status.OK, rel_error=checked.error, median_s=timing.median, samples_s=tuple(timing.samples),
         spread=timing.spread, tokens_per_s=spec.batch * case.q_len / timing.median,

@@ -13,11 +13,12 @@ Sample counts: asv's Mann–Whitney test needs 7+ samples a side to ever fire (6
 reach p < 0.002), so ``rounds = 2`` × ``repeat`` ≥ 7 gives at least 14 per commit.
 """
 
-from attnperf.analysis import forward_flops, predicted_peak_bytes
+from attnperf.analysis import forward_flops
 from attnperf.backends import get_backend
 from attnperf.bench import BACKWARD, FORWARD, prepare_point
 from attnperf.benchgrid import active_grid
 from attnperf.measure import measure_peak, measure_time, synchronized_clock
+from attnperf.mechanisms import get_mechanism
 
 GRID = active_grid()
 PARAMS = [list(GRID.backends), list(GRID.variants), list(GRID.seq_lens), list(GRID.head_dims), list(GRID.dtypes)]
@@ -76,7 +77,8 @@ class TrackPeakMemory(_Suite):
 
     def track_predicted_peak_bytes(self, *params):
         """The analyzer's prediction for the same point, to read beside the measured one."""
-        return predicted_peak_bytes(self.point.mechanism, self.point.backend, self.point.case)
+        point = self.point
+        return get_backend(point.backend).predicted_peak_bytes(get_mechanism(point.mechanism), point.case)
 
 
 class TrackTFLOPs(_Suite):
@@ -91,7 +93,8 @@ class TrackTFLOPs(_Suite):
     def track_tflops(self, *params):
         point = self.point
         timing = measure_time(point.run, point.case.device, repeat=7)
-        tflops = forward_flops(point.mechanism, point.backend, point.case).useful / timing.median / 1e12
+        flops = forward_flops(get_mechanism(point.mechanism), get_backend(point.backend), point.case)
+        tflops = flops.useful / timing.median / 1e12
         return float(f"{tflops:.4g}")  # four digits: asv prints the float as returned
 
 

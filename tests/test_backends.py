@@ -137,7 +137,7 @@ def test_every_backend_has_a_flop_and_a_memory_model_for_every_mechanism_it_impl
             q_len = 1 if mechanism == "decode" else 256
             case = Case(heads=4, kv_heads=2, q_len=q_len, kv_len=256, head_dim=16, causal=causal,
                         **OPTIONS.get(mechanism, {}))  # fmt: skip
-            flops = forward_flops(mechanism, backend, case)
+            flops = forward_flops(MECHANISMS[mechanism], backend, case)
             assert flops.useful > 0, (name, mechanism, causal)
             assert flops.executed > 0, (name, mechanism, causal)
             peak = backend.predicted_peak_bytes(MECHANISMS[mechanism], case)
@@ -151,8 +151,8 @@ def test_whole_tensor_backends_execute_every_score() -> None:
     case = Case(heads=8, q_len=2048, head_dim=64, causal=True)
     dense = 4 * 8 * 64 * 2048 * 2048
     for name in ("eager", "sdpa-math", "onnxruntime"):
-        assert forward_flops("full", name, case).executed == dense, name
-    assert forward_flops("full", "flex", case).executed < 0.6 * dense
+        assert forward_flops(MECHANISMS["full"], BACKENDS[name], case).executed == dense, name
+    assert forward_flops(MECHANISMS["full"], BACKENDS["flex"], case).executed < 0.6 * dense
 
 
 def test_onnxruntime_backends_one_provider_each_and_say_why_they_cannot_run() -> None:
