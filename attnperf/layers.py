@@ -329,7 +329,7 @@ class MultiHeadAttention(nn.Module):
         reason = backend.supports(mech, case)
         if reason is not None:
             raise Unsupported(f"{backend.name} cannot run {mech.name} on {case.id}: {reason}")
-        transform = mech.qk_transform(case, q.device, q.dtype)
+        transform = backend.qk_transform(mech, case, q.device, q.dtype)
         if transform is not None:
             q, k = transform(q, k)
         total = masked_scores_bias(mech, case, q.device, q.dtype, extra)

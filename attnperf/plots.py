@@ -35,6 +35,7 @@ import torch
 
 from attnperf.analysis import fit_exponent, forward_flops, min_bytes, tail_exponent
 from attnperf.analysis.hardware import Hardware
+from attnperf.backends import get_backend
 from attnperf.case import Case, make_inputs
 from attnperf.catalog import VARIANTS
 from attnperf.layers import sinusoidal_table
@@ -174,7 +175,7 @@ def plot_roofline(records: list[dict[str, Any]], out: Path, hardware: Hardware) 
     points: dict[tuple[str, str, int], list[tuple[float, float]]] = defaultdict(list)
     for r in _ok(records):
         case = Case(**r["case"])
-        flops = forward_flops(r["mechanism"], r["backend"], case).executed
+        flops = forward_flops(get_mechanism(r["mechanism"]), get_backend(r["backend"]), case).executed
         points[(r["variant"], r["backend"], r["batch"])].append((flops / min_bytes(case), flops / r["median_s"] / 1e12))
     for (variant, backend, batch), xy in sorted(points.items()):
         label = backend + (f" B{batch}" if len(styles) > 1 else "")

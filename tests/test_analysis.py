@@ -2,20 +2,54 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnperf.analysis import fit_exponent, forward_flops, min_bytes, predicted_peak_bytes, roofline, tail_exponent
+from attnperf.analysis import Flops, fit_exponent, forward_flops, min_bytes, roofline, tail_exponent
 from attnperf.analysis.flops import allowed_pairs, visited_block_pairs
 from attnperf.analysis.hardware import DATASHEETS, datasheet_for
-from attnperf.backends import BACKENDS
+from attnperf.backends import BACKENDS, get_backend
 from attnperf.case import Case, make_inputs
 from attnperf.catalog import VARIANTS
 from attnperf.measure import measure_cpu_allocated_peak, measure_cuda_peak
 from attnperf.mechanisms import get_mechanism
 
 SMALL = {"window": 7, "top_k": 5, "stride": 8, "block": 16}
+
+
+def flops_of(mechanism: str, backend: str, case: Case) -> Flops:
+    """The formula applied to the objects the names stand for (the formulas take no names)."""
+    return forward_flops(get_mechanism(mechanism), get_backend(backend), case)
+
+
+def peak_of(mechanism: str, backend: str, case: Case) -> int:
+    return get_backend(backend).predicted_peak_bytes(get_mechanism(mechanism), case)
+
+
+def test_the_formulas_take_objects_not_names() -> None:
+    case = Case(q_len=64)
+    with pytest.raises(TypeError, match="get_mechanism"):
+        forward_flops("full", get_backend("eager"), case)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="get_backend"):
+        forward_flops(get_mechanism("full"), "eager", case)  # type: ignore[arg-type]
+
+
+def test_the_analysis_imports_only_the_case_and_the_mechanisms() -> None:
+    """The formulas sit below the backends, which build on them: an import of anything else of
+    attnperf from the analysis package would make a circle or an arrow running back up."""
+    folder = Path(__file__).parents[1] / "attnperf" / "analysis"
+    allowed = ("attnperf.analysis", "attnperf.case", "attnperf.mechanisms")
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                if name.startswith("attnperf"):
+                    assert name.startswith(allowed), f"{path.name} imports {name}"
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -26,7 +60,7 @@ def test_eager_flops_equal_flop_counter_mode_exactly(variant: str) -> None:
     run = BACKENDS["eager"].prepare(get_mechanism(var.mechanism), case, q, k, v)
     with FlopCounterMode(display=False) as counter:
         run()
-    assert forward_flops(var.mechanism, "eager", case).executed == counter.get_total_flops()
+    assert flops_of(var.mechanism, "eager", case).executed == counter.get_total_flops()
 
 
 def test_useful_pairs_match_brute_force_and_theory() -> None:
@@ -44,40 +78,35 @@ def test_useful_pairs_match_brute_force_and_theory() -> None:
 
 def test_executed_flops_follow_the_backend() -> None:
     case = Case(q_len=2048, heads=2, head_dim=32, window=128, causal=True)
-    eager = forward_flops("window", "eager", case)
-    flex = forward_flops("window", "flex", case)
-    sdpa = forward_flops("window", "sdpa-efficient", case)
+    eager = flops_of("window", "eager", case)
+    flex = flops_of("window", "flex", case)
+    sdpa = flops_of("window", "sdpa-efficient", case)
     assert eager.useful == flex.useful == sdpa.useful
     assert eager.executed == 4 * 2 * 32 * 2048 * 2048  # dense
     assert sdpa.executed == eager.executed  # a dense boolean mask: nothing skipped
     assert flex.useful < flex.executed < eager.executed / 5
     # SDPA's own causal mode skips blocks
     causal = Case(q_len=2048, causal=True)
-    assert forward_flops("full", "sdpa-flash", causal).executed < 0.6 * forward_flops("full", "eager", causal).executed
+    assert flops_of("full", "sdpa-flash", causal).executed < 0.6 * flops_of("full", "eager", causal).executed
 
 
 def test_min_bytes_and_roofline() -> None:
     case = Case(batch=2, heads=8, kv_heads=2, q_len=1, kv_len=4096, head_dim=64, dtype="bfloat16")
     assert min_bytes(case) == 2 * (2 * 2 * 8 * 64 + 2 * 2 * 2 * 4096 * 64)
-    r = roofline("decode", "flash-attn4", case, DATASHEETS["h100-sxm"])
+    r = roofline(get_mechanism("decode"), get_backend("flash-attn4"), case, DATASHEETS["h100-sxm"])
     assert r.limited_by == "memory"  # one token against a cache: bound by reading the cache
-    dense = roofline(
-        "full", "flash-attn4", Case(q_len=16384, heads=16, head_dim=128, dtype="bfloat16"), DATASHEETS["h100-sxm"]
-    )
+    long = Case(q_len=16384, heads=16, head_dim=128, dtype="bfloat16")
+    dense = roofline(get_mechanism("full"), get_backend("flash-attn4"), long, DATASHEETS["h100-sxm"])
     assert dense.limited_by == "compute"
     assert datasheet_for("NVIDIA H100 80GB HBM3") is DATASHEETS["h100-sxm"]
 
 
 def test_memory_predictions_scale_as_the_theory_says() -> None:
     small, big = Case(q_len=1024), Case(q_len=2048)
-    assert predicted_peak_bytes("full", "eager", big) / predicted_peak_bytes("full", "eager", small) == pytest.approx(
-        4, rel=0.05
-    )
-    assert predicted_peak_bytes("full", "flex", big) / predicted_peak_bytes("full", "flex", small) == pytest.approx(
-        2, rel=0.01
-    )
+    assert peak_of("full", "eager", big) / peak_of("full", "eager", small) == pytest.approx(4, rel=0.05)
+    assert peak_of("full", "flex", big) / peak_of("full", "flex", small) == pytest.approx(2, rel=0.01)
     lin_small, lin_big = Case(q_len=1024, causal=True), Case(q_len=2048, causal=True)
-    assert predicted_peak_bytes("linear", "tiled", lin_big) < 2.1 * predicted_peak_bytes("linear", "tiled", lin_small)
+    assert peak_of("linear", "tiled", lin_big) < 2.1 * peak_of("linear", "tiled", lin_small)
 
 
 def test_fit_recovers_a_known_exponent_with_an_interval() -> None:
@@ -124,7 +153,7 @@ def test_predicted_peak_memory_matches_the_cpu_allocator(
     with torch.no_grad():
         run()
         measured = measure_cpu_allocated_peak(run)
-    predicted = predicted_peak_bytes(mech, backend, case)
+    predicted = BACKENDS[backend].predicted_peak_bytes(mech, case)
     assert predicted == pytest.approx(measured, rel=0.10, abs=320 * 1024), f"{case.id}: {predicted} vs {measured}"
 
 
@@ -177,7 +206,7 @@ def test_predicted_peak_memory_within_10_percent_on_gpu(variant: str, backend: s
                 pytest.skip(str(exc).splitlines()[0])
             raise
         measured = measure_cuda_peak(run, "cuda")
-    predicted = predicted_peak_bytes(var.mechanism, backend, case)
+    predicted = BACKENDS[backend].predicted_peak_bytes(mech, case)
     ratio = predicted / measured
     print(f"MEMORY {variant} {backend} {case.id} predicted {predicted} measured {measured} ratio {ratio:.3f}")
     assert predicted == pytest.approx(measured, rel=0.10)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from attnperf.analysis.complexity import COMPLEXITY, complexity_rows
 from attnperf.cli import main
 from attnperf.mechanisms import MECHANISMS
+from attnperf.reports.complexity import COMPLEXITY, complexity_rows
 
 #: Variants whose options scale with n as the class assumes (strided fixes s = 64, so its class
 #: at the default s = √n does not apply; strided_sqrt is that variant at s = √n).

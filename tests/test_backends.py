@@ -16,12 +16,15 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 
 from attnperf.analysis import forward_flops
 from attnperf.backends import BACKENDS
-from attnperf.case import Case
+from attnperf.backends.rotation import rotation_for
+from attnperf.case import Case, make_inputs
 from attnperf.correctness import check
 from attnperf.mechanisms import MECHANISMS
+from attnperf.mechanisms.positional import rotate_half_rope, rotate_half_rope_seq_major
 
 from .conftest import DEVICES, SEED
 
@@ -137,12 +140,37 @@ def test_every_backend_has_a_flop_and_a_memory_model_for_every_mechanism_it_impl
             q_len = 1 if mechanism == "decode" else 256
             case = Case(heads=4, kv_heads=2, q_len=q_len, kv_len=256, head_dim=16, causal=causal,
                         **OPTIONS.get(mechanism, {}))  # fmt: skip
-            flops = forward_flops(mechanism, backend, case)
+            flops = forward_flops(MECHANISMS[mechanism], backend, case)
             assert flops.useful > 0, (name, mechanism, causal)
             assert flops.executed > 0, (name, mechanism, causal)
             peak = backend.predicted_peak_bytes(MECHANISMS[mechanism], case)
             assert isinstance(peak, int), (name, mechanism, causal, peak)
             assert peak > 0, (name, mechanism, causal, peak)
+
+
+def test_backends_hand_their_rotation_to_a_rotating_mechanism() -> None:
+    """Mechanisms import no kernels: RoPE rotates with the rotation a backend passes in (Triton's
+    on CUDA, chosen by attnperf.backends.rotation; the eager one on the CPU), and with its own eager
+    rotation when none is given. A mechanism that rotates nothing gets no transform."""
+    case = Case(heads=2, kv_heads=1, q_len=17, head_dim=8)
+    q, k, _ = make_inputs(case)
+    assert BACKENDS["eager"].qk_transform(MECHANISMS["full"], case, "cpu", q.dtype) is None
+    assert rotation_for("cpu", seq_major=False) is rotate_half_rope
+    assert rotation_for("cpu", seq_major=True) is rotate_half_rope_seq_major
+    rotated: list[torch.Size] = []
+
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        rotated.append(x.shape)
+        return -rotate_half_rope(x, cos, sin)  # negated: proves this rotation, not the default, ran
+
+    rope = MECHANISMS["rope"]
+    given = rope.qk_transform(case, "cpu", q.dtype, rotate=rotate)(q, k)
+    assert rotated == [q.shape, k.shape]
+    backend = BACKENDS["eager"].qk_transform(rope, case, "cpu", q.dtype)(q, k)
+    default = rope.qk_transform(case, "cpu", q.dtype)(q, k)
+    for mine, theirs, own in zip(given, backend, default, strict=True):
+        assert torch.equal(theirs, own)
+        assert torch.equal(mine, -own)
 
 
 def test_whole_tensor_backends_execute_every_score() -> None:
@@ -151,8 +179,8 @@ def test_whole_tensor_backends_execute_every_score() -> None:
     case = Case(heads=8, q_len=2048, head_dim=64, causal=True)
     dense = 4 * 8 * 64 * 2048 * 2048
     for name in ("eager", "sdpa-math", "onnxruntime"):
-        assert forward_flops("full", name, case).executed == dense, name
-    assert forward_flops("full", "flex", case).executed < 0.6 * dense
+        assert forward_flops(MECHANISMS["full"], BACKENDS[name], case).executed == dense, name
+    assert forward_flops(MECHANISMS["full"], BACKENDS["flex"], case).executed < 0.6 * dense
 
 
 def test_onnxruntime_backends_one_provider_each_and_say_why_they_cannot_run() -> None:

@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
-from attnperf.analysis import min_bytes, predicted_peak_bytes
+from attnperf.analysis import min_bytes
+from attnperf.backends import get_backend
 from attnperf.case import Case
 from attnperf.cli import main
 from attnperf.errors import Failure, exclusive
+from attnperf.mechanisms import get_mechanism
 
 SMALL = ["--heads", "2", "--head-dim", "16", "--repeat", "3"]
 
@@ -111,7 +113,8 @@ def test_a_point_too_large_for_memory_is_refused_and_the_sweep_goes_on(capsys, t
     assert refused["status"] == "refused"
     assert refused["needed_bytes"] > refused["available_bytes"]
     case = Case(**refused["case"])
-    assert refused["predicted_peak_bytes"] == predicted_peak_bytes("full", "eager", case), "the analyzer's figure"
+    predicted = get_backend("eager").predicted_peak_bytes(get_mechanism("full"), case)
+    assert refused["predicted_peak_bytes"] == predicted, "the analyzer's figure"
     assert refused["needed_bytes"] == min_bytes(case) + refused["predicted_peak_bytes"]
     assert "GiB free on cpu" in records[200000]["reason"]
     assert records[64]["status"] == "ok"

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from attnperf.analysis import predicted_peak_bytes, tail_exponent
+from attnperf.analysis import tail_exponent
+from attnperf.backends import get_backend
 from attnperf.case import Case
 from attnperf.catalog import get_variant
+from attnperf.mechanisms import get_mechanism
 
 RECORDS = Path(__file__).resolve().parent.parent / "docs" / "gpu" / "2026-11-28"
 #: The shape every analyze-*.json there was measured at (tools/gpu-check.sh's SHAPE, --window 512);
@@ -77,7 +79,8 @@ def test_on_gpu_test_shapes_match_h100(
 ) -> None:
     case = get_variant(variant).case(n, batch=2, heads=8, head_dim=64, dtype=dtype, device="cuda", window=256)
     assert case.id == case_id, "the catalog's variant no longer builds the case that was measured"
-    assert predicted_peak_bytes(get_variant(variant).mechanism, backend, case) == pytest.approx(measured, rel=0.10)
+    predicted = get_backend(backend).predicted_peak_bytes(get_mechanism(get_variant(variant).mechanism), case)
+    assert predicted == pytest.approx(measured, rel=0.10)
 
 
 @pytest.mark.parametrize(("source", "row"), analyze_rows())
@@ -87,14 +90,15 @@ def test_analyze_prediction_matches_h100(source: str, row: dict) -> None:
     else:
         options = {"window": 512} if row["variant"] == "sliding_window" else {}
         case = get_variant(row["variant"]).case(row["seq_len"], **ANALYZE_SHAPE, **options)
-    predicted = predicted_peak_bytes(get_variant(row["variant"]).mechanism, row["backend"], case) / 2**20
+    mechanism = get_mechanism(get_variant(row["variant"]).mechanism)
+    predicted = get_backend(row["backend"]).predicted_peak_bytes(mechanism, case) / 2**20
     assert predicted == pytest.approx(row["meas_mib"], rel=0.10), f"{source}: {row['variant']} {row['backend']}"
 
 
 @pytest.mark.parametrize(("source", "record"), sweep_records())
 def test_sweep_prediction_matches_h100(source: str, record: dict) -> None:
     case = Case(**record["case"])
-    predicted = predicted_peak_bytes(record["mechanism"], record["backend"], case)
+    predicted = get_backend(record["backend"]).predicted_peak_bytes(get_mechanism(record["mechanism"]), case)
     assert predicted == pytest.approx(record["peak_bytes"], rel=0.10), f"{source}: {record['backend']}"
 
 

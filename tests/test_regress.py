@@ -251,8 +251,8 @@ def test_trials_pool_only_finished_processes_of_one_machine(tmp_path: Path, caps
     point = Record(grid_named("pr-cpu").points()[0], Status.OK, median_s=1.0, samples_s=(1.0,)).to_dict()
 
     def process(label: str, machine: str, **meta: object) -> None:
-        write_json(tmp_path / f"{label}.json", {"schema": 2, "label": label, "fingerprint": "f" * 16,
-                                                "machine": machine, "records": [point], "wall_s": 1.0, **meta})  # fmt: skip
+        data = {"schema": 2, "label": label, "fingerprint": "f" * 16, "machine": machine, "records": [point]}
+        write_json(tmp_path / f"{label}.json", data | {"wall_s": 1.0, **meta})
 
     process("trial-001-A", "cpu-a", exit_code=0)
     process("trial-002-B", "cpu-b", exit_code=0)

@@ -158,7 +158,8 @@ for seq_major in (False, True):
     (want,) = torch.autograd.grad(eager_out, x, g.transpose(1, 2) if seq_major else g)
     grads.append(float((got - want).abs().max()))
 # Under torch.export (ONNX Runtime's graph) the rotation is the eager one: a Triton launch cannot be traced.
-from attnperf.mechanisms.positional import rotate_half_rope_seq_major, rotation_for
+from attnperf.backends.rotation import rotation_for
+from attnperf.mechanisms.positional import rotate_half_rope_seq_major
 
 
 class Rotate(torch.nn.Module):

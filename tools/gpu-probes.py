@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from attnperf.analysis.hardware import measure_copy_bandwidth
+from attnperf.ceilings import measure_copy_bandwidth
 from attnperf.correctness import relative_error
 from attnperf.errors import error_line
 from attnperf.graphs import graphed
@@ -169,7 +169,7 @@ def bigbird_blocksparse(lens: list[int]) -> dict[str, Any]:
         q, k, v = make_inputs(case, seed=n)
         rows = torch.cat([torch.arange(min(64, n)), torch.arange(max(0, n - 64), n)]).unique()
         expected = mech.reference(q, k, v, case, rows).transpose(1, 2)  # [B, T, H, D]: timed() slices T
-        useful = forward_flops("bigbird", "flash-attn4", case).useful
+        useful = forward_flops(mech, FlashAttn4(), case).useful
         paths = {"block-sparse": FlashAttn4(), "split": split}
         if not paths["block-sparse"].bigbird_one_call(case):
             print(f"the one call does not apply at {n} (needs SM90 and a block its tiles fit)", file=sys.stderr)

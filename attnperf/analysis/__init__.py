@@ -1,9 +1,13 @@
-"""The analyzer: predicted FLOPs, bytes, peak memory and roofline time, and fitted scaling,
-each held against measurements (tests and ``attnperf analyze``)."""
+"""The analyzer's formulas: FLOPs, bytes, peak memory and roofline time of a (mechanism, backend,
+case), and the fit of a scaling exponent.
 
-from attnperf.analysis.flops import Flops, forward_flops
-from attnperf.analysis.hardware import DATASHEETS, Hardware, datasheet_for, measured
-from attnperf.analysis.memory import min_bytes, predicted_peak_bytes
+Formulas only: they take :class:`~attnperf.mechanisms.Mechanism` and backend objects (never
+names) and import nothing above the mechanisms, so the backends can build on them. Resolving
+names and joining predictions with measured records is :mod:`attnperf.reports`' work."""
+
+from attnperf.analysis.flops import Flops, KernelFacts, forward_flops
+from attnperf.analysis.hardware import DATASHEETS, Hardware, datasheet_for
+from attnperf.analysis.memory import min_bytes
 from attnperf.analysis.roofline import Roofline, roofline
 from attnperf.analysis.scaling import Fit, fit_exponent, tail_exponent
 
@@ -12,13 +16,12 @@ __all__ = [
     "Fit",
     "Flops",
     "Hardware",
+    "KernelFacts",
     "Roofline",
     "datasheet_for",
     "fit_exponent",
     "forward_flops",
-    "measured",
     "min_bytes",
-    "predicted_peak_bytes",
     "roofline",
     "tail_exponent",
 ]

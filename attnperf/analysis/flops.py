@@ -8,29 +8,46 @@ masks, biases and rotations are elementwise and not counted (nor does
 
 * **useful**: only the attended (query, key) pairs, so an O(n·w) window kernel is not credited
   with n² work; for top-k, the n² scores it must compute to choose plus the k products.
-* **executed**: what the backend really multiplies, from two facts each backend states about
-  itself (:class:`attnperf.backends.Backend`): its ``block_size`` (None for code that works on
-  whole tensors and materializes every score: eager, sdpa-math, onnxruntime's eager graph) and
-  :meth:`~attnperf.backends.Backend.native_mask` (whether its kernel takes this mask itself and
-  can skip the blocks it leaves empty). So: dense for whole-tensor code and for kernels given a
-  dense mask, whole blocks for block-skipping kernels (flex, tiled, flash-attn, xFormers, SDPA's
-  native causal), the associative O(n·D²) form for linear attention (chunked where the backend
-  works in chunks).
+* **executed**: what the backend really multiplies, from the facts each backend states about
+  itself (:class:`KernelFacts`): its ``block_size`` (None for code that works on whole tensors
+  and materializes every score) and its ``executed_pairs`` (dense for whole-tensor code and for
+  kernels given a dense mask, whole blocks for block-skipping kernels, counted by
+  :func:`visited_block_pairs`); the associative O(n·D²) form for linear attention (chunked where
+  the backend works in chunks).
+
+These are formulas of objects: they take a :class:`~attnperf.mechanisms.Mechanism` and a
+backend, never their names, and import nothing from :mod:`attnperf.backends`, which builds on
+them (a backend's ``executed_pairs`` counts with :func:`visited_block_pairs`).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from attnperf.case import Case
-from attnperf.mechanisms import Family, Mechanism, SoftmaxMechanism, get_mechanism
+from attnperf.mechanisms import Family, Mechanism, SoftmaxMechanism
 
-if TYPE_CHECKING:
-    from attnperf.backends import Backend
+
+class KernelFacts(Protocol):
+    """What the FLOP model reads of a backend (:class:`attnperf.backends.Backend` states them)."""
+
+    @property
+    def block_size(self) -> int | None:
+        """The query/key block (linear attention's chunk) the kernel works in; None for code that
+        works on whole tensors."""
+        ...
+
+    def executed_pairs(self, mechanism: SoftmaxMechanism, case: Case) -> int:
+        """(query, key) pairs the backend multiplies, summed over every device it runs on."""
+        ...
+
+    def for_case(self, mechanism: Mechanism, case: Case) -> KernelFacts:
+        """The facts that hold for ``case`` (a dispatching backend answers with its kernel's)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -45,9 +62,10 @@ def _rows(case: Case, rows: int = 256) -> list[tuple[int, int]]:
 
 @functools.lru_cache(maxsize=512)
 def allowed_pairs(mechanism: SoftmaxMechanism, case: Case) -> int:
-    """How many (query, key) pairs the mask allows, counted a band of rows at a time, once per
-    (mechanism, case) in a process: a batch process asks it for every backend of a point, and at
-    8k the count evaluates 67M pairs (0.2-0.4 s on a 2-core CPU, 14-18 s of an H200 pr-gpu process)."""
+    """How many (query, key) pairs the mask allows, counted a band of rows at a time (a band keeps
+    the boolean mask small at long lengths), and cached per (mechanism, case) in a process: a batch
+    process asks it for every backend of a point, and at long lengths the count evaluates every
+    one of the n² pairs on the CPU."""
     fn = mechanism.mask_fn(case, "cpu")
     if fn is None:
         return case.q_len * case.k_len
@@ -74,21 +92,17 @@ def visited_block_pairs(mechanism: SoftmaxMechanism, case: Case, block: int) -> 
     return total
 
 
-def executed_pairs(mechanism: SoftmaxMechanism, case: Case, backend: Backend) -> int:
-    """Pairs a single kernel call multiplies: every pair for whole-tensor code or a dense mask, else
-    the visited blocks. The default of :meth:`Backend.executed_pairs`, which a backend that splits
-    the work differently (context parallelism's ring) replaces with its own count."""
-    if backend.block_size is None or not backend.native_mask(mechanism, case):
-        return case.q_len * case.k_len
-    return visited_block_pairs(mechanism, case, backend.block_size)
+def forward_flops(mechanism: Mechanism, backend: KernelFacts, case: Case) -> Flops:
+    """Useful and executed forward FLOPs of ``backend`` computing ``mechanism`` on ``case``.
 
-
-def forward_flops(mechanism: str | Mechanism, backend: str | Backend, case: Case) -> Flops:
-    """Useful and executed forward FLOPs of ``backend`` computing ``mechanism`` on ``case``."""
-    from attnperf.backends import get_backend  # backends import the analysis; resolve names late
-
-    mech = get_mechanism(mechanism)
-    be = get_backend(backend).for_case(mech, case)
+    Objects, not names: resolve a name with :func:`attnperf.mechanisms.get_mechanism` and
+    :func:`attnperf.backends.get_backend` (a name is a ``TypeError`` that says so)."""
+    if not isinstance(mechanism, Mechanism) or isinstance(backend, str):
+        raise TypeError(
+            "forward_flops takes a Mechanism and a Backend (get_mechanism(name), get_backend(name)), "
+            f"got mechanism={mechanism!r}, backend={backend!r}"
+        )
+    mech, be = mechanism, backend.for_case(mechanism, case)
     bh, d = case.batch * case.heads, case.head_dim
     match mech.family:
         case Family.SOFTMAX:

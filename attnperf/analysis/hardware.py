@@ -1,19 +1,13 @@
-"""Ceilings: datasheet peaks for common GPUs, and micro-benchmarks for the machine at hand.
+"""Hardware ceilings as data: peak FLOP/s per dtype and memory bandwidth, from datasheets.
 
-Datasheet numbers are leads; roofline fractions use the *measured* ceilings (a large matrix
-product for FLOP/s, a large device copy for bandwidth), as measured on an H100 (docs/measured-h100.md):
-770–798 TFLOP/s bf16 against 989 on paper, 3.0 TB/s against 3.35.
+Datasheet peaks are upper leads: a large matrix product or device copy reaches less than the
+paper figure (docs/measured-h100.md), so a roofline drawn against a datasheet flatters no kernel.
+Measuring the machine at hand is :mod:`attnperf.ceilings`' work, which also chooses between the two.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-
-import torch
-
-from attnperf.errors import UsageError
-from attnperf.measure import measure_time
 
 
 @dataclass(frozen=True)
@@ -46,51 +40,3 @@ def datasheet_for(device_name: str) -> Hardware | None:
         if key.split("-")[0] in name:
             return hw
     return None
-
-
-def measure_matmul_flops(device: str, dtype: torch.dtype, n: int | None = None) -> float:
-    """FLOP/s of an n × n × n product on random data (8192 on a GPU, 1024 on the CPU)."""
-    n = n or (8192 if device.startswith("cuda") else 1024)
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    timing = measure_time(lambda: a @ b, device, repeat=5)
-    return 2 * n**3 / timing.median
-
-
-def measure_copy_bandwidth(device: str, nbytes: int | None = None) -> float:
-    """Bytes/s of a device-to-device copy, counting bytes read plus bytes written."""
-    nbytes = nbytes or (2**30 if device.startswith("cuda") else 2**27)
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    timing = measure_time(lambda: dst.copy_(src), device, repeat=5)
-    return 2 * nbytes / timing.median
-
-
-@functools.cache
-def measured(device: str, dtype: str) -> Hardware:
-    """This machine's measured ceilings for ``dtype`` (cached per process)."""
-    torch_dtype = getattr(torch, dtype)
-    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
-    return Hardware(
-        f"{name} (measured)", {dtype: measure_matmul_flops(device, torch_dtype)}, measure_copy_bandwidth(device)
-    )
-
-
-def ceilings(device: str, dtype: str, *, gpu_name: str | None = None, measure: bool = False) -> Hardware:
-    """The ceilings a roofline is drawn against, chosen here only: a GPU's datasheet (the GPU
-    ``gpu_name`` that results were measured on, else ``device``'s), or this machine's measured
-    ones (the CPU, ``measure=True``, or a GPU without a datasheet entry). Results from a GPU
-    without a datasheet entry, read on another machine, are a :class:`UsageError`: their
-    ceilings cannot be had here."""
-    on_gpu = device.startswith("cuda")
-    if gpu_name is None and on_gpu:
-        gpu_name = torch.cuda.get_device_name(torch.device(device))
-    if gpu_name is not None and not measure:
-        sheet = datasheet_for(gpu_name)
-        if sheet is not None:
-            return sheet
-    if gpu_name is not None and not on_gpu:
-        raise UsageError(f"no datasheet ceilings for {gpu_name!r} (known: {', '.join(DATASHEETS)}), and a GPU's "
-                         "ceilings cannot be measured on this machine")  # fmt: skip
-    return measured(device, dtype)

@@ -1,81 +1,24 @@
 """Bytes: the minimum a forward must move, and the peak extra memory a backend allocates.
 
-**Minimum bytes**: read q, k, v once and write the output once — the memory side of the
-roofline (a KV-cache decode step is bound by it).
+**Minimum bytes** (:func:`min_bytes`): q, k, v read once and the output written once, the memory
+side of the roofline.
 
-**Predicted peak extra memory** of one forward beyond its inputs (what
-``torch.cuda.max_memory_allocated`` grows by), derived from each code path. This module holds the
-formulas, one per code path; each backend names the ones its code follows
-(:meth:`attnperf.backends.Backend.predicted_peak_bytes`), so a new backend brings its model with
-it and ``tests/test_backends.py`` proves every registered backend has one. S is the
-number of score elements ``B·H·Lq·Lk``, e the element size and w the working precision (float32
-for half inputs, else e). Where a backend passes through phases, the peak is the largest. The
-plain-PyTorch backends (eager, sdpa-math, tiled) are held to the CPU allocator's exact peak over
-MHA/GQA/MQA, decode and cross shapes in three dtypes (tests/test_analysis.py), the fused kernels
-to the H100 (tests/test_gpu_records.py):
-
-* eager: ``q kᵀ`` then ``· scale`` (two score tensors alive at once); in float32/64 the scores,
-  their softmax and the output (2·S·e + out); in half precision the float32 softmax of a
-  float32 copy while the half scores live, S·(e + 8), or later the half probabilities beside
-  the scores and the output. Plus GQA's expanded k/v and RoPE's rotated q/k.
-* eager top-k: float32 scores, sort values (4 bytes) and indices (8 bytes): 16·S.
-* sdpa-math: PyTorch's composite math path upcasts half inputs to w, expands GQA's k and v,
-  turns a boolean mask into an additive one (Lq·Lk·w) and scales q and k (copies; k's, of the
-  expanded key, is freed once q kᵀ is formed). Then the largest of: the product phase (scaled
-  q and k, S·w), the softmax phase (scores, softmax, and ``_safe_softmax``'s boolean ``== -inf``
-  test of every score with its per-row flags: 2·S·w + S + B·H·Lq) and the output phase
-  (probabilities, the output in w and its cast). Without the ``-inf`` test the model was 9–10%
-  short on every H100 shape; the output phase is the peak when Lk is not much above D.
-* flash-style kernels (sdpa-flash / -efficient / -cudnn, flex, flash-attn, xFormers): the output
-  and a float32 log-sum-exp per query row; an SDPA kernel given a dense *boolean* mask also
-  converts it to an additive mask of Lq·Lk·e (an ALiBi bias is additive already: measured on the
-  H100, counting it over-predicted 2–5×).
-* tiled: the output plus one tile's scores, probabilities and exponentials in w, the running
-  output with its rescaled copy and p·v, and with GQA the kv tile that the grouped product
-  broadcasts over the group (materialized, B·H·bk·D·e).
-* linear, eager: φ(q), φ(k) and (for half inputs) v in the working precision, float32 at least;
-  φ(x) = elu(x) + 1 holds x's converted copy, elu(x) and the result at once, which is the peak
-  with few queries and a long key sequence (decode, cross attention).
-  Causal keeps running D × D states for every position, the outer products and their
-  cumulative sum alive together (2·B·H·Lk·D²·4: 4144 MiB measured and predicted at n = 2048,
-  16 heads, D = 128, bf16 on the H100); non-causal one D × D state and two output-sized
-  float32 tensors (``φ(q)·S`` with ``φ(q)·z``, or with the quotient).
-* linear, tiled: the same features (v also when GQA expands it), one D × D state per head and
-  two output-sized float32 tensors (causal: the per-chunk outputs and their concatenation, plus
-  one chunk's scores and partial output; non-causal: ``φ(q)·S`` and ``φ(q)·z``). On the H100
-  this replaced a features + state count that was 2.2× short (91 MiB measured at n = 2048,
-  16 heads, D = 128, bf16); counting the causal tile twice over-predicted 1024-token cases
-  by 11%, and the final cast, which non-causal makes after ``φ(q)·z`` is freed, by 9%.
-* ``.to(q.dtype)`` at the end of eager and tiled copies the output only for half inputs.
-* linear, fla (fla-core 0.6.0, ``chunk_linear_attn(normalize=True)``): φ(q), φ(k) in the input
-  dtype, then the larger of two phases: the chunk states (one D × D per 64-token chunk, kept in
-  the input dtype in the forward) with the unnormalized output, or the normalization, where the
-  output, the key cumsum, ``q·scale`` and its product with the cumsum are alive at once (4
-  output-sized tensors). On the H100 the second phase is the peak: 96 MiB at n = 4096, 16
-  heads, D = 128, bf16; counting float32 states over-predicted by 17%.
-* triton (attnperf's own kernels, predicted from their code, not yet held to a GPU
-  measurement): top-k the output, a threshold and a count per query and its row of
-  CAP_PER_K · k' packed int64 candidates (k' = k rounded up to a power of two; a call whose rows
-  overflow also allocates a second output for the exact streaming pass, not counted);
-  linear the output plus float32 chunk states, one D × D state and a D normalizer per kv head
-  for every 64-token chunk and one more (the state of all keys).
-* onnxruntime runs the exported eager graph: the eager formulas are its model, an upper estimate
-  (ONNX Runtime plans and reuses its own buffers) that no measurement holds: its CPU arena is
-  invisible to RSS growth and its CUDA memory to PyTorch's allocator.
-* flex's block mask (O(n²/128²)) and SDPA's dense masks are built in ``prepare``, before the
-  measured call, and so are not counted here.
+**Peak extra memory** of one forward beyond its inputs (what ``torch.cuda.max_memory_allocated``
+grows by): one formula per code path, derived from that code, with S = ``B·H·Lq·Lk`` score
+elements, e the element size and w the working precision (float32 for half inputs, else e).
+Where a path passes through phases the peak is the largest phase. Each backend names the
+formulas its code follows (:meth:`attnperf.backends.Backend.predicted_peak_bytes`), so a new
+backend brings its model with it. Masks built in ``prepare`` (flex's block mask, SDPA's dense
+masks) come before the measured call and are not counted. The derivation of every formula, and
+the measurements that shaped it, are in ``docs/memory-model.md``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from attnperf.case import Case
-from attnperf.mechanisms import Mechanism, SoftmaxMechanism, get_mechanism
-
-if TYPE_CHECKING:
-    from attnperf.backends import Backend
+from attnperf.mechanisms import SoftmaxMechanism
 
 
 def element_size(case: Case) -> int:
@@ -88,13 +31,6 @@ def min_bytes(case: Case) -> int:
     q = case.batch * case.heads * case.q_len * case.head_dim
     kv = case.batch * case.n_kv_heads * case.k_len * case.head_dim
     return e * (2 * q + 2 * kv)
-
-
-def predicted_peak_bytes(mechanism: str | Mechanism, backend: str | Backend, case: Case) -> int:
-    """Predicted peak extra bytes of one forward of ``backend`` on ``case`` (see module doc)."""
-    from attnperf.backends import get_backend  # backends import this module's formulas
-
-    return get_backend(backend).predicted_peak_bytes(get_mechanism(mechanism), case)
 
 
 def _rotated(mech: SoftmaxMechanism, case: Case) -> int:

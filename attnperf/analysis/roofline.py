@@ -1,13 +1,16 @@
-"""The roofline bound of one (mechanism, backend, case): max(FLOPs / peak, bytes / bandwidth)."""
+"""The roofline bound of one (mechanism, backend, case): max(FLOPs / peak, bytes / bandwidth).
+
+A formula of objects, as :func:`attnperf.analysis.flops.forward_flops` whose executed FLOPs it bounds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnperf.analysis.flops import forward_flops
+from attnperf.analysis.flops import KernelFacts, forward_flops
 from attnperf.analysis.hardware import Hardware
 from attnperf.analysis.memory import min_bytes
 from attnperf.case import Case
+from attnperf.mechanisms import Mechanism
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class Roofline:
         return "compute" if self.compute_s >= self.memory_s else "memory"
 
 
-def roofline(mechanism: str, backend: str, case: Case, hardware: Hardware) -> Roofline:
+def roofline(mechanism: Mechanism, backend: KernelFacts, case: Case, hardware: Hardware) -> Roofline:
     """Bound from the executed FLOPs at the dtype's peak and the minimum bytes at full bandwidth."""
     flops = forward_flops(mechanism, backend, case).executed
     peak = hardware.flops.get(case.dtype)

@@ -10,9 +10,11 @@ and returns a zero-argument closure; asv, pytest-benchmark and the CLI time that
 dispatches on the mechanism's :class:`~attnperf.mechanisms.Family` here, once for every backend,
 to the ``prepare_softmax`` / ``prepare_topk`` / ``prepare_linear`` a backend implements.
 
-A backend also states its performance facts, which the analyzer reads: its ``block_size`` and
-:meth:`Backend.native_mask` (the FLOP model) and its memory model
+A backend also states its performance facts, which the analyzer's formulas read: its
+``block_size`` and :meth:`Backend.executed_pairs` (the FLOP model,
+:func:`attnperf.analysis.flops.forward_flops`) and its memory model
 (:meth:`Backend.predicted_peak_bytes`, from the formulas in :mod:`attnperf.analysis.memory`).
+The formulas sit below the backends: they take backend objects and never import this package.
 Adding a backend is one module and a line in the registry; ``tests/test_backends.py`` proves that
 every registered backend has every model for every mechanism it implements.
 """
@@ -25,9 +27,11 @@ from typing import ClassVar
 
 import torch
 
-from attnperf.analysis import flops
+from attnperf.analysis.flops import visited_block_pairs
+from attnperf.backends.rotation import rotation_for
 from attnperf.case import DTYPES, Case
 from attnperf.mechanisms import Family, Mechanism, SoftmaxMechanism
+from attnperf.mechanisms.base import QKTransform
 
 Runner = Callable[[], torch.Tensor]
 
@@ -153,8 +157,14 @@ class Backend:
 
     def executed_pairs(self, mechanism: SoftmaxMechanism, case: Case) -> int:
         """(query, key) pairs the backend multiplies, summed over every device it runs on: the
-        executed side of the FLOP model (:mod:`attnperf.analysis.flops`)."""
-        return flops.executed_pairs(mechanism, case, self)
+        executed side of the FLOP model (:mod:`attnperf.analysis.flops`).
+
+        By default one kernel call's: every pair for whole-tensor code or a mask the kernel is
+        given densely, else the pairs of the blocks it visits. A backend that splits the work
+        differently (context parallelism's ring, flash-attn's strided split) counts its own."""
+        if self.block_size is None or not self.native_mask(mechanism, case):
+            return case.q_len * case.k_len
+        return visited_block_pairs(mechanism, case, self.block_size)
 
     def for_case(self, mechanism: Mechanism, case: Case) -> Backend:
         """The backend whose performance facts hold for ``case``: itself, except for a backend that
@@ -183,6 +193,20 @@ class Backend:
 
     def linear_peak_bytes(self, case: Case) -> int:
         raise NotImplementedError(f"{self.name} has no memory model for linear attention")
+
+    def qk_transform(
+        self,
+        mechanism: SoftmaxMechanism,
+        case: Case,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        *,
+        seq_major: bool = False,
+    ) -> QKTransform | None:
+        """The mechanism's q/k transform as the backend runs it inside its timed call: a rotating
+        mechanism (RoPE) rotates with :func:`attnperf.backends.rotation.rotation_for`'s kernel."""
+        rotate = rotation_for(device, seq_major) if mechanism.rotates else None
+        return mechanism.qk_transform(case, device, dtype, seq_major=seq_major, rotate=rotate)
 
     def bound(self, dtype: str) -> float:
         """Relative-error bound for results in ``dtype``."""

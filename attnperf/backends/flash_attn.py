@@ -29,8 +29,8 @@ from attnperf.mechanisms.sparse import BigBird, Strided, bigbird_blocks, stride_
 
 #: Queries up to this many (one tile of rows: a decode step, a short cross-attention) leave most
 #: SMs idle unless the keys are split over them: both libraries default to ``num_splits=1``, which
-#: on the H200 made flash-attn-4 (1.40 ms) and FlashAttention-3 (1.31 ms) 5× slower than cuDNN
-#: (0.26 ms) on a decode step over a 128k cache. There ``num_splits=0`` asks for the library's own
+#: runs a decode step over a long cache on a handful of SMs, several times slower than cuDNN's
+#: split-KV kernel. There ``num_splits=0`` asks for the library's own
 #: heuristic (split-KV) where its kernels for the GPU have one (``split_kv_capability``); forward
 #: only, so never when the inputs need gradients.
 SPLIT_KV_MAX_Q = 128
@@ -79,7 +79,7 @@ class FlashAttnBase(Backend):
         if case.q_len <= SPLIT_KV_MAX_Q and not q.requires_grad and self.splits_kv(q.device):
             mask["num_splits"] = 0  # below 1: the library's own split-KV heuristic
         vt = to_bthd(v)
-        transform = mechanism.qk_transform(case, q.device, q.dtype, seq_major=True)
+        transform = self.qk_transform(mechanism, case, q.device, q.dtype, seq_major=True)
         if transform is not None:
             # RoPE is part of the mechanism: rotate inside the timed call, into this layout in one pass.
             def run_rope() -> torch.Tensor:

@@ -100,7 +100,7 @@ class Flex(Backend):
             ) -> torch.Tensor:
                 return score + bias_fn(h, q_idx, kv_idx)
 
-        transform = mechanism.qk_transform(case, q.device, q.dtype)
+        transform = self.qk_transform(mechanism, case, q.device, q.dtype)
         gqa = case.n_kv_heads != case.heads
 
         def run() -> torch.Tensor:

@@ -44,7 +44,7 @@ class AttentionGraph(torch.nn.Module):
         if isinstance(mechanism, SoftmaxMechanism):
             self.register_buffer("mask", mechanism.dense_mask(case, device))
             self.register_buffer("bias", mechanism.dense_bias(case, device, dtype))
-            self.transform = mechanism.qk_transform(case, device, dtype)
+            self.transform = mechanism.qk_transform(case, device, dtype)  # eager: export traces no Triton launch
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         heads = self.case.heads

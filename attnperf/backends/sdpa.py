@@ -8,8 +8,8 @@ kernel it picked is recorded (:func:`picked_kernel`). How the mechanisms map:
 * plain causal with q_len == kv_len: ``is_causal=True`` (identical to bottom-right there);
 * causal with q_len != kv_len: ``causal_lower_right`` — SDPA's ``is_causal`` is top-left and
   would let a single decode query see only key 0; with one query (a decode step) no mask at all,
-  since it sees every key (the H200 profile of a cuDNN decode step over 4k keys showed the
-  lower-right mask built on every call: a tril and three fills beside the 9.8 µs kernel);
+  since it sees every key (given the lower-right mask, SDPA builds it on every call: a tril and
+  three fills, several times the cost of a decode step's kernel);
 * any other pattern or a bias (ALiBi): a dense ``[Lq, Lk]`` boolean or ``[H, Lq, Lk]`` additive
   mask, built once in ``prepare`` (SDPA cannot skip masked blocks);
 * GQA/MQA: ``enable_gqa=True``; RoPE: rotation in PyTorch before the call.
@@ -59,11 +59,10 @@ _SWITCHES = _kernel_switches()
 @contextmanager
 def only_kernel(kernel: SDPBackend) -> Iterator[None]:
     """Only ``kernel`` enabled inside, the previous switches restored after: what
-    ``sdpa_kernel(kernel)`` does, without its Python bookkeeping. That costs 22 µs a call on the
-    CPU, against 11 µs for a whole tiny SDPA call; on the H200 the forced rows at launch-bound
-    sizes read 1.5–2× SDPA's own dispatch to the same kernel (decode over a 4k cache: sdpa-flash
-    0.051 ms, sdpa picking flash 0.035 ms; causal 1k fp16: sdpa-cudnn 0.061 ms, sdpa picking cuDNN
-    0.029 ms)."""
+    ``sdpa_kernel(kernel)`` does, without its Python bookkeeping. That bookkeeping costs about twice
+    a whole tiny SDPA call on the host, so at launch-bound sizes (a decode step, short sequences)
+    a forced kernel timed under ``sdpa_kernel`` would read 1.5–2× SDPA's own dispatch to the same
+    kernel: the host overhead, not the kernel, would be measured."""
     if _SWITCHES is None or torch.compiler.is_compiling():  # dynamo knows sdpa_kernel, not the switches
         with sdpa_kernel(kernel):
             yield
@@ -116,7 +115,7 @@ class Sdpa(Backend):
         self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> Runner:
         kwargs = sdpa_call_args(mechanism, case, q.device, q.dtype)
-        transform = mechanism.qk_transform(case, q.device, q.dtype)
+        transform = self.qk_transform(mechanism, case, q.device, q.dtype)
         kernel = self.kernel
 
         def run() -> torch.Tensor:
@@ -230,7 +229,7 @@ class SdpaAuto(Backend):
         self, mechanism: SoftmaxMechanism, case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> Runner:
         kwargs = sdpa_call_args(mechanism, case, q.device, q.dtype)
-        transform = mechanism.qk_transform(case, q.device, q.dtype)
+        transform = self.qk_transform(mechanism, case, q.device, q.dtype)
 
         def run() -> torch.Tensor:
             qq, kk = transform(q, k) if transform is not None else (q, k)

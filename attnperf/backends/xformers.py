@@ -84,7 +84,7 @@ class XFormers(Backend):
 
         attention = self.fmha.memory_efficient_attention
         vt = group_kv(to_bthd(v))
-        transform = mechanism.qk_transform(case, q.device, q.dtype, seq_major=True)
+        transform = self.qk_transform(mechanism, case, q.device, q.dtype, seq_major=True)
         if transform is not None:
 
             def run_rope() -> torch.Tensor:

@@ -23,8 +23,8 @@ from attnperf.errors import Failure, UsageError, check_output
 
 def print_complexity_table(args: argparse.Namespace) -> int:
     """``attnperf analyze --table``: big-O classes beside the exponents fitted over --seq-lens."""
-    from attnperf.analysis.complexity import complexity_rows
     from attnperf.files import write_json
+    from attnperf.reports.complexity import complexity_rows
     from attnperf.sweep import run_sweep
 
     if args.measure_ceilings:  # the table has no roofline: the flag would be silently ignored
@@ -65,9 +65,9 @@ def print_complexity_table(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     if args.table:
         return print_complexity_table(args)
-    from attnperf.analysis.hardware import ceilings
-    from attnperf.analysis.report import fit_exponents, join, predict
+    from attnperf.ceilings import ceilings
     from attnperf.files import write_json
+    from attnperf.reports.predictions import fit_exponents, join, predict
     from attnperf.sweep import run_sweep
 
     if args.json:
@@ -99,10 +99,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def plot_row(record: Any) -> dict[str, Any]:
+    """A record as the plots read it: the point's identity flat beside its figures, and the time a table
+    shows (the replay where the sweep timed one) as ``median_s``."""
+    return {**record.spec.as_dict(), "mechanism": record.mechanism, **record.to_dict(), "median_s": record.shown_s}
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from attnperf.analysis.hardware import ceilings
+    from attnperf.ceilings import ceilings
     from attnperf.plots import PICTURE_PLOTS, RESULT_PLOTS, PictureOptions, plot_pictures, plot_results
     from attnperf.records import load_records
 
@@ -126,7 +132,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                           f"({len(results.records)} records)")  # fmt: skip
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
-    records = [r.to_dict() for results in files for r in results.records]
+    records = [plot_row(r) for results in files for r in results.records]
     hardware = None
     if records and "roofline" in result_kinds:  # chosen before any picture: it may refuse the results
         dtype = next(r["case"]["dtype"] for r in records if r["status"] == "ok")

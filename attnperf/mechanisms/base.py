@@ -27,6 +27,8 @@ from attnperf.case import Case
 MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BiasFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 QKTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: ``(x, cos, sin) -> x`` rotated by its tables (RoPE), written in the layout the transform was asked for.
+Rotation = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Family(Enum):
@@ -129,6 +131,8 @@ class SoftmaxMechanism(Mechanism):
     family = Family.SOFTMAX
     #: True when the pattern is positional and needs each query's aligned position i + Δ ≥ 0.
     positional: ClassVar[bool] = False
+    #: True when :meth:`qk_transform` rotates q and k and so takes a ``rotate`` (RoPE).
+    rotates: ClassVar[bool] = False
 
     def validate(self, case: Case) -> None:
         if self.positional and case.q_len > case.k_len:
@@ -166,11 +170,21 @@ class SoftmaxMechanism(Mechanism):
         return None
 
     def qk_transform(
-        self, case: Case, device: torch.device | str, dtype: torch.dtype, *, seq_major: bool = False
+        self,
+        case: Case,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        *,
+        seq_major: bool = False,
+        rotate: Rotation | None = None,
     ) -> QKTransform | None:
         """A transform of (q, k) before the scores (RoPE); None for none. It takes ``[B, H, T, D]``
         and returns that layout, or with ``seq_major`` contiguous ``[B, T, H, D]`` (flash-attn's and
-        xFormers' layout) written in the same pass."""
+        xFormers' layout) written in the same pass.
+
+        ``rotate`` is how a mechanism that :attr:`rotates` applies its tables; None means its own
+        eager rotation (the reference's). Mechanisms import no kernels: a backend that has a
+        faster rotation passes it in (:meth:`attnperf.backends.Backend.qk_transform`)."""
         return None
 
     def dense_mask(

@@ -7,12 +7,11 @@ Sinusoidal and learned absolute positions change the inputs, not the attention, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from attnperf.case import Case
-from attnperf.mechanisms.base import BiasFn, QKTransform, SoftmaxMechanism
+from attnperf.mechanisms.base import BiasFn, QKTransform, Rotation, SoftmaxMechanism
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -90,30 +89,6 @@ def rotate_half_rope_seq_major(x: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     return rotate_half_rope(x, cos, sin).transpose(1, 2).contiguous()
 
 
-def rotation_for(
-    device: torch.device | str, seq_major: bool
-) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The rotation (into ``[B, T, H, D]`` when ``seq_major``). On CUDA attnperf's Triton kernel
-    (:mod:`attnperf.backends.triton.rotary`), which reads q or k once and writes it rotated, in the
-    layout asked for, for half and single precision; float64, a graph being exported and the CPU
-    rotate eagerly. Uncompiled on CUDA, the rotation wrote float32 copies of q and k and their
-    rotated halves (on the H200 at 16k tokens, H 16, D 128, bf16: +78% and 640 MiB over
-    flash-attn-4's causal attention); inductor's kernel for symbolic sizes still took 0.33 ms a
-    tensor, ten times its bytes."""
-    eager = rotate_half_rope_seq_major if seq_major else rotate_half_rope
-    if torch.device(device).type != "cuda":
-        return eager
-    from attnperf.backends.triton.rotary import DTYPES, rotate
-
-    def rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # torch.export (ONNX Runtime's graph) cannot trace a Triton launch: it gets the eager rotation.
-        if x.dtype in DTYPES and not torch.compiler.is_exporting():
-            return rotate(x, cos, sin, seq_major=seq_major)
-        return eager(x, cos, sin)
-
-    return rotation
-
-
 class RoPE(SoftmaxMechanism):
     """Softmax attention over rotary-embedded q and k (Su et al. 2021), half-rotation convention.
 
@@ -126,6 +101,7 @@ class RoPE(SoftmaxMechanism):
     name = "rope"
     summary = "rotary position embedding on q and k (half-rotation, base 10000)"
     options = ("causal",)
+    rotates = True
     #: The rotated q and k are rounded to the case's dtype once more (the rotation is computed in
     #: float32); with one 16-dim query the output error is not averaged out: over 300 seeds in
     #: bf16 (H 4, KV 2, Lq 1, Lk 257) eager reached 0.0126 and tiled 0.0114 against the 1e-2 bound.
@@ -137,16 +113,24 @@ class RoPE(SoftmaxMechanism):
             raise ValueError(f"head_dim must be even for RoPE, got {case.head_dim}")
 
     def qk_transform(
-        self, case: Case, device: torch.device | str, dtype: torch.dtype, *, seq_major: bool = False
+        self,
+        case: Case,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        *,
+        seq_major: bool = False,
+        rotate: Rotation | None = None,
     ) -> QKTransform:
+        """Rotate q and k by their positions' tables, with ``rotate`` or by default eagerly
+        (:func:`rotate_half_rope`, which is the reference's rotation)."""
         dtype = torch.promote_types(dtype, torch.float32)  # tables in the rotation's precision
         q_cos, q_sin = rope_tables(torch.arange(case.q_len) + case.offset, case.head_dim, dtype)
         k_cos, k_sin = rope_tables(torch.arange(case.k_len), case.head_dim, dtype)
         q_cos, q_sin, k_cos, k_sin = (t.to(device) for t in (q_cos, q_sin, k_cos, k_sin))
-
-        rotate = rotation_for(device, seq_major)
+        eager = rotate_half_rope_seq_major if seq_major else rotate_half_rope
+        rotation = eager if rotate is None else rotate
 
         def rope(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return rotate(q, q_cos, q_sin), rotate(k, k_cos, k_sin)
+            return rotation(q, q_cos, q_sin), rotation(k, k_cos, k_sin)
 
         return rope

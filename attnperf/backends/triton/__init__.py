@@ -6,7 +6,8 @@
 * ``linear`` (:mod:`.linear`): chunked linear attention, causal or not, any q_len / kv_len, GQA
   read from the kv heads (fla's kernels are causal only and need q_len == kv_len).
 * ``rotary`` (:mod:`.rotary`): RoPE's rotation of q and k, which every CUDA backend runs inside
-  its timed call (not a backend of its own: :class:`attnperf.mechanisms.positional.RoPE` calls it).
+  its timed call (not a backend of its own: :mod:`attnperf.backends.rotation` hands it to the
+  mechanism).
 
 On a GPU they compile per shape class like every Triton kernel. On the CPU they run only under
 Triton's interpreter (``TRITON_INTERPRET=1``, set before Python starts: Triton reads it when the

@@ -150,8 +150,8 @@ def state_blocks(head_dim: int, value_dim: int) -> tuple[int, int]:
 
     The Dv block is at least 32: at 16, Triton 3.6 splits the TF32 products of ``_chunk_output``
     over 8 warps into ``wgmma m64n8k8``, which reads past its shared-memory operand on Hopper
-    (triton-lang/triton#10629): the H200 stopped with an illegal memory access at head_dim 16
-    (2026-11-29). Padded value columns load as zeros and are never stored.
+    (triton-lang/triton#10629), an illegal memory access at head_dim 16. Padded value columns
+    load as zeros and are never stored.
     """
     return min(STATE_BLOCK, _block(head_dim)), min(STATE_BLOCK, _block(value_dim, 32))
 

@@ -1,12 +1,12 @@
 """RoPE's rotation of q and k as one Triton kernel: read once, rotate in float32, write once.
 
-Every CUDA backend rotates inside its timed call (:meth:`attnperf.mechanisms.positional.RoPE.qk_transform`),
-so the rotation must cost what its bytes cost: 2 × 64 MiB a tensor at 16k tokens (H 16, D 128,
-bf16), about 35 µs at the H200's copy bandwidth. inductor's kernel for the same function,
-compiled for symbolic sizes (a KV cache grows every step), took 0.33 ms a tensor on the H200
-(2026-11-29 profile): each element recovered its (b, h, t, d) from a flat index by divisions by
-run-time sizes. Here a program owns a block of positions of one (batch, head) and addresses rows
-through the tensors' strides, so the only division is the program's own (b, h).
+Every CUDA backend rotates inside its timed call (:func:`attnperf.backends.rotation.rotation_for`),
+so the rotation must cost what its bytes cost: one read and one write of the tensor at the copy
+bandwidth. inductor's kernel for the same function, compiled for symbolic sizes (a KV cache grows
+every step), is several times slower than that: each element recovers its (b, h, t, d) from a flat
+index by divisions by run-time sizes. Here a program owns a block of positions of one (batch,
+head) and addresses rows through the tensors' strides, so the only division is the program's own
+(b, h).
 
 The output is written in either layout: ``[B, H, T, D]``, or ``[B, T, H, D]`` (flash-attn's and
 xFormers' own) in the same pass. The backward is the inverse rotation by the same kernel

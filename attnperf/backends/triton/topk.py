@@ -13,8 +13,8 @@ Three passes over the keys, each program owning ``BLOCK_M`` queries of one head:
    distinct keys, so ``t₀`` is a lower bound of the k-th largest score and no score below it can
    be kept; a query with fewer than k lanes seen keeps ``t₀ = −∞``. With 128 lanes and k = 32
    ``t₀`` is the upper quartile of the lane maxima: on random scores at 16k about 40 keys reach
-   it. (The first version kept the k largest maxima of 8-key groups by replacing the smallest, a
-   min, an argmin and a select over k per group: 34.5 of its 54 ms at 16k on the H200.)
+   it. (Keeping the k largest maxima of small key groups by replacing the smallest instead costs a
+   min, an argmin and a select over k per group, which would dominate the whole kernel.)
 2. :func:`_candidates` recomputes the scores and appends those ``≥ t₀ − margin`` to the query's
    row of ``CAP = CAP_PER_K · k`` packed keys. On ordinary data a row gets about k of them; a row
    with fewer than k lanes has fewer than k keys in all. The margin (2⁻¹² · (|t₀| + 0.001)) covers a

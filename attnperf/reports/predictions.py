@@ -1,5 +1,8 @@
 """``attnperf analyze``'s table: the analyzer's predictions per point, joined with measurements.
 
+A report, not a formula: it resolves the grid's mechanism and backend names and reads measured
+records, so it sits above the backends and the analyzer's formulas (:mod:`attnperf.analysis`).
+
 :func:`predict` gives each runnable point of a grid its FLOPs, minimum bytes, predicted peak
 memory and roofline bound; :func:`join` holds them against a sweep's records (time, achieved
 TFLOP/s, share of the roofline, measured peak and prediction / measurement); :func:`fit_exponents`
@@ -15,10 +18,12 @@ from typing import Any
 
 from attnperf.analysis.flops import forward_flops
 from attnperf.analysis.hardware import Hardware
-from attnperf.analysis.memory import min_bytes, predicted_peak_bytes
+from attnperf.analysis.memory import min_bytes
 from attnperf.analysis.roofline import roofline
 from attnperf.analysis.scaling import fit_exponent, tail_exponent
+from attnperf.backends import get_backend
 from attnperf.benchgrid import Grid
+from attnperf.mechanisms import get_mechanism
 from attnperf.records import Record
 from attnperf.registry import fit
 
@@ -72,12 +77,13 @@ def predict(grid: Grid, hardware: Hardware) -> list[Row]:
         case, _reason = fit(spec)
         if case is None:
             continue
-        flops = forward_flops(spec.mechanism, spec.backend, case)
-        bound = roofline(spec.mechanism, spec.backend, case, hardware)
+        mechanism, backend = get_mechanism(spec.mechanism), get_backend(spec.backend)
+        flops = forward_flops(mechanism, backend, case)
+        bound = roofline(mechanism, backend, case, hardware)
         rows.append(Row(
             variant=spec.variant, backend=spec.backend, seq_len=spec.seq_len, useful_gflop=flops.useful / 1e9,
             executed_gflop=flops.executed / 1e9, min_mb=min_bytes(case) / 1e6,
-            pred_mib=predicted_peak_bytes(spec.mechanism, spec.backend, case) / MIB, bound_ms=bound.bound_s * 1e3,
+            pred_mib=backend.predicted_peak_bytes(mechanism, case) / MIB, bound_ms=bound.bound_s * 1e3,
             limit=bound.limited_by, case=case.as_dict(),
         ))  # fmt: skip
     return rows

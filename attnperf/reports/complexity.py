@@ -3,9 +3,10 @@
 The symbolic classes are written down per mechanism (the zoo of attention mechanisms prints
 such a table); the exponents are fitted over n from attnperf's own analyzer — useful FLOPs
 (:func:`attnperf.analysis.flops.forward_flops`) and predicted peak memory
-(:func:`attnperf.analysis.memory.predicted_peak_bytes`) — and, when asked, from measured
+(:meth:`attnperf.backends.Backend.predicted_peak_bytes`) — and, when asked, from measured
 median times. A symbolic O(n²) beside a fitted 1.0 means the table or the analyzer is wrong;
-``tests/test_analysis_complexity.py`` holds them to each other.
+``tests/test_analysis_complexity.py`` holds them to each other. A report, not a formula: it
+resolves variant and backend names, so it sits above the backends.
 
 Variables: n the sequence length (keys), d the head dimension, w the window, k top-k's keys
 per query, s the stride (round(√n) by default: O(n·(s + n/s)) = O(n√n)), b BigBird's block,
@@ -19,9 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attnperf.analysis.flops import forward_flops
-from attnperf.analysis.memory import predicted_peak_bytes
 from attnperf.analysis.scaling import fit_exponent
+from attnperf.backends import get_backend
 from attnperf.catalog import get_variant
+from attnperf.mechanisms import get_mechanism
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,16 @@ def complexity_rows(
     """
     if len(set(seq_lens)) < 2:
         raise ValueError(f"seq_lens: need at least 2 distinct lengths to fit an exponent, got {list(seq_lens)}")
+    fused_kernel, materializing = get_backend(fused_backend), get_backend(materialized_backend)
     rows: list[dict[str, object]] = []
     for name in variants:
         variant = get_variant(name)
         classes = COMPLEXITY[variant.mechanism]
         cases = [variant.case(n, heads=heads, head_dim=head_dim, dtype=dtype) for n in seq_lens]
-        flops = [forward_flops(variant.mechanism, fused_backend, c).useful for c in cases]
-        fused = [predicted_peak_bytes(variant.mechanism, fused_backend, c) for c in cases]
-        materialized = [predicted_peak_bytes(variant.mechanism, materialized_backend, c) for c in cases]
+        mechanism = get_mechanism(variant.mechanism)
+        flops = [forward_flops(mechanism, fused_kernel, c).useful for c in cases]
+        fused = [fused_kernel.predicted_peak_bytes(mechanism, c) for c in cases]
+        materialized = [materializing.predicted_peak_bytes(mechanism, c) for c in cases]
         row: dict[str, object] = {
             "variant": name,
             "mechanism": variant.mechanism,
