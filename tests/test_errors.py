@@ -45,8 +45,8 @@ USAGE = [
     (["sweep", "--backends", "eager,turbo"], "unknown backends ['turbo']"),
     (["analyze", "--device", "cuda"], "argument --device: cuda: no GPU visible to torch here (allowed: cpu)"),
     (["analyze", "--device", "tpu"], "argument --device: expected cpu or cuda[:N], got 'tpu'"),
-    (["tune", "--memory-limit-mib", "-5"], "argument --memory-limit-mib: expected a number > 0, got -5"),
-    (["tune", "--memory-limit-mib", "10", "--p95-ms", "0"], "argument --p95-ms: expected a number > 0, got 0"),
+    (["tune", "--memory-limit-mib", "-5"], "argument --memory-limit-mib: expected a finite number > 0, got -5"),
+    (["tune", "--memory-limit-mib", "10", "--p95-ms", "0"], "argument --p95-ms: expected a finite number > 0, got 0"),
     (["check", "--kv-heads", "0"], "argument --kv-heads: expected an integer >= 1, got 0"),
     (["plot", "--kinds", "pie"], "--kinds: unknown ['pie']"),
     (["plot", "--kinds", "scaling"], "--kinds scaling need result files"),
@@ -56,7 +56,8 @@ USAGE = [
     (["plot", "--kinds", "masks", "--stride", "0"], "argument --stride: expected an integer >= 1, got 0"),
     # a combination Case refuses, built from flags: gqa has heads // 4 = 2 kv heads, and 9 % 2 != 0
     (["analyze", "--table", "--variants", "gqa", "--heads", "9"], "gqa at 1024 tokens: heads (9) must be divisible"),
-    (["analyze", "--table", "--seq-lens", "64,64", "--measure"], "--seq-lens: --table fits exponents"),
+    (["analyze", "--table", "--seq-lens", "64,64", "--measure"], "argument --seq-lens: 64 given twice"),
+    (["analyze", "--table", "--seq-lens", "64"], "--seq-lens: --table fits exponents"),
     (["model", "--hidden", "100"], "hidden must be a multiple of 256"),
     (["analyze", "--table", "--measure-ceilings"], "--measure-ceilings: --table draws no roofline"),
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attnperf.backends import BACKENDS
@@ -27,24 +28,25 @@ def csv_list(text: str) -> list[str]:
     return items
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def number(convert: Callable[[str], Any], allowed: str, ok: Callable[[Any], bool]) -> Callable[[str], Any]:
+    """An argument type: ``convert(text)``, refused with "expected {allowed}, got …" unless ``ok``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text.strip()}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
+positive_int = number(int, "an integer >= 1", lambda v: v >= 1)
+non_negative_int = number(int, "an integer >= 0", lambda v: v >= 0)
+positive_float = number(float, "a finite number > 0", lambda v: 0 < v < math.inf)
+fraction = number(float, "a fraction in [0, 1)", lambda v: 0 <= v < 1)
 
 
 #: Tokens the mechanism pictures may have (``plot --n``, or the count of ``--tokens``): below one
@@ -53,16 +55,10 @@ def positive_float(text: str) -> float:
 PICTURE_N = (8, 512)
 
 
-def picture_size(text: str) -> int:
-    """``plot --n``: an integer in :data:`PICTURE_N`."""
-    low, high = PICTURE_N
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}") from None
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {value}")
-    return value
+#: ``plot --n``: an integer in :data:`PICTURE_N`.
+picture_size = number(
+    int, f"an integer from {PICTURE_N[0]} to {PICTURE_N[1]}", lambda v: PICTURE_N[0] <= v <= PICTURE_N[1]
+)
 
 
 def int_list(text: str) -> list[int]:

@@ -9,41 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attnperf.cli.args import positive_int
+from attnperf.cli.args import fraction, non_negative_int, number, positive_int
 from attnperf.errors import EXIT_FAILURE, UsageError, check_output, check_workdir
 from attnperf.verdict import MIN_EFFECT
 
-#: What a verdict needs at the least: two processes a side estimate a between-process spread where
-#: no calibration does; fewer samples than 3 make a process's median one sample's noise.
-LEAST = {"--processes": 1, "--confirm": 0, "--repeat": 3}
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value:g}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def at_least_3(text: str) -> int:
-    value = positive_int(text)
-    if value < 3:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 3 (a median of fewer samples is one sample's noise), "
-                                         f"got {value}")  # fmt: skip
-    return value
+#: ``--repeat``: a median of fewer than 3 samples is one sample's noise.
+at_least_3 = number(int, "an integer >= 3 (a median of fewer samples is one sample's noise)", lambda v: v >= 3)
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
