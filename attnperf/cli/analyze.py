@@ -99,6 +99,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_plottable(results: Any, kinds: list[str]) -> None:
+    """Every ok record has what the asked plots read (a sweep writes all of it; an edited or foreign file
+    may not): refused, naming the file, the record and the field, before any picture is drawn."""
+    from attnperf.case import Case
+
+    needed = {"throughput": "tokens_per_s", "scaling": "median_s", "roofline": "median_s"}
+    for i, record in enumerate(results.records):
+        if not record.ok:
+            continue
+        for kind in kinds:
+            field = needed.get(kind)
+            if field == "tokens_per_s" and record.tokens_per_s is None:
+                raise UsageError(f"results file {results.path}: records[{i}]: an ok record without tokens_per_s "
+                                 f"(the {kind} plot reads it)")  # fmt: skip
+        if "roofline" in kinds:
+            try:
+                Case(**record.case)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"results file {results.path}: records[{i}]: case: {exc}") from None
+
+
 def plot_row(record: Any) -> dict[str, Any]:
     """A record as the plots read it: the point's identity flat beside its figures, and the time a table
     shows (the replay where the sweep timed one) as ``median_s``."""
@@ -130,6 +151,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if not any(r.ok for r in results.records):
             raise Failure(f"results file {results.path}: no point ran successfully, nothing to plot "
                           f"({len(results.records)} records)")  # fmt: skip
+        check_plottable(results, result_kinds)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
     records = [plot_row(r) for results in files for r in results.records]
