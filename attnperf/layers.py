@@ -173,6 +173,44 @@ def _additive(mask: torch.Tensor, *, attend: bool, dtype: torch.dtype) -> torch.
     return mask.to(dtype)
 
 
+def _refuse_binary_float(name: str, mask: torch.Tensor | None) -> None:
+    """A float mask of only 0s and 1s (some of each) is refused: it is additive here, so its 0s mask
+    nothing, yet it reads as the 1 = attend / 0 = masked convention. One reduction and one host read."""
+    if mask is None or not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
+        return
+    ones = mask == 1
+    if bool((ones | (mask == 0)).all() & ones.any() & ~ones.all()):
+        raise ValueError(
+            f"{name}: a float mask of only 0.0 and 1.0 is ambiguous. Float masks are added to the scores "
+            f"(SDPA's and nn's convention), so its 0s would mask nothing. For 1 = attend, 0 = masked (the "
+            f"masked_fill(mask == 0, -inf) convention) pass mask= instead, or {name}="
+            + ("m.bool() (True = attend)" if name == "attn_mask" else "m == 0 (True = ignore the key)")
+        )
+
+
+def binary_mask_bias(
+    mask: Any, batch: int, heads: int, q_len: int, k_len: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The tutorials' ``mask`` (0 = masked, anything else = attend, any dtype; the Annotated
+    Transformer's ``scores.masked_fill(mask == 0, -inf)``) as an additive ``[B|1, H|1, Lq|1, Lk]``
+    tensor. Shapes ``[Lq|1, Lk]``, ``[B|1, Lq|1, Lk]`` (the heads dimension added, as those write-ups
+    do with ``mask.unsqueeze(1)``) or ``[B|1, H|1, Lq|1, Lk]``."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.device != device:
+        raise ValueError(f"mask: on {mask.device}, the inputs are on {device}")
+    shape = tuple(mask.shape)
+    full = mask.dim() == 4
+    view = mask if full else (mask[None, None] if mask.dim() == 2 else mask[:, None] if mask.dim() == 3 else None)
+    allowed = [(1, batch), (1, heads), (1, q_len), (k_len,)]
+    if view is None or any(size not in ok for size, ok in zip(view.shape, allowed, strict=True)):
+        raise ValueError(
+            f"mask: expected ({q_len}|1, {k_len}) [Lq, Lk], ({batch}|1, {q_len}|1, {k_len}) [B, Lq, Lk] or "
+            f"({batch}|1, {heads}|1, {q_len}|1, {k_len}) [B, H, Lq, Lk] (0 = masked), got {shape}"
+        )
+    return torch.zeros(view.shape, dtype=dtype, device=device).masked_fill(view == 0, float("-inf"))
+
+
 def empty_rows(total: torch.Tensor | None) -> torch.Tensor | None:
     """``[B|1, H|1, Lq, 1]``: True where an additive mask leaves a query row no key (all ``-inf``)."""
     if total is None:
@@ -265,6 +303,7 @@ class MultiHeadAttention(nn.Module):
         positions: str | None = None,
         max_len: int = 4096,
         bias: bool = True,
+        return_attention: bool = False,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -281,7 +320,7 @@ class MultiHeadAttention(nn.Module):
         for name, width in (("kdim", kdim), ("vdim", vdim), ("kv_dim", kv_dim), ("max_len", max_len)):
             if width is not None:
                 _positive_int(name, width)
-        for name, flag in (("batch_first", batch_first), ("bias", bias)):
+        for name, flag in (("batch_first", batch_first), ("bias", bias), ("return_attention", return_attention)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
         kv_heads = heads if kv_heads is None else kv_heads
@@ -296,7 +335,7 @@ class MultiHeadAttention(nn.Module):
         self.mechanism = get_mechanism(mechanism).name
         self.backend = get_backend(backend).name
         self.options = options
-        self.dropout, self.batch_first = dropout, batch_first
+        self.dropout, self.batch_first, self.return_attention = dropout, batch_first, return_attention
         self.embed_dim, self.heads, self.kv_heads, self.head_dim = embed_dim, heads, kv_heads, embed_dim // heads
         kdim = kv_dim if kdim is None else kdim
         vdim = kv_dim if vdim is None else vdim
@@ -330,14 +369,25 @@ class MultiHeadAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         need_weights: bool = False,
         cache: KVCache | None = None,
-        return_attention: bool = False,
+        return_attention: bool | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``query [B, T, E]``; ``key`` (and ``value``, default ``key``) for cross-attention.
 
         Returns the output, or ``(output, weights [B, H, Lq, Lk])`` with ``need_weights`` or
-        ``return_attention`` (the same switch under nn's and attnperf's names). A query row that
-        the masks leave no key to attend gets zero weights and a zero attention output (SDPA's
-        convention), whichever backend runs and whether or not the weights are asked for."""
+        ``return_attention`` (the same switch under nn's and attnperf's names; the constructor's
+        ``return_attention=True`` makes it the default of every call). A query row that the masks
+        leave no key to attend gets zero weights and a zero attention output (SDPA's convention),
+        whichever backend runs and whether or not the weights are asked for.
+
+        ``mask``: the tutorials' convention, ``scores.masked_fill(mask == 0, -inf)``: any dtype,
+        0 = masked, anything else = attend; ``[Lq, Lk]``, ``[B|1, Lq|1, Lk]`` (heads added) or
+        ``[B|1, H|1, Lq|1, Lk]``. A float ``attn_mask`` or ``key_padding_mask`` holding only 0s and
+        1s is refused: added to the scores (SDPA's and nn's float convention) its 0s would mask
+        nothing, so it is most likely such a mask given to the wrong argument. ``is_causal=True``:
+        SDPA's per-call causal switch, taken where SDPA's top-left and attnperf's bottom-right
+        alignments agree (``Lq == Lk``); otherwise refused, saying which to use."""
         self._check_inputs(query, key, value)
         if not self.batch_first:
             query, key, value = (t if t is None else t.transpose(0, 1) for t in (query, key, value))
@@ -353,20 +403,45 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)
         dropout = self.dropout if self.training else 0.0
-        weights_asked = need_weights or return_attention
+        weights_asked = need_weights or (self.return_attention if return_attention is None else return_attention)
+        options = self._call_options(is_causal, q.shape[2], k.shape[2])
+        if self.checks_binary_float_masks:
+            for name, m in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
+                _refuse_binary_float(name, m)
         extra = user_bias(
             attn_mask, key_padding_mask, q.shape[0], self.heads, q.shape[2], k.shape[2], q.dtype, q.device
         )
+        if mask is not None:
+            binary = binary_mask_bias(mask, q.shape[0], self.heads, q.shape[2], k.shape[2], q.dtype, q.device)
+            extra = binary if extra is None else extra + binary
+        empty_value = self._empty_row_value(weights_asked)
         if extra is None and dropout == 0.0:
-            out = attention(q, k, v, mechanism=self.mechanism, backend=self.backend, **self.options)
+            out = attention(q, k, v, mechanism=self.mechanism, backend=self.backend, **options)
         else:
-            out = self._masked_attention(q, k, v, extra, dropout, self._empty_row_value(weights_asked))
+            out = self._masked_attention(q, k, v, extra, dropout, empty_value, options)
         out = self.out_proj(out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1))
         if not self.batch_first:
             out = out.transpose(0, 1)
         if not weights_asked:
             return out
-        return out, self._weights(q, k, extra, self._empty_row_value(weights_asked))
+        return out, self._weights(q, k, extra, empty_value, options)
+
+    #: Refuse float masks of only 0s and 1s (see :meth:`forward`); nn's drop-in adds them, as nn does.
+    checks_binary_float_masks = True
+
+    def _call_options(self, is_causal: bool, q_len: int, k_len: int) -> dict[str, Any]:
+        """The layer's mechanism options for this call, with SDPA's per-call ``is_causal``."""
+        if not isinstance(is_causal, bool):
+            raise ValueError(f"is_causal must be True or False, got {is_causal!r}")
+        if not is_causal or self.options.get("causal"):
+            return self.options
+        if q_len != k_len:
+            raise ValueError(
+                f"is_causal=True with Lq={q_len} != Lk={k_len} is ambiguous: SDPA aligns the causal mask "
+                f"top-left (query i sees keys <= i), attnperf bottom-right (queries are the last Lq keys, as "
+                f"in KV-cache decoding). Build the layer with causal=True for bottom-right, or pass attn_mask"
+            )
+        return {**self.options, "causal": True}
 
     def _empty_row_value(self, weights_asked: bool) -> float:
         """The attention output (before ``out_proj``) and the weights of a query row that may attend
@@ -433,13 +508,15 @@ class MultiHeadAttention(nn.Module):
                 f"{(batch, self.kv_heads, self.head_dim)}; make it with layer.new_cache({batch}, max_len)"
             )
 
-    def _case(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[SoftmaxMechanism, Case]:
+    def _case(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: dict[str, Any]
+    ) -> tuple[SoftmaxMechanism, Case]:
         mech = get_mechanism(self.mechanism)
         if not isinstance(mech, SoftmaxMechanism):
             raise ValueError(
                 f"attn_mask, key_padding_mask and dropout need a softmax mechanism; {mech.name} is {mech.family}"
             )
-        case = case_from_tensors(q, k, v, **self.options)
+        case = case_from_tensors(q, k, v, **options)
         mech.validate(case)
         return mech, case
 
@@ -451,6 +528,7 @@ class MultiHeadAttention(nn.Module):
         extra: torch.Tensor | None,
         dropout: float,
         empty_value: float,
+        options: dict[str, Any],
     ) -> torch.Tensor:
         """Attention with the caller's masks and/or dropout, through SDPA's ``attn_mask`` / ``dropout_p``;
         rows the masks leave empty set to ``empty_value``."""
@@ -459,7 +537,7 @@ class MultiHeadAttention(nn.Module):
                 f"attn_mask, key_padding_mask and dropout in training need backend in {list(MASK_BACKENDS)}, "
                 f"got {self.backend!r}"
             )
-        mech, case = self._case(q, k, v)
+        mech, case = self._case(q, k, v, options)
         backend = get_backend(self.backend)
         reason = backend.supports(mech, case)
         if reason is not None:
@@ -486,15 +564,15 @@ class MultiHeadAttention(nn.Module):
         return out if empty is None else out.masked_fill(empty, empty_value)
 
     def _weights(
-        self, q: torch.Tensor, k: torch.Tensor, extra: torch.Tensor | None, empty_value: float
+        self, q: torch.Tensor, k: torch.Tensor, extra: torch.Tensor | None, empty_value: float, options: dict[str, Any]
     ) -> torch.Tensor:
         """``[B, H, Lq, Lk]`` weights on the reference path (before dropout), masks included; rows the
         masks leave empty set to ``empty_value``, as the output's are."""
         mech = get_mechanism(self.mechanism)
-        case = case_from_tensors(q, k, k, **self.options)
+        case = case_from_tensors(q, k, k, **options)
         if extra is None:
             return mech.weights(q, k, case)
-        soft, case = self._case(q, k, k)
+        soft, case = self._case(q, k, k, options)
         transform = soft.qk_transform(case, q.device, q.dtype)
         if transform is not None:
             q, k = transform(q, k)
@@ -601,6 +679,8 @@ class MultiheadAttention(MultiHeadAttention):
             out = out.squeeze(1 if not self.batch_first else 0)
             weights = None if weights is None else weights.squeeze(0)
         return out, weights
+
+    checks_binary_float_masks = False  # nn adds a float mask of 0s and 1s; so does its drop-in
 
     def _empty_row_value(self, weights_asked: bool) -> float:
         """nn.MultiheadAttention's answer for a query row the masks leave no key: with
