@@ -275,6 +275,9 @@ class MultiHeadAttention(nn.Module):
       pass them to SDPA's ``attn_mask`` (eager adds them itself). A query row the masks leave no
       key gets zero weights and a zero attention output on every backend (SDPA's convention;
       the drop-in :class:`MultiheadAttention` follows nn instead).
+    * ``mask``: the tutorials' 0 = masked convention (``masked_fill(mask == 0, -inf)``), any dtype;
+      a float ``attn_mask`` / ``key_padding_mask`` of only 0s and 1s is refused as ambiguous.
+      ``is_causal``: SDPA's per-call switch, where Lq == Lk (see :meth:`forward`).
     * ``dropout`` applies to the attention weights in training mode only, as
       nn.MultiheadAttention and SDPA's ``dropout_p`` do; :data:`MASK_BACKENDS` honour it (SDPA
       through ``dropout_p``; eager with ``F.dropout`` on the weights). Others refuse to train with
@@ -487,7 +490,7 @@ class MultiHeadAttention(nn.Module):
                         f"({0 if self.batch_first else 1})"
                     )
                 raise ValueError(f"{name}: expected {want}, got {tuple(t.shape)}{hint}")
-            if t.dtype != weight.dtype:
+            if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):  # autocast casts both
                 raise ValueError(
                     f"{name}: dtype {t.dtype}, but the layer's parameters are {weight.dtype}; "
                     f"convert one of them ({name}.to({weight.dtype}) or layer.to({t.dtype}))"

@@ -329,3 +329,12 @@ def test_functional_names_unknown_options() -> None:
     q = torch.randn(1, 2, 3, 8)
     with pytest.raises(ValueError, match=r"unknown argument\(s\) \['wndow'\]; mechanism options are \['causal', "):
         attention(q, q, q, mechanism="window", wndow=3)
+
+
+def test_autocast_inputs_of_another_dtype_are_not_refused() -> None:
+    """Under autocast nn.Linear casts input and weight itself, so a bfloat16 input to a float32 layer is fine."""
+    layer = MultiHeadAttention(16, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(torch.randn(2, 5, 16, dtype=torch.bfloat16))
+    assert out.shape == (2, 5, 16)
+    assert out.dtype == torch.bfloat16
