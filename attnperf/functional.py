@@ -17,6 +17,15 @@ from attnperf.correctness import run_unsupported_aware
 from attnperf.mechanisms import Mechanism, get_mechanism
 
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+#: The :class:`Case` fields a caller passes as options (the rest come from the tensors' shapes).
+OPTIONS = ("causal", "window", "top_k", "stride", "block", "num_global", "num_random", "seed")
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Unknown option names are a ``ValueError`` listing the allowed ones (not ``Case``'s ``TypeError``)."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {unknown}; mechanism options are {list(OPTIONS)}")
 
 
 def case_from_tensors(q: Any, k: Any, v: Any, **options: Any) -> Case:
@@ -38,6 +47,7 @@ def case_from_tensors(q: Any, k: Any, v: Any, **options: Any) -> Case:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {q.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    check_options(options)
     batch, heads, q_len, head_dim = q.shape
     return Case(
         batch=batch,

@@ -24,11 +24,21 @@ from attnperf.backends.eager import softmax_probs
 from attnperf.backends.sdpa import Sdpa, only_kernel
 from attnperf.case import Case
 from attnperf.correctness import run_unsupported_aware
-from attnperf.functional import attention, case_from_tensors
+from attnperf.functional import attention, case_from_tensors, check_options
 from attnperf.mechanisms import SoftmaxMechanism, get_mechanism
 from attnperf.mechanisms.base import expand_kv
 
 POSITIONS = ("sinusoidal", "learned", "rope", "alibi")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
@@ -108,36 +118,51 @@ def user_bias(
     q_len: int,
     k_len: int,
     dtype: torch.dtype,
+    device: torch.device | None = None,
 ) -> torch.Tensor | None:
     """The caller's masks as one additive ``[B|1, H|1, Lq, Lk]`` float tensor (``-inf`` = masked).
 
     ``attn_mask`` follows SDPA: boolean True = attend, or float added to the scores; shapes
     ``[Lq, Lk]``, ``[B·H, Lq, Lk]`` (nn.MultiheadAttention's 3-D form) or ``[B|1, H|1, Lq, Lk]``.
     ``key_padding_mask`` ``[B, Lk]`` follows nn.MultiheadAttention: boolean True = ignore this
-    key, or float added.
+    key, or float added. A wrong shape, dtype or device is a ``ValueError`` naming the mask.
     """
     total = None
     if attn_mask is not None:
+        _check_mask("attn_mask", attn_mask, device)
         mask = attn_mask
-        if mask.dim() == 2:
+        shape = tuple(mask.shape)
+        allowed = (
+            f"({q_len}, {k_len}) [Lq, Lk], ({batch * heads}, {q_len}, {k_len}) [B·H, Lq, Lk] "
+            f"or ({batch}|1, {heads}|1, {q_len}, {k_len}) [B, H, Lq, Lk]"
+        )
+        if mask.dim() == 2 and shape == (q_len, k_len):
             mask = mask[None, None]
-        elif mask.dim() == 3:
-            if mask.shape[0] != batch * heads:
-                raise ValueError(
-                    f"attn_mask of 3 dimensions must be [B·H={batch * heads}, Lq, Lk], got {tuple(mask.shape)}"
-                )
-            mask = mask.view(batch, heads, *mask.shape[1:])
-        elif mask.dim() != 4:
-            raise ValueError(f"attn_mask must be [Lq, Lk], [B·H, Lq, Lk] or [B, H, Lq, Lk], got {tuple(mask.shape)}")
-        if tuple(mask.shape[-2:]) != (q_len, k_len):
-            raise ValueError(f"attn_mask must end in [Lq={q_len}, Lk={k_len}], got {tuple(mask.shape)}")
+        elif mask.dim() == 3 and shape == (batch * heads, q_len, k_len):
+            mask = mask.view(batch, heads, q_len, k_len)
+        elif not (
+            mask.dim() == 4 and shape[0] in (1, batch) and shape[1] in (1, heads) and shape[2:] == (q_len, k_len)
+        ):
+            raise ValueError(f"attn_mask: expected {allowed}, got {shape}")
         total = _additive(mask, attend=True, dtype=dtype)
     if key_padding_mask is not None:
+        _check_mask("key_padding_mask", key_padding_mask, device)
         if tuple(key_padding_mask.shape) != (batch, k_len):
-            raise ValueError(f"key_padding_mask must be [B={batch}, Lk={k_len}], got {tuple(key_padding_mask.shape)}")
+            raise ValueError(
+                f"key_padding_mask: expected ({batch}, {k_len}) [B, Lk], got {tuple(key_padding_mask.shape)}"
+            )
         pad = _additive(key_padding_mask[:, None, None, :], attend=False, dtype=dtype)
         total = pad if total is None else total + pad
     return total
+
+
+def _check_mask(name: str, mask: Any, device: torch.device | None) -> None:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise ValueError(f"{name}: dtype must be torch.bool or a floating point type, got {mask.dtype}")
+    if device is not None and mask.device != device:
+        raise ValueError(f"{name}: on {mask.device}, the inputs are on {device}")
 
 
 def _additive(mask: torch.Tensor, *, attend: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -145,9 +170,52 @@ def _additive(mask: torch.Tensor, *, attend: bool, dtype: torch.dtype) -> torch.
     if mask.dtype == torch.bool:
         blocked = ~mask if attend else mask
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(blocked, float("-inf"))
-    if not mask.is_floating_point():
-        raise ValueError(f"masks must be boolean or floating point, got {mask.dtype}")
     return mask.to(dtype)
+
+
+def _refuse_binary_float(name: str, mask: torch.Tensor | None) -> None:
+    """A float mask of only 0s and 1s (some of each) is refused: it is additive here, so its 0s mask
+    nothing, yet it reads as the 1 = attend / 0 = masked convention. One reduction and one host read."""
+    if mask is None or not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
+        return
+    ones = mask == 1
+    if bool((ones | (mask == 0)).all() & ones.any() & ~ones.all()):
+        raise ValueError(
+            f"{name}: a float mask of only 0.0 and 1.0 is ambiguous. Float masks are added to the scores "
+            f"(SDPA's and nn's convention), so its 0s would mask nothing. For 1 = attend, 0 = masked (the "
+            f"masked_fill(mask == 0, -inf) convention) pass mask= instead, or {name}="
+            + ("m.bool() (True = attend)" if name == "attn_mask" else "m == 0 (True = ignore the key)")
+        )
+
+
+def binary_mask_bias(
+    mask: Any, batch: int, heads: int, q_len: int, k_len: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The tutorials' ``mask`` (0 = masked, anything else = attend, any dtype; the Annotated
+    Transformer's ``scores.masked_fill(mask == 0, -inf)``) as an additive ``[B|1, H|1, Lq|1, Lk]``
+    tensor. Shapes ``[Lq|1, Lk]``, ``[B|1, Lq|1, Lk]`` (the heads dimension added, as those write-ups
+    do with ``mask.unsqueeze(1)``) or ``[B|1, H|1, Lq|1, Lk]``."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.device != device:
+        raise ValueError(f"mask: on {mask.device}, the inputs are on {device}")
+    shape = tuple(mask.shape)
+    full = mask.dim() == 4
+    view = mask if full else (mask[None, None] if mask.dim() == 2 else mask[:, None] if mask.dim() == 3 else None)
+    allowed = [(1, batch), (1, heads), (1, q_len), (k_len,)]
+    if view is None or any(size not in ok for size, ok in zip(view.shape, allowed, strict=True)):
+        raise ValueError(
+            f"mask: expected ({q_len}|1, {k_len}) [Lq, Lk], ({batch}|1, {q_len}|1, {k_len}) [B, Lq, Lk] or "
+            f"({batch}|1, {heads}|1, {q_len}|1, {k_len}) [B, H, Lq, Lk] (0 = masked), got {shape}"
+        )
+    return torch.zeros(view.shape, dtype=dtype, device=device).masked_fill(view == 0, float("-inf"))
+
+
+def empty_rows(total: torch.Tensor | None) -> torch.Tensor | None:
+    """``[B|1, H|1, Lq, 1]``: True where an additive mask leaves a query row no key (all ``-inf``)."""
+    if total is None:
+        return None
+    return torch.isneginf(total).all(dim=-1, keepdim=True)
 
 
 def masked_scores_bias(
@@ -165,11 +233,33 @@ def masked_scores_bias(
     return total
 
 
+def _check_arguments(
+    e_name: str, embed_dim: Any, h_name: str, heads: Any, kv_heads: Any, dropout: Any, options: dict[str, Any]
+) -> None:
+    """The constructor's numbers and mechanism options: a ``ValueError`` naming the argument and what it allows."""
+    _positive_int(e_name, embed_dim)
+    _positive_int(h_name, heads)
+    if embed_dim % heads:
+        raise ValueError(f"{h_name} must divide {e_name}={embed_dim} (allowed: {_divisors(embed_dim)}), got {heads}")
+    if kv_heads is not None:
+        _positive_int("kv_heads", kv_heads)
+        if heads % kv_heads:
+            raise ValueError(f"kv_heads must divide {h_name}={heads} (allowed: {_divisors(heads)}), got {kv_heads}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1) (the chance to drop a weight), got {dropout!r}")
+    check_options(options)
+    # The options' own checks (window >= 1, causal a bool, …) now rather than at the first call.
+    Case(heads=heads, kv_heads=kv_heads, head_dim=embed_dim // heads, q_len=1, **options)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention over ``query [B, T, E]``: self, cross (``key``/``value``), MHA/MQA/GQA.
 
     ``kv_heads`` < ``heads`` gives GQA, 1 gives MQA. ``mechanism`` and the remaining keyword
     options (``causal``, ``window``, …) are those of :func:`attnperf.functional.attention`.
+
+    Every argument and every call's tensors and masks are checked first: a ``ValueError`` names
+    the argument and what it allows, or the input and the shape it needs.
 
     nn.MultiheadAttention's names are accepted too, so a model's construction call carries over:
     ``num_heads`` (= ``heads``), ``d_model`` (= ``embed_dim``), ``kdim`` / ``vdim`` (key and
@@ -182,7 +272,12 @@ class MultiHeadAttention(nn.Module):
     * ``attn_mask``: SDPA's convention, boolean True = attend, or float added to the scores;
       ``key_padding_mask``: nn.MultiheadAttention's, boolean True = ignore the key. Both combine
       with the mechanism's own pattern. They need a backend of :data:`MASK_BACKENDS`, which
-      pass them to SDPA's ``attn_mask`` (eager adds them itself).
+      pass them to SDPA's ``attn_mask`` (eager adds them itself). A query row the masks leave no
+      key gets zero weights and a zero attention output on every backend (SDPA's convention;
+      the drop-in :class:`MultiheadAttention` follows nn instead).
+    * ``mask``: the tutorials' 0 = masked convention (``masked_fill(mask == 0, -inf)``), any dtype;
+      a float ``attn_mask`` / ``key_padding_mask`` of only 0s and 1s is refused as ambiguous.
+      ``is_causal``: SDPA's per-call switch, where Lq == Lk (see :meth:`forward`).
     * ``dropout`` applies to the attention weights in training mode only, as
       nn.MultiheadAttention and SDPA's ``dropout_p`` do; :data:`MASK_BACKENDS` honour it (SDPA
       through ``dropout_p``; eager with ``F.dropout`` on the weights). Others refuse to train with
@@ -211,22 +306,29 @@ class MultiHeadAttention(nn.Module):
         positions: str | None = None,
         max_len: int = 4096,
         bias: bool = True,
+        return_attention: bool = False,
         **options: Any,
     ) -> None:
         super().__init__()
         embed_dim = _alias("embed_dim", embed_dim, "d_model", d_model)
         heads = _alias("heads", heads, "num_heads", num_heads)
+        # Errors name the argument as the caller spelled it (nn's and the tutorials' names too).
+        e_name, h_name = (
+            ("d_model" if d_model is not None else "embed_dim"),
+            ("num_heads" if num_heads is not None else "heads"),
+        )
         if embed_dim is None or heads is None:
             raise ValueError("embed_dim (or d_model) and heads (or num_heads) are required")
-        if embed_dim % heads:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by heads ({heads})")
+        _check_arguments(e_name, embed_dim, h_name, heads, kv_heads, dropout, options)
+        for name, width in (("kdim", kdim), ("vdim", vdim), ("kv_dim", kv_dim), ("max_len", max_len)):
+            if width is not None:
+                _positive_int(name, width)
+        for name, flag in (("batch_first", batch_first), ("bias", bias), ("return_attention", return_attention)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         kv_heads = heads if kv_heads is None else kv_heads
-        if kv_heads < 1 or heads % kv_heads:
-            raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
         if positions is not None and positions not in POSITIONS:
             raise ValueError(f"positions must be None or one of {list(POSITIONS)}, got {positions!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if positions in ("rope", "alibi"):
             if mechanism != "full":
                 raise ValueError(
@@ -236,7 +338,7 @@ class MultiHeadAttention(nn.Module):
         self.mechanism = get_mechanism(mechanism).name
         self.backend = get_backend(backend).name
         self.options = options
-        self.dropout, self.batch_first = dropout, batch_first
+        self.dropout, self.batch_first, self.return_attention = dropout, batch_first, return_attention
         self.embed_dim, self.heads, self.kv_heads, self.head_dim = embed_dim, heads, kv_heads, embed_dim // heads
         kdim = kv_dim if kdim is None else kdim
         vdim = kv_dim if vdim is None else vdim
@@ -270,19 +372,30 @@ class MultiHeadAttention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         need_weights: bool = False,
         cache: KVCache | None = None,
-        return_attention: bool = False,
+        return_attention: bool | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``query [B, T, E]``; ``key`` (and ``value``, default ``key``) for cross-attention.
 
         Returns the output, or ``(output, weights [B, H, Lq, Lk])`` with ``need_weights`` or
-        ``return_attention`` (the same switch under nn's and attnperf's names)."""
-        for name, t in (("query", query), ("key", key), ("value", value)):
-            if t is not None and not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor [B, T, E], got {type(t).__name__}")
-        if value is not None and key is None:
-            raise ValueError("value needs key: pass key and value, or key alone (used as both)")
+        ``return_attention`` (the same switch under nn's and attnperf's names; the constructor's
+        ``return_attention=True`` makes it the default of every call). A query row that the masks
+        leave no key to attend gets zero weights and a zero attention output (SDPA's convention),
+        whichever backend runs and whether or not the weights are asked for.
+
+        ``mask``: the tutorials' convention, ``scores.masked_fill(mask == 0, -inf)``: any dtype,
+        0 = masked, anything else = attend; ``[Lq, Lk]``, ``[B|1, Lq|1, Lk]`` (heads added) or
+        ``[B|1, H|1, Lq|1, Lk]``. A float ``attn_mask`` or ``key_padding_mask`` holding only 0s and
+        1s is refused: added to the scores (SDPA's and nn's float convention) its 0s would mask
+        nothing, so it is most likely such a mask given to the wrong argument. ``is_causal=True``:
+        SDPA's per-call causal switch, taken where SDPA's top-left and attnperf's bottom-right
+        alignments agree (``Lq == Lk``); otherwise refused, saying which to use."""
+        self._check_inputs(query, key, value)
         if not self.batch_first:
             query, key, value = (t if t is None else t.transpose(0, 1) for t in (query, key, value))
+        if cache is not None:
+            self._check_cache(cache, query.shape[0])
         if self.positions is not None:
             query = self.positions(query, start=cache.length if cache is not None else 0)
         key = query if key is None else key
@@ -293,38 +406,141 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)
         dropout = self.dropout if self.training else 0.0
-        extra = user_bias(attn_mask, key_padding_mask, q.shape[0], self.heads, q.shape[2], k.shape[2], q.dtype)
+        weights_asked = need_weights or (self.return_attention if return_attention is None else return_attention)
+        options = self._call_options(is_causal, q.shape[2], k.shape[2])
+        if self.checks_binary_float_masks:
+            for name, m in (("attn_mask", attn_mask), ("key_padding_mask", key_padding_mask)):
+                _refuse_binary_float(name, m)
+        extra = user_bias(
+            attn_mask, key_padding_mask, q.shape[0], self.heads, q.shape[2], k.shape[2], q.dtype, q.device
+        )
+        if mask is not None:
+            binary = binary_mask_bias(mask, q.shape[0], self.heads, q.shape[2], k.shape[2], q.dtype, q.device)
+            extra = binary if extra is None else extra + binary
+        empty_value = self._empty_row_value(weights_asked)
         if extra is None and dropout == 0.0:
-            out = attention(q, k, v, mechanism=self.mechanism, backend=self.backend, **self.options)
+            out = attention(q, k, v, mechanism=self.mechanism, backend=self.backend, **options)
         else:
-            out = self._masked_attention(q, k, v, extra, dropout)
+            out = self._masked_attention(q, k, v, extra, dropout, empty_value, options)
         out = self.out_proj(out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1))
         if not self.batch_first:
             out = out.transpose(0, 1)
-        if not (need_weights or return_attention):
+        if not weights_asked:
             return out
-        return out, self._weights(q, k, extra)
+        return out, self._weights(q, k, extra, empty_value, options)
 
-    def _case(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[SoftmaxMechanism, Case]:
+    #: Refuse float masks of only 0s and 1s (see :meth:`forward`); nn's drop-in adds them, as nn does.
+    checks_binary_float_masks = True
+
+    def _call_options(self, is_causal: bool, q_len: int, k_len: int) -> dict[str, Any]:
+        """The layer's mechanism options for this call, with SDPA's per-call ``is_causal``."""
+        if not isinstance(is_causal, bool):
+            raise ValueError(f"is_causal must be True or False, got {is_causal!r}")
+        if not is_causal or self.options.get("causal"):
+            return self.options
+        if q_len != k_len:
+            raise ValueError(
+                f"is_causal=True with Lq={q_len} != Lk={k_len} is ambiguous: SDPA aligns the causal mask "
+                f"top-left (query i sees keys <= i), attnperf bottom-right (queries are the last Lq keys, as "
+                f"in KV-cache decoding). Build the layer with causal=True for bottom-right, or pass attn_mask"
+            )
+        return {**self.options, "causal": True}
+
+    def _empty_row_value(self, weights_asked: bool) -> float:
+        """The attention output (before ``out_proj``) and the weights of a query row that may attend
+        to no key: 0, SDPA's convention, so that every backend gives one answer and the weights
+        returned agree with the output (eager's softmax alone would give NaN, SDPA's kernels 0)."""
+        return 0.0
+
+    def _layout(self, batch: object, seq: object, width: object, unbatched: bool = False) -> str:
+        if unbatched:
+            return f"({seq}, {width})"
+        return f"({batch}, {seq}, {width})" if self.batch_first else f"({seq}, {batch}, {width})"
+
+    def _check_inputs(self, query: Any, key: Any, value: Any, *, unbatched: bool = False) -> None:
+        """Each tensor's rank, widths, batch, dtype and device against the layer: a ``ValueError``
+        naming the input and the shape it must have, before any projection fails obscurely."""
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(
+                    f"{name} must be a torch.Tensor {self._layout('batch', 'seq', 'E')}, got {type(t).__name__}"
+                )
+        if value is not None and key is None:
+            raise ValueError("value needs key: pass key and value, or key alone (used as both)")
+        b_axis, s_axis = (None, 0) if unbatched else ((0, 1) if self.batch_first else (1, 0))
+        rank = 2 if unbatched else 3
+        batch = "batch" if b_axis is None or query.dim() != rank else query.shape[b_axis]
+        expected = [("query", query, "batch", "seq", self.embed_dim)]
+        if key is not None:
+            expected.append(("key", key, batch, "seq", self.k_proj.in_features))
+        if value is not None:
+            seq = key.shape[s_axis] if key.dim() == rank else "seq"
+            expected.append(("value", value, batch, seq, self.v_proj.in_features))
+        weight = self.q_proj.weight
+        for name, t, b, s, width in expected:
+            want = self._layout(b, s, width, unbatched)
+            ok = t.dim() == rank and t.shape[-1] == width
+            ok = ok and (b_axis is None or not isinstance(b, int) or t.shape[b_axis] == b)
+            ok = ok and (not isinstance(s, int) or t.shape[s_axis] == s)
+            if not ok:
+                hint = ""
+                if t.dim() == 2 and not unbatched:
+                    hint = (
+                        f"; one unbatched sequence needs its batch dimension: {name}.unsqueeze"
+                        f"({0 if self.batch_first else 1})"
+                    )
+                raise ValueError(f"{name}: expected {want}, got {tuple(t.shape)}{hint}")
+            if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):  # autocast casts both
+                raise ValueError(
+                    f"{name}: dtype {t.dtype}, but the layer's parameters are {weight.dtype}; "
+                    f"convert one of them ({name}.to({weight.dtype}) or layer.to({t.dtype}))"
+                )
+            if t.device != weight.device:
+                raise ValueError(
+                    f"{name}: on {t.device}, but the layer's parameters are on {weight.device}; move one of them"
+                )
+
+    def _check_cache(self, cache: KVCache, batch: int) -> None:
+        """The cache was made for this layer and this batch."""
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache (layer.new_cache(batch, max_len)), got {type(cache).__name__}")
+        made = (cache.k.shape[0], cache.k.shape[1], cache.k.shape[3])
+        if made != (batch, self.kv_heads, self.head_dim):
+            raise ValueError(
+                f"cache: made for (batch, kv_heads, head_dim) = {made}, this call needs "
+                f"{(batch, self.kv_heads, self.head_dim)}; make it with layer.new_cache({batch}, max_len)"
+            )
+
+    def _case(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: dict[str, Any]
+    ) -> tuple[SoftmaxMechanism, Case]:
         mech = get_mechanism(self.mechanism)
         if not isinstance(mech, SoftmaxMechanism):
             raise ValueError(
                 f"attn_mask, key_padding_mask and dropout need a softmax mechanism; {mech.name} is {mech.family}"
             )
-        case = case_from_tensors(q, k, v, **self.options)
+        case = case_from_tensors(q, k, v, **options)
         mech.validate(case)
         return mech, case
 
     def _masked_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: torch.Tensor | None, dropout: float
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        extra: torch.Tensor | None,
+        dropout: float,
+        empty_value: float,
+        options: dict[str, Any],
     ) -> torch.Tensor:
-        """Attention with the caller's masks and/or dropout, through SDPA's ``attn_mask`` / ``dropout_p``."""
+        """Attention with the caller's masks and/or dropout, through SDPA's ``attn_mask`` / ``dropout_p``;
+        rows the masks leave empty set to ``empty_value``."""
         if self.backend not in MASK_BACKENDS:
             raise ValueError(
                 f"attn_mask, key_padding_mask and dropout in training need backend in {list(MASK_BACKENDS)}, "
                 f"got {self.backend!r}"
             )
-        mech, case = self._case(q, k, v)
+        mech, case = self._case(q, k, v, options)
         backend = get_backend(self.backend)
         reason = backend.supports(mech, case)
         if reason is not None:
@@ -338,27 +554,36 @@ class MultiHeadAttention(nn.Module):
             if total is not None:
                 scores = scores + total
             weights = F.dropout(softmax_probs(scores, v.dtype), p=dropout, training=dropout > 0)
-            return weights @ expand_kv(v, case.heads)
-        kwargs: dict[str, Any] = {"attn_mask": total, "dropout_p": dropout, "scale": case.scale}
-        kwargs["enable_gqa"] = case.n_kv_heads != case.heads
-        if isinstance(backend, Sdpa):
-            with only_kernel(backend.kernel):
-                return run_unsupported_aware(backend, lambda: F.scaled_dot_product_attention(q, k, v, **kwargs))
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+            out = weights @ expand_kv(v, case.heads)
+        else:
+            kwargs: dict[str, Any] = {"attn_mask": total, "dropout_p": dropout, "scale": case.scale}
+            kwargs["enable_gqa"] = case.n_kv_heads != case.heads
+            if isinstance(backend, Sdpa):
+                with only_kernel(backend.kernel):
+                    out = run_unsupported_aware(backend, lambda: F.scaled_dot_product_attention(q, k, v, **kwargs))
+            else:  # "sdpa": SDPA picks its kernel
+                out = F.scaled_dot_product_attention(q, k, v, **kwargs)
+        empty = empty_rows(total)
+        return out if empty is None else out.masked_fill(empty, empty_value)
 
-    def _weights(self, q: torch.Tensor, k: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        """``[B, H, Lq, Lk]`` weights on the reference path (before dropout), masks included."""
+    def _weights(
+        self, q: torch.Tensor, k: torch.Tensor, extra: torch.Tensor | None, empty_value: float, options: dict[str, Any]
+    ) -> torch.Tensor:
+        """``[B, H, Lq, Lk]`` weights on the reference path (before dropout), masks included; rows the
+        masks leave empty set to ``empty_value``, as the output's are."""
         mech = get_mechanism(self.mechanism)
-        case = case_from_tensors(q, k, k, **self.options)
+        case = case_from_tensors(q, k, k, **options)
         if extra is None:
             return mech.weights(q, k, case)
-        soft, case = self._case(q, k, k)
+        soft, case = self._case(q, k, k, options)
         transform = soft.qk_transform(case, q.device, q.dtype)
         if transform is not None:
             q, k = transform(q, k)
         scores = q @ expand_kv(k, case.heads).transpose(-1, -2) * case.scale
         total = masked_scores_bias(soft, case, q.device, q.dtype, extra)
-        return torch.softmax(scores if total is None else scores + total, dim=-1)
+        weights = torch.softmax(scores if total is None else scores + total, dim=-1)
+        empty = empty_rows(total)
+        return weights if empty is None else weights.masked_fill(empty, empty_value)
 
 
 class MultiheadAttention(MultiHeadAttention):
@@ -375,7 +600,9 @@ class MultiheadAttention(MultiHeadAttention):
     :class:`MultiHeadAttention`: a boolean ``attn_mask`` here means True = *not allowed*
     (nn.MultiheadAttention's convention), not SDPA's True = attend. Plus ``backend=`` and the
     attnperf options. :meth:`from_torch` copies an ``nn.MultiheadAttention``'s weights.
-    Not supported: ``add_bias_kv``, ``add_zero_attn`` (a ValueError says so).
+    Not supported: ``add_bias_kv``, ``add_zero_attn`` and ``dropout=1.0`` or negative (nn accepts
+    those two values; a ValueError says what is allowed). A query row the masks leave no key gives
+    what nn gives (see :meth:`_empty_row_value`) on every backend.
     """
 
     def __init__(
@@ -394,7 +621,14 @@ class MultiheadAttention(MultiHeadAttention):
         if add_bias_kv or add_zero_attn:
             raise ValueError("add_bias_kv and add_zero_attn are not supported (allowed: False)")
         super().__init__(
-            embed_dim, num_heads, dropout=dropout, bias=bias, kdim=kdim, vdim=vdim, batch_first=batch_first, **options
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            dropout=dropout,
+            bias=bias,
+            kdim=kdim,
+            vdim=vdim,
+            batch_first=batch_first,
+            **options,
         )
 
     def forward(  # type: ignore[override]
@@ -408,18 +642,35 @@ class MultiheadAttention(MultiHeadAttention):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """nn.MultiheadAttention's call; unbatched ``[T, E]`` inputs too."""
+        """nn.MultiheadAttention's call; unbatched ``[T, E]`` inputs too, as nn takes them (key and
+        value 2-D as well, ``key_padding_mask [S]``, ``attn_mask [L, S]`` or ``[num_heads, L, S]``)."""
         if is_causal and attn_mask is None:  # nn.MultiheadAttention refuses it too (a RuntimeError there)
             raise ValueError(
                 "is_causal=True is a hint that attn_mask is the causal mask; it needs attn_mask "
                 "(nn.Transformer.generate_square_subsequent_mask(L) makes one)"
             )
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if query.dim() not in (2, 3):
+            raise ValueError(
+                f"query: expected {self._layout('batch', 'seq', self.embed_dim)} or unbatched "
+                f"{self._layout(None, 'seq', self.embed_dim, unbatched=True)}, got {tuple(query.shape)}"
+            )
         unbatched = query.dim() == 2
+        self._check_inputs(query, key, value, unbatched=unbatched)
         if unbatched:
+            if key_padding_mask is not None and (
+                not isinstance(key_padding_mask, torch.Tensor) or tuple(key_padding_mask.shape) != (key.shape[0],)
+            ):
+                shape = getattr(key_padding_mask, "shape", type(key_padding_mask).__name__)
+                raise ValueError(
+                    f"key_padding_mask: expected ({key.shape[0]},) [S] for an unbatched query, got {shape}"
+                )
             query, key, value = (t.unsqueeze(1 if not self.batch_first else 0) for t in (query, key, value))
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask[None]
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
+        if isinstance(attn_mask, torch.Tensor) and attn_mask.dtype == torch.bool:
             attn_mask = ~attn_mask  # nn.MultiheadAttention: True = not allowed; SDPA: True = attend
         result = super().forward(
             query, key, value, key_padding_mask=key_padding_mask, attn_mask=attn_mask, need_weights=need_weights
@@ -431,6 +682,17 @@ class MultiheadAttention(MultiHeadAttention):
             out = out.squeeze(1 if not self.batch_first else 0)
             weights = None if weights is None else weights.squeeze(0)
         return out, weights
+
+    checks_binary_float_masks = False  # nn adds a float mask of 0s and 1s; so does its drop-in
+
+    def _empty_row_value(self, weights_asked: bool) -> float:
+        """nn.MultiheadAttention's answer for a query row the masks leave no key: with
+        ``need_weights=True`` its softmax gives NaN weights and a NaN output row; without, it calls
+        SDPA, which gives a zero attention output (the row's output is ``out_proj``'s bias). Both
+        are kept, on every backend. (nn's inference fast path — eval, no grad, batch_first, one
+        tensor as query, key and value — gives NaN without weights too; the drop-in follows nn's
+        general path.)"""
+        return float("nan") if weights_asked else 0.0
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention, **options: Any) -> MultiheadAttention:

@@ -9,7 +9,10 @@ masked 128×128 blocks are never computed) and ``score_mod`` (ALiBi). Two pitfal
   always the fused kernel;
 * ``create_block_mask`` defaults to CUDA; the case's device is passed.
 
-On the CPU the compiled kernel is inference-only (no backward).
+On the CPU the compiled kernel is inference-only (no backward). NaN inputs: NaN in ``q`` or ``k``
+gives finite output (a query whose scores are all NaN gets 0, as a fully masked row) where every
+other backend returns NaN; NaN in ``v`` propagates. That is the compiled kernel's (upstream)
+behaviour; checking the inputs would cost a pass over them and a host sync per call.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def block_mask_for(mechanism: SoftmaxMechanism, case: Case, device: torch.device
 
 class Flex(Backend):
     name = "flex"
-    summary = "flex_attention compiled, block-sparse masks and score mods"
+    summary = "flex_attention compiled, block-sparse masks and score mods (NaN in q/k gives finite output)"
     mechanisms = SOFTMAX_MECHANISMS
     dtypes = ("float32", "bfloat16", "float16")
     compiles_per_shape = True
