@@ -67,16 +67,16 @@ def check_distinct(outputs: dict[str, Path | None]) -> None:
 
 
 def check_workdir(path: Path, flag: str) -> Path:
-    """A folder a command writes many files into: created if absent; refused if it is a file or not
-    writable."""
+    """A folder a command will write many files into, checked before any work and created only when
+    the work starts (bad input writes nothing): refused if it is a file, or if it or the nearest folder
+    above it that exists is not writable."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file; give a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: cannot create it ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"{flag} {path}: not writable")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UsageError(f"{flag} {path}: {existing} is not a writable folder")
     return path
 
 

@@ -71,6 +71,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
     if judge is not None and not judge.calibrated:
         raise UsageError(f"--noise: {judge.why_uncalibrated}")
     if not args.reuse:
+        args.workdir.mkdir(parents=True, exist_ok=True)
         inject = args.inject or ("spin:flash-attn4=5" if grid_named(grid_name).device == "cuda" else "spin:eager=100")
         parse_inject(inject)  # refused before any process starts
         runner = ProcessRunner(args.workdir.resolve(), repeat=args.repeat)
@@ -137,6 +138,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     runs = finished(load_runs(args.runs, "--runs"))
     grid_name = args.grid or ("pr-gpu" if grid_named().device == "cuda" else "pr-cpu")
     if not args.runs:
+        args.workdir.mkdir(parents=True, exist_ok=True)
         points = grid_named(grid_name).points()
         runner = ProcessRunner(args.workdir.resolve(), repeat=args.repeat)
         points_file = write_points(args.workdir / "points.json", points)
