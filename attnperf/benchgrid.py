@@ -246,7 +246,7 @@ class Cost:
 
 GRID_COSTS: dict[str, Cost] = {
     "pr-cpu": Cost(6, 4.7, 1.2, 0.2, "2-core CPU: 40 points, first process 195 s (11-28), later 53 s (11-29)"),
-    # H200, 2026-11-29 (docs/gpu/2026-11-29/trials/costs.txt): 240 points, 155 runnable; a commit's
+    # H200, 2026-11-29 (measurements/h200-2026-11-29/batch-costs.txt): 240 points, 155 runnable; a commit's
     # first process 415 s (cold compile caches: 364 s of checks), its second 228 s (fla's Triton
     # autotuning once more, 152 s), later ones 74-81 s (verdicts and compilations cached, per-point
     # collections frozen out), those including flash-attn-4's points timed with injected slowdowns.
