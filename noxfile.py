@@ -124,6 +124,22 @@ def sweep(session: nox.Session) -> None:
     session.run("attnperf", "sweep", *args)
 
 
+#: The committed CPU sweep that docs/plots/ is drawn from (tools/command-docs.sh writes it).
+PLOTS_RESULTS = "measurements/cpu/sweep.json"
+
+
+@nox.session(python=PYTHON)
+def plots(session: nox.Session) -> None:
+    """Redraw docs/plots/ from the committed CPU sweep, so that the pictures match the data.
+
+    ``attnperf plot`` writes PNG and SVG; the PNGs are committed, the SVGs are ignored (they embed a
+    date and random ids, so every redraw would change them). Extra arguments replace the results file and
+    options, e.g. ``nox -s plots -- r.json --out plots``.
+    """
+    install(session, "plots")
+    session.run("attnperf", "plot", *(session.posargs or [PLOTS_RESULTS, "--out", "docs/plots"]))
+
+
 @nox.session(python=PYTHON)
 def cp(session: nox.Session) -> None:
     """Context-parallel attention under torchrun: ``nox -s cp -- check|bench ...`` (``attnperf cp``).

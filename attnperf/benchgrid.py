@@ -255,7 +255,7 @@ class Cost:
 
 
 GRID_COSTS: dict[str, Cost] = {
-    # Fitted to measured processes (docs/benchmarks.md has them): a commit's first process checks
+    # Fitted to measured processes (docs/measured.md has them): a commit's first process checks
     # every point and compiles; later ones load verdicts and compilations from the caches.
     "pr-cpu": Cost(6, 4.7, 1.2, 0.2, "2-core CPU, 40 points"),
     "pr-gpu": Cost(9, 1.7, 0.29, 0.2, "H200, 240 points"),

@@ -22,6 +22,7 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     binary.write_bytes(b"\xff\xfe\x00\x01")
     noise = tmp / "noise.json"
     noise.write_text('{"machine": "m"}')
+    work = ["--workdir", str(tmp / "w"), "--summary", str(tmp / "s.md")]
     return {
         "list": (["list", "--variants", "nosuch"], "unknown variants ['nosuch']"),
         "check": (["check", "--heads", "4", "--kv-heads", "3"], "--kv-heads 3: must divide --heads 4"),
@@ -31,11 +32,9 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "plot": (["plot", str(binary)], "is not a text file (not UTF-8)"),
         "tune": (["tune", "--memory-limit-mib", "inf"], "expected a finite number > 0, got inf"),
         "model": (["model", "--hidden", "100"], "hidden must be a multiple of 256"),
-        "regress": (["regress", "nosuchref", "HEAD", "--repo", str(ROOT), "--workdir", str(tmp / "w"),
-                     "--summary", str(tmp / "s.md")], "base 'nosuchref': not a commit"),  # fmt: skip
+        "regress": (["regress", "nosuchref", "HEAD", "--repo", str(ROOT), *work], "base 'nosuchref': not a commit"),
         "trials": (["trials", "--reuse", "--workdir", str(a_file)], f"--workdir {a_file} is a file; give a folder"),
-        "calibrate": (["calibrate", "--runs", str(tmp / "missing.json"), "--out", str(tmp / "n.json"),
-                       "--workdir", str(tmp / "c")], "--runs"),  # fmt: skip
+        "calibrate": (["calibrate", "--runs", str(tmp / "missing.json"), "--out", str(tmp / "n.json")], "--runs"),
         "history": (["history", "record", "--commit", "HEAD", "--repo", str(ROOT), str(binary)], "run file"),
         "batch": (["batch", "--points", str(noise), "--out", str(tmp / "o.json")], "not a points file"),
         "cp": (["cp", "check", "--device", "cpu", "--heads", "4", "--kv-heads", "3"], "kv_heads"),

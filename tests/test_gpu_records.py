@@ -1,7 +1,8 @@
 """The analyzer's memory predictions held against peak memory measured on the H100.
 
-``docs/gpu/<date>/`` keeps what ``tools/gpu-check.sh`` measured there (``torch.cuda``'s peak
-allocation beyond the inputs, one forward). This test recomputes each prediction with the code
+``tests/data/h100-2026-11-28/`` keeps, of what ``tools/gpu-check.sh`` measured there, the fields these
+tests read (``torch.cuda``'s peak allocation beyond the inputs, one forward; tests/data/README.md says
+where each file comes from). This test recomputes each prediction with the code
 as it is now, so a change to a memory model that contradicts a real measurement fails on the
 CPU, in CI, without a GPU. Same bar as the on-GPU test in test_analysis.py: within 10%.
 """
@@ -20,7 +21,7 @@ from attnperf.case import Case
 from attnperf.catalog import get_variant
 from attnperf.mechanisms import get_mechanism
 
-RECORDS = Path(__file__).resolve().parent.parent / "docs" / "gpu" / "2026-11-28"
+RECORDS = Path(__file__).resolve().parent / "data" / "h100-2026-11-28"
 #: The shape every analyze-*.json there was measured at (tools/gpu-check.sh's SHAPE, --window 512);
 #: rows written since carry their case themselves.
 ANALYZE_SHAPE = {"heads": 16, "head_dim": 128, "dtype": "bfloat16", "device": "cuda"}
@@ -59,7 +60,7 @@ DTYPE_OF_TAG = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 def memory_lines() -> list:
     """One parameter set per MEMORY line, named by variant, backend, case id and the file's line."""
     lines = []
-    for name in ("pytest-linear.log", "pytest-memory.log"):
+    for name in ("pytest-linear.txt", "pytest-memory.txt"):
         for number, line in enumerate((RECORDS / name).read_text().splitlines(), 1):
             if m := MEMORY_LINE.search(line):
                 values = (m[1], m[2], m[3], int(m[4]), DTYPE_OF_TAG[m[5]], int(m[6]))

@@ -1,4 +1,4 @@
-"""tools/gpu-session.sh, the runner of GPU-check phases on the lent machine, with a stub in place of
+"""tools/gpu-session.sh, the background runner of GPU-check phases on a CUDA host, with a stub in place of
 tools/gpu-check.sh: phases after a "+" run as a second lane on the second GPU, with a copy, work
 folders and an archive of their own; without a "+" there is one lane, as before lanes existed."""
 
@@ -46,7 +46,7 @@ def cpu_set(listed: str) -> set[int]:
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     if shutil.which("bash") is None or shutil.which("setsid") is None:
-        pytest.skip("needs bash and setsid (util-linux), as the lent machine has")
+        pytest.skip("needs bash and setsid (util-linux), as a GPU host running the check has")
     tree = tmp_path / "tree"
     (tree / "tools").mkdir(parents=True)
     shutil.copy(ROOT / "tools" / "gpu-session.sh", tree / "tools")

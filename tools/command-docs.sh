@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate docs/commands.md: each attnperf command run on this machine, with its real output.
+# Regenerate docs/commands.md: each attnperf command run on this machine, with its real output; the sweep's
+# and the model run's results go to measurements/cpu/, and the plots drawn from that sweep to docs/plots/
+# (the same command as `nox -s plots`).
 # Usage (from the repository root, attnperf installed):  bash tools/command-docs.sh
 set -euo pipefail
 out=docs/commands.md; tmp=$(mktemp -d)
@@ -20,14 +22,14 @@ run "attnperf list" "The support matrix on this machine: \`yes\`, or \`-\` with 
 run "attnperf check" "Each backend against the float64 reference on fresh random inputs; unsupported pairs are left out (\`--all\` shows them)." \
   attnperf check --variants sliding_window,topk,alibi --backends eager,sdpa-math,tiled,flex --seq-lens 17,257 --window 9 --top-k 5
 run "attnperf sweep" "Checked, then timed: latency, tokens/s, useful TFLOP/s, peak memory (RSS growth on the CPU) and ratios against eager from the same run." \
-  attnperf sweep --variants causal,sliding_window,linear_causal --backends eager,sdpa-flash,flex,tiled,onnxruntime --seq-lens 512,2048 --batches 1,4 --window 128 --repeat 5 --json "$tmp/sweep.json"
+  attnperf sweep --variants causal,sliding_window,linear_causal --backends eager,sdpa-flash,flex,tiled,onnxruntime --seq-lens 512,2048 --batches 1,4 --window 128 --repeat 5 --json measurements/cpu/sweep.json --force
 run "attnperf analyze" "Predicted FLOPs (useful and executed), minimum bytes, predicted peak memory and the roofline bound, held against measurement; exponents fitted over the lengths." \
   attnperf analyze --variants causal,sliding_window,linear_causal --backends eager,flex,tiled --seq-lens 512,1024,2048,4096 --window 128 --measure --repeat 5
 run "attnperf plot" "Figures from the sweep above and pictures of the mechanisms, PNG and SVG (docs/plots/)." \
-  attnperf plot "$tmp/sweep.json" --out docs/plots
+  attnperf plot measurements/cpu/sweep.json --out docs/plots
 run "attnperf tune" "Per backend, the batch of highest throughput under a 256 MiB limit and a 400 ms p95 (✗: a size that did not fit)." \
   attnperf tune --variant causal --seq-len 1024 --backends eager,sdpa-flash,tiled --memory-limit-mib 256 --p95-ms 400 --max-batch 64 --repeat 5
 run "attnperf model" "A Llama-3.2-1B-shaped decoder (random weights), each transformers attention implementation checked against eager, then prefill and per-token decode timed." \
-  attnperf model --size small --prompt-len 128 --new-tokens 16 --repeat 5 --json "$tmp/model.json"
-mv "$tmp/doc" "$out"; cp "$tmp/sweep.json" docs/results/cpu-sweep.json; cp "$tmp/model.json" docs/results/cpu-model-small.json; rm -rf "$tmp"
+  attnperf model --size small --prompt-len 128 --new-tokens 16 --repeat 5 --json measurements/cpu/model-small.json
+mv "$tmp/doc" "$out"; rm -rf "$tmp"
 echo "wrote $out"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Context parallelism on the two GPUs of one host, in one call (docs/context-parallel.md):
+# Context parallelism on the two GPUs of one host, in one run (docs/context-parallel.md):
 #   1. check: the gathered 2-GPU output against the float64 reference (full, causal; MHA and GQA);
 #   2. the causal table, 16k … 256k tokens (B1 H16 D128 bf16), 1 GPU (best of sdpa-cudnn, sdpa-flash,
 #      flash-attn4) vs 2 GPUs, speedup, efficiency, peak memory per rank ($OUT/table-causal);
@@ -18,8 +18,8 @@ run() { timeout "$1" torchrun --nproc-per-node 2 -m attnperf.cp "${@:2}"; }  # $
 run 120 check --device cuda --seq-lens 4096,16384 --json "$OUT/check-mha.json" 2>&1 | tee "$OUT/check.log"
 run 120 check --device cuda --seq-lens 4096,16384 --kv-heads 4 --json "$OUT/check-gqa.json" 2>&1 | tee -a "$OUT/check.log"
 # Causal first: it carries the targets (>= 1.8x at >= 256k). Each step writes its table row by row,
-# so a step cut off by its timeout keeps the rows it finished (the 2026-11-29 run lost causal >= 64k
-# when both variants shared one step).
+# so a step cut off by its timeout keeps the rows it finished (with both variants in one step, a
+# timeout once lost every causal row from 64k on).
 run 300 bench --device cuda --variants causal --out "$OUT/table-causal" 2>&1 | tee "$OUT/table-causal.log"
 run 240 bench --device cuda --variants causal --heads 128 --head-dim 256 --baselines sdpa-cudnn,sdpa-flash \
   --seq-lens 131072 --max-seq-len 1048576 --repeat 3 --rotate alltoall --out "$OUT/hold" 2>&1 | tee "$OUT/hold.log"

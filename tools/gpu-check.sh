@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole GPU check, in phases sized so that a few of them fit one 10-minute call on a lent
-# H100. There the optional libraries and asv come from the GPU stack (device-stack.sh, staged in
-# three calls; its /tmp/devstack/env.sh is sourced when present); on a prepared GPU runner they
-# are installed. A phase whose backends are missing reports them unsupported with the reason;
-# asv and aa stop without asv. Writes everything into one archive, $OUT/gpu-check.tgz (the device
-# brings back at most 8 files); $OUT defaults to ./gpu-out.
+# attnperf's own GPU check, for a maintainer on any CUDA host: correctness of every CUDA pair, the
+# measurements the docs quote, and the pull-request check's costs and error rates. It runs in
+# phases of a few minutes each, so that they can run in the background and be polled
+# (tools/gpu-session.sh). The optional libraries (flash-attn-4, FlashAttention-3, xFormers, fla)
+# and asv are used where installed: a phase whose backends are missing reports them unsupported
+# with the reason, and the asv phases stop without asv. ATTNPERF_GPU_ENV names an optional file of
+# environment settings to source first (e.g. LD_LIBRARY_PATH for a library's CUDA runtime).
+# Writes everything into one archive, $OUT/gpu-check.tgz; $OUT defaults to ./gpu-out.
 #   bash tools/gpu-check.sh PHASE [PHASE...]
 #   tests             correctness of every CUDA pair of the built-in backends + predicted-memory validation
 #   tests-linear      only linear attention, ALiBi and the predicted-memory validation (a quick re-check)
@@ -20,7 +22,7 @@
 #   batch             two attnperf.batch processes over the pr-gpu grid: statuses and per-point costs
 #   overhead          asv's per-point cost (one process per point, 2 points), to set against batch's
 #   prcheck           the pull-request check itself, A/A: regress HEAD~1 HEAD over pr-gpu, timed (in a copy
-#                     without .git: tar --exclude=./.git -cf - . | tar xf - -C /tmp/copy; the device's copy has one)
+#                     without .git: tar --exclude=./.git -cf - . | tar xf - -C /tmp/copy; gpu-session.sh makes one)
 #   rows16            the optimization suite's rows (vanilla / SDPA / FlashAttention-2 / xFormers / ORT FP16 /
 #                     TensorRT) at fp16, SDPA's own choice against every forced kernel, and the model-level run
 #                     at Llama-3.2-1B's size
@@ -31,14 +33,14 @@
 #                     the Triton and BigBird CUDA tests, the CUDA-graph tests, flash-attn-4's checks, top-k at 16k
 #                     (beside dense causal) and 64k, BigBird's one call from 16k to 128k, the 16k profiles, and
 #                     BigBird's two flash-attn-4 paths (tools/gpu-probes.py bigbird-blocksparse)
-#   cp                context parallelism on two GPUs of one host (tools/cp-two-gpus.sh; nvidia-h200-x2): the check,
+#   cp                context parallelism on two GPUs of one host (tools/cp-two-gpus.sh): the check,
 #                     the 1-vs-2-GPU table and the longest sequence each holds, into $OUT/cp
 #   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf.history run), asv publish
 #   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
 #                     reuses its verdicts and pools its processes). TRIALS_COMMIT=SHA measures that commit's code
-#                     (a worktree of ATTNPERF_ORIGIN), so that several sessions' processes pool; TRIALS_VERDICTS=FILE
-#                     starts from an earlier session's verdicts of that same code (the file is copied out again);
-#                     TRIALS_POOL="A.tgz B.tgz" pools earlier sessions' processes (their trials-runs.tgz); TRIALS_RESERVE_S
+#                     (a worktree of ATTNPERF_ORIGIN), so that several runs' processes pool; TRIALS_VERDICTS=FILE
+#                     starts from an earlier run's verdicts of that same code (the file is copied out again);
+#                     TRIALS_POOL="A.tgz B.tgz" pools earlier runs' processes (their trials-runs.tgz); TRIALS_RESERVE_S
 #                     leaves that many seconds before the deadline to the phases after it
 #   prcheck-pr        a pull request's check, timed: regress HEAD~1 HEAD over pr-gpu where the head changes a comment
 #                     (other fingerprints: both sides run their checks), with the compile cache earlier phases filled
@@ -47,7 +49,7 @@ set -uo pipefail
 (($#)) || { sed -n '2,/^# Each step/p' "$0"; exit 2; }
 FINAL=${OUT:-$PWD/gpu-out}; OUT=$FINAL/raw; mkdir -p "$OUT"
 trap 'tar czf "$FINAL/gpu-check.tgz" -C "$OUT" . && rm -rf "$OUT"' EXIT
-if [[ -f /tmp/devstack/env.sh ]]; then source /tmp/devstack/env.sh; fi
+if [[ -n ${ATTNPERF_GPU_ENV:-} ]]; then source "$ATTNPERF_GPU_ENV" || exit 2; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 ATTNPERF_SEED=${ATTNPERF_SEED:-20261128}
 # One compilation cache for every phase's processes, as a runner keeps between jobs (perf-pr.yml restores
 # main's): a later phase's checks load the kernels an earlier one built.
@@ -99,7 +101,7 @@ asv_repo() {  # asv needs a git repository: the tree as one commit and an empty 
       echo "asv and aa make a throwaway history: run them in a copy without .git"
       echo "  (git archive HEAD | tar x -C /tmp/copy, then cd /tmp/copy)"; return 1
     fi
-    git init -q 2>/dev/null; echo /.devstack/ >> .git/info/exclude; git add -A >/dev/null; git -c user.name=gpu -c user.email=gpu@local commit -qm base >/dev/null
+    git init -q 2>/dev/null; git add -A >/dev/null; git -c user.name=gpu -c user.email=gpu@local commit -qm base >/dev/null
     git -c user.name=gpu -c user.email=gpu@local commit -q --allow-empty -m "a/a"; git branch -M main  # asv.conf.json follows main
     python3 -m asv machine --yes --machine "$M" >/dev/null 2>&1 || true  # asv phases check for asv themselves
   fi
@@ -172,7 +174,7 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     echo "asv exit $?: 2 points in $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a "$OUT/overhead-asv.txt"
     grep -E "time_forward|ms" "$OUT/overhead-asv.txt" | tail -4 ;;
   prcheck)
-    # Work folders in /tmp outlive the call while the machine stays warm: trials reuse the verdicts.
+    # The work folders outlive the phase: a later trials phase on this host reuses the verdicts.
     asv_repo || continue
     start=$(date +%s.%N); rm -rf $W/attnperf-prcheck
     timeout "${PRCHECK_TIMEOUT_S:-480}" python3 -m attnperf.regress HEAD~1 HEAD --grid pr-gpu --workdir $W/attnperf-prcheck \
@@ -245,11 +247,11 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
   history)
     # asv history of the last three commits on this GPU for the mechanisms (one batch process per
     # commit, recorded as asv results), then asv publish. Needs the checkout's git history:
-    # ATTNPERF_ORIGIN (gpu-session.sh sets it to the device's checkout).
+    # ATTNPERF_ORIGIN (gpu-session.sh sets it to the checkout it was started from).
     need_asv history || continue
     [[ -d ${ATTNPERF_ORIGIN:-}/.git ]] || { echo "history needs ATTNPERF_ORIGIN, a checkout with .git"; continue; }
     rm -rf $W/history $W/history-work && git clone -q "$ATTNPERF_ORIGIN" $W/history || continue
-    if [[ -f .hist/new.bundle ]]; then  # commits the device's .git lacks (git bundle create .hist/new.bundle BASE..main)
+    if [[ -f .hist/new.bundle ]]; then  # commits ATTNPERF_ORIGIN's .git lacks (git bundle create .hist/new.bundle BASE..main)
       git -C $W/history fetch -q "$PWD/.hist/new.bundle" main && git -C $W/history checkout -q -B main FETCH_HEAD
     fi
     git -C $W/history log --oneline -4
@@ -263,7 +265,7 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     tar czf "$OUT/history-results.tgz" -C $W/history/.asv results 2>/dev/null
     python3 tools/html-points.py $W/history/.asv/html "$M" | tee "$OUT/history-graphs.txt" ;;
   trials)
-    if [[ -n ${DEADLINE_UNIX:-} ]]; then  # what is left of the session's device time, less a minute to hand back
+    if [[ -n ${DEADLINE_UNIX:-} ]]; then  # what is left before the deadline, less a minute to pack the results
       TRIALS_BUDGET_S=$(( DEADLINE_UNIX - $(date +%s) - 60 - ${TRIALS_RESERVE_S:-0} )); TRIALS_TIMEOUT_S=$(( TRIALS_BUDGET_S + 50 ))
       ((TRIALS_BUDGET_S > 60)) || { echo "trials: no time left before the deadline"; continue; }
     fi
@@ -274,14 +276,14 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
       cp /tmp/attnperf-trials/verdicts.json $W/attnperf-trials/verdicts.json
     fi
     rm -rf $W/attnperf-trials-pool; i=0
-    for pool in ${TRIALS_POOL:-}; do  # earlier sessions' processes of the same commit (their trials-runs.tgz)
+    for pool in ${TRIALS_POOL:-}; do  # earlier runs' processes of the same commit (their trials-runs.tgz)
       i=$((i + 1)); mkdir -p "$W/attnperf-trials-pool/$i" && tar xzf "$pool" -C "$W/attnperf-trials-pool/$i"
     done
     shopt -s nullglob; aa=($W/attnperf-prcheck/pass1-*.json $W/attnperf-trials-pool/*/*/trial-*.json); shopt -u nullglob
     commit=(); [[ -n ${TRIALS_COMMIT:-} ]] && commit=(--commit "$TRIALS_COMMIT" --repo "${ATTNPERF_ORIGIN:-.}")
     # Triton's autotuning printed into each process's log: which kernels tune again in a later process.
     # The real trials only (--resamples 0): 1,000 resampled checks a size take a minute for 36 processes,
-    # which the deadline did not leave (2026-11-29, eighth session); the table is evaluated off the device
+    # which a deadline may not leave; the table is evaluated afterwards on any machine
     # (python -m attnperf.regress trials --reuse, docs/benchmarks.md).
     TRITON_PRINT_AUTOTUNING=1 timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu \
       --resamples "${TRIALS_RESAMPLES:-0}" \

@@ -1,27 +1,24 @@
 #!/usr/bin/env bash
-# Run tools/gpu-check.sh phases on the lent GPU for longer than one call's 10 minutes: they run in a
-# process session of their own (which outlives the call) in a copy of the tree without .git, and
-# each call waits for them up to WAIT_S. Calls must follow each other within the machine's idle
-# release (30 s), or it is given back with the job.
+# Run tools/gpu-check.sh phases in the background on a CUDA host, and poll them: the phases run in a
+# process session of their own (setsid: they outlive the shell that started them) in a copy of the
+# tree without .git; `start` and each `wait` wait for them up to WAIT_S seconds (default 570), print
+# the logs' tails and return, so that a caller with a limit per command polls with `wait`.
 #   bash tools/gpu-session.sh start SECONDS PHASE... [+ PHASE...]
 #                                                      start; the trials phase ends SECONDS from now
 #   bash tools/gpu-session.sh wait                     wait again
-# Phases after a "+" run at the same time on the second GPU of a two-GPU machine (nvidia-h200-x2):
-# a lane of their own (CUDA_VISIBLE_DEVICES=1, its own copy of the tree, work folders under
-# /tmp/lane1, archive gpu-check-lane1.tgz), so that one session's device time does twice the work
-# (lane 0 sees GPU 0 only: the cp phase, which needs both, skips itself). The lanes share the compile
-# cache. Each lane holds half of the allowed physical cores (taskset), as a one-GPU machine has 16
-# of 32: unpinned, two lanes' processes fought over the host (2026-11-29, seventh session: host work
-# between timings took 77 s a process instead of 14-18 s, and the spread of host-bound backward
-# points rose from 0.08 to 0.12-0.14 in log).
-# The call in which every lane has ended copies the archives (gpu-check*.tgz) to $OUT; every earlier
-# call brings back what the phases wrote so far ($OUT/partial.tgz), since a machine given back between
-# calls takes the job and its files with it.
-# The device's .git is the session's starting commit, not the working tree's: for the history phase,
-# carry the newer commits as a bundle (git bundle create .hist/new.bundle START..main, with /.hist/
-# in .git/info/exclude, and carry .hist).
+# Phases after a "+" run at the same time on the second GPU of a two-GPU host: a lane of their own
+# (CUDA_VISIBLE_DEVICES=1, its own copy of the tree, work folders under $GPU_SESSION_ROOT/lane1,
+# archive gpu-check-lane1.tgz), so that two GPUs do twice the work in the same time (lane 0 sees
+# GPU 0 only: the cp phase, which needs both, skips itself). The lanes share the compile cache. Each
+# lane holds half of the allowed physical cores (taskset): unpinned, two lanes' processes fought over
+# the host (host work between timings took 77 s a process instead of 14-18 s, and the spread of
+# host-bound backward points rose from 0.08 to 0.12-0.14 in log).
+# The poll in which every lane has ended copies the archives (gpu-check*.tgz) to $OUT; every earlier
+# poll leaves what the phases wrote so far in $OUT/partial.tgz, so that a run cut off still leaves them.
+# The history phase clones this checkout (ATTNPERF_ORIGIN); commits it lacks can come as a bundle
+# (git bundle create .hist/new.bundle START..main, with /.hist/ in .git/info/exclude).
 set -uo pipefail
-R=${GPU_SESSION_ROOT:-/tmp}  # where the session keeps its copies and files (a test sets it)
+R=${GPU_SESSION_ROOT:-/tmp}  # where gpu-session.sh keeps its copies and files (a test sets it)
 S=$R/gpu-session WAIT_S=${WAIT_S:-570}
 case ${1:-} in
 start)
