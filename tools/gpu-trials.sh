@@ -7,10 +7,10 @@
 #   tools/gpu-trials.sh report DIR OUT [attnperf trials flags…]        evaluate the pool again (--reuse) into OUT:
 #                                                                      regress-trials.json, noise.json, runs.tgz
 #
-# ATTNPERF_ENV_FILE, when set, is sourced first (an environment that provides the GPU libraries).
+# ATTNPERF_GPU_ENV, when set, is sourced first (an environment that provides the GPU libraries).
 # Run from the repository root; every process measures this checkout's code.
 set -euo pipefail
-[[ -n ${ATTNPERF_ENV_FILE:-} ]] && source "$ATTNPERF_ENV_FILE"
+[[ -n ${ATTNPERF_GPU_ENV:-} ]] && source "$ATTNPERF_GPU_ENV"
 phase=${1:?start, wait or report}
 dir=${2:?the pool's folder}
 case $phase in
