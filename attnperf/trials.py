@@ -14,8 +14,8 @@ two trials and nothing is resampled, so a row of ``n`` trials is ``n`` independe
 95% interval is Clopper–Pearson's on ``n``.
 
 **Nothing judges itself.** Each trial is judged with a calibration that did not see its processes:
-``--noise`` (an earlier calibration), or, by default, the calibration of the other half of the
-processes (each group cut in two in the order they ran).
+``--noise`` (an earlier calibration), or, by default, the calibration of all the other processes
+of the pool.
 
 Reported: per injection, the rate at which a check flags anything of the slowed backends (at 0%:
 anything at all), and per benchmark and per kind (forward direct, forward replay, decode direct,
@@ -31,7 +31,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,21 +173,6 @@ def disjoint_groups(
     return out
 
 
-def halves(runs: Sequence[ResultFile]) -> list[tuple[list[ResultFile], list[ResultFile]]]:
-    """Each GPU and code state's processes cut in two in the order they ran (whole A B B A quadruples),
-    as (judged, calibration) pairs both ways."""
-    first: list[ResultFile] = []
-    second: list[ResultFile] = []
-    groups: dict[Any, list[ResultFile]] = {}
-    for run in runs:
-        groups.setdefault(replicate_of(run), []).append(run)
-    for members in groups.values():
-        half = len(members) // 4 * 2
-        first += members[:half]
-        second += members[half:]
-    return [(first, second), (second, first)]
-
-
 def kind_of(key: str, timing: str) -> str:
     """The kind a (benchmark, timing) pair reports under: forward direct, decode replay, backward …"""
     if timing == "memory":
@@ -201,18 +186,31 @@ def interval(k: int, n: int) -> list[float]:
     return [round(x, 4) for x in clopper_pearson(k, n)]
 
 
-def rows_for(
-    runs: Sequence[ResultFile], judges: Sequence[tuple[list[ResultFile], Noise]], processes: int, confirm: int,
-    min_effect: float,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per injection (and the A/A row first): disjoint trials, each judged by its fold's noise."""
+Judge = Callable[[Sequence[ResultFile]], Noise]
+
+
+def held_out(runs: Sequence[ResultFile]) -> Judge:
+    """The calibration a trial is judged with: that of every process but the trial's own."""
+
+    def judge(own: Sequence[ResultFile]) -> Noise:
+        mine = {id(r) for r in own}
+        return from_runs([r for r in runs if id(r) not in mine], source="the other processes", group=label_of)
+
+    return judge
+
+
+def processes_of(first: Sides, confirm: Sides) -> list[ResultFile]:
+    return [run for side in (*first, *confirm) for run in side]
+
+
+def rows_for(runs: Sequence[ResultFile], judge: Judge, processes: int, confirm: int,
+             min_effect: float) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per injection (and the A/A row first): disjoint trials, each judged held out."""
     rows = []
     for injection in [None, *injections_of(runs)]:
-        trials: list[Trial] = []
-        for fold, noise in judges:
-            usable = fold if injection is None else [r for r in fold if label_of(r) == A or _injects(r, injection)]
-            for first, conf in disjoint_groups(usable, processes, confirm):
-                trials.append(one_trial(first, conf, noise, injection, min_effect))
+        usable = runs if injection is None else [r for r in runs if label_of(r) == A or _injects(r, injection)]
+        trials = [one_trial(first, conf, judge(processes_of(first, conf)), injection, min_effect)
+                  for first, conf in disjoint_groups(usable, processes, confirm)]  # fmt: skip
         rows.append(row(trials, injection, runs))
     return rows
 
@@ -268,36 +266,36 @@ def measured_slowdown(runs: Sequence[ResultFile], injection: tuple[str, float], 
     return round(100 * (statistics.median(ratios) - 1), 3) if ratios else None
 
 
-def aa_points(judges: Sequence[tuple[list[ResultFile], Noise]], processes: int, min_effect: float) -> dict[str, Any]:
+def aa_points(runs: Sequence[ResultFile], judge: Judge, processes: int, min_effect: float) -> dict[str, Any]:
     """Every point and timing of every disjoint pair of A/A first passes, judged held out: how many
     99% intervals exclude 1 (nominally 1%), and the first-pass flags against the number the rule's
     model expects (each comparison's P(lower end > threshold) under no change, summed)."""
     compared = excluded = flagged = 0
     expected = 0.0
     q_level = 1 - (1 - LEVEL) / 2
-    for fold, noise in judges:
-        for (base, head), _ in disjoint_groups(fold, processes, 0):
-            table: dict[str, list[list[Record]]] = {}
-            for side in (base, head):
-                for run in side:
-                    for r in run.records:
-                        if r.ok:
-                            table.setdefault(r.key, [[], []])[side is head].append(r)
-            for key, (b, h) in table.items():
-                for timing in TIME_KINDS:
-                    bt = [t for r in b if (t := r.timing(timing)[0])]
-                    ht = [t for r in h if (t := r.timing(timing)[0])]
-                    if not bt or not ht:
-                        continue
-                    sigma, dof = noise.of(timing, key)
-                    judged = judge_times(bt, ht, sigma, dof)
-                    if judged is None:
-                        continue
-                    compared += 1
-                    excluded += judged.low > 1 or judged.high < 1
-                    flagged += judged.low > 1 + min_effect
-                    q = t_ppf(q_level, judged.dof)
-                    expected += 1 - t_cdf(q + math.log1p(min_effect) / judged.se, judged.dof)
+    for (base, head), _ in disjoint_groups(runs, processes, 0):
+        noise = judge([*base, *head])
+        table: dict[str, list[list[Record]]] = {}
+        for side in (base, head):
+            for run in side:
+                for r in run.records:
+                    if r.ok:
+                        table.setdefault(r.key, [[], []])[side is head].append(r)
+        for key, (b, h) in table.items():
+            for timing in TIME_KINDS:
+                bt = [t for r in b if (t := r.timing(timing)[0])]
+                ht = [t for r in h if (t := r.timing(timing)[0])]
+                if not bt or not ht:
+                    continue
+                sigma, dof = noise.of(timing, key)
+                judged = judge_times(bt, ht, sigma, dof)
+                if judged is None:
+                    continue
+                compared += 1
+                excluded += judged.low > 1 or judged.high < 1
+                flagged += judged.low > 1 + min_effect
+                q = t_ppf(q_level, judged.dof)
+                expected += 1 - t_cdf(q + math.log1p(min_effect) / judged.se, judged.dof)
     return {
         "comparisons": compared, "interval_excludes_1": excluded,
         "rate": excluded / compared if compared else None, "nominal_rate": 1 - LEVEL,
@@ -310,14 +308,11 @@ def evaluate(
     runs: Sequence[ResultFile], *, noise: Noise | None, processes: int, confirm: int, min_effect: float = MIN_EFFECT
 ) -> dict[str, Any]:
     """The table: rows of disjoint trials and the A/A point-level calibration, held out."""
-    if noise is not None:
-        judges = [(list(runs), noise)]
-    else:
-        judges = [(fold, from_runs(other, source="the other half", group=label_of)) for fold, other in halves(runs)]
+    judge = held_out(runs) if noise is None else (lambda own: noise)
     return {
-        "rows": rows_for(runs, judges, processes, confirm, min_effect),
-        "aa_points": aa_points(judges, processes, min_effect),
-        "judged_with": noise.source if noise is not None else "each half by the other half's calibration",
+        "rows": rows_for(runs, judge, processes, confirm, min_effect),
+        "aa_points": aa_points(runs, judge, processes, min_effect),
+        "judged_with": noise.source if noise is not None else "each trial by the calibration of all other processes",
     }
 
 

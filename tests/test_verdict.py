@@ -250,7 +250,7 @@ def test_trials_count_disjoint_checks_per_benchmark_and_kind_held_out() -> None:
     table = evaluate(runs, noise=None, processes=2, confirm=2)
     rows = {row["injection"]: row for row in table["rows"]}
     aa = rows["A/A"]
-    assert aa["trials"] == 6, "each half of 24 a label makes three disjoint trials of 4 a label"
+    assert aa["trials"] == 6, "24 processes a label make six disjoint trials of 4 a label"
     assert aa["flagged"] == 0
     assert aa["ci95"][1] == pytest.approx(clopper_pearson(0, 6)[1], abs=1e-4)
     spin = rows["spin 10"]
@@ -261,7 +261,7 @@ def test_trials_count_disjoint_checks_per_benchmark_and_kind_held_out() -> None:
     assert {b["timing"] for b in host["benchmarks"]} == {"direct"}, "a host delay is not looked for in the replay"
     assert host["by_kind"]["forward direct"]["flagged"] == 6
     points = table["aa_points"]
-    assert points["comparisons"] == 2 * 12  # (12 first-pass pairs of two A/B processes) × two timings
+    assert points["comparisons"] == 12 * 2  # 12 disjoint first-pass pairs of two processes a side × two timings
     assert points["nominal_rate"] == pytest.approx(0.01)
 
 

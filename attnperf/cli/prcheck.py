@@ -106,10 +106,13 @@ def code_tree(args: argparse.Namespace) -> Path:
 
 
 def write_noise(runs: list[Any], out: Path, grid: str | None) -> Path:
+    """The calibration of ``runs`` for the machine they ran on (which ``--reuse`` may not be this one)."""
     from attnperf.machine import machine_tag
     from attnperf.trials import calibration_of
 
-    noise, about = calibration_of(runs, machine_tag(), grid)
+    machines = {r.meta.get("machine") for r in runs}
+    machine = machines.pop() if len(machines) == 1 and None not in machines else machine_tag()
+    noise, about = calibration_of(runs, machine, grid)
     if not noise.sigma:
         raise UsageError("no benchmark ran in two or more processes: nothing to calibrate")
     return noise.save(out, **about)
