@@ -89,7 +89,7 @@ def test_bench_writes_the_table_with_both_configurations(tmp_path: Path) -> None
 
 def test_outside_torchrun_the_backend_says_why_and_the_launcher_refuses(capsys: pytest.CaptureFixture[str]) -> None:
     reason = BACKENDS["context-parallel"].supports(MECHANISMS["full"], Case(q_len=64, causal=True))
-    assert reason == "needs torchrun with WORLD_SIZE >= 2; run `python -m attnperf.cp ...`"
+    assert reason == "needs torchrun with WORLD_SIZE >= 2; run `torchrun --nproc-per-node N -m attnperf cp ...`"
     assert main(["check", "--device", "cpu"]) == 2
     assert "needs torchrun with WORLD_SIZE >= 2" in capsys.readouterr().err
 

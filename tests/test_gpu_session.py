@@ -1,15 +1,20 @@
 """tools/gpu-session.sh, the background runner of GPU-check phases on a CUDA host, with a stub in place of
 tools/gpu-check.sh: phases after a "+" run as a second lane on the second GPU, with a copy, work
-folders and an archive of their own; without a "+" there is one lane, as before lanes existed."""
+folders and an archive of their own; without a "+" there is one lane, as before lanes existed. And the
+GPU scripts' attnperf calls against today's command line, which CI can check without a GPU."""
 
 from __future__ import annotations
 
+import argparse
+import re
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
+
+from attnperf.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,3 +93,56 @@ def test_one_lane(tree: Path, tmp_path: Path) -> None:
     assert seen(out / "gpu-check.tgz").startswith("lane=0 gpus=all work=/tmp phases=tests libs deadline=")
     assert not (out / "gpu-check-lane1.tgz").exists()
     assert seen(out / "gpu-check.tgz", "cpus.txt") == all_cpus(), "one lane is not pinned"
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def attnperf_calls(script: Path) -> list[tuple[int, str, list[str]]]:
+    """Each ``-m attnperf SUB ARGS`` of a script (continuation lines joined; cp-two-gpus.sh's ``run SECONDS``
+    is its ``torchrun … -m attnperf cp``), as (line, SUB, the words up to a redirection or pipe)."""
+    text = script.read_text().replace("\\\n", " ")
+    calls = []
+    for number, written in enumerate(text.splitlines(), 1):
+        line = re.sub(r"^run \d+ ", "-m attnperf cp ", written) if script.name == "cp-two-gpus.sh" else written
+        for match in re.finditer(r"-m attnperf ([a-z]+)(.*)", line):
+            words = re.split(r"\s(?:>|\||2>|&&|;)", match.group(2))[0].split()
+            calls.append((number, match.group(1), words))
+    return calls
+
+
+@pytest.mark.parametrize("script", ["gpu-check.sh", "gpu-trials.sh", "cp-two-gpus.sh"])
+def test_tools_call_todays_subcommands_and_flags(script: str) -> None:
+    """The GPU scripts run where CI cannot: a renamed subcommand or a dropped flag would only show on a rented
+    GPU. Every attnperf call they make names a subcommand and flags that today's parser has."""
+    commands = subcommands(build_parser())
+    shims = re.findall(r"-m attnperf\.\w+", (ROOT / "tools" / script).read_text())
+    assert not shims, f"{script} calls the python -m shims {shims}: use the subcommands (-m attnperf SUB)"
+    calls = attnperf_calls(ROOT / "tools" / script)
+    assert calls, f"no attnperf call found in {script}"
+    for line, name, words in calls:
+        assert name in commands, f"{script}:{line}: attnperf {name} is no subcommand ({sorted(commands)})"
+        parser = commands[name]
+        nested = subcommands(parser)
+        if nested and words and words[0] in nested:
+            parser = nested[words[0]]
+        known = {option for action in parser._actions for option in action.option_strings}
+        for word in words:
+            flag = word.split("=")[0].strip("\"'")
+            if flag.startswith("--") and flag != "--":
+                assert flag in known, f"{script}:{line}: attnperf {name} has no {flag}"
+
+
+def test_gpu_check_lists_its_phases_and_handles_each() -> None:
+    """Without a phase it prints its header and exits 2; every phase the header lists has a branch."""
+    script = ROOT / "tools" / "gpu-check.sh"
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    listed = re.findall(r"^#   ([a-z0-9-]+)  ", proc.stdout, flags=re.MULTILINE)
+    branches = set(re.findall(r"^  ([a-z0-9-]+)\)", script.read_text(), flags=re.MULTILINE))
+    assert listed, proc.stdout
+    assert set(listed) == branches, (sorted(set(listed) - branches), sorted(branches - set(listed)))

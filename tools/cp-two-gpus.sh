@@ -13,7 +13,7 @@ OUT="${OUT:-cp-out}"
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}" TORCH_SYMM_MEM_DISABLE_MULTICAST="${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1}"
 export NVSHMEM_DISABLE_NVLS="${NVSHMEM_DISABLE_NVLS:-1}"
-run() { timeout "$1" torchrun --nproc-per-node 2 -m attnperf.cp "${@:2}"; }  # $1: seconds for this step
+run() { timeout "$1" torchrun --nproc-per-node 2 -m attnperf cp "${@:2}"; }  # $1: seconds for this step
 
 run 120 check --device cuda --seq-lens 4096,16384 --json "$OUT/check-mha.json" 2>&1 | tee "$OUT/check.log"
 run 120 check --device cuda --seq-lens 4096,16384 --kv-heads 4 --json "$OUT/check-gqa.json" 2>&1 | tee -a "$OUT/check.log"

@@ -19,9 +19,9 @@
 #   exponents-fa4     the same for flash-attn4 full, causal and sliding window, measured ceilings
 #   exponents-fla     the same for fla's chunked linear attention
 #   asv               asv run in the existing environment on a GPU-grid subset (causal, 16k)
-#   batch             two attnperf.batch processes over the pr-gpu grid: statuses and per-point costs
+#   batch             two attnperf batch processes over the pr-gpu grid: statuses and per-point costs
 #   overhead          asv's per-point cost (one process per point, 2 points), to set against batch's
-#   prcheck           the pull-request check itself, A/A: regress HEAD~1 HEAD over pr-gpu, timed (in a copy
+#   prcheck           the pull-request check itself, A/A: attnperf regress HEAD~1 HEAD over pr-gpu, timed (in a copy
 #                     without .git: tar --exclude=./.git -cf - . | tar xf - -C /tmp/copy; gpu-session.sh makes one)
 #   rows16            the optimization suite's rows (vanilla / SDPA / FlashAttention-2 / xFormers / ORT FP16 /
 #                     TensorRT) at fp16, SDPA's own choice against every forced kernel, and the model-level run
@@ -35,11 +35,14 @@
 #                     BigBird's two flash-attn-4 paths (tools/gpu-probes.py bigbird-blocksparse)
 #   cp                context parallelism on two GPUs of one host (tools/cp-two-gpus.sh): the check,
 #                     the 1-vs-2-GPU table and the longest sequence each holds, into $OUT/cp
-#   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf.history run), asv publish
-#   trials            regress trials: A/A and injected slowdowns of flash-attn4, the calibration (after prcheck:
-#                     reuses its verdicts and pools its processes). TRIALS_COMMIT=SHA measures that commit's code
-#                     (a worktree of ATTNPERF_ORIGIN), so that several runs' processes pool; TRIALS_VERDICTS=FILE
-#                     starts from an earlier run's verdicts of that same code (the file is copied out again);
+#   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf history run), asv publish
+#   calibrate         the runner's noise calibration (attnperf calibrate: CALIBRATE_PROCESSES A/A processes, 8 by
+#                     default) into $OUT/noise-MACHINE.json, the file a runner keeps in its ATTNPERF_NOISE folder
+#   trials            attnperf trials: A/A and injected slowdowns (TRIALS_INJECT, default spin 3, 5 and 10% and a
+#                     20 us host wait on flash-attn4), disjoint trials and the calibration of all the processes
+#                     (after prcheck: reuses its verdicts and pools its processes). The processes run this tree's
+#                     code: several runs pool only if they measured the same code. TRIALS_VERDICTS=FILE starts
+#                     from an earlier run's verdicts of that same code (the file is copied out again);
 #                     TRIALS_POOL="A.tgz B.tgz" pools earlier runs' processes (their trials-runs.tgz); TRIALS_RESERVE_S
 #                     leaves that many seconds before the deadline to the phases after it
 #   prcheck-pr        a pull request's check, timed: regress HEAD~1 HEAD over pr-gpu where the head changes a comment
@@ -153,15 +156,15 @@ for phase in "$@"; do
     ASV_PYTHONPATH=$PYTHONPATH ATTNPERF_SEQ_LENS=16384 ATTNPERF_VARIANTS=causal \
       ATTNPERF_BACKENDS=sdpa-cudnn,flash-attn4,flash-attn3,xformers \
       timeout 420 python3 -m asv run --environment "existing:$(command -v python3)" --machine "$M" \
-      --set-commit-hash "$(git rev-parse HEAD~1)" --record-samples -b 'TimeForward\.|TrackTFLOPs|TrackGPUMemory' \
+      --set-commit-hash "$(git rev-parse HEAD~1)" --record-samples -b 'TimeForward(Replay)?\.|TrackTFLOPs|TrackPeakMemory' \
       > "$OUT/asv-run.txt" 2>&1
     echo "asv exit $?"; grep -vE "^\s*$" "$OUT/asv-run.txt" | tail -40
     tar czf "$OUT/asv-results.tgz" .asv/results 2>/dev/null ;;
   batch)
-    python3 -c "from attnperf.benchgrid import grid_named; from attnperf.batch import write_points; from pathlib import Path
+    python3 -c "from attnperf.benchgrid import grid_named; from attnperf.processes import write_points; from pathlib import Path
 write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     for i in 1 2; do
-      /usr/bin/time -f "process $i: %e s wall" timeout 280 python3 -m attnperf.batch --points "$OUT/points.json" \
+      /usr/bin/time -f "process $i: %e s wall" timeout 280 python3 -m attnperf batch --points "$OUT/points.json" \
         --out "$OUT/batch-$i.json" --verdicts "$OUT/verdicts.json" --label "batch-$i" 2>&1 | grep -v USDT | tail -3
     done
     python3 tools/batch-costs.py "$OUT"/batch-*.json | tee "$OUT/batch-costs.txt" ;;
@@ -177,7 +180,7 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     # The work folders outlive the phase: a later trials phase on this host reuses the verdicts.
     asv_repo || continue
     start=$(date +%s.%N); rm -rf $W/attnperf-prcheck
-    timeout "${PRCHECK_TIMEOUT_S:-480}" python3 -m attnperf.regress HEAD~1 HEAD --grid pr-gpu --workdir $W/attnperf-prcheck \
+    timeout "${PRCHECK_TIMEOUT_S:-480}" python3 -m attnperf regress HEAD~1 HEAD --grid pr-gpu --workdir $W/attnperf-prcheck \
       --summary "$OUT/prcheck-summary.md" > "$OUT/prcheck.txt" 2>&1; echo "regress exit $?" | tee -a "$OUT/prcheck.txt"
     echo "prcheck wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a "$OUT/prcheck.txt"
     grep -v USDT "$OUT/prcheck.txt" | tail -12; head -8 "$OUT/prcheck-summary.md"
@@ -191,7 +194,7 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     start=$(date +%s.%N); rm -rf $W/attnperf-prcheck-pr; limit=${PRCHECK_TIMEOUT_S:-900}
     if [[ -n ${DEADLINE_UNIX:-} ]] && (( DEADLINE_UNIX - $(date +%s) - 60 < limit )); then limit=$(( DEADLINE_UNIX - $(date +%s) - 60 )); fi
     ((limit > 120)) || { echo "prcheck-pr: no time left before the deadline"; continue; }
-    timeout "$limit" python3 -m attnperf.regress HEAD~1 HEAD --grid pr-gpu --workdir $W/attnperf-prcheck-pr \
+    timeout "$limit" python3 -m attnperf regress HEAD~1 HEAD --grid pr-gpu --workdir $W/attnperf-prcheck-pr \
       --summary "$OUT/prcheck-pr-summary.md" > "$OUT/prcheck-pr.txt" 2>&1; echo "regress exit $?" | tee -a "$OUT/prcheck-pr.txt"
     echo "prcheck-pr wall: $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a "$OUT/prcheck-pr.txt"
     grep -v USDT "$OUT/prcheck-pr.txt" | tail -14; head -8 "$OUT/prcheck-pr-summary.md"
@@ -259,11 +262,18 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     # without it, 20-25 s for 12 points (2026-11-29). flex's lines come from the full GPU grid's history.
     (cd $W/history && ATTNPERF_GRID=gpu ATTNPERF_SEQ_LENS=16384 ATTNPERF_DECODE_LENS=4096,131072 \
       ATTNPERF_VARIANTS=strided,bigbird,alibi,rope,topk,linear_causal ATTNPERF_BACKENDS=flash-attn4,triton,fla \
-      timeout "${HISTORY_TIMEOUT_S:-480}" python3 -m attnperf.history run --steps 3 --machine "$M" \
+      timeout "${HISTORY_TIMEOUT_S:-480}" python3 -m attnperf history run --steps 3 --machine "$M" \
       --workdir $W/history-work && python3 -m asv publish) > "$OUT/history.txt" 2>&1
     echo "history exit $?"; grep -v USDT "$OUT/history.txt" | grep -v "^\s*$" | tail -15
     tar czf "$OUT/history-results.tgz" -C $W/history/.asv results 2>/dev/null
     python3 tools/html-points.py $W/history/.asv/html "$M" | tee "$OUT/history-graphs.txt" ;;
+  calibrate)
+    # A/A processes of this tree's code over pr-gpu; their between-process spread is what the judge reads
+    # (perf-pr.yml: ATTNPERF_NOISE=/opt/attnperf/noise, a folder of <machine tag>.json on the runner).
+    rm -rf $W/attnperf-calibrate
+    timeout "${CALIBRATE_TIMEOUT_S:-1500}" python3 -m attnperf calibrate --grid pr-gpu --processes "${CALIBRATE_PROCESSES:-8}" \
+      --workdir $W/attnperf-calibrate --out "$OUT/noise-$M.json" 2>&1 | grep -v USDT | tail -20
+    python3 tools/batch-costs.py $W/attnperf-calibrate/calibrate-*.json | tee "$OUT/calibrate-costs.txt" ;;
   trials)
     if [[ -n ${DEADLINE_UNIX:-} ]]; then  # what is left before the deadline, less a minute to pack the results
       TRIALS_BUDGET_S=$(( DEADLINE_UNIX - $(date +%s) - 60 - ${TRIALS_RESERVE_S:-0} )); TRIALS_TIMEOUT_S=$(( TRIALS_BUDGET_S + 50 ))
@@ -280,15 +290,12 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
       i=$((i + 1)); mkdir -p "$W/attnperf-trials-pool/$i" && tar xzf "$pool" -C "$W/attnperf-trials-pool/$i"
     done
     shopt -s nullglob; aa=($W/attnperf-prcheck/pass1-*.json $W/attnperf-trials-pool/*/*/trial-*.json); shopt -u nullglob
-    commit=(); [[ -n ${TRIALS_COMMIT:-} ]] && commit=(--commit "$TRIALS_COMMIT" --repo "${ATTNPERF_ORIGIN:-.}")
     # Triton's autotuning printed into each process's log: which kernels tune again in a later process.
-    # The real trials only (--resamples 0): 1,000 resampled checks a size take a minute for 36 processes,
-    # which a deadline may not leave; the table is evaluated afterwards on any machine
-    # (python -m attnperf.regress trials --reuse, docs/benchmarks.md).
-    TRITON_PRINT_AUTOTUNING=1 timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf.regress trials --grid pr-gpu \
-      --resamples "${TRIALS_RESAMPLES:-0}" \
+    # The table is evaluated again afterwards on any machine from trials-runs.tgz (attnperf trials --reuse).
+    TRITON_PRINT_AUTOTUNING=1 timeout "${TRIALS_TIMEOUT_S:-570}" python3 -m attnperf trials --grid pr-gpu \
+      --inject "${TRIALS_INJECT:-spin:flash-attn4=3,5,10;host:flash-attn4=20}" \
       --budget-s "${TRIALS_BUDGET_S:-520}" --workdir $W/attnperf-trials --out "$OUT/regress-trials.json" \
-      --noise-out "$OUT/noise.json" "${commit[@]}" ${aa[0]:+--add-runs "${aa[@]}"} 2>&1 | grep -v USDT
+      --noise-out "$OUT/noise.json" ${aa[0]:+--add-runs "${aa[@]}"} 2>&1 | grep -v USDT
     python3 tools/batch-costs.py $W/attnperf-trials/trial-*.json > "$OUT/trials-costs.txt"; tail -4 "$OUT/trials-costs.txt"
     cp $W/attnperf-trials/verdicts.json "$OUT/trials-verdicts.json"
     tar czf "$OUT/trials-runs.tgz" -C "$W" attnperf-trials ;;

@@ -79,5 +79,5 @@ if all_done; then
 else
   # a lane that has ended has packed its raw/ into its gpu-check.tgz (and removed raw/)
   tar czf "${OUT:?}/partial.tgz" -C "$S" log raw gpu-check.tgz lane1/log lane1/raw lane1/gpu-check.tgz \
-    /tmp/attnperf-prcheck /tmp/attnperf-trials "$R/lane1" 2>/dev/null; echo "still running"
+    /tmp/attnperf-prcheck /tmp/attnperf-trials /tmp/attnperf-calibrate "$R/lane1" 2>/dev/null; echo "still running"
 fi

@@ -26,7 +26,7 @@ model keeps) and carries ``gather``, which unshards it into the ``[B, H, L, D]``
 rank; :func:`attnperf.correctness.check` compares the gathered output with the reference.
 
 Outside a process group of at least two ranks the backend is unsupported, with the command to
-run instead: ``torchrun --nproc-per-node N -m attnperf.cp check|bench`` (:mod:`attnperf.cp`).
+run instead: ``torchrun --nproc-per-node N -m attnperf cp check|bench`` (:mod:`attnperf.cpbench`).
 
 Performance facts (``N`` ranks, ``c = L / 2N``; the FLOP model sums over the ranks, the memory
 model is one rank's):
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
 #: What the backend says outside a process group of two ranks or more.
-NEEDS_TORCHRUN = "needs torchrun with WORLD_SIZE >= 2; run `python -m attnperf.cp ...`"
+NEEDS_TORCHRUN = "needs torchrun with WORLD_SIZE >= 2; run `torchrun --nproc-per-node N -m attnperf cp ...`"
 #: The dimension of q, k and v that holds the sequence (SDPA's ``[B, H, L, D]``).
 SEQ_DIM = 2
 #: Ranks the performance models describe when no process group is formed (``attnperf analyze``
