@@ -11,6 +11,7 @@ on (the tag names the GPU, driver, CUDA, torch and the kernel libraries' version
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,6 +91,16 @@ def _numbers(value: Any, what: str, path: Path, name: str) -> dict[str, float]:
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
             raise UsageError(f"{what} {path}: '{name}' of {key!r} must be a finite number >= 0, got {x!r}")
     return dict(value)
+
+
+def runner_path(machine: str) -> Path | None:
+    """Where ``ATTNPERF_NOISE`` puts this machine's calibration: the variable itself when it names a
+    ``.json`` file, else ``<tag>.json`` in the folder it names (existing or not); None when unset."""
+    given = os.environ.get("ATTNPERF_NOISE")
+    if not given:
+        return None
+    path = Path(given)
+    return path if path.suffix == ".json" else path / f"{machine}.json"
 
 
 def replicate_of(run: ResultFile) -> tuple[Any, Any]:

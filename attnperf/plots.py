@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from attnperf.catalog import VARIANTS
 from attnperf.layers import sinusoidal_table
 from attnperf.mechanisms import get_mechanism
 from attnperf.mechanisms.positional import alibi_slopes
+from attnperf.records import Record
 
 RESULT_PLOTS = ("scaling", "memory", "throughput", "roofline")
 PICTURE_PLOTS = ("masks", "heatmaps", "positions", "heads")
@@ -90,6 +91,12 @@ def save(fig: Any, out: Path, name: str) -> list[Path]:
         fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def plot_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
+    """Records as the plots read them: the point's identity flat beside its figures, and the time a
+    table shows (the replay where the sweep timed one) as ``median_s``."""
+    return [{**r.spec.as_dict(), "mechanism": r.mechanism, **r.to_dict(), "median_s": r.shown_s} for r in records]
 
 
 def _ok(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

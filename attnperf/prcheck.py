@@ -18,7 +18,6 @@ and only holes fail.
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ from typing import Any
 from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, GRID_COSTS, PointSpec, grid_named
 from attnperf.errors import Failure
 from attnperf.files import write_atomic, write_json
-from attnperf.noise import Noise
+from attnperf.noise import Noise, runner_path
 from attnperf.processes import ProcessRunner, git, resolve, worktrees, write_points
 from attnperf.records import ResultFile
 from attnperf.verdict import (
@@ -108,11 +107,10 @@ def judge_noise(noise_file: Path | None, base_tree: Path, machine: str) -> Noise
     """The calibration the judge reads: ``noise_file`` (the runner's), else ``ATTNPERF_NOISE`` (a file,
     or a folder of ``<machine tag>.json``), else the base commit's ``benchmarks/noise/<tag>.json``;
     never the head's. Uncalibrated, with where it looked, when none is there."""
-    if noise_file is None and os.environ.get("ATTNPERF_NOISE"):
-        given = Path(os.environ["ATTNPERF_NOISE"])
-        noise_file = given / f"{machine}.json" if given.is_dir() else given
-        if not noise_file.exists():
-            return Noise(source=str(noise_file), why_uncalibrated=f"ATTNPERF_NOISE: no {noise_file}")
+    if noise_file is None and (runner := runner_path(machine)) is not None:
+        if not runner.exists():
+            return Noise(source=str(runner), why_uncalibrated=f"ATTNPERF_NOISE: no {runner}; run attnperf calibrate")
+        noise_file = runner
     if noise_file is not None:
         return Noise.load(noise_file, machine=machine, what="--noise")
     in_base = base_tree / "benchmarks" / "noise" / f"{machine}.json"

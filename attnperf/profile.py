@@ -97,6 +97,9 @@ def profile_point(spec: PointSpec, *, calls: int = 20, repeat: int = 5) -> Profi
         return Profile(**head, status=Status.UNSUPPORTED, reason=str(exc))
     except WrongResult as exc:
         return Profile(**head, status=Status.WRONG, reason=str(exc))
+    except Exception as exc:  # a backend that breaks while it is checked: the others still run
+        status, reason = failure(exc, spec.device)
+        return Profile(**head, status=status, reason=reason)
     try:
         median = measure(point, repeat=repeat, timings=(DIRECT,), memory=False).direct.median  # type: ignore[union-attr]
         activities = [torch.profiler.ProfilerActivity.CPU]

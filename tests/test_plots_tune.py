@@ -48,11 +48,10 @@ def test_tune_never_runs_a_known_failure_again(monkeypatch) -> None:
 
     def fake_trial(grid, variant, backend, batch, *, memory_limit, p95_ms, repeat):
         calls.append(batch)
-        head = {"variant": variant, "mechanism": "full", "backend": backend, "seq_len": 8, "batch": batch,
-                "case_id": "", "case": {}}  # fmt: skip
+        spec = grid.spec(backend, variant, 8, batch=batch)
         if batch > 40:
-            return Trial(Record(**head, status=Status.OOM), False, "oom")
-        return Trial(Record(**head, status=Status.OK, median_s=1e-3, samples_s=(1e-3,), tokens_per_s=float(batch),
+            return Trial(Record(spec, Status.OOM), False, "oom")
+        return Trial(Record(spec, Status.OK, median_s=1e-3, samples_s=(1e-3,), tokens_per_s=float(batch),
                             peak_bytes=batch), True)  # fmt: skip
 
     monkeypatch.setattr(tune_module, "trial", fake_trial)
@@ -73,7 +72,7 @@ def test_tune_respects_memory_and_latency(tmp_path, capsys) -> None:
     (result,) = data["results"]
     fitting = [t for t in result["trials"] if t["fits"]]
     assert all(t["peak_bytes"] <= 2 * 2**20 for t in fitting)
-    assert result["best_batch"] in {t["batch"] for t in fitting}
+    assert result["best_batch"] in {t["spec"]["batch"] for t in fitting}
     assert "best batch" in capsys.readouterr().out
 
 
@@ -121,10 +120,10 @@ def test_layer_weights_one_panel_per_head(tmp_path) -> None:
 def test_result_plots_are_small_multiples(results, tmp_path) -> None:
     import matplotlib.pyplot as plt
 
-    from attnperf.files import read_json
-    from attnperf.plots import _small_multiples
+    from attnperf.plots import _small_multiples, plot_rows
+    from attnperf.records import load_records
 
-    records = read_json(results)["records"]
+    records = plot_rows(load_records(results).records)
     fig = _small_multiples(records, "median_s", 1e3, "ms", "t", slopes=True)
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert sorted(ax.get_title() for ax in panels) == ["causal", "linear_causal"]  # one panel per variant

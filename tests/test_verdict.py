@@ -275,3 +275,23 @@ def test_as_head_swaps_in_one_injection_and_a_host_delay_leaves_the_replay_plain
     assert host.median_s == pytest.approx(plain.median_s * 1.2)
     assert host.replay_median_s == plain.replay_median_s
     assert as_head(run, "spin", 5.0).records[0] == plain, "another level: nothing swapped"
+
+
+def test_the_judge_reads_the_runners_or_the_bases_calibration_never_the_heads(tmp_path: Path, monkeypatch) -> None:
+    from attnperf.prcheck import judge_noise
+
+    data = {"schema": 2, "machine": "m", "created_unix": time.time(), "sigma": {"direct": {SPEC.key: 0.01}}}
+    base = tmp_path / "base"
+    write_json(base / "benchmarks" / "noise" / "m.json", data)
+    monkeypatch.delenv("ATTNPERF_NOISE", raising=False)
+    assert judge_noise(None, base, "m").source == str(base / "benchmarks" / "noise" / "m.json")
+    assert not judge_noise(None, tmp_path / "head-only", "m").calibrated, "nothing in base: uncalibrated"
+    runner = tmp_path / "runner"
+    monkeypatch.setenv("ATTNPERF_NOISE", str(runner))
+    missing = judge_noise(None, base, "m")
+    assert not missing.calibrated, "the runner's folder wins over the base, and it has no file for m"
+    assert f"ATTNPERF_NOISE: no {runner / 'm.json'}" in (missing.why_uncalibrated or "")
+    write_json(runner / "m.json", data)
+    assert judge_noise(None, base, "m").source == str(runner / "m.json")
+    given = write_json(tmp_path / "given.json", data)
+    assert judge_noise(given, base, "m").source == str(given), "--noise wins"

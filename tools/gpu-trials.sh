@@ -12,7 +12,7 @@
 set -euo pipefail
 [[ -n ${ATTNPERF_GPU_ENV:-} ]] && source "$ATTNPERF_GPU_ENV"
 phase=${1:?start, wait or report}
-dir=${2:?the pool's folder}
+dir=${2:?the folder of the pool}
 case $phase in
   start)
     budget=${3:?budget in seconds}; shift 3

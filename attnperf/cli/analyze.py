@@ -120,17 +120,11 @@ def check_plottable(results: Any, kinds: list[str]) -> None:
                 raise UsageError(f"results file {results.path}: records[{i}]: case: {exc}") from None
 
 
-def plot_row(record: Any) -> dict[str, Any]:
-    """A record as the plots read it: the point's identity flat beside its figures, and the time a table
-    shows (the replay where the sweep timed one) as ``median_s``."""
-    return {**record.spec.as_dict(), "mechanism": record.mechanism, **record.to_dict(), "median_s": record.shown_s}
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from attnperf.ceilings import ceilings
-    from attnperf.plots import PICTURE_PLOTS, RESULT_PLOTS, PictureOptions, plot_pictures, plot_results
+    from attnperf.plots import PICTURE_PLOTS, RESULT_PLOTS, PictureOptions, plot_pictures, plot_results, plot_rows
     from attnperf.records import load_records
 
     out = Path(args.out)
@@ -154,7 +148,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         check_plottable(results, result_kinds)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
-    records = [plot_row(r) for results in files for r in results.records]
+    records = plot_rows(r for results in files for r in results.records)
     hardware = None
     if records and "roofline" in result_kinds:  # chosen before any picture: it may refuse the results
         dtype = next(r["case"]["dtype"] for r in records if r["status"] == "ok")

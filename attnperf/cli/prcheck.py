@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -119,15 +118,13 @@ def write_noise(runs: list[Any], out: Path, grid: str | None) -> Path:
 
 
 def default_noise_path() -> Path:
-    """Where ``calibrate`` writes by default: ``ATTNPERF_NOISE`` (a folder gets ``<tag>.json``), else
-    ``benchmarks/noise/<tag>.json`` of this checkout (to be committed, so that it reaches the base)."""
+    """Where ``calibrate`` writes by default: ``ATTNPERF_NOISE`` (a ``.json`` file, or a folder that gets
+    ``<tag>.json``), else ``benchmarks/noise/<tag>.json`` of this checkout (to be committed, so that it
+    reaches the base)."""
     from attnperf.machine import machine_tag
+    from attnperf.noise import runner_path
 
-    given = os.environ.get("ATTNPERF_NOISE")
-    if given:
-        path = Path(given)
-        return path / f"{machine_tag()}.json" if path.is_dir() else path
-    return Path("benchmarks") / "noise" / f"{machine_tag()}.json"
+    return runner_path(machine_tag()) or Path("benchmarks") / "noise" / f"{machine_tag()}.json"
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
