@@ -14,7 +14,7 @@ from attnperf.graphs import first_error_line, graphed, out_of_memory
 from attnperf.point import DIRECT, REPLAY, measure_point, prepare
 from attnperf.records import Status
 
-from .test_cli import run
+from .cli.test_cli import run
 
 
 def test_graphs_are_refused_off_cuda_with_the_reason() -> None:

@@ -15,7 +15,7 @@ A backend also states its performance facts, which the analyzer's formulas read:
 :func:`attnperf.analysis.flops.forward_flops`) and its memory model
 (:meth:`Backend.predicted_peak_bytes`, from the formulas in :mod:`attnperf.analysis.memory`).
 The formulas sit below the backends: they take backend objects and never import this package.
-Adding a backend is one module and a line in the registry; ``tests/test_backends.py`` proves that
+Adding a backend is one module and a line in the registry; ``tests/backends/test_backends.py`` proves that
 every registered backend has every model for every mechanism it implements.
 """
 

@@ -5,7 +5,7 @@ such a table); the exponents are fitted over n from attnperf's own analyzer — 
 (:func:`attnperf.analysis.flops.forward_flops`) and predicted peak memory
 (:meth:`attnperf.backends.Backend.predicted_peak_bytes`) — and, when asked, from measured
 median times. A symbolic O(n²) beside a fitted 1.0 means the table or the analyzer is wrong;
-``tests/test_analysis_complexity.py`` holds them to each other. A report, not a formula: it
+``tests/analysis/test_complexity.py`` holds them to each other. A report, not a formula: it
 resolves variant and backend names, so it sits above the backends.
 
 Variables: n the sequence length (keys), d the head dimension, w the window, k top-k's keys

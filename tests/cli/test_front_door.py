@@ -11,7 +11,7 @@ import pytest
 
 from attnperf.cli import build_parser, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:

@@ -316,7 +316,7 @@ def test_regress_names_a_commit_it_cannot_find_with_gits_own_message(tmp_path) -
     """A commit that is not there is bad input (exit 2), named with git's own words, through the
     ``python -m attnperf.regress`` shim as through ``attnperf regress``."""
     for args, cwd, message in (
-        (["nosuchref", "HEAD"], Path(__file__).parents[1], "fatal: Needed a single revision"),
+        (["nosuchref", "HEAD"], Path(__file__).parents[2], "fatal: Needed a single revision"),
         (["--repo", str(tmp_path), "main", "HEAD"], tmp_path, "not a git repository"),
     ):
         paths = ["--workdir", str(tmp_path / "w"), "--summary", str(tmp_path / "s.md")]

@@ -1,6 +1,6 @@
 """The ``sdpa`` backend (SDPA's own dispatch): the kernel it reports is the kernel that ran.
 
-Its correctness against the float64 reference is covered by tests/test_backends.py, which
+Its correctness against the float64 reference is covered by tests/backends/test_backends.py, which
 iterates over the registry. Here the reported kernel is held to the ATen operator the PyTorch
 profiler saw, on cases that make the dispatcher pick different kernels on this device.
 """
@@ -22,7 +22,7 @@ from attnperf.correctness import check
 from attnperf.mechanisms import get_mechanism
 from attnperf.point import measure_point
 
-from .conftest import DEVICES, SEED
+from ..conftest import DEVICES, SEED
 
 #: The ATen operator each kernel name stands for (aten/src/ATen/native/native_functions.yaml).
 KERNEL_OPS = {

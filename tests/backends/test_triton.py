@@ -4,7 +4,7 @@ The interpreter reads ``TRITON_INTERPRET`` when a kernel is defined, and the res
 must not run Triton kernels interpreted (every CLI default would become slow), so the checks run
 in a subprocess with the variable set. Each case must come back "ok": an "unsupported" answer
 would be a check that did not happen, and fails here. On a GPU the same kernels are held to the
-reference by tests/test_backends.py (the compiled grid, bfloat16). Without a GPU they are also
+reference by tests/backends/test_backends.py (the compiled grid, bfloat16). Without a GPU they are also
 compiled for sm_90 (Hopper) here, which catches what the interpreter lets through (a global that
 is not a constexpr was one).
 """
@@ -22,7 +22,7 @@ from attnperf.backends import get_backend
 from attnperf.case import Case
 from attnperf.mechanisms import get_mechanism
 
-from .conftest import SEED
+from ..conftest import SEED
 
 pytest.importorskip("triton", reason="Triton is not installed (the tests session installs it)")
 

@@ -19,7 +19,7 @@ from attnperf.correctness import relative_error
 from attnperf.mechanisms import get_mechanism
 from attnperf.mechanisms.sparse import bigbird_blocks
 
-from .conftest import SEED
+from ..conftest import SEED
 
 
 def dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, softmax_scale: float) -> torch.Tensor:

@@ -6,7 +6,7 @@ result fails with its error and bound. Shapes: odd lengths 1, 17, 257, q_len ≠
 MHA / GQA / MQA, causal and not, every dtype the backend accepts.
 
 Backends that build a kernel per shape (flex compiles, about 5–20 s on the CPU; onnxruntime
-exports, about 3 s; Triton compiles on a GPU and is checked on the CPU by tests/test_triton.py) run a
+exports, about 3 s; Triton compiles on a GPU and is checked on the CPU by tests/backends/test_triton.py) run a
 reduced grid that still covers each of their mechanisms once, plus
 GQA, cross and decode shapes.
 """
@@ -26,7 +26,7 @@ from attnperf.correctness import check
 from attnperf.mechanisms import MECHANISMS
 from attnperf.mechanisms.positional import rotate_half_rope, rotate_half_rope_seq_major
 
-from .conftest import DEVICES, SEED
+from ..conftest import DEVICES, SEED
 
 #: Options that make each mechanism meaningful at these small lengths.
 OPTIONS: dict[str, dict[str, int]] = {

@@ -15,7 +15,7 @@ from attnperf.case import Case, make_inputs
 from attnperf.correctness import relative_error
 from attnperf.mechanisms import get_mechanism
 
-from .conftest import SEED
+from ..conftest import SEED
 
 
 def stand_in(

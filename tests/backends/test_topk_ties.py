@@ -12,7 +12,7 @@ from attnperf.correctness import forward_error
 from attnperf.mechanisms import get_mechanism
 from attnperf.mechanisms.sparse import topk_keep
 
-from .conftest import SEED
+from ..conftest import SEED
 
 
 def tie_case(n: int = 8, top_k: int = 2) -> Case:

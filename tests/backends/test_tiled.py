@@ -1,4 +1,4 @@
-"""The tiled backend's own choices, beyond matching the reference (tests/test_backends.py)."""
+"""The tiled backend's own choices, beyond matching the reference (tests/backends/test_backends.py)."""
 
 from __future__ import annotations
 
