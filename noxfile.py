@@ -34,7 +34,7 @@ def tests(session: nox.Session) -> None:
     """Run the test suite on this machine (CPU; GPU tests too where CUDA is visible)."""
     install(session, "test")
     if session.venv_backend != "none":
-        # attnperf's Triton kernels are checked on the CPU in Triton's interpreter (tests/test_triton.py):
+        # attnperf's Triton kernels are checked on the CPU in Triton's interpreter (tests/backends/test_triton.py):
         # 3.6 is the GPU image's Triton; its interpreter needs numpy < 2.3.
         session.install("triton==3.6.0", "numpy<2.3")
     session.run("pytest", *session.posargs)

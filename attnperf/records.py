@@ -191,7 +191,8 @@ class Record:
             raise ValueError(f"spec: {exc}") from None
         _check_spec(spec)
         names = {f.name for f in dataclasses.fields(cls)}
-        kept = {k: v for k, v in values.items() if k in names and k not in ("spec", "status")}
+        # null is "not set": a field left out, never a value of the wrong type later on
+        kept = {k: v for k, v in values.items() if k in names and k not in ("spec", "status") and v is not None}
         for name, value in kept.items():
             _check_field(name, value)
         for name in ("samples_s", "replay_samples_s"):

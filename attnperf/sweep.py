@@ -54,7 +54,7 @@ def resumable(results: ResultFile, grid: Grid, machine: Mapping[str, Any], *, cu
     software stack, when a record's shape or options differ from what this run's flags give at
     its point, or when it was timed with(out) ``--cuda-graphs`` and this run is not: the file would
     hold two runs under one name."""
-    if dict(results.meta.get("machine") or {}) != dict(machine):
+    if results.meta.get("machine") != dict(machine):
         stack = results.meta.get("machine") or {}
         where = f"torch {stack.get('torch')}, {stack.get('gpu', 'cpu')}" if isinstance(stack, dict) else str(stack)
         raise UsageError(f"--resume: {results.path} was written on another machine or software stack ({where}); "

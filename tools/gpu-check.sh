@@ -64,7 +64,7 @@ LENS=4096,8192,16384,32768
 step() { echo "=== $1 ($(date +%T))"; }
 need_asv() { python3 -c "import asv" 2>/dev/null || { echo "phase $1 needs asv (pip install asv, or the GPU stack)"; return 1; }; }
 pytest_gpu() {  # $1 = timeout, $2 = -k expression, $3 = log name
-  timeout "$1" python3 -m pytest tests/test_backends.py tests/test_analysis.py tests/test_flex.py tests/test_batch_history.py -q -p no:cacheprovider \
+  timeout "$1" python3 -m pytest tests/backends/test_backends.py tests/analysis/test_analysis.py tests/backends/test_flex.py tests/test_batch_history.py -q -p no:cacheprovider \
     -k "$2" -rs -s > "$OUT/$3.log" 2>&1
   echo "$3: pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/$3.log" | tail -12
 }

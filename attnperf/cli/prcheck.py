@@ -76,7 +76,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
         runner = ProcessRunner(args.workdir.resolve(), repeat=args.repeat)
         print(f"attnperf trials: grid {grid_name}, {len(points)} points; inject {inject}", file=sys.stderr)
         points_file = write_points(args.workdir / "points.json", points)
-        runs = finished(run_processes(runner, code_tree(args), points_file, inject=inject, budget_s=args.budget_s,
+        runs = finished(run_processes(runner, Path.cwd(), points_file, inject=inject, budget_s=args.budget_s,
                                       max_processes=args.max_processes)) + runs  # fmt: skip
     machines = sorted({str(r.meta.get("machine")) for r in runs})
     if len(machines) > 1:  # the calibration and the rates are one runner's
@@ -94,14 +94,6 @@ def cmd_trials(args: argparse.Namespace) -> int:
         write_noise(runs, args.noise_out, grid_name)
     print_table(table)
     return 0
-
-
-def code_tree(args: argparse.Namespace) -> Path:
-    """The tree whose code the trial processes run: the checkout (a commit's worktree is not kept for
-    a whole trial pool; measure a commit by checking it out)."""
-    if args.commit is not None:
-        raise UsageError("--commit: check the commit out and run attnperf trials there")
-    return Path.cwd()
 
 
 def write_noise(runs: list[Any], out: Path, grid: str | None) -> Path:
@@ -194,7 +186,6 @@ def register(sub: Any) -> None:
         "--reuse", action="store_true", help="evaluate the trial-*.json in --workdir again, measuring nothing"
     )
     p.add_argument("--add-runs", type=Path, nargs="*", default=[], help="more trial results files to pool")
-    p.add_argument("--commit", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_trials)
 
     p = sub.add_parser("calibrate", help="A/A processes on this runner: the noise calibration the check reads")

@@ -435,3 +435,20 @@ def test_a_cuda_error_that_poisons_the_context_stops_the_sweep(monkeypatch) -> N
                      device="cpu", heads=2)  # fmt: skip
     with pytest.raises(RuntimeError, match="illegal memory access"):
         measure_point(spec, repeat=3)
+
+
+def test_environment_values_and_foreign_files_are_named(monkeypatch, capsys, tmp_path) -> None:
+    """An ATTNPERF_* variable that is not what it holds names the variable; a results file written by
+    another machine (its machine a tag, not this one's description) is refused for --resume, in one line."""
+    monkeypatch.setenv("ATTNPERF_SEQ_LENS", "abc")
+    code, err = run_cli(["trials", "--reuse", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "t.json")],
+                        capsys)  # fmt: skip
+    assert code == 2
+    assert "ATTNPERF_SEQ_LENS='abc': expected comma-separated int values" in err
+    monkeypatch.delenv("ATTNPERF_SEQ_LENS")
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"machine": "oops", "records": []}))
+    code, err = run_cli(["sweep", "--variants", "causal", "--backends", "eager", "--seq-lens", "32", *SMALL,
+                         "--json", str(out), "--resume"], capsys)  # fmt: skip
+    assert code == 2
+    assert "was written on another machine or software stack (oops)" in err
