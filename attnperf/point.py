@@ -142,9 +142,7 @@ def measure(
     ensure_warm(device)  # before the first call, so that its time is not read on a cold device
     grad = torch.enable_grad() if point.spec.mode == BACKWARD else torch.no_grad()
     with grad:
-        started = time.perf_counter()
-        time_calls(point.call, device, 1)
-        first_call = time.perf_counter() - started
+        first_call = time_calls(point.call, device, 1)  # compilation and lazy initialisation land here
         peak, kind = None, None
         if memory:
             peak, kind = measure_peak(point.call, device, own_cpu_allocator=point.backend.own_cpu_allocator,
