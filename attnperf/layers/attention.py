@@ -1,18 +1,8 @@
-"""``nn.Module``s to drop into a model, each taking ``backend=``: the registry behind a layer.
-
-* :class:`MultiHeadAttention` — self- or cross-attention, MHA / MQA / GQA (``kv_heads``), any
-  mechanism, optional positions (``"sinusoidal"``, ``"learned"`` added to the input;
-  ``"rope"``, ``"alibi"`` inside the scores), optional :class:`KVCache`, per-call
-  ``attn_mask`` / ``key_padding_mask``, dropout, and the weights from any backend.
-* :class:`MultiheadAttention` — the same with ``torch.nn.MultiheadAttention``'s constructor,
-  call, mask convention and return values, to replace it in a model (``from_torch`` copies one).
-* :class:`KVCache` and :func:`generate` — a decode loop whose steps are ``q_len = 1`` queries
-  against the growing cache (bottom-right causal), equal to one causal pass over the sequence.
-"""
+"""MultiHeadAttention: self- or cross-attention over any mechanism and backend, with its arguments
+and inputs checked and named."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -25,6 +15,16 @@ from attnperf.backends.sdpa import Sdpa, only_kernel
 from attnperf.case import Case
 from attnperf.correctness import run_unsupported_aware
 from attnperf.functional import attention, case_from_tensors, check_options
+from attnperf.layers.cache import KVCache
+from attnperf.layers.masks import (
+    MASK_BACKENDS,
+    _refuse_binary_float,
+    binary_mask_bias,
+    empty_rows,
+    masked_scores_bias,
+    user_bias,
+)
+from attnperf.layers.positions import LearnedPositions, SinusoidalPositions
 from attnperf.mechanisms import SoftmaxMechanism, get_mechanism
 from attnperf.mechanisms.base import expand_kv
 
@@ -41,66 +41,6 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
-    """``[max_len, dim]``: sin on even, cos on odd dimensions, wavelengths 2π … 10000·2π
-    (Vaswani et al. 2017, §3.5)."""
-    position = torch.arange(max_len, dtype=torch.float64)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
-    table = torch.zeros(max_len, dim, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
-    return table.float()
-
-
-class SinusoidalPositions(nn.Module):
-    """Adds the fixed sinusoidal encoding of positions ``start … start + T − 1`` to ``x [B, T, E]``."""
-
-    def __init__(self, max_len: int, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("table", sinusoidal_table(max_len, dim), persistent=False)
-
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        return x + self.table[start : start + x.shape[1]].to(x.dtype)
-
-
-class LearnedPositions(nn.Module):
-    """Adds a learned embedding per absolute position (BERT, GPT-2) to ``x [B, T, E]``."""
-
-    def __init__(self, max_len: int, dim: int) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(max_len, dim)
-
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        return x + self.embedding.weight[start : start + x.shape[1]].to(x.dtype)
-
-
-class KVCache:
-    """Preallocated keys and values ``[B, H_kv, max_len, D]`` and how many are filled."""
-
-    def __init__(
-        self, batch: int, kv_heads: int, max_len: int, head_dim: int, *, dtype: torch.dtype, device: Any
-    ) -> None:
-        self.k = torch.empty(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
-        self.v = torch.empty_like(self.k)
-        self.length = 0
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new tokens' k/v; return views of everything cached so far."""
-        end = self.length + k.shape[2]
-        if end > self.k.shape[2]:
-            raise ValueError(f"KV cache overflow: {end} tokens for max_len={self.k.shape[2]}")
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-
-#: Backends that take a per-call mask and dropout: they reach SDPA's ``attn_mask`` / ``dropout_p``
-#: (or, for eager, the same arithmetic written out). Flex, tiled and the other libraries build
-#: their masks from the mechanism's index functions once per shape and take no per-call mask.
-MASK_BACKENDS = ("eager", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
-
-
 def _alias(name: str, value: Any, alias: str, alias_value: Any) -> Any:
     """``value``, or the same thing given under its other name; both given must agree."""
     if alias_value is None:
@@ -108,129 +48,6 @@ def _alias(name: str, value: Any, alias: str, alias_value: Any) -> Any:
     if value is not None and value != alias_value:
         raise ValueError(f"{name}={value!r} and {alias}={alias_value!r} name one thing; give one of them")
     return alias_value
-
-
-def user_bias(
-    attn_mask: torch.Tensor | None,
-    key_padding_mask: torch.Tensor | None,
-    batch: int,
-    heads: int,
-    q_len: int,
-    k_len: int,
-    dtype: torch.dtype,
-    device: torch.device | None = None,
-) -> torch.Tensor | None:
-    """The caller's masks as one additive ``[B|1, H|1, Lq, Lk]`` float tensor (``-inf`` = masked).
-
-    ``attn_mask`` follows SDPA: boolean True = attend, or float added to the scores; shapes
-    ``[Lq, Lk]``, ``[B·H, Lq, Lk]`` (nn.MultiheadAttention's 3-D form) or ``[B|1, H|1, Lq, Lk]``.
-    ``key_padding_mask`` ``[B, Lk]`` follows nn.MultiheadAttention: boolean True = ignore this
-    key, or float added. A wrong shape, dtype or device is a ``ValueError`` naming the mask.
-    """
-    total = None
-    if attn_mask is not None:
-        _check_mask("attn_mask", attn_mask, device)
-        mask = attn_mask
-        shape = tuple(mask.shape)
-        allowed = (
-            f"({q_len}, {k_len}) [Lq, Lk], ({batch * heads}, {q_len}, {k_len}) [B·H, Lq, Lk] "
-            f"or ({batch}|1, {heads}|1, {q_len}, {k_len}) [B, H, Lq, Lk]"
-        )
-        if mask.dim() == 2 and shape == (q_len, k_len):
-            mask = mask[None, None]
-        elif mask.dim() == 3 and shape == (batch * heads, q_len, k_len):
-            mask = mask.view(batch, heads, q_len, k_len)
-        elif not (
-            mask.dim() == 4 and shape[0] in (1, batch) and shape[1] in (1, heads) and shape[2:] == (q_len, k_len)
-        ):
-            raise ValueError(f"attn_mask: expected {allowed}, got {shape}")
-        total = _additive(mask, attend=True, dtype=dtype)
-    if key_padding_mask is not None:
-        _check_mask("key_padding_mask", key_padding_mask, device)
-        if tuple(key_padding_mask.shape) != (batch, k_len):
-            raise ValueError(
-                f"key_padding_mask: expected ({batch}, {k_len}) [B, Lk], got {tuple(key_padding_mask.shape)}"
-            )
-        pad = _additive(key_padding_mask[:, None, None, :], attend=False, dtype=dtype)
-        total = pad if total is None else total + pad
-    return total
-
-
-def _check_mask(name: str, mask: Any, device: torch.device | None) -> None:
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype != torch.bool and not mask.is_floating_point():
-        raise ValueError(f"{name}: dtype must be torch.bool or a floating point type, got {mask.dtype}")
-    if device is not None and mask.device != device:
-        raise ValueError(f"{name}: on {mask.device}, the inputs are on {device}")
-
-
-def _additive(mask: torch.Tensor, *, attend: bool, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean mask (True = ``attend`` when ``attend`` else True = ignore) or a float one, additive."""
-    if mask.dtype == torch.bool:
-        blocked = ~mask if attend else mask
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(blocked, float("-inf"))
-    return mask.to(dtype)
-
-
-def _refuse_binary_float(name: str, mask: torch.Tensor | None) -> None:
-    """A float mask of only 0s and 1s (some of each) is refused: it is additive here, so its 0s mask
-    nothing, yet it reads as the 1 = attend / 0 = masked convention. One reduction and one host read."""
-    if mask is None or not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
-        return
-    ones = mask == 1
-    if bool((ones | (mask == 0)).all() & ones.any() & ~ones.all()):
-        raise ValueError(
-            f"{name}: a float mask of only 0.0 and 1.0 is ambiguous. Float masks are added to the scores "
-            f"(SDPA's and nn's convention), so its 0s would mask nothing. For 1 = attend, 0 = masked (the "
-            f"masked_fill(mask == 0, -inf) convention) pass mask= instead, or {name}="
-            + ("m.bool() (True = attend)" if name == "attn_mask" else "m == 0 (True = ignore the key)")
-        )
-
-
-def binary_mask_bias(
-    mask: Any, batch: int, heads: int, q_len: int, k_len: int, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """The tutorials' ``mask`` (0 = masked, anything else = attend, any dtype; the Annotated
-    Transformer's ``scores.masked_fill(mask == 0, -inf)``) as an additive ``[B|1, H|1, Lq|1, Lk]``
-    tensor. Shapes ``[Lq|1, Lk]``, ``[B|1, Lq|1, Lk]`` (the heads dimension added, as those write-ups
-    do with ``mask.unsqueeze(1)``) or ``[B|1, H|1, Lq|1, Lk]``."""
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.device != device:
-        raise ValueError(f"mask: on {mask.device}, the inputs are on {device}")
-    shape = tuple(mask.shape)
-    full = mask.dim() == 4
-    view = mask if full else (mask[None, None] if mask.dim() == 2 else mask[:, None] if mask.dim() == 3 else None)
-    allowed = [(1, batch), (1, heads), (1, q_len), (k_len,)]
-    if view is None or any(size not in ok for size, ok in zip(view.shape, allowed, strict=True)):
-        raise ValueError(
-            f"mask: expected ({q_len}|1, {k_len}) [Lq, Lk], ({batch}|1, {q_len}|1, {k_len}) [B, Lq, Lk] or "
-            f"({batch}|1, {heads}|1, {q_len}|1, {k_len}) [B, H, Lq, Lk] (0 = masked), got {shape}"
-        )
-    return torch.zeros(view.shape, dtype=dtype, device=device).masked_fill(view == 0, float("-inf"))
-
-
-def empty_rows(total: torch.Tensor | None) -> torch.Tensor | None:
-    """``[B|1, H|1, Lq, 1]``: True where an additive mask leaves a query row no key (all ``-inf``)."""
-    if total is None:
-        return None
-    return torch.isneginf(total).all(dim=-1, keepdim=True)
-
-
-def masked_scores_bias(
-    mechanism: SoftmaxMechanism, case: Case, device: torch.device, dtype: torch.dtype, extra: torch.Tensor | None
-) -> torch.Tensor | None:
-    """The mechanism's own mask and bias plus the caller's, as one additive float tensor."""
-    bias = mechanism.dense_bias(case, device, dtype)
-    total = bias[None] if bias is not None else None
-    if extra is not None:
-        total = extra if total is None else total + extra
-    mask = mechanism.dense_mask(case, device)
-    if mask is not None:
-        total = torch.zeros(mask.shape, dtype=dtype, device=device) if total is None else total
-        total = total.masked_fill(~mask, float("-inf"))
-    return total
 
 
 def _check_arguments(
@@ -584,154 +401,3 @@ class MultiHeadAttention(nn.Module):
         weights = torch.softmax(scores if total is None else scores + total, dim=-1)
         empty = empty_rows(total)
         return weights if empty is None else weights.masked_fill(empty, empty_value)
-
-
-class MultiheadAttention(MultiHeadAttention):
-    """A drop-in for ``torch.nn.MultiheadAttention``: its constructor, call and return values.
-
-    ``MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, kdim=None, vdim=None,
-    batch_first=False)`` and ``forward(query, key, value, key_padding_mask=None,
-    need_weights=True, attn_mask=None, average_attn_weights=True, is_causal=False)`` return
-    ``(output, weights or None)`` as nn's layer does, with weights averaged over heads unless
-    ``average_attn_weights=False``. ``is_causal`` is nn's hint that ``attn_mask`` is the causal
-    mask: as in nn it needs ``attn_mask``, and the mask is applied (nn may use SDPA's causal mode
-    instead, which gives the same result when the hint is true; nn leaves a false hint undefined).
-    The one convention that differs from
-    :class:`MultiHeadAttention`: a boolean ``attn_mask`` here means True = *not allowed*
-    (nn.MultiheadAttention's convention), not SDPA's True = attend. Plus ``backend=`` and the
-    attnperf options. :meth:`from_torch` copies an ``nn.MultiheadAttention``'s weights.
-    Not supported: ``add_bias_kv``, ``add_zero_attn`` and ``dropout=1.0`` or negative (nn accepts
-    those two values; a ValueError says what is allowed). A query row the masks leave no key gives
-    what nn gives (see :meth:`_empty_row_value`) on every backend.
-    """
-
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        dropout: float = 0.0,
-        bias: bool = True,
-        add_bias_kv: bool = False,
-        add_zero_attn: bool = False,
-        kdim: int | None = None,
-        vdim: int | None = None,
-        batch_first: bool = False,
-        **options: Any,
-    ) -> None:
-        if add_bias_kv or add_zero_attn:
-            raise ValueError("add_bias_kv and add_zero_attn are not supported (allowed: False)")
-        super().__init__(
-            embed_dim=embed_dim,
-            num_heads=num_heads,
-            dropout=dropout,
-            bias=bias,
-            kdim=kdim,
-            vdim=vdim,
-            batch_first=batch_first,
-            **options,
-        )
-
-    def forward(  # type: ignore[override]
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: torch.Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """nn.MultiheadAttention's call; unbatched ``[T, E]`` inputs too, as nn takes them (key and
-        value 2-D as well, ``key_padding_mask [S]``, ``attn_mask [L, S]`` or ``[num_heads, L, S]``)."""
-        if is_causal and attn_mask is None:  # nn.MultiheadAttention refuses it too (a RuntimeError there)
-            raise ValueError(
-                "is_causal=True is a hint that attn_mask is the causal mask; it needs attn_mask "
-                "(nn.Transformer.generate_square_subsequent_mask(L) makes one)"
-            )
-        for name, t in (("query", query), ("key", key), ("value", value)):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if query.dim() not in (2, 3):
-            raise ValueError(
-                f"query: expected {self._layout('batch', 'seq', self.embed_dim)} or unbatched "
-                f"{self._layout(None, 'seq', self.embed_dim, unbatched=True)}, got {tuple(query.shape)}"
-            )
-        unbatched = query.dim() == 2
-        self._check_inputs(query, key, value, unbatched=unbatched)
-        if unbatched:
-            if key_padding_mask is not None and (
-                not isinstance(key_padding_mask, torch.Tensor) or tuple(key_padding_mask.shape) != (key.shape[0],)
-            ):
-                shape = getattr(key_padding_mask, "shape", type(key_padding_mask).__name__)
-                raise ValueError(
-                    f"key_padding_mask: expected ({key.shape[0]},) [S] for an unbatched query, got {shape}"
-                )
-            query, key, value = (t.unsqueeze(1 if not self.batch_first else 0) for t in (query, key, value))
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask[None]
-        if isinstance(attn_mask, torch.Tensor) and attn_mask.dtype == torch.bool:
-            attn_mask = ~attn_mask  # nn.MultiheadAttention: True = not allowed; SDPA: True = attend
-        result = super().forward(
-            query, key, value, key_padding_mask=key_padding_mask, attn_mask=attn_mask, need_weights=need_weights
-        )
-        out, weights = result if isinstance(result, tuple) else (result, None)
-        if weights is not None and average_attn_weights:
-            weights = weights.mean(dim=1)
-        if unbatched:
-            out = out.squeeze(1 if not self.batch_first else 0)
-            weights = None if weights is None else weights.squeeze(0)
-        return out, weights
-
-    checks_binary_float_masks = False  # nn adds a float mask of 0s and 1s; so does its drop-in
-
-    def _empty_row_value(self, weights_asked: bool) -> float:
-        """nn.MultiheadAttention's answer for a query row the masks leave no key: with
-        ``need_weights=True`` its softmax gives NaN weights and a NaN output row; without, it calls
-        SDPA, which gives a zero attention output (the row's output is ``out_proj``'s bias). Both
-        are kept, on every backend. (nn's inference fast path — eval, no grad, batch_first, one
-        tensor as query, key and value — gives NaN without weights too; the drop-in follows nn's
-        general path.)"""
-        return float("nan") if weights_asked else 0.0
-
-    @classmethod
-    def from_torch(cls, mha: nn.MultiheadAttention, **options: Any) -> MultiheadAttention:
-        """A layer computing what ``mha`` computes: same shape arguments, weights copied."""
-        if mha.bias_k is not None or mha.add_zero_attn:
-            raise ValueError("add_bias_kv and add_zero_attn are not supported (allowed: False)")
-        layer = cls(
-            mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None, kdim=mha.kdim,
-            vdim=mha.vdim, batch_first=mha.batch_first, **options,
-        )  # fmt: skip
-        e = mha.embed_dim
-        with torch.no_grad():
-            if mha.in_proj_weight is not None:
-                weights = mha.in_proj_weight.split(e)
-            else:
-                weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
-            for proj, weight in zip((layer.q_proj, layer.k_proj, layer.v_proj), weights, strict=True):
-                proj.weight.copy_(weight)
-            if mha.in_proj_bias is not None:
-                for proj, b in zip((layer.q_proj, layer.k_proj, layer.v_proj), mha.in_proj_bias.split(e), strict=True):
-                    proj.bias.copy_(b)
-            layer.out_proj.load_state_dict(mha.out_proj.state_dict())
-        return layer.to(mha.out_proj.weight.dtype)
-
-
-def generate(layer: MultiHeadAttention, prompt: torch.Tensor, steps: int) -> torch.Tensor:
-    """A short decode loop: prefill ``prompt [B, T, E]``, then ``steps`` single-token steps, each
-    feeding the layer's last output back as the next input. Returns every input fed, ``[B, T + steps, E]``
-    (so a test can replay them in one causal pass). The layer must be causal: a decode step is
-    bottom-right causal, so only then do the steps equal one pass over the sequence."""
-    if not layer.options.get("causal"):
-        raise ValueError("generate needs a causal layer (causal=True): decode steps are causal")
-    cache = layer.new_cache(prompt.shape[0], prompt.shape[1] + steps, device=prompt.device)
-    inputs = [prompt]
-    out = layer(prompt, cache=cache)
-    assert isinstance(out, torch.Tensor)
-    for _ in range(steps):
-        token = out[:, -1:]
-        inputs.append(token)
-        out = layer(token, cache=cache)
-        assert isinstance(out, torch.Tensor)
-    return torch.cat(inputs, dim=1)
