@@ -126,10 +126,6 @@ class Injection:
     def applies(self, spec: PointSpec) -> bool:
         return self.backends is None or spec.backend in self.backends
 
-    def __str__(self) -> str:
-        names = "all" if self.backends is None else ",".join(sorted(self.backends))
-        return f"{self.kind}:{names}=" + ",".join(f"{x:g}" for x in self.levels)
-
 
 def parse_inject(text: str | None) -> tuple[Injection, ...]:
     """``KIND:BACKENDS=L1,L2[;KIND:BACKENDS=…]`` (KIND spin, host or pass; BACKENDS comma-separated

@@ -95,13 +95,6 @@ def start(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def any_rank(flag: bool, device: str) -> bool:
-    """True on every rank when ``flag`` is true on any."""
-    t = torch.tensor([int(flag)], device=device if device == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def from_rank0(value: Any) -> Any:
     """Rank 0's ``value`` on every rank."""
     box = [value]

@@ -141,11 +141,6 @@ def calibrate(
     return sigma, dofs
 
 
-def summary(sigma: Mapping[str, Mapping[str, float]]) -> dict[str, float | None]:
-    """The median σ per timing kind (for tables)."""
-    return {kind: statistics.median(values.values()) if values else None for kind, values in sigma.items()}
-
-
 def from_runs(runs: Sequence[ResultFile], *, source: str, group: Any = None) -> Noise:
     """A calibration of ``runs`` themselves (trusted as made here)."""
     sigma, dof = calibrate(runs, group=group)

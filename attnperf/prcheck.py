@@ -127,7 +127,7 @@ def measurement_changes(repo: Path, base: str, head: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class CheckResult:
+class CheckOutcome:
     """The check's outcome: the verdicts of both passes and whether it fails."""
 
     first: Verdict
@@ -146,7 +146,7 @@ def regress(
     noise_file: Path | None = None, min_effect: float = MIN_EFFECT, allow_grid_change: bool = False,
     allow_measurement_change: bool = False, workdir: Path = Path("regress-out"),
     summary: Path | None = Path("regress-summary.md"), repeat: int = 10,
-) -> CheckResult:  # fmt: skip
+) -> CheckOutcome:  # fmt: skip
     """Measure base and head, decide, confirm what was flagged; write the summary and verdict.json."""
     from attnperf.machine import machine_tag
 
@@ -184,7 +184,7 @@ def regress(
         "min_effect": min_effect, "wall_s": time.perf_counter() - started, "measurement_changes": changes,
         "first": [p.as_dict() for p in first.points], "final": [p.as_dict() for p in final.points],
     }  # fmt: skip
-    result = CheckResult(first, final, changes, allow_measurement_change, report)
+    result = CheckOutcome(first, final, changes, allow_measurement_change, report)
     report["failed"] = result.failed
     write_json(workdir / "verdict.json", report)
     if summary is not None:
@@ -233,7 +233,7 @@ def guard_lines(points: Sequence[PointVerdict]) -> list[str]:
     return lines
 
 
-def summary_markdown(result: CheckResult) -> str:
+def summary_markdown(result: CheckOutcome) -> str:
     report, first, final = result.report, result.first, result.final
     if result.failed:
         verdict = "**regression**" if final.where(REGRESSION) or final.where(HOLE) else "**blocked**"
