@@ -35,10 +35,12 @@ class Failure(RuntimeError):
     """An expected failure that is not the input's fault (exit 1)."""
 
 
-def check_output(path: str | Path, flag: str, *, existing_ok: bool = True) -> Path:
-    """Refuse an output path before any work is done: its folder must exist and be writable, and the
-    path must be absent or a regular file (not a folder, a device or a pipe, which a replace would
-    swap for a file); with ``existing_ok=False`` it must not exist at all."""
+def check_output(path: str | Path, flag: str, *, existing_ok: bool = True, lock: bool = True) -> Path:
+    """Refuse an output path before any work is done, then lock it for the rest of the command: its
+    folder must exist and be writable, and the path must be absent or a regular file (not a folder, a
+    device or a pipe, which a replace would swap for a file); with ``existing_ok=False`` it must not
+    exist at all. A second run that checks the same output fails at once (:func:`exclusive`);
+    ``lock=False`` where a child process this command starts writes (and locks) the file itself."""
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
@@ -51,7 +53,19 @@ def check_output(path: str | Path, flag: str, *, existing_ok: bool = True) -> Pa
         raise UsageError(f"{flag} {path}: not writable")
     if path.exists() and not existing_ok:
         raise UsageError(f"{flag} {path} exists; --resume continues that run, --force overwrites it")
+    if lock:
+        _HELD.enter_context(exclusive(path))
     return path
+
+
+#: The locks of the outputs checked in this process (:func:`check_output`), held until the command
+#: ends (:func:`release_outputs`): every file a command writes is locked for its whole run.
+_HELD = contextlib.ExitStack()
+
+
+def release_outputs() -> None:
+    """Give up every output lock :func:`check_output` took (the command is done)."""
+    _HELD.close()
 
 
 def check_distinct(outputs: dict[str, Path | None]) -> None:

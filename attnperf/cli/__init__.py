@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from attnperf.cli import analyze, cp, explore, history, model, prcheck
-from attnperf.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Failure, UsageError
+from attnperf.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Failure, UsageError, release_outputs
 
 GROUPS = (explore, analyze, model, prcheck, history, cp)
 
@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        release_outputs()
 
 
 def shim(command: str) -> None:

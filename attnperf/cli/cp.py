@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
         baselines = args.baselines or BASELINES[args.device].split(",")
         if BACKEND.name in baselines:
             raise UsageError(f"--baselines: {BACKEND.name} is what is measured against them")
-    elif args.json is not None:
-        check_output(args.json, "--json")
+    elif args.json is not None:  # rank 0 writes it, so rank 0 holds its lock
+        check_output(args.json, "--json", lock=os.environ.get("RANK", "0") == "0")
     shape = Shape(args.device, args.dtype, args.batch, args.heads, args.kv_heads or args.heads, args.head_dim)
     try:
         shape.case("full", 64)  # validates heads, kv_heads, head_dim and batch with Case's own messages

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from attnperf.cli.args import (
     positive_int,
     require_cuda_for_graphs,
 )
-from attnperf.errors import EXIT_FAILURE, EXIT_INTERRUPTED, UsageError, check_distinct, check_output, exclusive
+from attnperf.errors import EXIT_FAILURE, EXIT_INTERRUPTED, UsageError, check_distinct, check_output
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -110,18 +109,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def progress(points: Any) -> Any:
         return tqdm(points, desc="sweep", unit="point", file=sys.stderr)
 
-    with contextlib.ExitStack() as locks:  # every file this sweep writes, so two sweeps never interleave in one
-        for path in (json_path, csv_path):
-            if path is not None:
-                locks.enter_context(exclusive(path))
-        try:
-            records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save, done=done,
-                                cuda_graph=args.cuda_graphs)  # fmt: skip
-        except KeyboardInterrupt:  # save() wrote every finished point to each file asked for
-            files = " and ".join(str(path) for path in (json_path, args.csv) if path is not None)
-            where = f"saved to {files}" if files else "measured (no --json or --csv: nothing written)"
-            print(f"attnperf sweep: interrupted; {len(saved)} points {where}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+    # check_output locked --json and --csv for the whole run: two sweeps never interleave in one file
+    try:
+        records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save, done=done,
+                            cuda_graph=args.cuda_graphs)  # fmt: skip
+    except KeyboardInterrupt:  # save() wrote every finished point to each file asked for
+        files = " and ".join(str(path) for path in (json_path, args.csv) if path is not None)
+        where = f"saved to {files}" if files else "measured (no --json or --csv: nothing written)"
+        print(f"attnperf sweep: interrupted; {len(saved)} points {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     rows = []
     for r in records:
         row = csv_row(r)

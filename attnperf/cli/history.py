@@ -22,7 +22,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         return run_history(args.repo.resolve(), steps=args.steps, grid=args.grid, shard=args.shard,
                            machine=args.machine or machine_tag(), workdir=args.workdir)  # fmt: skip
     if args.history == "measure":
-        check_output(args.out, "--out")
+        check_output(args.out, "--out", lock=False)  # the batch process it starts writes and locks it
         if args.out.suffix != ".json":
             raise UsageError(f"--out {args.out}: give a .json file name")
         output = measure_here(args.repo.resolve(), grid=args.grid, shard=args.shard, out=args.out)

@@ -452,3 +452,20 @@ def test_environment_values_and_foreign_files_are_named(monkeypatch, capsys, tmp
                          "--json", str(out), "--resume"], capsys)  # fmt: skip
     assert code == 2
     assert "was written on another machine or software stack (oops)" in err
+
+
+def test_every_checked_output_is_locked_until_the_command_ends(tmp_path) -> None:
+    """check_output locks what it checks: a second run checking the same output (another analyze, tune,
+    trials or calibrate) fails at once, and the lock is gone when the command ends."""
+    from attnperf.errors import check_output, release_outputs
+
+    out = tmp_path / "table.json"
+    try:
+        check_output(out, "--json")
+        with pytest.raises(Failure, match=f"another run is writing {out}"):
+            check_output(out, "--json")
+    finally:
+        release_outputs()
+    assert not (tmp_path / "table.json.lock").exists()
+    check_output(out, "--json")  # free again
+    release_outputs()
