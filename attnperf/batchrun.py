@@ -46,7 +46,7 @@ from attnperf.errors import UsageError
 from attnperf.files import read_json, write_json
 from attnperf.graphs import graphed
 from attnperf.measure import SpinCost, measure_time, spin_cost, spinner
-from attnperf.point import DIRECT, REPLAY, Point, free_memory, measure_point
+from attnperf.point import DIRECT, REPLAY, Point, free_memory, measure_point, timing_fields
 from attnperf.records import Record, ResultFile, Status
 
 
@@ -196,11 +196,7 @@ class BatchRunner:
         with grad:
             d = measure_time(direct, device, repeat=self.repeat, min_sample_s=self.min_sample_s) if direct else None
             r = measure_time(replay, device, repeat=self.repeat, min_sample_s=self.min_sample_s) if replay else None
-        return Record(point.spec, Status.OK, case_id=plain.case_id, injection=about,
-                      median_s=d.median if d else None, samples_s=tuple(d.samples) if d else (),
-                      number=d.number if d else None, replay_median_s=r.median if r else None,
-                      replay_samples_s=tuple(r.samples) if r else (),
-                      replay_number=r.number if r else None)  # fmt: skip
+        return Record(point.spec, Status.OK, case_id=plain.case_id, injection=about, **timing_fields(d, r))
 
     def _slowed_calls(
         self, point: Point, plain: Record, kind: str, level: float, about: dict[str, Any]

@@ -44,7 +44,7 @@ from attnperf.graphs import graphed
 from attnperf.machine import available_bytes
 from attnperf.measure import Timing, ensure_warm, measure_peak, measure_time, time_calls
 from attnperf.mechanisms import Mechanism, get_mechanism
-from attnperf.records import Record, Status
+from attnperf.records import TIMINGS, Record, Status
 from attnperf.registry import fit
 
 DIRECT, REPLAY = "direct", "replay"
@@ -158,6 +158,16 @@ def measure(
     return Measurement(first_call, direct, replay, reason, peak, kind)
 
 
+def timing_fields(direct: Timing | None, replay: Timing | None) -> dict[str, Any]:
+    """A record's fields for the direct and replay timings measured (those not measured left unset)."""
+    fields: dict[str, Any] = {}
+    for kind, timing in ((DIRECT, direct), (REPLAY, replay)):
+        if timing is not None:
+            median, samples, number = TIMINGS[kind]
+            fields |= {median: timing.median, samples: tuple(timing.samples), number: timing.number}
+    return fields
+
+
 def derived(spec: PointSpec, case: Case, median_s: float | None) -> dict[str, Any]:
     """Tokens/s, useful and executed TFLOP/s of a forward at ``median_s`` and the analyzer's
     predicted peak; ``model_reason`` where the analyzer has no model for the pair. Derived numbers
@@ -227,16 +237,13 @@ def measure_point(
         head |= {
             "rel_error": point.checked.error,
             "bound": point.checked.bound,
-            "check_cached": cached is not None or None,
+            "check_cached": reused,
         }
         check_s = time.perf_counter() - started
         m = measure(point, repeat=repeat, min_sample_s=min_sample_s, timings=timings)
         record = Record(
             spec, Status.OK, **head, first_call_s=m.first_call_s, peak_bytes=m.peak_bytes, peak_kind=m.peak_kind,
-            median_s=m.direct.median if m.direct else None, samples_s=tuple(m.direct.samples) if m.direct else (),
-            number=m.direct.number if m.direct else None, replay_median_s=m.replay.median if m.replay else None,
-            replay_samples_s=tuple(m.replay.samples) if m.replay else (),
-            replay_number=m.replay.number if m.replay else None,
+            **timing_fields(m.direct, m.replay),
             graph_reason=m.graph_reason if REPLAY in timings and torch.device(case.device).type == "cuda" else None,
             seconds={"check": check_s, "measure": time.perf_counter() - started - check_s},
         )  # fmt: skip

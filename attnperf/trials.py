@@ -27,6 +27,7 @@ no change (nominally 1%), and the first-pass flags against the count the rule's 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import sys
@@ -104,7 +105,7 @@ def as_head(run: ResultFile, kind: str, level: float) -> ResultFile:
                                               "replay_samples_s", "replay_number")}  # fmt: skip
         if kind == "host":  # a host delay does not reach the replay: the plain replay stands
             timings |= {f: getattr(plain, f) for f in ("replay_median_s", "replay_samples_s", "replay_number")}
-        records.append(Record(**{**plain.__dict__, **timings}))
+        records.append(dataclasses.replace(plain, **timings))
     return ResultFile(run.path, run.meta, records)
 
 
