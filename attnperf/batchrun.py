@@ -6,8 +6,8 @@ a grid of hundreds of points cannot fit a pull request's time. This runner measu
 points in one process with :func:`attnperf.point.measure_point`, loads each library once, warms
 the device once, and keeps the correctness verdicts per code fingerprint in a file, so that a
 commit's later processes skip the check its first process passed (the check itself still runs
-once per commit and point, before anything is timed). Forward and decode points are timed as
-called and, on CUDA, as a CUDA-graph replay; a forward+backward step as called. Its output, a
+once per commit and point, before anything is timed). Every point is timed as called and, on
+CUDA where its call can be captured, as a CUDA-graph replay. Its output, a
 results file of :class:`~attnperf.records.Record` (:mod:`attnperf.records`), feeds the verdict
 and asv's history.
 
@@ -44,7 +44,6 @@ from attnperf.benchgrid import BACKWARD, PointSpec
 from attnperf.correctness import CheckResult
 from attnperf.errors import UsageError
 from attnperf.files import read_json, write_json
-from attnperf.graphs import graphed
 from attnperf.measure import SpinCost, measure_time, spin_cost, spinner
 from attnperf.point import DIRECT, REPLAY, Point, free_memory, measure_point, timing_fields
 from attnperf.records import Record, ResultFile, Status
@@ -165,9 +164,8 @@ class BatchRunner:
     def measure(self, spec: PointSpec) -> list[Record]:
         """The record of ``spec``, then its injected records (when asked)."""
         started = time.perf_counter()
-        timings = (DIRECT,) if spec.mode == BACKWARD else (DIRECT, REPLAY)
         injections = [i for i in self.injections if i.applies(spec)]
-        records = measure_point(spec, repeat=self.repeat, min_sample_s=self.min_sample_s, timings=timings,
+        records = measure_point(spec, repeat=self.repeat, min_sample_s=self.min_sample_s, timings=(DIRECT, REPLAY),
                                 checks=self.cache, then=self._injected if injections else None)  # fmt: skip
         seconds = dict(records[0].seconds) | {"total": time.perf_counter() - started}
         return [dataclasses.replace(records[0], seconds=seconds), *records[1:]]
@@ -224,11 +222,7 @@ class BatchRunner:
                     extra.mul_(1.0)
                 return call()
 
-            replay = None
-            if replayed is not None:
-                with torch.no_grad():
-                    replay = graphed(passed, device, point.checked.bound or point.backend.bound(case.dtype))  # type: ignore[arg-type]
-            return passed, replay, about
+            return passed, point.graph_of(passed) if replayed is not None else None, about
         spin, cost = self._spin(device)
         out: list[Callable[[], object] | None] = []
         for fn, median in ((call, plain.median_s), (replayed, plain.replay_median_s)):

@@ -65,6 +65,7 @@ BENCHMARKS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     ),
     BACKWARD: (
         (f"{SUITE}.TimeForwardBackward.time_forward_backward", "direct", True),
+        (f"{SUITE}.TimeForwardBackwardReplay.time_forward_backward_replay", "replay", True),
         (f"{SUITE}.TimeForwardBackward.track_peak_bytes_backward", "memory", True),
     ),
     DECODE: (

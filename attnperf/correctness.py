@@ -183,12 +183,14 @@ def check(
 
 def verified_runner(
     mechanism: str | Mechanism, backend: str | Backend, case: Case, *, requires_grad: bool = False,
-    checked: CheckResult | None = None,
+    checked: CheckResult | None = None, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[Runner, CheckResult]:  # fmt: skip
     """A closure to time, built only after the pair passed :func:`check` on other inputs.
 
     ``checked``: a verdict this very code already reached for this pair and case (the batch
-    runner caches them per code fingerprint); it is used instead of checking again.
+    runner caches them per code fingerprint); it is used instead of checking again. ``inputs``:
+    the ``q, k, v`` the closure runs on (fresh ones of :func:`make_inputs` by default), for a
+    caller that reads their gradients.
     Raises :class:`Unsupported` (with the reason) or :class:`WrongResult`; benchmarks turn the
     first into "skipped" and let the second fail loudly.
     """
@@ -202,5 +204,5 @@ def verified_runner(
             + (result.reason or f"relative error {result.error:.3g} > bound {result.bound:.3g}")
             + (f" (inputs of seed {result.seed})" if result.seed is not None else "")
         )
-    q, k, v = make_inputs(case, requires_grad=requires_grad, on_device=True)
+    q, k, v = inputs if inputs is not None else make_inputs(case, requires_grad=requires_grad, on_device=True)
     return be.prepare(mech, case, q, k, v), result

@@ -3,15 +3,17 @@ its kernels are gone, as a decoder that captures its step (vLLM, TensorRT-LLM, `
 ``mode="reduce-overhead"``) runs it.
 
 A short decode step moves a few tens of MB, microseconds at HBM bandwidth, while one call from
-Python costs tens of µs: timed call by call, such points measure the host. So every CUDA forward
-and decode point that can be captured is timed both ways (:meth:`attnperf.point.Point.replay`):
-as called, what a model calling from Python pays, and as a replay, the device's own work. The
-replay computes on the runner's own inputs; its output is held against the direct call's (which
-was checked against the float64 reference before), so a graph that captured the wrong thing is
-never timed.
+Python costs tens of µs: timed call by call, such points measure the host. So every CUDA point
+that can be captured is timed both ways (:meth:`attnperf.point.Point.replay`): as called, what a
+model calling from Python pays, and as a replay, the device's own work. The replay computes on
+the runner's own inputs; its output (for a forward+backward step, the gradients it accumulates)
+is held against the direct call's, which was checked against the float64 reference before, so a
+graph that captured the wrong thing is never timed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -113,5 +115,46 @@ def graphed(runner: Runner, device: str | torch.device, bound: float) -> Runner:
     def replay() -> torch.Tensor:
         graph.replay()
         return static
+
+    return replay
+
+
+def graphed_step(
+    step: Callable[[], object], leaves: Sequence[torch.Tensor], device: str | torch.device, bound: float
+) -> Callable[[], None]:
+    """A forward+backward ``step`` captured in a CUDA graph: a closure that replays it.
+
+    Called or replayed, the step adds its gradients into the ``leaves``' ``.grad``, which exist
+    after the warm-up, so the graph accumulates into those very buffers (autograd adds in place
+    into a gradient nobody else holds). The capture is held to the direct step: both run from
+    zeroed gradients, and every leaf's gradient must agree within ``bound``; a graph that
+    captured nothing leaves zeros and fails there. Raises as :func:`graphed`."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise Unsupported(f"CUDA graphs need a CUDA device, case is on {device.type}")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(WARM_CALLS):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    if any(leaf.grad is None for leaf in leaves):
+        raise Unsupported("the step left an input without a gradient to compare the capture against")
+    for leaf in leaves:
+        leaf.grad.zero_()  # type: ignore[union-attr]
+    step()
+    expected = [leaf.grad.detach().to(device="cpu", dtype=torch.float64) for leaf in leaves]  # type: ignore[union-attr]
+    for leaf in leaves:
+        leaf.grad.zero_()  # type: ignore[union-attr]
+    graph, _ = capture(step, device)  # type: ignore[arg-type]
+    graph.replay()
+    torch.cuda.synchronize(device)
+    error = max(relative_error(leaf.grad, want) for leaf, want in zip(leaves, expected, strict=True))  # type: ignore[arg-type]
+    if error > bound:
+        raise WrongResult(f"the CUDA graph's replay gives other gradients than the direct step: relative error "
+                          f"{error:.3g} > {bound:.3g}")  # fmt: skip
+
+    def replay() -> None:
+        graph.replay()
 
     return replay

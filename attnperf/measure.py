@@ -8,17 +8,23 @@
   samples, which keeps compilation (flex, flash-attn-4's JIT) and first-call caches out of them.
 * Each sample times enough back-to-back calls to last ``min_sample_s`` (as ``timeit``'s
   autorange), and the median of the samples is reported with all samples kept.
+* The samples are taken with a steady host (:func:`steady_host`): Python's garbage collector off
+  (as ``timeit`` does), and, on CUDA, the launching thread pinned to one fixed core. A GPU call
+  timed as called is bound by the host's launches at short lengths, so between-process variation
+  of the host (a collection landing in one sample, the scheduler moving the thread between cores
+  of different clocks) is variation of the measurement.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -115,14 +121,40 @@ def measure_time(
     if number is not None:
         ensure_warm(device)
         warm_up(fn, device, 0.0)
+    else:
+        one = max(warm_point(fn, device), 1e-9)
+        if min_sample_s is None:
+            min_sample_s = policy(device).min_sample_s
+        number = max(1, int(min_sample_s / one))
+    with steady_host(device):
         samples = [time_calls(fn, device, number) for _ in range(repeat)]
-        return Timing(median=statistics.median(samples), samples=samples, number=number)
-    one = max(warm_point(fn, device), 1e-9)
-    if min_sample_s is None:
-        min_sample_s = policy(device).min_sample_s
-    number = max(1, int(min_sample_s / one))
-    samples = [time_calls(fn, device, number) for _ in range(repeat)]
     return Timing(median=statistics.median(samples), samples=samples, number=number)
+
+
+@contextlib.contextmanager
+def steady_host(device: str | torch.device) -> Iterator[None]:
+    """The host held still while samples are taken: no garbage collection, and on CUDA the calling
+    thread on one fixed core (the highest it may use; the lowest usually serves interrupts).
+
+    Only the calling thread is pinned (Linux's ``sched_setaffinity(0, …)`` sets the caller's), only while sampling:
+    the threads and compile workers it starts elsewhere keep every core, and on the CPU, where the
+    thread pool is the computation, nothing is pinned. Where affinity cannot be set (not Linux) the
+    samples are taken as they are."""
+    collecting = gc.isenabled()
+    gc.disable()
+    before: set[int] | None = None
+    if torch.device(device).type == "cuda" and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            before = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {max(before)})
+    try:
+        yield
+    finally:
+        if before is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, before)
+        if collecting:
+            gc.enable()
 
 
 def warm_device(device: str | torch.device, seconds: float) -> None:

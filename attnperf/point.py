@@ -12,9 +12,9 @@ So every command answers "how long does this take" the same way:
 2. :func:`measure`: the first call's time (compilation, autotuning, lazy initialisation), the peak
    memory of one call (before any CUDA graph holds a memory pool beside it), the **direct** call's
    samples (what a model calling the backend from Python pays: host work and launches included)
-   and, for CUDA forward and decode points that can be captured, the **CUDA-graph replay**'s
-   samples (the device's work alone, as an engine that captures its step pays it). Sampling
-   itself is :func:`attnperf.measure.measure_time`'s.
+   and, for CUDA points that can be captured (forward, forward+backward and decode), the
+   **CUDA-graph replay**'s samples (the device's work alone, as an engine or a training loop that
+   captures its step pays it). Sampling itself is :func:`attnperf.measure.measure_time`'s.
 3. :func:`derived`: tokens/s, useful and executed TFLOP/s and the analyzer's predicted peak, from
    the median the record shows; the one place they are computed.
 
@@ -37,10 +37,10 @@ from attnperf.analysis.flops import forward_flops
 from attnperf.analysis.memory import min_bytes
 from attnperf.backends import Backend, Runner, Unsupported, get_backend
 from attnperf.benchgrid import BACKWARD, PointSpec
-from attnperf.case import Case
-from attnperf.correctness import CheckResult, WrongResult, verified_runner
+from attnperf.case import Case, make_inputs
+from attnperf.correctness import GRADIENT_FACTOR, CheckResult, WrongResult, verified_runner
 from attnperf.errors import error_line
-from attnperf.graphs import graphed
+from attnperf.graphs import graphed, graphed_step
 from attnperf.machine import available_bytes
 from attnperf.measure import Timing, ensure_warm, measure_peak, measure_time, time_calls
 from attnperf.mechanisms import Mechanism, get_mechanism
@@ -61,16 +61,17 @@ class Point:
     #: The direct call (a forward, a forward+backward step or a decode step), verified.
     call: Callable[[], object]
     checked: CheckResult
+    #: The call's ``q, k, v`` (a forward+backward step accumulates into their ``.grad``).
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = field(repr=False)
     _replay: tuple[Callable[[], object] | None, str | None] | None = field(default=None, repr=False)
 
     def replay(self) -> tuple[Callable[[], object] | None, str | None]:
         """(the call's CUDA-graph replay, None) or (None, why not), captured at the first request so
         that a point measured for its memory alone never holds a graph's pool beside the call.
 
-        Only CUDA forward and decode calls are captured (a backward accumulates gradients, which a
-        replay would do on stale buffers); a backend that launches on a stream of its own (ONNX
+        Only CUDA calls are captured; a backend that launches on a stream of its own (ONNX
         Runtime) is not, since a capture on PyTorch's stream would miss its work; a replay whose
-        output differs from the checked direct call's is not timed."""
+        output (or gradients) differ from the checked direct call's is not timed."""
         if self._replay is None:
             self._replay = self._capture()
         return self._replay
@@ -78,16 +79,22 @@ class Point:
     def _capture(self) -> tuple[Callable[[], object] | None, str | None]:
         if torch.device(self.case.device).type != "cuda":
             return None, "CUDA graphs need a CUDA device"
-        if self.spec.mode == BACKWARD:
-            return None, "a forward+backward step is timed as called"
         if self.backend.own_cuda_stream:
             return None, "runs on a CUDA stream of its own, which a graph on PyTorch's stream does not capture"
-        bound = self.checked.bound or self.backend.bound(self.case.dtype)
         try:
-            with torch.no_grad():
-                return graphed(self.call, self.case.device, bound), None  # type: ignore[arg-type]
+            return self.graph_of(self.call), None
         except (Unsupported, WrongResult) as exc:
             return None, str(exc)
+
+    def graph_of(self, fn: Callable[[], object]) -> Callable[[], object]:
+        """``fn`` (this point's call, or a slowed copy of it) captured and held to the direct call:
+        a forward's output, a forward+backward step's gradients (bound widened as the check's)."""
+        bound = self.checked.bound or self.backend.bound(self.case.dtype)
+        if self.spec.mode == BACKWARD:
+            with torch.enable_grad():
+                return graphed_step(fn, self.inputs, self.case.device, GRADIENT_FACTOR * bound)
+        with torch.no_grad():
+            return graphed(fn, self.case.device, bound)  # type: ignore[arg-type]
 
 
 def prepare(spec: PointSpec, *, checked: CheckResult | None = None) -> Point:
@@ -101,13 +108,14 @@ def prepare(spec: PointSpec, *, checked: CheckResult | None = None) -> Point:
     if case is None:
         raise NotImplementedError(reason)
     mechanism, backend = get_mechanism(spec.mechanism), get_backend(spec.backend)
+    inputs = make_inputs(case, requires_grad=spec.mode == BACKWARD, on_device=True)
     try:
         runner, result = verified_runner(mechanism, backend, case, requires_grad=spec.mode == BACKWARD,
-                                         checked=checked)  # fmt: skip
+                                         checked=checked, inputs=inputs)  # fmt: skip
     except Unsupported as exc:  # found only at run time (e.g. "No available kernel")
         raise NotImplementedError(str(exc)) from None
     call = _forward_backward(runner) if spec.mode == BACKWARD else runner
-    return Point(spec, case, mechanism, backend, call, result)
+    return Point(spec, case, mechanism, backend, call, result, inputs)
 
 
 def _forward_backward(runner: Runner) -> Callable[[], None]:

@@ -179,7 +179,7 @@ def kind_of(key: str, timing: str) -> str:
     if timing == "memory":
         return "memory"
     if key.startswith("TimeForwardBackward("):
-        return "backward"
+        return f"backward {timing}"
     return f"{'decode' if key.startswith('TimeDecode(') else 'forward'} {timing}"
 
 

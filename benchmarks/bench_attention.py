@@ -100,6 +100,20 @@ class TimeForwardBackward(_Suite):
     track_peak_bytes_backward.unit = "bytes"
 
 
+class TimeForwardBackwardReplay(_Suite):
+    """A forward+backward step as a CUDA-graph replay (a training loop that captures its step);
+    the replay's gradients are held to the direct step's before it is timed. Skipped off CUDA."""
+
+    mode = BACKWARD
+
+    def setup(self, *params):
+        super().setup(*params)
+        self.replay = replayed(self.point)
+
+    def time_forward_backward_replay(self, *params):
+        self.replay()
+
+
 class TrackPeakMemory(_Suite):
     """Peak memory of one forward alone, beyond its inputs (bytes): the CUDA allocator's peak on a
     GPU (exact), RSS growth on the CPU. Not asv's ``peakmem_*``, which reads the process's lifetime

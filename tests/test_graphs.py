@@ -1,6 +1,7 @@
-"""CUDA-graph timing (``sweep --cuda-graphs``, and the benchmarks' forward and decode points):
-refused off CUDA with the reason; on a GPU the replay's output is the direct call's and the record
-says how it was timed; what cannot be captured is timed call by call, with the reason."""
+"""CUDA-graph timing (``sweep --cuda-graphs``, and the benchmarks' forward, forward+backward and
+decode points): refused off CUDA with the reason; on a GPU the replay's output (a step's
+gradients) is the direct call's and the record says how it was timed; what cannot be captured is
+timed call by call, with the reason."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from attnperf.backends import Unsupported
 from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec
 from attnperf.correctness import WrongResult
-from attnperf.graphs import first_error_line, graphed, out_of_memory
+from attnperf.graphs import first_error_line, graphed, graphed_step, out_of_memory
 from attnperf.point import DIRECT, REPLAY, measure_point, prepare
 from attnperf.records import Status
 
@@ -69,14 +70,54 @@ def test_benchmark_points_off_cuda_have_no_replay_and_say_why() -> None:
     assert record.graph_reason is None  # not a CUDA point: nothing to explain
 
 
+def test_a_step_graph_is_refused_off_cuda_with_the_reason() -> None:
+    with pytest.raises(Unsupported, match="CUDA graphs need a CUDA device, case is on cpu"):
+        graphed_step(lambda: None, [], "cpu", 1e-5)
+
+
 @pytest.mark.gpu
-def test_on_gpu_benchmark_forward_and_decode_points_are_replayed_and_steps_are_not() -> None:
+def test_on_gpu_benchmark_forward_decode_and_backward_points_are_replayed() -> None:
     forward = prepare(PointSpec("sdpa-cudnn", "causal", 1024, 128, "bfloat16", FORWARD, device="cuda", heads=16))
     replay, reason = forward.replay()
     assert replay is not None, reason
     assert prepare(decode_spec("sdpa-flash")).replay()[0] is not None
-    step = prepare(PointSpec("sdpa-cudnn", "causal", 1024, 128, "bfloat16", BACKWARD, device="cuda", heads=16))
-    assert step.replay() == (None, "a forward+backward step is timed as called")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["eager", "sdpa-flash", "sdpa-efficient"])
+def test_on_gpu_a_replayed_step_accumulates_the_direct_steps_gradients(backend: str) -> None:
+    """The step's replay adds into the very ``.grad`` buffers the direct step does, and what it
+    adds is the direct step's gradient (the capture itself was held to it at ``graphed_step``)."""
+    step = prepare(PointSpec(backend, "causal", 1024, 64, "bfloat16", BACKWARD, device="cuda", heads=4))
+    replay, reason = step.replay()
+    assert replay is not None, reason
+    for leaf in step.inputs:
+        leaf.grad.zero_()
+    step.call()
+    direct = [leaf.grad.float().clone() for leaf in step.inputs]
+    replay()
+    replay()
+    torch.cuda.synchronize()
+    for leaf, once in zip(step.inputs, direct, strict=True):  # three steps' worth: one direct, two replayed
+        assert torch.allclose(leaf.grad.float(), 3 * once, rtol=2e-2, atol=1e-2 * once.abs().max().item())
+    (record,) = measure_point(step.spec, repeat=3, timings=(DIRECT, REPLAY))
+    assert record.status is Status.OK, record.reason
+    assert record.replay_median_s is not None
+    assert record.median_s is not None
+
+
+@pytest.mark.gpu
+def test_on_gpu_a_step_whose_capture_adds_other_gradients_is_wrong() -> None:
+    """A step that adds something else on every call (a drifting term) is refused as graphed."""
+    leaf = torch.ones(8, device="cuda", requires_grad=True)
+    calls = torch.zeros(1, device="cuda")
+
+    def drifting() -> None:
+        calls.add_(1)
+        (leaf * calls).sum().backward()
+
+    with pytest.raises(WrongResult, match="other gradients than the direct step"):
+        graphed_step(drifting, [leaf], "cuda", 1e-5)
 
 
 @pytest.mark.gpu
