@@ -77,7 +77,7 @@ class Record:
     median_s: float | None = None
     samples_s: Sequence[float] = ()
     number: int | None = None
-    #: The CUDA-graph replay of the call (CUDA forward and decode points that can be captured).
+    #: The CUDA-graph replay of the call (CUDA points that can be captured).
     replay_median_s: float | None = None
     replay_samples_s: Sequence[float] = ()
     replay_number: int | None = None
