@@ -190,11 +190,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add analyze, plot to the ``attnperf`` command."""
-    p = sub.add_parser("analyze", help="predicted FLOPs, bytes, peak memory, roofline; --measure holds them to timings")
+    p = sub.add_parser(
+        "analyze",
+        help="predicted FLOPs, bytes, peak memory, roofline, and the lengths where efficient variants overtake dense "
+        "attention (crossovers); --measure holds them to timings",
+    )  # fmt: skip
     add_shape_arguments(p, seq_lens="1024,2048,4096")
     p.add_argument(
-        "--measure", action="store_true", help="also time each point and measure its peak memory, and fit exponents"
-    )
+        "--measure", action="store_true",
+        help="also time each point and measure its peak memory, fit exponents, and report measured crossovers "
+        "(without it, the crossovers are predicted from the roofline time and predicted peak)",
+    )  # fmt: skip
     p.add_argument(
         "--measure-ceilings", action="store_true",
         help="measure matmul/copy ceilings on a GPU instead of its datasheet (not with --table)",

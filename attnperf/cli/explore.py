@@ -242,7 +242,11 @@ def register(sub: Any) -> None:
     p.add_argument("--all", action="store_true", help="also show unsupported pairs")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("sweep", help="check, then time variants × backends × seq lens × batch sizes")
+    p = sub.add_parser(
+        "sweep",
+        help="check, then time variants × backends × seq lens × batch sizes; with 2+ lengths, where each "
+        "efficient variant overtakes dense attention (crossovers, also in --json)",
+    )  # fmt: skip
     add_shape_arguments(p, seq_lens="256,1024,4096")
     p.add_argument("--batches", type=int_list, default=[1], help="comma-separated batch sizes (default 1)")
     p.add_argument(

@@ -71,7 +71,8 @@ def test_a_steeper_or_parallel_efficient_curve_never_crosses() -> None:
     )
     parallel = crossover(series(lambda n: 1.5 * n * n), series(lambda n: float(n * n)))
     assert parallel.how == "never"
-    assert parallel.exponents is not None and math.isclose(*parallel.exponents)
+    assert parallel.exponents is not None
+    assert math.isclose(*parallel.exponents)
 
 
 def test_fits_that_cross_only_far_beyond_the_grid_are_never_within_the_horizon() -> None:
@@ -130,8 +131,10 @@ def test_crossovers_pair_the_same_backend_and_name_another_pair() -> None:
     assert set(found) == {("sliding_window", "tiled"), ("linear", "fla"), ("linear_causal", "fla")}
     window = found["sliding_window", "tiled"]
     assert (window.reference, window.reference_backend, window.source) == ("causal", "tiled", "measured")
-    assert window.time.how == "measured" and window.time.length == pytest.approx(1200)
-    assert window.memory.how == "never" and window.memory.why  # the same O(n) memory as tiled causal
+    assert window.time.how == "measured"
+    assert window.time.length == pytest.approx(1200)
+    assert window.memory.how == "never"
+    assert window.memory.why
     other = found["linear_causal", "fla"]
     assert other.reference_backend == "sdpa", "the reference's fastest backend at its longest length"
     assert other.line().startswith("crossover linear_causal vs causal (linear_causal on fla, causal on sdpa): faster")
@@ -139,7 +142,8 @@ def test_crossovers_pair_the_same_backend_and_name_another_pair() -> None:
     assert missing.reference_backend == ""
     assert missing.line() == "crossover linear vs full (fla): full not measured at batch 1; add it to --variants"
     printed = lines(list(found.values()))
-    assert printed[:2] == ["", printed[1]] and printed[1].startswith("crossovers against dense attention")
+    assert printed[:2] == ["", printed[1]]
+    assert printed[1].startswith("crossovers against dense attention")
     assert len(printed) == 2 + 3
     assert "batch" not in printed[2], "one batch: not named"
     assert lines([]) == []
