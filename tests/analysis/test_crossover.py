@@ -67,7 +67,7 @@ def test_a_steeper_or_parallel_efficient_curve_never_crosses() -> None:
     assert (steeper.how, steeper.length, steeper.within) == ("never", None, None)
     assert steeper.exponents == pytest.approx((2.1, 2.0))
     assert steeper.describe("faster") == (
-        "never faster within the grid; exponent 2.10 ≥ the reference's 2.00 (fitted 1024–4096)"
+        "never faster within the grid (exponent 2.10 ≥ the reference's 2.00, fitted 1024–4096)"
     )
     parallel = crossover(series(lambda n: 1.5 * n * n), series(lambda n: float(n * n)))
     assert parallel.how == "never"

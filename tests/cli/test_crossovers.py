@@ -52,20 +52,22 @@ def test_analyze_measure_prints_a_crossover_per_efficient_variant_and_writes_the
 
 
 def test_analyze_without_measure_predicts_the_crossover(capsys) -> None:
-    """Tiled skips the keys outside the window: its roofline time falls below causal's once n passes
-    about twice the window (causal attends n²/2 pairs, the window n·w)."""
+    """Tiled skips whole 128-key blocks outside the window: with a window of 32 it computes as many
+    blocks as causal up to 256 tokens (3 of 4) and fewer from 512 (7 of 10)."""
     argv = ["analyze", "--variants", "causal,sliding_window", "--backends", "eager,tiled", "--seq-lens",
-            "32,64,128,256", *SMALL]  # fmt: skip
+            "128,256,512,1024", *SMALL]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     tiled = crossover_line(out, "sliding_window", "causal", "tiled")
     match = re.search(r"predicted: faster from n ≈ ([\d,]+) \(predicted, between (\d+) and (\d+)\)", tiled)
     assert match, tiled
     length, low, high = (int(g.replace(",", "")) for g in match.groups())
-    assert (low, high) == (32, 64)
+    assert (low, high) == (256, 512)
     assert low <= length <= high
     eager = crossover_line(out, "sliding_window", "causal", "eager")
-    assert "never faster" in eager, "eager computes every score: the window saves it nothing"
+    assert "never faster: the same as the reference at every length (128–1024)" in eager, (
+        "eager computes every score: the window saves it nothing"
+    )
 
 
 def test_analyze_table_gains_the_crossover_lines(capsys, tmp_path) -> None:
@@ -94,7 +96,8 @@ def test_sweep_prints_the_lines_with_two_lengths_and_keeps_them_in_its_file(tmp_
     from attnperf.records import load_records
 
     assert len(load_records(path).records) == 4, "the file stays a results file"
-    assert main([*argv[:6], "--seq-lens", "64", *argv[8:-2]]) == 0
+    one_length = [a if a != "64,128" else "64" for a in argv[:-2]]  # no --json
+    assert main(one_length) == 0
     assert "crossover" not in capsys.readouterr().out, "one length: nothing to compare"
 
 
