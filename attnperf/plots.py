@@ -42,6 +42,7 @@ from attnperf.layers import sinusoidal_table
 from attnperf.mechanisms import get_mechanism
 from attnperf.mechanisms.positional import alibi_slopes
 from attnperf.records import Record
+from attnperf.reports.crossover import Point, crossovers
 
 RESULT_PLOTS = ("scaling", "memory", "throughput", "roofline")
 PICTURE_PLOTS = ("masks", "heatmaps", "positions", "heads")
@@ -146,7 +147,25 @@ def _small_multiples(records: list[dict[str, Any]], key: str, scale: float, ylab
 def plot_scaling(records: list[dict[str, Any]], out: Path) -> list[Path]:
     title = "Time against length, per variant: the slope (in brackets) is the empirical exponent"
     fig = _small_multiples(records, "median_s", 1e3, "median time (ms)", title, slopes=True)
+    _mark_crossovers(fig, records)
     return save(fig, out, "scaling")
+
+
+def _mark_crossovers(fig: Any, records: list[dict[str, Any]]) -> None:
+    """One vertical line per crossover in its variant's panel (titled with the variant), in the
+    backend's colour: where the variant becomes faster than its dense reference (dashed where
+    extrapolated beyond the grid; none where it is always or never faster)."""
+    points = [Point(r["variant"], r["backend"], r["batch"], r["seq_len"], r.get("median_s"), r.get("peak_bytes"))
+              for r in _ok(records)]  # fmt: skip
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    for c in crossovers(points):
+        ax = panels.get(c.variant)
+        if ax is None or c.time.length is None:
+            continue
+        colour = next((line.get_color() for line in ax.get_lines() if line.get_label().split()[0] == c.backend), "k")
+        label = f"{c.backend} faster than {c.reference} from n ≈ {c.time.length:,.0f} ({c.time.how})"
+        ax.axvline(c.time.length, color=colour, linestyle="--" if c.time.how == "extrapolated" else ":", label=label)
+        ax.legend(fontsize=6)
 
 
 def plot_memory(records: list[dict[str, Any]], out: Path) -> list[Path]:

@@ -342,9 +342,10 @@ class ResultFile:
         return write_json(target, self.to_dict())
 
 
-def save_records(path: str | Path, records: Iterable[Record], *, machine: Mapping[str, Any]) -> Path:
-    """Write a sweep's records and the machine they ran on, atomically."""
-    return ResultFile(Path(path), {"machine": dict(machine)}, list(records)).save()
+def save_records(path: str | Path, records: Iterable[Record], *, machine: Mapping[str, Any], **meta: Any) -> Path:
+    """Write a sweep's records and the machine they ran on (and what else the sweep derived from them,
+    such as ``crossovers``: kept as the file's meta), atomically."""
+    return ResultFile(Path(path), {"machine": dict(machine), **meta}, list(records)).save()
 
 
 def parse_results(data: Any, path: Path | None, what: str = "results file") -> ResultFile:

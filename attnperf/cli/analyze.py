@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from attnperf.cli.args import (
     OPTION_FLAGS,
@@ -20,11 +21,17 @@ from attnperf.cli.args import (
 )
 from attnperf.errors import Failure, UsageError, check_output
 
+if TYPE_CHECKING:
+    from attnperf.reports.crossover import Crossover
+
 
 def print_complexity_table(args: argparse.Namespace) -> int:
     """``attnperf analyze --table``: big-O classes beside the exponents fitted over --seq-lens."""
+    from attnperf.ceilings import ceilings
     from attnperf.files import write_json
     from attnperf.reports.complexity import complexity_rows
+    from attnperf.reports.crossover import crossovers, points_of_records, points_of_rows
+    from attnperf.reports.predictions import predict
     from attnperf.sweep import run_sweep
 
     if args.measure_ceilings:  # the table has no roofline: the flag would be silently ignored
@@ -43,10 +50,10 @@ def print_complexity_table(args: argparse.Namespace) -> int:
         for n in args.seq_lens:
             case_from_flags(variant, n, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype)
     measured: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    if args.measure:
-        for r in run_sweep(grid_of(args), repeat=args.repeat):
-            if r.ok and r.median_s is not None:
-                measured.setdefault((r.variant, r.backend), []).append((r.seq_len, r.median_s))
+    records = run_sweep(grid_of(args), repeat=args.repeat) if args.measure else []
+    for r in records:
+        if r.ok and r.median_s is not None:
+            measured.setdefault((r.variant, r.backend), []).append((r.seq_len, r.median_s))
     rows = complexity_rows(args.variants, args.seq_lens, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
                            measured_times=measured)  # fmt: skip
     columns = [("variant", "variant"), ("time", "time"), ("time_p", "p (useful FLOPs)"),
@@ -57,9 +64,23 @@ def print_complexity_table(args: argparse.Namespace) -> int:
     print("n tokens, d head dim, w window, k top-k, s stride (√n unless the variant fixes it: strided has s = 64),")
     print("b block, g global, r random, c summary columns; batch and heads multiply every entry")
     print(format_table(rows, columns))
+    if args.measure:
+        found = crossovers(points_of_records(records))
+    else:
+        found = crossovers(points_of_rows(predict(grid_of(args), ceilings(args.device, args.dtype)), predicted=True),
+                           predicted=True)  # fmt: skip
+    print_crossovers(found)
     if args.json:
-        write_json(args.json, {"table": "complexity", "seq_lens": args.seq_lens, "rows": rows})
+        write_json(args.json, {"table": "complexity", "seq_lens": args.seq_lens, "rows": rows,
+                               "crossovers": [c.as_dict() for c in found]})  # fmt: skip
     return 0
+
+
+def print_crossovers(found: Sequence[Crossover]) -> None:
+    from attnperf.reports.crossover import lines
+
+    for line in lines(found):
+        print(line)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -67,6 +88,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return print_complexity_table(args)
     from attnperf.ceilings import ceilings
     from attnperf.files import write_json
+    from attnperf.reports.crossover import crossovers, points_of_rows
     from attnperf.reports.predictions import fit_exponents, join, predict
     from attnperf.sweep import run_sweep
 
@@ -94,8 +116,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(format_table(fits, [("variant", "variant"), ("backend", "backend"), ("time_exp", "time p"),
                                   ("time_ci", "95% CI"), ("tail_exp", "p, longest half"), ("tail_lens", "lengths"),
                                   ("mem_exp", "memory q"), ("mem_ci", "95% CI")]))  # fmt: skip
+    # measured crossovers where the points were timed, else the analyzer's predicted ones
+    found = crossovers(points_of_rows(rows, predicted=not args.measure), predicted=not args.measure)
+    print_crossovers(found)
     if args.json:
-        write_json(args.json, {"hardware": hardware.name, "rows": table, "fits": fits})
+        write_json(args.json, {"hardware": hardware.name, "rows": table, "fits": fits,
+                               "crossovers": [c.as_dict() for c in found]})  # fmt: skip
     return 0
 
 
@@ -164,11 +190,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add analyze, plot to the ``attnperf`` command."""
-    p = sub.add_parser("analyze", help="predicted FLOPs, bytes, peak memory, roofline; --measure holds them to timings")
+    p = sub.add_parser(
+        "analyze",
+        help="predicted FLOPs, bytes, peak memory, roofline, and the lengths where efficient variants overtake dense "
+        "attention (crossovers); --measure holds them to timings",
+    )  # fmt: skip
     add_shape_arguments(p, seq_lens="1024,2048,4096")
     p.add_argument(
-        "--measure", action="store_true", help="also time each point and measure its peak memory, and fit exponents"
-    )
+        "--measure", action="store_true",
+        help="also time each point and measure its peak memory, fit exponents, and report measured crossovers "
+        "(without it, the crossovers are predicted from the roofline time and predicted peak)",
+    )  # fmt: skip
     p.add_argument(
         "--measure-ceilings", action="store_true",
         help="measure matmul/copy ceilings on a GPU instead of its datasheet (not with --table)",

@@ -79,6 +79,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from attnperf.files import write_csv
     from attnperf.machine import machine_info
     from attnperf.records import Record, Status, load_records, save_records
+    from attnperf.reports.crossover import crossovers, lines, points_of_records
     from attnperf.sweep import resumable, run_sweep
 
     if args.quick:
@@ -101,8 +102,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     def save(records: list[Record]) -> None:  # after every point: a stopped sweep keeps what it did
         saved[:] = records
-        if json_path is not None:
-            save_records(json_path, records, machine=machine_info())
+        if json_path is not None:  # the crossovers of the points so far, as data beside the records
+            found = [c.as_dict() for c in crossovers(points_of_records(records))]
+            save_records(json_path, records, machine=machine_info(), crossovers=found)
         if args.csv:
             write_csv(args.csv, [csv_row(r) for r in records])
 
@@ -138,6 +140,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             args.all and r.status is Status.UNSUPPORTED
         ):
             print(f"  {r.variant} × {r.backend} @ {r.seq_len}: {r.status}: {r.reason}")
+    if len(set(grid.seq_lens)) >= 2:
+        for line in lines(crossovers(points_of_records(records))):
+            print(line)
     return EXIT_FAILURE if any(r.status in (Status.WRONG, Status.FAILED) for r in records) else 0
 
 
@@ -237,7 +242,11 @@ def register(sub: Any) -> None:
     p.add_argument("--all", action="store_true", help="also show unsupported pairs")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("sweep", help="check, then time variants × backends × seq lens × batch sizes")
+    p = sub.add_parser(
+        "sweep",
+        help="check, then time variants × backends × seq lens × batch sizes; with 2+ lengths, where each "
+        "efficient variant overtakes dense attention (crossovers, also in --json)",
+    )  # fmt: skip
     add_shape_arguments(p, seq_lens="256,1024,4096")
     p.add_argument("--batches", type=int_list, default=[1], help="comma-separated batch sizes (default 1)")
     p.add_argument(
