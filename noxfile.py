@@ -126,18 +126,26 @@ def sweep(session: nox.Session) -> None:
 
 #: The committed CPU sweep that docs/plots/ is drawn from (tools/command-docs.sh writes it).
 PLOTS_RESULTS = "measurements/cpu/sweep.json"
+#: The text of docs/plots/text.png (its layer and embeddings come from the default seed, 0).
+PLOTS_TEXT = "The cat sat on the mat because the mat was warm, and the cat was tired."
 
 
 @nox.session(python=PYTHON)
 def plots(session: nox.Session) -> None:
-    """Redraw docs/plots/ from the committed CPU sweep, so that the pictures match the data.
+    """Redraw every committed picture: docs/plots/ from the committed CPU sweep, the mechanism pictures
+    at n 64 and the text picture of ``PLOTS_TEXT``; docs/pictures/ the masks and log-scale heatmaps at
+    n 128. All from seed 0, so a redraw changes a picture only where the code or the sweep changed, except
+    the roofline: a CPU sweep's ceilings are measured on the machine that draws it.
 
     ``attnperf plot`` writes PNG and SVG; the PNGs are committed, the SVGs are ignored (they embed a
-    date and random ids, so every redraw would change them). Extra arguments replace the results file and
-    options, e.g. ``nox -s plots -- r.json --out plots``.
+    date and random ids, so every redraw would change them). Extra arguments replace the whole first
+    command, e.g. ``nox -s plots -- r.json --out plots``.
     """
     install(session, "plots")
-    session.run("attnperf", "plot", *(session.posargs or [PLOTS_RESULTS, "--out", "docs/plots"]))
+    session.run("attnperf", "plot", *(session.posargs or [PLOTS_RESULTS, "--out", "docs/plots", "--text", PLOTS_TEXT]))
+    if not session.posargs:
+        session.run("attnperf", "plot", "--kinds", "masks,heatmaps", "--n", "128", "--weight-scale", "log",
+                    "--out", "docs/pictures")  # fmt: skip
 
 
 @nox.session(python=PYTHON)

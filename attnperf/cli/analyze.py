@@ -15,6 +15,7 @@ from attnperf.cli.args import (
     csv_list,
     format_table,
     grid_of,
+    non_negative_int,
     picture_size,
     positive_int,
     require_cuda_for_graphs,
@@ -146,23 +147,63 @@ def check_plottable(results: Any, kinds: list[str]) -> None:
                 raise UsageError(f"results file {results.path}: records[{i}]: case: {exc}") from None
 
 
+def read_text_flag(args: argparse.Namespace) -> str | None:
+    """The text of ``--text`` or ``--text-file`` (UTF-8), checked to make a picture; None without either."""
+    from attnperf.plots import text_tokens
+
+    if args.text is not None and args.text_file is not None:
+        raise UsageError("--text-file: give the text once, with --text or with --text-file")
+    if args.text is not None:
+        flag, text = "--text", args.text
+    elif args.text_file is not None:
+        flag = "--text-file"
+        try:
+            text = open(args.text_file, encoding="utf-8").read()  # noqa: SIM115 (read at once)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--text-file {args.text_file}: cannot read it as UTF-8 text ({exc})") from None
+    else:
+        return None
+    if args.tokens is not None:
+        raise UsageError(f"--tokens: {flag} gives the tokens; leave --tokens out")
+    try:
+        text_tokens(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    return text
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from attnperf.ceilings import ceilings
-    from attnperf.plots import PICTURE_PLOTS, RESULT_PLOTS, PictureOptions, plot_pictures, plot_results, plot_rows
+    from attnperf.plots import (
+        DEFAULT_PICTURES,
+        PICTURE_PLOTS,
+        RESULT_PLOTS,
+        WEIGHT_SCALES,
+        PictureOptions,
+        plot_pictures,
+        plot_results,
+        plot_rows,
+    )
     from attnperf.records import load_records
 
     out = Path(args.out)
-    kinds = args.kinds or [*RESULT_PLOTS, *PICTURE_PLOTS]
+    text = read_text_flag(args)
+    kinds = args.kinds or [*RESULT_PLOTS, *DEFAULT_PICTURES, *(["text"] if text is not None else [])]
     unknown = [k for k in kinds if k not in RESULT_PLOTS + PICTURE_PLOTS]
     if unknown:
         raise UsageError(f"--kinds: unknown {unknown}; allowed: {', '.join(RESULT_PLOTS + PICTURE_PLOTS)}")
+    if args.weight_scale not in WEIGHT_SCALES:
+        raise UsageError(f"--weight-scale: {args.weight_scale!r}; allowed: {', '.join(WEIGHT_SCALES)}")
+    if "text" in kinds and text is None:
+        raise UsageError("--kinds text: the text picture needs --text TEXT or --text-file PATH")
     tokens = tuple(args.tokens.split()) if args.tokens else None
     if tokens is not None and not PICTURE_N[0] <= len(tokens) <= PICTURE_N[1]:
         raise UsageError(f"--tokens: {len(tokens)} given; the pictures take {PICTURE_N[0]} to {PICTURE_N[1]} tokens")
     picture = PictureOptions(n=len(tokens) if tokens else args.n, window=args.window, top_k=args.top_k,
-                             stride=args.stride, tokens=tokens)  # fmt: skip
+                             stride=args.stride, tokens=tokens, seed=args.seed, weight_scale=args.weight_scale,
+                             text=text)  # fmt: skip
     result_kinds = [k for k in kinds if k in RESULT_PLOTS]
     if result_kinds and args.kinds and not args.results:
         raise UsageError(f"--kinds {', '.join(result_kinds)} need result files (attnperf sweep --json FILE)")
@@ -222,7 +263,8 @@ def register(sub: Any) -> None:
         "--kinds",
         type=csv_list,
         default=None,
-        help="scaling, memory, throughput, roofline (need results); masks, heatmaps, positions, heads",
+        help="scaling, memory, throughput, roofline (need results); masks, heatmaps, positions, heads; text (needs "
+        "--text or --text-file). Default: all that the arguments allow",
     )
     p.add_argument(
         "--n", type=picture_size, default=64,
@@ -237,6 +279,23 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--tokens", default=None,
-        help=f"space-separated tokens labelling the pictures' axes (sets n: {PICTURE_N[0]} to {PICTURE_N[1]} of them)",
+        help=f"space-separated tokens labelling the axes of the random-input pictures, their weights unchanged "
+        f"(sets n: {PICTURE_N[0]} to {PICTURE_N[1]} of them); --text draws real tokens' weights",
+    )  # fmt: skip
+    p.add_argument(
+        "--text", default=None,
+        help="draw text.png: the weights of this text's tokens (words and punctuation; more than a picture can "
+        "label is refused, naming the limit) through an untrained causal layer drawn from --seed, their "
+        "embeddings hashed from the seed and the word, plus sinusoidal positions",
+    )  # fmt: skip
+    p.add_argument("--text-file", default=None, help="as --text, the text read from this UTF-8 file")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0,
+        help="seed of the random inputs, BigBird's random blocks and the text picture's layer (default 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--weight-scale", default="linear",
+        help="linear or log: colour scale of the weights heatmaps; log spreads weights that span decades "
+        "(default linear)",
     )  # fmt: skip
     p.set_defaults(func=cmd_plot)

@@ -133,3 +133,119 @@ def test_result_plots_are_small_multiples(results, tmp_path) -> None:
     same = [line.get_color() for ax in panels for line in ax.get_lines() if line.get_label().startswith("eager")]
     assert len(set(same)) == 1  # the same colour for one backend in every panel
     plt.close(fig)
+
+
+def test_heatmaps_grey_out_what_the_mechanism_masks_not_small_weights() -> None:
+    """The drawn array's mask is the mechanism's own (top-k keeps k keys a row, the window its band), every
+    panel has a colour bar, and a weight that underflows where ALiBi attends is drawn, not masked."""
+    import matplotlib.pyplot as plt
+
+    from attnperf.plots import PictureOptions, heads_figure, heatmaps_figure
+
+    options = PictureOptions(n=16, window=4, top_k=3)
+    variants = ("topk", "sliding_window", "linear_causal", "full")
+    fig = heatmaps_figure(options, variants)
+    images = [ax.images[0] for ax in fig.axes if ax.images and ax.get_title()]
+    assert len(images) == len(variants)
+    assert all(image.colorbar is not None for image in images)
+    masks = {variant: image.get_array().mask for variant, image in zip(variants, images, strict=True)}
+    assert (~masks["topk"]).sum(axis=1).tolist() == [3] * 16  # top-k = 3 kept per row, the rest grey
+    band = [[not (i - 3 <= j <= i) for j in range(16)] for i in range(16)]  # Mistral: the last 4 keys, itself too
+    assert masks["sliding_window"].tolist() == band
+    assert masks["linear_causal"].tolist() == [[j > i for j in range(16)] for i in range(16)]
+    assert not masks["full"].any()
+    plt.close(fig)
+
+    fig = heads_figure(PictureOptions(n=64), heads=8)  # head 0: slope 1/2, so the first key of the last row gets e^-31
+    image = fig.axes[0].images[0]
+    drawn, masked = image.get_array().data, image.get_array().mask
+    assert ((drawn < 1e-9) & ~masked).any(), "a far key under a steep slope is a tiny weight, drawn, not grey"
+    assert masked.tolist() == [[j > i for j in range(64)] for i in range(64)]
+    assert image.colorbar is not None
+    plt.close(fig)
+
+
+def test_scaling_axes_are_ticked_at_the_measured_lengths(results) -> None:
+    import matplotlib.pyplot as plt
+
+    from attnperf.plots import _small_multiples, length_label, plot_rows
+    from attnperf.records import load_records
+
+    assert [length_label(n) for n in (256, 1024, 1536, 4096, 16384, 1000)] == ["256", "1k", "1.5k", "4k", "16k", "1000"]
+    fig = _small_multiples(plot_rows(load_records(results).records), "median_s", 1e3, "ms", "t", slopes=True)
+    fig.canvas.draw()
+    for ax in (ax for ax in fig.axes if ax.get_title()):
+        assert list(ax.get_xticks()) == [64, 128, 256]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["64", "128", "256"]
+        assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))  # no 3×10⁴×10² collisions
+        assert not any(t.get_text() for t in ax.get_yticklabels(minor=True))
+        legend, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.y1 <= axes_box.y0, "the legend sits below the panel, not over the data"
+    plt.close(fig)
+
+
+TEXT = "The cat sat on the mat, and the cat slept."
+
+
+def test_text_picture_draws_the_tokens_weights_from_the_seed(tmp_path) -> None:
+    import matplotlib.pyplot as plt
+
+    from attnperf.plots import text_figure, text_weights, token_vector
+
+    tokens, weights = text_weights(TEXT, seed=3)
+    assert tokens == ["The", "cat", "sat", "on", "the", "mat", ",", "and", "the", "cat", "slept", "."]
+    assert weights.shape == (1, 4, 12, 12)
+    assert torch.equal(weights, text_weights(TEXT, seed=3)[1])  # the same seed draws the same picture
+    assert not torch.equal(weights, text_weights(TEXT, seed=4)[1])
+    assert torch.equal(token_vector("cat", 3), token_vector("Cat", 3))  # a repeated word: the same vector
+    assert torch.allclose(weights.sum(-1), torch.ones(1, 4, 12), atol=1e-6)
+    assert (weights[0].triu(1) == 0).all()  # causal
+    fig = text_figure(TEXT, seed=3)
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("head")]
+    assert len(panels) == 4
+    for ax in panels:
+        assert [t.get_text() for t in ax.get_xticklabels()] == tokens
+        assert [t.get_text() for t in ax.get_yticklabels()] == tokens
+        assert ax.images[0].colorbar is not None
+    assert "seed 3" in fig.get_suptitle()
+    plt.close(fig)
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT)
+    assert main(["plot", "--kinds", "text", "--text-file", str(path), "--seed", "3", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "text.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--text", "  \n "], "--text: the text has no tokens"),
+        (["--text", " ".join(["w"] * 65)], "--text: the text has 65 tokens; a picture takes 2 to 64"),
+        (["--text", "a b", "--tokens", "a b c d e f g h"], "--tokens: --text gives the tokens"),
+        (["--text", "a b", "--text-file", "x.txt"], "--text-file: give the text once"),
+        (["--text-file", "/nonexistent/t.txt"], "--text-file /nonexistent/t.txt: cannot read it"),
+        (["--kinds", "text"], "--kinds text: the text picture needs --text TEXT or --text-file PATH"),
+        (["--kinds", "heatmaps", "--weight-scale", "cubic"], "--weight-scale: 'cubic'; allowed: linear, log"),
+    ],
+)
+def test_text_and_scale_flags_refuse_bad_input(argv, message, tmp_path, capsys) -> None:
+    assert main(["plot", *argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir()), "nothing drawn"
+
+
+def test_positions_draw_alibi_per_head_and_rope_from_the_definitions() -> None:
+    import matplotlib.pyplot as plt
+
+    from attnperf.mechanisms.positional import alibi_slopes
+    from attnperf.plots import positions_figure
+
+    fig = positions_figure(n=32, dim=16, heads=6)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert [t for t in titles if t.startswith("head")] == [f"head {h}: slope {float(s):.4g}"
+                                                         for h, s in enumerate(alibi_slopes(6))]  # fmt: skip
+    (distance_ax,) = [ax for ax in fig.axes if ax.get_title().startswith("RoPE: q·k")]
+    near, far = (line.get_ydata() for line in distance_ax.get_lines())
+    assert torch.allclose(torch.as_tensor(near), torch.as_tensor(far), atol=1e-9)  # relative: only distance counts
+    plt.close(fig)
