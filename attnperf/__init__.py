@@ -17,11 +17,26 @@ absorb_first_call()  # before any result of attnperf's: see attnperf/vml.py
 
 __version__ = "0.1.0"
 
+#: Loaded on first use (``attnperf.Benchmark``): they pull in the measuring and command modules,
+#: which ``import attnperf`` itself does not need.
+_LAZY = {"Benchmark": "attnperf.api", "BatchSizeTuner": "attnperf.api"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attnperf' has no attribute {name!r}")
+
+
 __all__ = [
     "BACKENDS",
     "MECHANISMS",
     "VARIANTS",
     "Backend",
+    "BatchSizeTuner",
+    "Benchmark",
     "Case",
     "Mechanism",
     "Unsupported",

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import attnperf.layers
 from attnperf.layers import MultiHeadAttention
 
 ATOL = 1e-5  # float32, O(1) values; the two sides differ by association order only
@@ -43,6 +44,47 @@ def test_zoo_quick_start_returns_output_and_weights() -> None:
     assert isinstance(out_only, torch.Tensor)
     with pytest.raises(ValueError, match=r"return_attention must be True or False, got 'yes'"):
         MultiHeadAttention(d_model=512, num_heads=8, return_attention="yes")
+
+
+def test_zoo_quick_start_verbatim_after_one_import_line() -> None:
+    """The zoo's quick start exactly as written, the import line the only change: a fresh layer (so in
+    training, dropout 0.1) returns the stated shapes, and the weights are the write-up's
+    ``dropout(softmax(scores))``, the ones its output was computed with."""
+    from attnperf.layers.zoo import MultiHeadAttention  # the one changed line
+
+    torch.manual_seed(0)
+    query, key, value = torch.randn(2, 128, 512), torch.randn(2, 128, 512), torch.randn(2, 128, 512)
+    # --- the write-up's lines ---
+    attn = MultiHeadAttention(d_model=512, num_heads=8, dropout=0.1)
+    output, attention_weights = attn(query, key, value)
+    # ---
+    assert output.shape == (2, 128, 512)
+    assert attention_weights.shape == (2, 8, 128, 128)
+    # After dropout: a tenth of the weights zeroed, the rest scaled by 1/0.9, so rows sum to ~1 on average.
+    zeroed = (attention_weights == 0).float().mean().item()
+    assert 0.08 < zeroed < 0.12
+    assert not torch.allclose(attention_weights.sum(-1), torch.ones(2, 8, 128), atol=1e-3)
+    v = attn.v_proj(value).view(2, 128, 8, 64).transpose(1, 2)
+    expected = attn.out_proj((attention_weights @ v).transpose(1, 2).reshape(2, 128, 512))
+    assert torch.allclose(expected, output, atol=1e-4)  # the output is the one these weights give
+    # In eval mode the rows are softmax rows and equal attnperf's own layer's weights.
+    attn.eval()
+    output, attention_weights = attn(query, key, value)
+    assert torch.allclose(attention_weights.sum(-1), torch.ones(2, 8, 128), atol=ATOL)
+    plain = attnperf.layers.MultiHeadAttention(d_model=512, num_heads=8).eval()
+    plain.load_state_dict(attn.state_dict())
+    out, weights = plain(query, key, value, return_attention=True)
+    assert torch.equal(out, output)
+    assert torch.equal(weights, attention_weights)
+    # The write-up's mask, positional and 0 = masked.
+    causal = torch.tril(torch.ones(128, 128))
+    _, masked = attn(query, key, value, causal)
+    assert torch.all(masked.triu(1) == 0)
+    # A backend that cannot hand over the weights it applied is refused in training, naming the convention.
+    sdpa = MultiHeadAttention(d_model=512, num_heads=8, dropout=0.1, backend="sdpa")
+    with pytest.raises(ValueError, match=r"returns the weights after dropout .* only backend='eager'"):
+        sdpa(query, key, value)
+    assert sdpa.eval()(query, key, value)[1].shape == (2, 8, 128, 128)
 
 
 def test_tutorial_float_zero_one_mask_is_refused_or_taken_under_mask() -> None:

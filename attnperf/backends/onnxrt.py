@@ -16,11 +16,24 @@ The graph is exported in the case's dtype, so float16 is FP16 throughout. ONNX R
 falls back to the CPU when a provider's libraries fail to load; a session whose first provider is
 not the backend's is refused rather than timed under the wrong name. CPU inputs are handed over as
 NumPy views; CUDA inputs through I/O binding, so the timed call is the session run alone.
+
+With ``ATTNPERF_KEEP_ONNX=DIR`` in the environment (``attnperf check`` / ``sweep --keep-onnx DIR``
+set it for the command, and a child process inherits it), every exported graph is also written to
+``DIR/<mechanism>_<case id>_<backend>.onnx`` (the case id holds the shape, dtype and options), for
+inspection in Netron or ``onnx.load``. An environment variable, as the compile caches are set, so
+that the one seam reaches every process that prepares a point.
+
+Why a provider is missing is data (:attr:`OnnxRuntime.install_hint`, :attr:`OnnxRuntime.install_detail`):
+the PyPI ``onnxruntime`` wheel is CPU-only, and ``attnperf list`` says what to install for the GPU rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -32,6 +45,39 @@ from attnperf.backends.sdpa import SOFTMAX_MECHANISMS
 from attnperf.case import Case
 from attnperf.mechanisms import Mechanism, SoftmaxMechanism, get_mechanism
 from attnperf.mechanisms.base import expand_kv
+
+#: The folder every exported graph is kept in, when set.
+KEEP_ONNX_ENV = "ATTNPERF_KEEP_ONNX"
+
+
+@contextlib.contextmanager
+def keeping_graphs(folder: str | Path | None) -> Iterator[None]:
+    """Keep every graph exported while the block runs in ``folder`` (None: as the environment says);
+    the environment is restored after, so one command's folder never leaks into the next."""
+    if folder is None:
+        yield
+        return
+    before = os.environ.get(KEEP_ONNX_ENV)
+    os.environ[KEEP_ONNX_ENV] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(KEEP_ONNX_ENV, None)
+        else:
+            os.environ[KEEP_ONNX_ENV] = before
+
+
+def keep_graph(model: bytes, mechanism: Mechanism, case: Case, backend: str) -> Path | None:
+    """Write ``model`` to the folder :data:`KEEP_ONNX_ENV` names (created on first use); its path, or
+    None when no folder is set."""
+    folder = os.environ.get(KEEP_ONNX_ENV)
+    if not folder:
+        return None
+    path = Path(folder) / f"{mechanism.name}_{case.id}_{backend}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model)
+    return path
 
 
 class AttentionGraph(torch.nn.Module):
@@ -72,8 +118,10 @@ class OnnxRuntime(Backend):
     #: The session's execution providers, in ONNX Runtime's order of preference; the first is the
     #: one this backend stands for, the rest take the nodes it declines.
     providers: ClassVar[tuple[str, ...]] = ("CPUExecutionProvider",)
-    #: What to install when the provider is missing.
+    #: What to install when the provider is missing ...
     install_hint: ClassVar[str] = "onnxruntime"
+    #: ... which files, and their size where it was read from the package index (None: nothing to add).
+    install_detail: ClassVar[str | None] = None
 
     ort: Any = None
 
@@ -88,8 +136,9 @@ class OnnxRuntime(Backend):
         available = self.ort.get_available_providers()
         if self.providers[0] in available:
             return None
-        return (f"{self.providers[0]} not among onnxruntime {self.ort.__version__}'s providers here "
-                f"({', '.join(available)}); install {self.install_hint}")  # fmt: skip
+        detail = f"{self.install_detail}; " if self.install_detail else ""
+        build = f"this onnxruntime {self.ort.__version__} build has no {self.providers[0]}"
+        return f"needs {self.install_hint} ({detail}{build})"
 
     def not_supported_reasons(self, mechanism: Mechanism, case: Case, *, backward: bool = False) -> list[str]:
         """Every reason, the missing provider included even when the case has other reasons too
@@ -127,6 +176,7 @@ class OnnxRuntime(Backend):
             )  # fmt: skip
         except Exception as exc:  # the exporter's many failure types all mean "cannot export this"
             raise Unsupported(f"torch.onnx export failed: {str(exc).strip().splitlines()[0]}") from exc
+        keep_graph(buffer.getvalue(), graph.mechanism, case, self.name)
         session = self.ort.InferenceSession(buffer.getvalue(), providers=list(self.providers))
         if session.get_providers()[0] != self.providers[0]:  # a provider whose libraries failed to load
             running = ", ".join(session.get_providers())
@@ -168,7 +218,10 @@ class OnnxRuntimeCuda(OnnxRuntime):
     own_cuda_allocator = True
     own_cuda_stream = True  # the provider runs on its own stream (no user_compute_stream is given)
     providers = ("CUDAExecutionProvider",)
-    install_hint = "onnxruntime-gpu (with CUDA and cuDNN libraries it can load)"
+    # PyPI's onnxruntime is the CPU build; the GPU build is another package, with CUDA 13 wheels
+    # from 1.31 (pip download --no-deps onnxruntime-gpu==1.31.1: 255.6 MB for CPython 3.11, x86_64).
+    install_hint = "onnxruntime-gpu"
+    install_detail = "the 1.31.1 wheel for CUDA 13 is 256 MB"
 
 
 class OnnxRuntimeTensorRT(OnnxRuntimeCuda):
@@ -179,4 +232,10 @@ class OnnxRuntimeTensorRT(OnnxRuntimeCuda):
     name = "onnxruntime-trt"
     summary = "torch.onnx export of the eager attention, run by ONNX Runtime's TensorRT provider (FP16 or FP32)"
     providers = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-    install_hint = "onnxruntime-gpu and TensorRT's libraries"
+    # The provider loads TensorRT 10 at session start. PyPI's tensorrt-cu13 is an sdist whose libraries
+    # come from NVIDIA's own index, so pip download --no-deps does not give their size here.
+    install_hint = "onnxruntime-gpu and TensorRT 10's libraries"
+    install_detail = (
+        "libnvinfer.so.10 and libnvonnxparser.so.10 from the tensorrt-cu13 10.x wheels, size not measured; "
+        "onnxruntime-gpu's 1.31.1 wheel for CUDA 13 is 256 MB"
+    )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from attnperf.backends import BACKENDS
 from attnperf.case import DTYPES
 from attnperf.catalog import VARIANTS
-from attnperf.errors import UsageError
+from attnperf.errors import UsageError, check_workdir
 
 #: Mechanism options and head layout, each a flag that overrides the variants' own.
 OPTION_FLAGS = ("window", "top_k", "stride", "block", "num_global", "num_random", "kv_heads")
@@ -151,6 +153,35 @@ def add_cuda_graphs_argument(parser: argparse.ArgumentParser) -> None:
         help="time each point's call replayed as a CUDA graph (no Python or launch overhead; the replay's output is "
         "checked against the direct call's); a call that cannot be captured is recorded unsupported, with why",
     )  # fmt: skip
+
+
+def add_keep_onnx_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-onnx", metavar="DIR", default=None,
+        help="keep each graph the onnxruntime backends export in DIR, as <mechanism>_<case id>_<backend>.onnx "
+        "(the case id names the shape, dtype and options), for inspection",
+    )  # fmt: skip
+
+
+def keeping_onnx(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command`` with ``--keep-onnx DIR`` honoured: DIR checked before any point runs (a writable
+    folder, and an onnxruntime backend among ``--backends``, else it would keep nothing), then every
+    exported graph kept there for the command's duration (:func:`attnperf.backends.onnxrt.keeping_graphs`)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        if args.keep_onnx is None:
+            return command(args)
+        from attnperf.backends.onnxrt import OnnxRuntime, keeping_graphs
+
+        check_workdir(Path(args.keep_onnx), "--keep-onnx")
+        onnx = [name for name, backend in BACKENDS.items() if isinstance(backend, OnnxRuntime)]
+        if not set(onnx) & set(args.backends):
+            raise UsageError(f"--keep-onnx keeps the graphs of the backends {', '.join(onnx)}; --backends has none")
+        with keeping_graphs(Path(args.keep_onnx).resolve()):
+            return command(args)
+
+    return run
 
 
 def require_cuda_for_graphs(args: argparse.Namespace) -> None:

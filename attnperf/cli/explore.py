@@ -14,12 +14,14 @@ from attnperf.catalog import VARIANTS
 from attnperf.cli.args import (
     add_case_arguments,
     add_cuda_graphs_argument,
+    add_keep_onnx_argument,
     add_shape_arguments,
     choices_list,
     device_arg,
     format_table,
     grid_of,
     int_list,
+    keeping_onnx,
     positive_float,
     positive_int,
     require_cuda_for_graphs,
@@ -240,7 +242,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("check", help="compare backends with the float64 reference (fresh random inputs)")
     add_shape_arguments(p, seq_lens="1,17,257")
     p.add_argument("--all", action="store_true", help="also show unsupported pairs")
-    p.set_defaults(func=cmd_check)
+    add_keep_onnx_argument(p)
+    p.set_defaults(func=keeping_onnx(cmd_check))
 
     p = sub.add_parser(
         "sweep",
@@ -265,7 +268,8 @@ def register(sub: Any) -> None:
     p.add_argument("--csv", help="write the records to this CSV file, atomically")
     p.add_argument("--all", action="store_true", help="also show unsupported points and their reasons")
     add_cuda_graphs_argument(p)
-    p.set_defaults(func=cmd_sweep)
+    add_keep_onnx_argument(p)
+    p.set_defaults(func=keeping_onnx(cmd_sweep))
 
     p = sub.add_parser("profile", help="check, then list the kernels one call launches and the time each takes")
     add_shape_arguments(p, seq_lens="1024")

@@ -6,6 +6,9 @@
   ``attn_mask`` / ``key_padding_mask``, dropout, and the weights from any backend.
 * :class:`MultiheadAttention` — the same with ``torch.nn.MultiheadAttention``'s constructor,
   call, mask convention and return values, to replace it in a model (``from_torch`` copies one).
+* :class:`attnperf.layers.zoo.MultiHeadAttention` — the attention write-ups' conventions (every
+  call returns ``(output, weights)``, ``mask`` positional, the weights after dropout in training),
+  so their snippets run after one changed import line.
 * :class:`KVCache` and :func:`generate` — a decode loop whose steps are ``q_len = 1`` queries
   against the growing cache (bottom-right causal), equal to one causal pass over the sequence.
 """

@@ -235,16 +235,32 @@ class MultiHeadAttention(nn.Module):
             binary = binary_mask_bias(mask, q.shape[0], self.heads, q.shape[2], k.shape[2], q.dtype, q.device)
             extra = binary if extra is None else extra + binary
         empty_value = self._empty_row_value(weights_asked)
+        applied = weights_asked and dropout > 0.0 and self.weights_after_dropout
+        if applied and self.backend != "eager":
+            raise ValueError(
+                f"{type(self).__module__}.{type(self).__name__} returns the weights after dropout (the ones its "
+                f"output is computed with), which only backend='eager' materializes; got backend={self.backend!r}: "
+                "use backend='eager', or layer.eval() / dropout=0 for weights without dropout"
+            )
+        dropped = None
         if extra is None and dropout == 0.0:
             out = attention(q, k, v, mechanism=self.mechanism, backend=self.backend, **options)
         else:
-            out = self._masked_attention(q, k, v, extra, dropout, empty_value, options)
+            out, dropped = self._masked_attention(q, k, v, extra, dropout, empty_value, options)
         out = self.out_proj(out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1))
         if not self.batch_first:
             out = out.transpose(0, 1)
         if not weights_asked:
             return out
+        if applied:
+            assert dropped is not None  # the eager path ran: it keeps the weights it applied
+            return out, dropped
         return out, self._weights(q, k, extra, empty_value, options)
+
+    #: In training with dropout, return the weights after dropout (those the output was computed
+    #: with), as the write-ups' layers do (:mod:`attnperf.layers.zoo`); attnperf's and nn's layers
+    #: return them before dropout, the one reproducible answer on every backend.
+    weights_after_dropout = False
 
     #: Refuse float masks of only 0s and 1s (see :meth:`forward`); nn's drop-in adds them, as nn does.
     checks_binary_float_masks = True
@@ -349,9 +365,10 @@ class MultiHeadAttention(nn.Module):
         dropout: float,
         empty_value: float,
         options: dict[str, Any],
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention with the caller's masks and/or dropout, through SDPA's ``attn_mask`` / ``dropout_p``;
-        rows the masks leave empty set to ``empty_value``."""
+        rows the masks leave empty set to ``empty_value``. With it, on eager, the weights it applied
+        (after dropout; None on SDPA's kernels, which never materialize them)."""
         if self.backend not in MASK_BACKENDS:
             raise ValueError(
                 f"attn_mask, key_padding_mask and dropout in training need backend in {list(MASK_BACKENDS)}, "
@@ -373,6 +390,7 @@ class MultiHeadAttention(nn.Module):
             weights = F.dropout(softmax_probs(scores, v.dtype), p=dropout, training=dropout > 0)
             out = weights @ expand_kv(v, case.heads)
         else:
+            weights = None
             kwargs: dict[str, Any] = {"attn_mask": total, "dropout_p": dropout, "scale": case.scale}
             kwargs["enable_gqa"] = case.n_kv_heads != case.heads
             if isinstance(backend, Sdpa):
@@ -381,7 +399,9 @@ class MultiHeadAttention(nn.Module):
             else:  # "sdpa": SDPA picks its kernel
                 out = F.scaled_dot_product_attention(q, k, v, **kwargs)
         empty = empty_rows(total)
-        return out if empty is None else out.masked_fill(empty, empty_value)
+        if empty is None:
+            return out, weights
+        return out.masked_fill(empty, empty_value), None if weights is None else weights.masked_fill(empty, empty_value)
 
     def _weights(
         self, q: torch.Tensor, k: torch.Tensor, extra: torch.Tensor | None, empty_value: float, options: dict[str, Any]

@@ -199,10 +199,22 @@ def test_onnxruntime_backends_one_provider_each_and_say_why_they_cannot_run() ->
     for name, backend in onnx_backends.items():
         reason = backend.supports(MECHANISMS["full"], case) or ""
         if backend.providers[0] not in available:
-            assert f"{backend.providers[0]} not among onnxruntime" in reason, (name, reason)
+            assert f"this onnxruntime {onnxruntime.__version__} build has no {backend.providers[0]})" in reason, reason
+        else:  # the provider is here: no install reason (the row runs where its device is)
+            assert "needs onnxruntime" not in reason, (name, reason)
         if "cpu" not in backend.devices:
             assert "runs on cuda only" in reason, (name, reason)
     assert BACKENDS["onnxruntime"].supports(MECHANISMS["full"], case) is None
+    if "CUDAExecutionProvider" not in available:  # what `attnperf list` prints on a CPU-only build
+        assert BACKENDS["onnxruntime-cuda"].provider_reason() == (
+            "needs onnxruntime-gpu (the 1.31.1 wheel for CUDA 13 is 256 MB; "
+            f"this onnxruntime {onnxruntime.__version__} build has no CUDAExecutionProvider)"
+        )
+    if "TensorrtExecutionProvider" not in available:
+        trt = BACKENDS["onnxruntime-trt"].provider_reason() or ""
+        assert trt.startswith("needs onnxruntime-gpu and TensorRT 10's libraries (libnvinfer.so.10 and "), trt
+        assert "libnvonnxparser.so.10" in trt
+        assert "size not measured" in trt
     half = Case(heads=4, q_len=64, head_dim=16, dtype="float16")
     assert "dtype float16 unsupported" in (BACKENDS["onnxruntime"].supports(MECHANISMS["full"], half) or "")
 

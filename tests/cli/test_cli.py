@@ -77,3 +77,39 @@ def test_sweep_writes_json_and_csv_and_ratios(tmp_path) -> None:
     assert out_csv.read_text().startswith("variant,")
     assert "speedup vs eager" in proc.stdout
     assert not list(tmp_path.glob(".*.tmp")), "no temporary files left behind"
+
+
+def test_keep_onnx_keeps_each_exported_graph_and_is_checked_first(tmp_path, capsys) -> None:
+    """``--keep-onnx DIR``: every graph the onnxruntime backends export, one file per mechanism, case
+    and backend, loadable by ONNX Runtime and giving the output the check accepted; the flag refused
+    before any point runs when DIR is a file or no onnxruntime backend is asked for."""
+    import os
+
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from attnperf.backends.onnxrt import KEEP_ONNX_ENV
+    from attnperf.case import Case
+    from attnperf.mechanisms import get_mechanism
+
+    folder = tmp_path / "graphs" / "deep"  # created when the first graph is kept
+    shape = ["--seq-lens", "17", "--heads", "2", "--head-dim", "8", "--keep-onnx", str(folder)]
+    assert main(["check", "--variants", "causal,linear_causal", "--backends", "eager,onnxruntime", *shape]) == 0
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["full_B1_H2_S17_D8_f32_causal_onnxruntime.onnx", "linear_B1_H2_S17_D8_f32_causal_onnxruntime.onnx"]
+    assert KEEP_ONNX_ENV not in os.environ  # the folder is the command's only
+    case = Case(heads=2, q_len=17, head_dim=8, causal=True)
+    q, k, v = (torch.randn(1, 2, 17, 8) for _ in range(3))
+    session = onnxruntime.InferenceSession(str(folder / names[0]), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})
+    ref = get_mechanism("full").reference(q.double(), k.double(), v.double(), case)
+    np.testing.assert_allclose(out, ref.float().numpy(), rtol=1e-4, atol=1e-5)
+
+    capsys.readouterr()
+    graph = str(folder / names[0])
+    assert main(["sweep", "--variants", "causal", "--backends", "onnxruntime", "--keep-onnx", graph]) == 2
+    assert f"attnperf sweep: error: --keep-onnx {graph} is a file; give a folder" in capsys.readouterr().err
+    assert main(["check", "--backends", "eager,sdpa", "--keep-onnx", str(tmp_path)]) == 2
+    assert "--keep-onnx keeps the graphs of the backends onnxruntime, onnxruntime-cuda, onnxruntime-trt; " \
+        "--backends has none" in capsys.readouterr().err  # fmt: skip
