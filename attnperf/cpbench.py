@@ -172,7 +172,7 @@ def time_ring(case: Case, seed: int, repeat: int, variant: str) -> dict[str, Any
             number = max(1, int(policy(case.device).min_sample_s / max(float(one.item()), 1e-9)))
             dist.barrier()
         point = Point(spec, case, get_mechanism(spec.mechanism), BACKEND, runner,
-                      CheckResult(spec.mechanism, BACKEND.name, case.id, Status.OK))  # fmt: skip
+                      CheckResult(spec.mechanism, BACKEND.name, case.id, Status.OK), (q, k, v))  # fmt: skip
         m = measure(point, repeat=repeat, timings=(DIRECT,), number=number)
         assert m.direct is not None
         inputs = sum(t.numel() * t.element_size() for t in (q, k, v))
