@@ -45,6 +45,7 @@ from attnperf.correctness import CheckResult
 from attnperf.errors import UsageError
 from attnperf.files import read_json, write_json
 from attnperf.measure import SpinCost, measure_time, spin_cost, spinner
+from attnperf.noise import measuring_code
 from attnperf.point import DIRECT, REPLAY, Point, free_memory, measure_point, timing_fields
 from attnperf.records import Record, ResultFile, Status
 
@@ -305,6 +306,7 @@ def run(
     started = time.perf_counter()
     output = ResultFile(out, {
         "label": label, "fingerprint": fingerprint, "machine": machine_tag(), "host": host_description(),
+        "measuring_code": measuring_code(Path(attnperf.__file__).parents[1]),
         "gpu": gpu_identity(points), "torch": torch.__version__, "pid": os.getpid(), "started_unix": time.time(),
         "inject": inject, "seconds": {"startup": seconds_since_start()},
     })  # fmt: skip

@@ -4,12 +4,15 @@ medians measured by A/A processes on that runner (``attnperf calibrate``, or the
 The judge reads it from the runner (``--noise``, ``ATTNPERF_NOISE``) or from the *base* commit's
 ``benchmarks/noise/<machine tag>.json``, never from the pull request's head, which could widen the
 spread of the very benchmark it slows. A calibration counts only for the machine tag it was made
-on (the tag names the GPU, driver, CUDA, torch and the kernel libraries' versions) and for
-:data:`MAX_AGE_DAYS`; otherwise the check says it is uncalibrated and gives no confident verdict.
+on (the tag names the GPU, driver, CUDA, torch and the kernel libraries' versions), for
+:data:`MAX_AGE_DAYS`, and for the code that measured it (:data:`MEASURING_CODE`): a spread taken by
+other sampling code (another warm-up, another way to time a call) is not this code's spread.
+Otherwise the check says it is uncalibrated and gives no confident verdict.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import statistics
@@ -28,6 +31,19 @@ MAX_AGE_DAYS = 30
 #: The smallest σ a calibration stores: a spread measured as nearly 0 is a small sample's luck.
 FLOOR = 0.001
 TIME_KINDS = ("direct", "replay")
+#: The files whose change changes how a time is taken, and so the spread a calibration holds: the
+#: batch process, the one measuring function, sampling, CUDA graphs and how processes are started.
+MEASURING_CODE = ("attnperf/batch.py", "attnperf/batchrun.py", "attnperf/point.py", "attnperf/measure.py",
+                  "attnperf/graphs.py", "attnperf/processes.py")  # fmt: skip
+
+
+def measuring_code(root: Path) -> str:
+    """A hash of :data:`MEASURING_CODE` in the checkout at ``root`` (a missing file hashes as absent)."""
+    digest = hashlib.sha256()
+    for name in MEASURING_CODE:
+        path = root / name
+        digest.update(name.encode() + (path.read_bytes() if path.exists() else b"absent"))
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -52,10 +68,13 @@ class Noise:
         return (None, 0) if sigma is None else (sigma, self.dof.get(kind, {}).get(key, 1))
 
     @classmethod
-    def load(cls, path: Path, *, machine: str, what: str = "--noise", now: float | None = None) -> Noise:
-        """The calibration at ``path`` for this ``machine`` tag; uncalibrated (with why) when it was
-        made on another tag or is older than :data:`MAX_AGE_DAYS`. A malformed file is a
-        :class:`~attnperf.errors.UsageError` naming it."""
+    def load(
+        cls, path: Path, *, machine: str, code: str | None = None, what: str = "--noise", now: float | None = None
+    ) -> Noise:
+        """The calibration at ``path`` for this ``machine`` tag and measuring ``code`` (a
+        :func:`measuring_code`; None: not compared); uncalibrated (with why) when it was made on
+        another tag, by other measuring code or more than :data:`MAX_AGE_DAYS` ago. A malformed file
+        is a :class:`~attnperf.errors.UsageError` naming it."""
         data = read_json_file(path, what)
         if not isinstance(data, dict) or not isinstance(data.get("sigma"), dict):
             raise UsageError(
@@ -74,6 +93,10 @@ class Noise:
         made_on = data.get("machine")
         if made_on != machine:
             why = f"{path} was calibrated on machine {made_on!r}, this is {machine!r}; run attnperf calibrate here"
+        elif code is not None and data.get("measuring_code") != code:
+            made_by = data.get("measuring_code")
+            why = (f"{path} was measured by other measuring code ({made_by or 'not recorded'}, this is {code}: "
+                   f"{', '.join(MEASURING_CODE)} changed); run attnperf calibrate again")  # fmt: skip
         elif isinstance(data.get("created_unix"), (int, float)):
             days = ((now or time.time()) - data["created_unix"]) / 86400
             if days > MAX_AGE_DAYS:

@@ -29,7 +29,7 @@ from typing import Any
 from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, GRID_COSTS, PointSpec, grid_named
 from attnperf.errors import Failure
 from attnperf.files import write_atomic, write_json
-from attnperf.noise import Noise, runner_path
+from attnperf.noise import MEASURING_CODE, Noise, measuring_code, runner_path
 from attnperf.processes import ProcessRunner, git, resolve, worktrees, write_points
 from attnperf.records import ResultFile
 from attnperf.verdict import (
@@ -51,10 +51,8 @@ BASE, HEAD = "base", "head"
 #: Files whose change in a pull request alters what the check measures or how it judges: the
 #: calibration, the batch runner, timing, graphs, the correctness check, the grid and variants.
 MEASUREMENT_PATHS = (
-    "benchmarks/noise", "attnperf/batch.py", "attnperf/batchrun.py", "attnperf/point.py", "attnperf/measure.py",
-    "attnperf/graphs.py", "attnperf/correctness.py", "attnperf/catalog.py", "attnperf/benchgrid.py",
-    "attnperf/records.py", "attnperf/processes.py", "attnperf/verdict.py", "attnperf/noise.py", "attnperf/stats.py",
-    "attnperf/prcheck.py",
+    "benchmarks/noise", *MEASURING_CODE, "attnperf/correctness.py", "attnperf/catalog.py", "attnperf/benchgrid.py",
+    "attnperf/records.py", "attnperf/verdict.py", "attnperf/noise.py", "attnperf/stats.py", "attnperf/prcheck.py",
 )  # fmt: skip
 
 
@@ -106,16 +104,18 @@ def estimate_minutes(grid: str, n_points: int, processes: int) -> float | None:
 def judge_noise(noise_file: Path | None, base_tree: Path, machine: str) -> Noise:
     """The calibration the judge reads: ``noise_file`` (the runner's), else ``ATTNPERF_NOISE`` (a file,
     or a folder of ``<machine tag>.json``), else the base commit's ``benchmarks/noise/<tag>.json``;
-    never the head's. Uncalibrated, with where it looked, when none is there."""
+    never the head's. Uncalibrated, with where it looked, when none is there, and when it was
+    measured by other measuring code than the base's."""
+    code = measuring_code(base_tree)
     if noise_file is None and (runner := runner_path(machine)) is not None:
         if not runner.exists():
             return Noise(source=str(runner), why_uncalibrated=f"ATTNPERF_NOISE: no {runner}; run attnperf calibrate")
         noise_file = runner
     if noise_file is not None:
-        return Noise.load(noise_file, machine=machine, what="--noise")
+        return Noise.load(noise_file, machine=machine, code=code, what="--noise")
     in_base = base_tree / "benchmarks" / "noise" / f"{machine}.json"
     if in_base.exists():
-        return Noise.load(in_base, machine=machine, what="the base commit's calibration")
+        return Noise.load(in_base, machine=machine, code=code, what="the base commit's calibration")
     return Noise(why_uncalibrated=f"no calibration for machine {machine} (--noise, ATTNPERF_NOISE or the base "
                                   f"commit's benchmarks/noise/{machine}.json); run attnperf calibrate")  # fmt: skip
 

@@ -321,8 +321,10 @@ def calibration_of(runs: Sequence[ResultFile], machine: str, grid: str | None) -
     """The calibration of ``runs`` (every label's plain records; the A/B label kept apart) and what it says
     about itself, for the noise file."""
     sigma, dof = calibrate(runs, group=label_of)
+    codes = {r.meta.get("measuring_code") for r in runs}
     about = {"machine": machine, "grid": grid, "processes": len(runs), "created_unix": time.time(),
-             "fingerprints": sorted({str(r.meta.get("fingerprint")) for r in runs})}  # fmt: skip
+             "fingerprints": sorted({str(r.meta.get("fingerprint")) for r in runs}),
+             "measuring_code": codes.pop() if len(codes) == 1 else None}  # fmt: skip
     return Noise(sigma, dof, "calibrate", None), about
 
 

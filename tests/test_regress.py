@@ -20,6 +20,7 @@ import pytest
 from attnperf.cli import main as attnperf_main
 from attnperf.files import write_json
 from attnperf.machine import machine_tag
+from attnperf.noise import measuring_code
 from attnperf.prcheck import alternation, regress
 from attnperf.processes import GitError
 from attnperf.verdict import HOLE, REGRESSION
@@ -103,9 +104,10 @@ def main(argv: list[str]) -> int:
     return attnperf_main(["regress", *argv])
 
 
-def cpu_noise(folder: Path) -> Path:
+def cpu_noise(repo: Path) -> Path:
     """The between-process spread of this kind of machine, as ``attnperf calibrate`` stores it for the
-    runner (this machine's tag, every benchmark of the slice, direct timings).
+    runner (this machine's tag and ``repo``'s measuring code, every benchmark of the slice, direct
+    timings), beside ``repo``.
 
     Measured on the 2-core CI machine: five single-threaded processes of eager causal attention at
     256 and 1024 tokens gave per-process medians 5.1–10.1 ms and 70–120 ms (sd of the logs 0.22–0.25),
@@ -113,15 +115,16 @@ def cpu_noise(folder: Path) -> Path:
     from attnperf.benchgrid import grid_named
 
     keys = [p.key for p in grid_named("pr-cpu").points()]
-    return write_json(folder / "noise-ci.json", {
-        "schema": 2, "machine": machine_tag(), "sigma": {"direct": dict.fromkeys(keys, 0.3)},
+    return write_json(repo.parent / "noise-ci.json", {
+        "schema": 2, "machine": machine_tag(), "measuring_code": measuring_code(repo),
+        "sigma": {"direct": dict.fromkeys(keys, 0.3)},
         "dof": {"direct": dict.fromkeys(keys, 8)},
     })  # fmt: skip
 
 
 def check(repo: Path, base: str, head: str, name: str, **options: object):
     """The check as perf-pr.yml runs it, on the six-point CPU slice with the CI machine's noise."""
-    options = {"processes": 2, "noise_file": cpu_noise(repo.parent)} | options
+    options = {"processes": 2, "noise_file": cpu_noise(repo)} | options
     result = regress(base, head, repo=repo, grid="pr-cpu", workdir=repo.parent / name,
                      summary=repo.parent / f"{name}.md", **options)  # fmt: skip
     return result.final
@@ -164,7 +167,7 @@ def test_perf_pr_command_flags_exactly_the_slowed_backend(throwaway, monkeypatch
     repo, (_base, aa, slow, *_rest) = throwaway
     monkeypatch.chdir(repo.parent)
     args = [a.replace("$BASE_SHA", aa).replace("$HEAD_SHA", slow) for a in perf_pr_regress_args(str(repo))]
-    noise = cpu_noise(repo.parent)
+    noise = cpu_noise(repo)
     code = main([*args, "--grid", "pr-cpu", "--processes", "3", "--noise", str(noise)])
     assert code == 1
     summary = Path(args[args.index("--summary") + 1]).read_text()

@@ -13,7 +13,7 @@ import pytest
 from attnperf.benchgrid import BACKWARD, DECODE, FORWARD, PointSpec
 from attnperf.errors import UsageError
 from attnperf.files import write_json
-from attnperf.noise import Noise, calibrate
+from attnperf.noise import Noise, calibrate, measuring_code
 from attnperf.records import Record, ResultFile, Status
 from attnperf.stats import clopper_pearson, f_ppf, t_ppf
 from attnperf.trials import as_head, disjoint_groups, evaluate, label_of
@@ -195,6 +195,14 @@ def test_a_calibration_counts_only_on_its_machine_and_while_fresh(tmp_path: Path
     assert "calibrated on machine 'h200-a', this is 'h200-b'" in (other.why_uncalibrated or "")
     old = write_json(tmp_path / "old.json", data | {"created_unix": time.time() - 40 * 86400})
     assert "40 days old" in (Noise.load(old, machine="h200-a").why_uncalibrated or "")
+    # Measured by other sampling code, or by code it does not name: not this code's spread.
+    coded = write_json(tmp_path / "coded.json", data | {"measuring_code": "c1"})
+    assert Noise.load(coded, machine="h200-a", code="c1").calibrated
+    stale = Noise.load(coded, machine="h200-a", code="c2")
+    assert not stale.calibrated
+    assert "measured by other measuring code (c1, this is c2: attnperf/batch.py" in (stale.why_uncalibrated or "")
+    unnamed = Noise.load(path, machine="h200-a", code="c2").why_uncalibrated or ""
+    assert "other measuring code (not recorded, this is c2" in unnamed
     for bad, message in (({"sigma": 3}, "not a noise calibration"),
                          ({"schema": 2, "sigma": {"direct": {"k": -1}}}, "must be a finite number >= 0")):  # fmt: skip
         with pytest.raises(UsageError, match=message):
@@ -280,11 +288,21 @@ def test_as_head_swaps_in_one_injection_and_a_host_delay_leaves_the_replay_plain
 def test_the_judge_reads_the_runners_or_the_bases_calibration_never_the_heads(tmp_path: Path, monkeypatch) -> None:
     from attnperf.prcheck import judge_noise
 
-    data = {"schema": 2, "machine": "m", "created_unix": time.time(), "sigma": {"direct": {SPEC.key: 0.01}}}
     base = tmp_path / "base"
+    (base / "attnperf").mkdir(parents=True)
+    (base / "attnperf" / "measure.py").write_text("# the base's sampling\n")
+    data = {"schema": 2, "machine": "m", "created_unix": time.time(), "sigma": {"direct": {SPEC.key: 0.01}},
+            "measuring_code": measuring_code(base)}  # fmt: skip
     write_json(base / "benchmarks" / "noise" / "m.json", data)
     monkeypatch.delenv("ATTNPERF_NOISE", raising=False)
     assert judge_noise(None, base, "m").source == str(base / "benchmarks" / "noise" / "m.json")
+    assert judge_noise(None, base, "m").calibrated
+    (base / "attnperf" / "measure.py").write_text("# the base's sampling, changed since the calibration\n")
+    stale = judge_noise(None, base, "m")
+    assert not stale.calibrated, "a calibration taken by other measuring code than the base's does not count"
+    assert "measured by other measuring code" in (stale.why_uncalibrated or "")
+    data["measuring_code"] = measuring_code(base)
+    write_json(base / "benchmarks" / "noise" / "m.json", data)
     assert not judge_noise(None, tmp_path / "head-only", "m").calibrated, "nothing in base: uncalibrated"
     runner = tmp_path / "runner"
     monkeypatch.setenv("ATTNPERF_NOISE", str(runner))

@@ -54,7 +54,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
     from attnperf.benchgrid import grid_named
     from attnperf.files import write_json
     from attnperf.machine import machine_tag
-    from attnperf.noise import Noise
+    from attnperf.noise import Noise, measuring_code
     from attnperf.processes import ProcessRunner, write_points
     from attnperf.trials import evaluate, finished, print_table, run_processes
 
@@ -66,7 +66,10 @@ def cmd_trials(args: argparse.Namespace) -> int:
                     + load_runs(args.add_runs, "--add-runs"))  # fmt: skip
     grid_name = args.grid or ("pr-gpu" if grid_named().device == "cuda" else "pr-cpu")
     points = grid_named(grid_name).points()
-    judge = Noise.load(args.noise, machine=machine_tag()) if args.noise else None
+    # an earlier calibration judges these processes only if the same measuring code took both
+    codes = {r.meta.get("measuring_code") for r in runs} if args.reuse else {measuring_code(Path.cwd())}
+    code = codes.pop() if len(codes) == 1 else None
+    judge = Noise.load(args.noise, machine=machine_tag(), code=code) if args.noise else None
     if judge is not None and not judge.calibrated:
         raise UsageError(f"--noise: {judge.why_uncalibrated}")
     if not args.reuse:
