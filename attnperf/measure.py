@@ -134,19 +134,20 @@ def measure_time(
 @contextlib.contextmanager
 def steady_host(device: str | torch.device) -> Iterator[None]:
     """The host held still while samples are taken: no garbage collection, and on CUDA the calling
-    thread on one fixed core (the highest it may use; the lowest usually serves interrupts).
+    thread on one fixed core (:func:`steady_core`).
 
-    Only the calling thread is pinned (Linux's ``sched_setaffinity(0, …)`` sets the caller's), only while sampling:
-    the threads and compile workers it starts elsewhere keep every core, and on the CPU, where the
-    thread pool is the computation, nothing is pinned. Where affinity cannot be set (not Linux) the
-    samples are taken as they are."""
+    Only the calling thread is pinned (Linux's ``sched_setaffinity(0, …)`` sets the caller's), only while
+    sampling: threads started before keep every core, and on the CPU, where the thread pool is the
+    computation, nothing is pinned. A forward+backward step's backward is launched by autograd's own
+    thread for the device, which is not pinned: the steady host covers its forward's launches only.
+    Where affinity cannot be set (not Linux) the samples are taken as they are."""
     collecting = gc.isenabled()
     gc.disable()
     before: set[int] | None = None
     if torch.device(device).type == "cuda" and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             before = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {max(before)})
+            os.sched_setaffinity(0, {steady_core(before)})
     try:
         yield
     finally:
@@ -155,6 +156,19 @@ def steady_host(device: str | torch.device) -> Iterator[None]:
                 os.sched_setaffinity(0, before)
         if collecting:
             gc.enable()
+
+
+def steady_core(cores: set[int]) -> int:
+    """The core :func:`steady_host` pins to: the highest of ``cores`` (the lowest usually serves
+    interrupts), counted down by the process's ``LOCAL_RANK``, so that the ranks of one host
+    (``torchrun``, context parallelism), which share one affinity mask, are not all pinned to one
+    core and do not launch in turn."""
+    try:
+        rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        rank = 0
+    ordered = sorted(cores, reverse=True)
+    return ordered[rank % len(ordered)]
 
 
 def warm_device(device: str | torch.device, seconds: float) -> None:
