@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,42 @@ def test_trials_pool_only_finished_processes_of_one_machine(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert "several machine tags (cpu-a, cpu-b)" in err
     assert "trial-003-B left out of the pool (exit not recorded)" in err
+
+
+def test_trials_hold_a_calibration_to_the_code_that_measured_the_pooled_processes(tmp_path: Path, capsys) -> None:
+    """``trials --noise``: processes that do not record their measuring code (archives older than the
+    field), or that were measured by different code, cannot be judged by one calibration: refused
+    (exit 2) with why, not judged with the comparison skipped. Processes of one code, held to a
+    calibration of that code, pass that gate."""
+    from attnperf.benchgrid import grid_named
+    from attnperf.records import Record, Status
+
+    point = Record(grid_named("pr-cpu").points()[0], Status.OK, median_s=1.0, samples_s=(1.0,)).to_dict()
+    noise = write_json(tmp_path / "noise.json", {
+        "schema": 2, "machine": machine_tag(), "measuring_code": "c1", "created_unix": time.time(),
+        "sigma": {"direct": {grid_named("pr-cpu").points()[0].key: 0.01}},
+    })  # fmt: skip
+
+    def trials(workdir: Path, *codes: str | None) -> tuple[int, str]:
+        workdir.mkdir()
+        for i, code in enumerate(codes):
+            label = f"trial-{i + 1:03d}-{'AB'[i % 2]}"
+            data = {"schema": 2, "label": label, "fingerprint": "f" * 16, "machine": machine_tag(),
+                    "records": [point], "wall_s": 1.0, "exit_code": 0}  # fmt: skip
+            write_json(workdir / f"{label}.json", data | ({} if code is None else {"measuring_code": code}))
+        code = attnperf_main(["trials", "--reuse", "--grid", "pr-cpu", "--workdir", str(workdir), "--noise",
+                              str(noise), "--out", str(workdir / "t.json")])  # fmt: skip
+        return code, capsys.readouterr().err
+
+    code, err = trials(tmp_path / "unrecorded", "c1", None)
+    assert code == 2
+    assert "--noise: trial-002-B do not record the code that measured them" in err
+    code, err = trials(tmp_path / "mixed", "c1", "c2")
+    assert code == 2
+    assert "measured by different measuring code (c1, c2)" in err
+    code, err = trials(tmp_path / "other", "c2", "c2")
+    assert code == 2
+    assert "measured by other measuring code (c1, this is c2" in err
+    code, err = trials(tmp_path / "same", "c1", "c1")
+    assert "--noise" not in err, err
+    assert code == 0

@@ -50,6 +50,7 @@ def load_runs(paths: list[Path], what: str) -> list[Any]:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
+    import attnperf
     from attnperf.batchrun import parse_inject
     from attnperf.benchgrid import grid_named
     from attnperf.files import write_json
@@ -66,10 +67,24 @@ def cmd_trials(args: argparse.Namespace) -> int:
                     + load_runs(args.add_runs, "--add-runs"))  # fmt: skip
     grid_name = args.grid or ("pr-gpu" if grid_named().device == "cuda" else "pr-cpu")
     points = grid_named(grid_name).points()
-    # an earlier calibration judges these processes only if the same measuring code took both
-    codes = {r.meta.get("measuring_code") for r in runs} if args.reuse else {measuring_code(Path.cwd())}
-    code = codes.pop() if len(codes) == 1 else None
-    judge = Noise.load(args.noise, machine=machine_tag(), code=code) if args.noise else None
+    judge = None
+    if args.noise:  # an earlier calibration judges these processes only if the same measuring code took them all
+        codes = {r.meta.get("measuring_code") for r in runs}
+        if not args.reuse:  # the new processes run this checkout's attnperf, else the installed one (PYTHONPATH)
+            tree = (
+                Path.cwd()
+                if (Path.cwd() / "attnperf" / "__init__.py").is_file()
+                else Path(attnperf.__file__).parents[1]
+            )
+            codes.add(measuring_code(tree))
+        if None in codes:
+            unnamed = ", ".join(r.label for r in runs if r.meta.get("measuring_code") is None)
+            raise UsageError(f"--noise: {unnamed} do not record the code that measured them, so no calibration can be "
+                             "held to it; measure them again")  # fmt: skip
+        if len(codes) > 1:
+            raise UsageError(f"--noise: the pooled processes were measured by different measuring code "
+                             f"({', '.join(sorted(codes))}); one calibration cannot judge them all")  # fmt: skip
+        judge = Noise.load(args.noise, machine=machine_tag(), code=codes.pop())
     if judge is not None and not judge.calibrated:
         raise UsageError(f"--noise: {judge.why_uncalibrated}")
     if not args.reuse:
