@@ -127,8 +127,10 @@ def graphed_step(
     Called or replayed, the step adds its gradients into the ``leaves``' ``.grad``, which exist
     after the warm-up, so the graph accumulates into those very buffers (autograd adds in place
     into a gradient nobody else holds). The capture is held to the direct step: both run from
-    zeroed gradients, and every leaf's gradient must agree within ``bound``; a graph that
-    captured nothing leaves zeros and fails there. Raises as :func:`graphed`."""
+    zeroed gradients (the replay's zeroed after the capture, as :func:`graphed` fills its output
+    with NaN, so that work run outside the graph while capturing is not taken for its own), and
+    every leaf's gradient must agree within ``bound``; a graph that captured nothing leaves zeros
+    and fails there. Raises as :func:`graphed`."""
     device = torch.device(device)
     if device.type != "cuda":
         raise Unsupported(f"CUDA graphs need a CUDA device, case is on {device.type}")
@@ -144,9 +146,9 @@ def graphed_step(
         leaf.grad.zero_()  # type: ignore[union-attr]
     step()
     expected = [leaf.grad.detach().to(device="cpu", dtype=torch.float64) for leaf in leaves]  # type: ignore[union-attr]
-    for leaf in leaves:
-        leaf.grad.zero_()  # type: ignore[union-attr]
     graph, _ = capture(step, device)  # type: ignore[arg-type]
+    for leaf in leaves:  # after the capture: what ran outside the graph while capturing must not count as its work
+        leaf.grad.zero_()  # type: ignore[union-attr]
     graph.replay()
     torch.cuda.synchronize(device)
     error = max(relative_error(leaf.grad, want) for leaf, want in zip(leaves, expected, strict=True))  # type: ignore[arg-type]
