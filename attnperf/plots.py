@@ -232,14 +232,19 @@ def _mark_crossovers(fig: Any, records: list[dict[str, Any]]) -> None:
     points = [Point(r["variant"], r["backend"], r["batch"], r["seq_len"], r.get("median_s"), r.get("peak_bytes"))
               for r in _ok(records)]  # fmt: skip
     panels = {ax.get_title(): ax for ax in fig.axes}
+    batches = len({p.batch for p in points}) > 1
+    marked = set()
     for c in crossovers(points):
         ax = panels.get(c.variant)
         if ax is None or c.time.length is None:
             continue
         colour = next((line.get_color() for line in ax.get_lines() if line.get_label().split()[0] == c.backend), "k")
-        label = f"{c.backend} faster than {c.reference} from n ≈ {c.time.length:,.0f} ({c.time.how})"
+        who = c.backend + (f" B{c.batch}" if batches else "")
+        label = f"{who} faster than {c.reference} from n ≈ {c.time.length:,.0f} ({c.time.how})"
         ax.axvline(c.time.length, color=colour, linestyle="--" if c.time.how == "extrapolated" else ":", label=label)
-        ax.legend(fontsize=6)
+        marked.add(ax)
+    for ax in marked:  # the legend again, with the marks, where the panel's legend is: below it
+        _legend_below(ax)
 
 
 def plot_memory(records: list[dict[str, Any]], out: Path) -> list[Path]:

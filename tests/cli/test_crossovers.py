@@ -125,4 +125,7 @@ def test_the_scaling_plot_marks_the_crossover_in_the_variants_panel(window_time,
     assert mark.get_linestyle() == style
     assert f"({how})" in mark.get_label()
     assert not any("faster than" in line.get_label() for line in panels["causal"].get_lines())
+    legend = panels["sliding_window"].get_legend()  # the mark is in the panel's legend, which stays below the data
+    assert any("faster than causal" in text.get_text() for text in legend.get_texts())
+    assert legend.get_bbox_to_anchor().transformed(panels["sliding_window"].transAxes.inverted()).y1 < 0
     plt.close(fig)
