@@ -94,7 +94,7 @@ class Crossing:
         p, q = self.exponents or (math.nan, math.nan)
         if self.within is None:
             return f"never {what} within the grid (exponent {p:.2f} ≥ the reference's {q:.2f}, fitted {low}–{high})"
-        return (f"never {what} within n ≤ {self.within:,} ({HORIZON}× the longest length; exponents {p:.2f} vs "
+        return (f"never {what} within n ≤ {self.within:,} ({HORIZON}× the longest length: exponents {p:.2f} vs "
                 f"{q:.2f}, fitted {low}–{high})")  # fmt: skip
 
 

@@ -80,6 +80,7 @@ def test_fits_that_cross_only_far_beyond_the_grid_are_never_within_the_horizon()
     got = crossover(series(lambda n: 10.0 * n**1.99), series(lambda n: float(n * n)))
     assert (got.how, got.within) == ("never", HORIZON * 4096)
     assert f"never faster within n ≤ {HORIZON * 4096:,}" in got.describe("faster")
+    assert "; " not in got.describe("faster"), "'; ' separates a line's time and memory phrases only"
 
 
 def test_the_same_series_is_never_and_says_so() -> None:
