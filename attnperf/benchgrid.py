@@ -4,7 +4,7 @@
 A :class:`Grid` names backends × variants × lengths × head dims × dtypes × batch sizes on one
 device, with mechanism options. Its :meth:`Grid.points` are what the benchmark history measures:
 a forward point per combination, a forward+backward point at ``backward_seq_lens``, and a decode
-step per ``decode_lens``; :meth:`Grid.forward_points` are a sweep's points. Each
+step per ``decode_lens``; :meth:`Grid.sweep_points` are a sweep's points. Each
 point carries the asv benchmark names it feeds (``bench_attention.TimeForward.time_forward``
 with the same parameters), so measurements made by :mod:`attnperf.batch` land in the same asv
 history as ``asv run`` would write.
@@ -179,11 +179,13 @@ class Grid:
                         points += [self.spec(backend, "decode", n, mode=DECODE, **shape) for n in self.decode_lens]
         return points
 
-    def forward_points(self) -> list[PointSpec]:
-        """A sweep's points: forward only, the backends innermost, so that the baseline and the
-        others at one point are measured next to each other."""
+    def sweep_points(self, mode: str = FORWARD) -> list[PointSpec]:
+        """A sweep's points, all in one ``mode`` (forward, or forward+backward steps), the backends
+        innermost, so that the baseline and the others at one point are measured next to each other."""
+        if mode not in (FORWARD, BACKWARD):
+            raise ValueError(f"a sweep's mode must be {FORWARD!r} or {BACKWARD!r}, got {mode!r}")
         return [
-            self.spec(backend, variant, seq_len, batch=batch, head_dim=head_dim, dtype=dtype)
+            self.spec(backend, variant, seq_len, mode=mode, batch=batch, head_dim=head_dim, dtype=dtype)
             for head_dim in self.head_dims
             for dtype in self.dtypes
             for variant in self.variants

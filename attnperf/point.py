@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import torch
 
-from attnperf.analysis.flops import forward_flops
+from attnperf.analysis.flops import forward_backward_flops, forward_flops
 from attnperf.analysis.memory import min_bytes
 from attnperf.backends import Backend, Runner, Unsupported, get_backend
 from attnperf.benchgrid import BACKWARD, PointSpec
@@ -177,19 +177,19 @@ def timing_fields(direct: Timing | None, replay: Timing | None) -> dict[str, Any
 
 
 def derived(spec: PointSpec, case: Case, median_s: float | None) -> dict[str, Any]:
-    """Tokens/s, useful and executed TFLOP/s of a forward at ``median_s`` and the analyzer's
-    predicted peak; ``model_reason`` where the analyzer has no model for the pair. Derived numbers
-    are for tables and graphs, never a gate."""
+    """Tokens/s, useful and executed TFLOP/s of the point's call at ``median_s`` (a forward, or a
+    forward+backward step) and the analyzer's predicted peak of the forward; ``model_reason`` where
+    the analyzer has no model for the pair. Derived numbers are for tables and graphs, never a gate."""
     figures: dict[str, Any] = {}
     mechanism, backend = get_mechanism(spec.mechanism), get_backend(spec.backend)
     try:
         figures["predicted_peak_bytes"] = backend.predicted_peak_bytes(mechanism, case)
         if median_s:
             figures["tokens_per_s"] = case.batch * case.q_len / median_s
-            if spec.mode != BACKWARD:
-                flops = forward_flops(mechanism, backend, case)
-                figures["useful_tflops"] = flops.useful / median_s / 1e12
-                figures["executed_tflops"] = flops.executed / median_s / 1e12
+            count = forward_backward_flops if spec.mode == BACKWARD else forward_flops
+            flops = count(mechanism, backend, case)
+            figures["useful_tflops"] = flops.useful / median_s / 1e12
+            figures["executed_tflops"] = flops.executed / median_s / 1e12
     except (KeyError, ValueError, NotImplementedError) as exc:  # no model for this pair: the tables go without
         figures["model_reason"] = error_line(exc)
     return figures

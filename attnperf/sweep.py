@@ -1,5 +1,5 @@
-"""A sweep: a grid's forward points, each measured by :func:`attnperf.point.measure_point`, and a
-sweep that was stopped continued from its file.
+"""A sweep: a grid's points in one mode (forward calls, or forward+backward steps), each measured
+by :func:`attnperf.point.measure_point`, and a sweep that was stopped continued from its file.
 
 Each point is checked against the float64 reference before it is timed; whatever happens to it
 ends in a record (``ok``, ``unsupported``, ``wrong``, ``refused``, ``oom``, ``failed``) and the sweep
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from attnperf.benchgrid import Grid
+from attnperf.benchgrid import FORWARD, Grid
 from attnperf.errors import UsageError
 from attnperf.point import DIRECT, REPLAY, free_memory, intended_shape, measure_point
 from attnperf.records import Record, ResultFile, Status, with_ratios
@@ -29,13 +29,15 @@ def run_sweep(
     done: Iterable[Record] = (),
     cuda_graph: bool = False,
     min_sample_s: float | None = None,
+    mode: str = FORWARD,
 ) -> list[Record]:
     """Run every point of ``grid`` not already in ``done`` (a resumed sweep's records, kept in
     front); ``on_record(records so far)`` after each one, so a sweep that is stopped midway (a time
-    limit, Ctrl-C, a hung kernel) still leaves the points it finished on disk."""
+    limit, Ctrl-C, a hung kernel) still leaves the points it finished on disk. ``mode``
+    ``forward+backward`` times steps whose gradients were first held to the float64 reference's."""
     records = list(done)
     finished = {r.point for r in records}
-    points = [p for p in grid.forward_points() if (p.variant, p.backend, p.seq_len, p.batch) not in finished]
+    points = [p for p in grid.sweep_points(mode) if (p.variant, p.backend, p.seq_len, p.batch) not in finished]
     timings = (DIRECT, REPLAY) if cuda_graph else (DIRECT,)
     for spec in progress(points) if progress is not None else points:
         records += measure_point(spec, repeat=repeat, min_sample_s=min_sample_s, timings=timings)
@@ -45,15 +47,17 @@ def run_sweep(
     return with_ratios(records, BASELINE)
 
 
-def resumable(results: ResultFile, grid: Grid, machine: Mapping[str, Any], *, cuda_graph: bool = False) -> list[Record]:
+def resumable(
+    results: ResultFile, grid: Grid, machine: Mapping[str, Any], *, cuda_graph: bool = False, mode: str = FORWARD
+) -> list[Record]:
     """The records of an earlier run of this sweep that a resumed run keeps: all of them but the
     ``failed`` ones (measured again), points outside the new grid too (they were measured, and the
     user asked to continue that run).
 
     Refused (:class:`~attnperf.errors.UsageError`) when the file was written on another machine or
     software stack, when a record's shape or options differ from what this run's flags give at
-    its point, or when it was timed with(out) ``--cuda-graphs`` and this run is not: the file would
-    hold two runs under one name."""
+    its point, or when it was timed with(out) ``--cuda-graphs`` or ``--backward`` and this run is not:
+    the file would hold two runs under one name."""
     if results.meta.get("machine") != dict(machine):
         stack = results.meta.get("machine") or {}
         where = f"torch {stack.get('torch')}, {stack.get('gpu', 'cpu')}" if isinstance(stack, dict) else str(stack)
@@ -66,6 +70,11 @@ def resumable(results: ResultFile, grid: Grid, machine: Mapping[str, Any], *, cu
         how = "with its CUDA-graph replay" if first.replay_median_s is not None else "without --cuda-graphs"
         raise UsageError(f"--resume: {results.path} has {first.variant} × {first.backend} at {first.seq_len} timed "
                          f"{how}; --force starts over")  # fmt: skip
+    other_mode = [r for r in results.records if r.mode != mode]
+    if other_mode:
+        first = other_mode[0]
+        raise UsageError(f"--resume: {results.path} has {first.variant} × {first.backend} at {first.seq_len} timed "
+                         f"as {first.mode}, this run as {mode}; --force starts over")  # fmt: skip
     changed = [(record, why) for record in results.records if (why := shape_change(record, grid)) is not None]
     if changed:
         first, why = changed[0]

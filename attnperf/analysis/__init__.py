@@ -5,7 +5,7 @@ Formulas only: they take :class:`~attnperf.mechanisms.Mechanism` and backend obj
 names) and import nothing above the mechanisms, so the backends can build on them. Resolving
 names and joining predictions with measured records is :mod:`attnperf.reports`' work."""
 
-from attnperf.analysis.flops import Flops, KernelFacts, forward_flops
+from attnperf.analysis.flops import Flops, KernelFacts, forward_backward_flops, forward_flops
 from attnperf.analysis.hardware import DATASHEETS, Hardware, datasheet_for
 from attnperf.analysis.memory import min_bytes
 from attnperf.analysis.roofline import Roofline, roofline
@@ -20,6 +20,7 @@ __all__ = [
     "Roofline",
     "datasheet_for",
     "fit_exponent",
+    "forward_backward_flops",
     "forward_flops",
     "min_bytes",
     "roofline",

@@ -124,3 +124,34 @@ def forward_flops(mechanism: Mechanism, backend: KernelFacts, case: Case) -> Flo
             else:
                 executed = useful
             return Flops(useful, executed)
+
+
+#: A fused softmax backward's products against its forward's two: the scores again, dV = Pᵀ dO,
+#: dP = dO Vᵀ, dQ = dS K and dK = dSᵀ Q (FlashAttention's count: fwd+bwd = 3.5 × forward).
+FUSED_BACKWARD_FACTOR = 2.5
+#: Whole-tensor code keeps P from its forward: four products, no recomputation.
+WHOLE_TENSOR_BACKWARD_FACTOR = 2.0
+
+
+def forward_backward_flops(mechanism: Mechanism, backend: KernelFacts, case: Case) -> Flops:
+    """Useful and executed FLOPs of a forward+backward step (the ``forward+backward`` points).
+
+    Softmax: useful is the forward and :data:`FUSED_BACKWARD_FACTOR` times it (FlashAttention's
+    convention); executed, that for a tiled kernel, which recomputes the scores, and
+    :data:`WHOLE_TENSOR_BACKWARD_FACTOR` times the forward for whole-tensor code. Top-k: useful is
+    the forward (its selection included) and four products of length D per kept key (dP, dQ, dK,
+    dV): a backward over the kept keys, the selection not repeated; whole-tensor code executes
+    twice its dense forward again. Linear attention has no backward model (its backends differ in
+    what they recompute): ``NotImplementedError``."""
+    forward = forward_flops(mechanism, backend, case)
+    whole_tensor = backend.for_case(mechanism, case).block_size is None
+    match mechanism.family:
+        case Family.SOFTMAX:
+            factor = 1 + (WHOLE_TENSOR_BACKWARD_FACTOR if whole_tensor else FUSED_BACKWARD_FACTOR)
+            return Flops(forward.useful * (1 + FUSED_BACKWARD_FACTOR), forward.executed * factor)
+        case Family.TOPK:
+            kept = 8 * case.batch * case.heads * case.head_dim * case.q_len * min(case.top_k or 0, case.k_len)
+            if whole_tensor:
+                return Flops(forward.useful + kept, forward.executed * (1 + WHOLE_TENSOR_BACKWARD_FACTOR))
+            return Flops(forward.useful + kept, forward.executed + kept)
+    raise NotImplementedError(f"no forward+backward FLOP model for {mechanism.name}")

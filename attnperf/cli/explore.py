@@ -57,7 +57,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from attnperf.registry import fit
 
     rows = []
-    for spec in grid_of(args).forward_points():
+    for spec in grid_of(args).sweep_points():
         case, reason = fit(spec)
         if case is None:
             rows.append({"variant": spec.variant, "backend": spec.backend, "case": f"seq_len {spec.seq_len}",
@@ -78,6 +78,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from attnperf.benchgrid import BACKWARD, FORWARD
     from attnperf.files import write_csv
     from attnperf.machine import machine_info
     from attnperf.records import Record, Status, load_records, save_records
@@ -88,6 +89,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.seq_lens, args.repeat = args.seq_lens[:2], min(args.repeat, 3)
     require_cuda_for_graphs(args)
     grid = grid_of(args)
+    mode = BACKWARD if args.backward else FORWARD
     json_path = Path(args.json) if args.json else None
     csv_path = Path(args.csv) if args.csv else None
     if args.resume and json_path is None:
@@ -97,7 +99,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if json_path is not None:  # every check before the first point runs
         check_output(json_path, "--json", existing_ok=args.force or args.resume)
         if args.resume and json_path.exists():
-            done = resumable(load_records(json_path), grid, machine_info(), cuda_graph=args.cuda_graphs)
+            done = resumable(load_records(json_path), grid, machine_info(), cuda_graph=args.cuda_graphs, mode=mode)
     if args.csv:
         check_output(args.csv, "--csv")
     saved: list[Record] = list(done)
@@ -116,7 +118,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # check_output locked --json and --csv for the whole run: two sweeps never interleave in one file
     try:
         records = run_sweep(grid, repeat=args.repeat, progress=progress, on_record=save, done=done,
-                            cuda_graph=args.cuda_graphs)  # fmt: skip
+                            cuda_graph=args.cuda_graphs, mode=mode)  # fmt: skip
     except KeyboardInterrupt:  # save() wrote every finished point to each file asked for
         files = " and ".join(str(path) for path in (json_path, args.csv) if path is not None)
         where = f"saved to {files}" if files else "measured (no --json or --csv: nothing written)"
@@ -133,6 +135,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                ("ms", "median ms"), ("tokens_per_s", "tokens/s"), ("useful_tflops", "TFLOP/s"),
                ("peak_mib", "peak MiB"), ("speedup", "speedup vs eager"),
                ("memory_ratio", "memory vs eager")]  # fmt: skip
+    if args.backward:
+        print("times are forward+backward steps (--backward): TFLOP/s count the backward as 2.5 forwards "
+              "(top-k: 4 products a kept key)")  # fmt: skip
     if args.cuda_graphs:
         print("times are CUDA-graph replays (--cuda-graphs); peak memory is the direct call's")
     print(format_table([row for row, r in zip(rows, records, strict=True)
@@ -165,7 +170,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output(Path(args.json), "--json", existing_ok=args.force)
-    profiles = [profile_point(spec, calls=args.calls) for spec in grid_of(args).forward_points()]
+    profiles = [profile_point(spec, calls=args.calls) for spec in grid_of(args).sweep_points()]
     for p in profiles:
         where = f"{p.variant} × {p.backend} @ {p.seq_len}"
         if p.status is not Status.OK:
@@ -267,6 +272,12 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing --json FILE")
     p.add_argument("--csv", help="write the records to this CSV file, atomically")
     p.add_argument("--all", action="store_true", help="also show unsupported points and their reasons")
+    p.add_argument(
+        "--backward", action="store_true",
+        help="time each point's forward+backward step (a random output gradient into q, k and v, as the "
+        "history's forward+backward benchmarks) instead of the forward; its gradients are first held to the "
+        "float64 reference's",
+    )  # fmt: skip
     add_cuda_graphs_argument(p)
     add_keep_onnx_argument(p)
     p.set_defaults(func=keeping_onnx(cmd_sweep))

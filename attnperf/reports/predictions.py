@@ -73,7 +73,7 @@ class Row:
 def predict(grid: Grid, hardware: Hardware) -> list[Row]:
     """The predictions of every point of ``grid`` that can run here (the others are left out)."""
     rows = []
-    for spec in grid.forward_points():
+    for spec in grid.sweep_points():
         case, _reason = fit(spec)
         if case is None:
             continue

@@ -9,7 +9,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnperf.analysis import Flops, fit_exponent, forward_flops, min_bytes, roofline, tail_exponent
+from attnperf.analysis import (
+    Flops,
+    fit_exponent,
+    forward_backward_flops,
+    forward_flops,
+    min_bytes,
+    roofline,
+    tail_exponent,
+)
 from attnperf.analysis.flops import allowed_pairs, visited_block_pairs
 from attnperf.analysis.hardware import DATASHEETS, datasheet_for
 from attnperf.backends import BACKENDS, get_backend
@@ -61,6 +69,38 @@ def test_eager_flops_equal_flop_counter_mode_exactly(variant: str) -> None:
     with FlopCounterMode(display=False) as counter:
         run()
     assert flops_of(var.mechanism, "eager", case).executed == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("variant", ["full", "causal", "gqa", "sliding_window", "alibi", "topk"])
+def test_eager_forward_backward_flops_equal_flop_counter_mode_exactly(variant: str) -> None:
+    """Whole-tensor code's step executes its forward's products and four more per product pair
+    (the gradients of both matmuls' inputs), which the counter sees in the backward."""
+    var = VARIANTS[variant]
+    case = var.case(96, heads=4, head_dim=16, **SMALL)
+    q, k, v = make_inputs(case, requires_grad=True)
+    run = BACKENDS["eager"].prepare(get_mechanism(var.mechanism), case, q, k, v)
+    with FlopCounterMode(display=False) as counter:
+        run().backward(torch.ones(case.batch, case.heads, case.q_len, case.head_dim))
+    step = forward_backward_flops(get_mechanism(var.mechanism), BACKENDS["eager"], case)
+    assert step.executed == counter.get_total_flops()
+    forward = flops_of(var.mechanism, "eager", case)
+    if var.mechanism == "topk":  # the selection's scores once, then 4 products of length D per kept key
+        assert step.useful == forward.useful + 8 * 4 * 16 * 96 * case.top_k
+    else:  # FlashAttention's convention: a backward is 2.5 forwards
+        assert step.useful == 3.5 * forward.useful
+
+
+def test_forward_backward_flops_of_fused_kernels_and_the_model_missing() -> None:
+    case = Case(q_len=2048, heads=2, head_dim=32, causal=True)
+    forward = flops_of("full", "sdpa-flash", case)
+    step = forward_backward_flops(get_mechanism("full"), get_backend("sdpa-flash"), case)
+    assert step.executed == 3.5 * forward.executed  # the scores recomputed in the backward
+    topk = Case(q_len=2048, heads=2, head_dim=32, causal=True, top_k=32)
+    kept = 8 * 2 * 32 * 2048 * 32
+    triton_step = forward_backward_flops(get_mechanism("topk"), get_backend("triton"), topk)
+    assert triton_step.executed == flops_of("topk", "triton", topk).executed + kept
+    with pytest.raises(NotImplementedError, match="no forward\\+backward FLOP model for linear"):
+        forward_backward_flops(get_mechanism("linear"), get_backend("tiled"), Case(q_len=64))
 
 
 def test_useful_pairs_match_brute_force_and_theory() -> None:

@@ -45,6 +45,15 @@ CASES: list[tuple[str, dict[str, object]]] = [
     ("linear", {"heads": 4, "kv_heads": 2, "q_len": 17, "kv_len": 145, "causal": True, "dtype": "bfloat16"}),
     ("linear", {"heads": 4, "kv_heads": 2, "q_len": 33, "kv_len": 33, "causal": True, "dtype": "float16"}),
 ]
+#: Top-k's backward against the float64 reference's gradients: GQA, cross, decode, several query
+#: blocks, and half precision (its gradients are summed in float32).
+BACKWARD_CASES: list[tuple[str, dict[str, object]]] = [
+    ("topk", {"heads": 4, "kv_heads": 2, "q_len": 33, "kv_len": 33, "causal": True, "top_k": 4}),
+    ("topk", {"heads": 4, "kv_heads": 4, "q_len": 17, "kv_len": 33, "causal": False, "top_k": 5}),
+    ("topk", {"heads": 4, "kv_heads": 1, "q_len": 1, "kv_len": 67, "causal": True, "top_k": 4}),
+    ("topk", {"heads": 2, "kv_heads": 2, "q_len": 70, "kv_len": 70, "causal": True, "top_k": 4}),
+    ("topk", {"heads": 4, "kv_heads": 2, "q_len": 17, "kv_len": 33, "causal": True, "top_k": 4, "dtype": "bfloat16"}),
+]
 
 SCRIPT = """
 import json, sys
@@ -54,10 +63,13 @@ from attnperf.correctness import check, relative_error
 from attnperf.mechanisms import get_mechanism
 from attnperf.backends.triton.topk import first_passes, topk_attention
 
-seed, cases = json.loads(sys.argv[1])
+seed, cases, backward_cases = json.loads(sys.argv[1])
 for mechanism, shape in cases:
     case = Case(**{"head_dim": 16, **shape})
     print(json.dumps(check(mechanism, "triton", case, seed=seed).as_dict()), flush=True)
+for mechanism, shape in backward_cases:
+    case = Case(**{"head_dim": 16, **shape})
+    print(json.dumps(check(mechanism, "triton", case, seed=seed, backward=True).as_dict()), flush=True)
 
 # Multiples of 1/8 below 4 in magnitude: every score is then exact in float32 and float64, in any order
 # of summation, so equal keys score exactly equal in the reference too. With random inputs the float64
@@ -79,13 +91,20 @@ out = topk_attention(q, k, v, top_k=3, causal=False, scale=case.scale)
 ties = relative_error(out, get_mechanism("topk").reference(q, k, v, case, None))
 
 # Overflow: one key repeated, so every score of a row is equal and all 40 keys are candidates,
-# past the row's 8 * 4 = 32 slots: the streaming kernel must answer (the 4 lowest indices).
+# past the row's 8 * 4 = 32 slots: the streaming kernel must answer (the 4 lowest indices), and
+# record them for the backward: the value gradient lands on keys 0-3 only.
 case = Case(heads=2, q_len=8, kv_len=40, head_dim=16, top_k=4)
 q, k, v = make_inputs(case, seed=seed)
 exact(q, k)
 k[:] = k[:, :, :1]
+v.requires_grad_(True)
 out = topk_attention(q, k, v, top_k=4, causal=False, scale=case.scale)
-overflow = relative_error(out, get_mechanism("topk").reference(q, k, v, case, None))
+grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+out.backward(grad)
+v64 = v.detach().double().requires_grad_(True)
+reference = get_mechanism("topk").weights(q.double(), k.double(), case) @ v64  # .reference detaches its inputs
+reference.backward(grad.double())
+overflow = max(relative_error(out, reference), relative_error(v.grad, v64.grad))
 
 # The threshold on random inputs, past one block of lanes (400 keys, 128 lanes), causal and not:
 # never above a row's k-th largest score (it would drop a key the row keeps), and few candidates a
@@ -109,13 +128,13 @@ print(json.dumps({"ties": ties, "overflow": overflow, "passes": passes}))
 
 def test_triton_kernels_match_the_float64_reference_in_the_interpreter() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps([SEED, CASES])], env=env, capture_output=True,
-                          text=True, timeout=1200, check=False)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps([SEED, CASES, BACKWARD_CASES])], env=env,
+                          capture_output=True, text=True, timeout=1200, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     results, ties = lines[:-1], lines[-1]
-    assert len(results) == len(CASES)
-    for (mechanism, shape), result in zip(CASES, results, strict=True):
+    assert len(results) == len(CASES) + len(BACKWARD_CASES)
+    for (mechanism, shape), result in zip(CASES + BACKWARD_CASES, results, strict=True):
         assert result["status"] == "ok", (mechanism, shape, result, f"seed {SEED}")
     assert ties["ties"] < 1e-5, ties
     assert ties["overflow"] < 1e-5, ties
@@ -234,6 +253,15 @@ def test_without_the_interpreter_the_cpu_is_refused_with_the_reason(monkeypatch:
     assert "TRITON_INTERPRET=1" in reason
 
 
+def test_the_linear_kernel_refuses_a_backward_by_name() -> None:
+    case = Case(q_len=17, head_dim=16, device="cuda")
+    reasons = get_backend("triton").not_supported_reasons(get_mechanism("linear"), case, backward=True)
+    assert "the linear kernel is forward only (no backward)" in reasons
+    topk_case = Case(q_len=17, head_dim=16, top_k=4, device="cuda")
+    topk_reasons = get_backend("triton").not_supported_reasons(get_mechanism("topk"), topk_case, backward=True)
+    assert not any("forward only" in reason for reason in topk_reasons), topk_reasons
+
+
 def test_the_kernels_sizes_are_the_ones_the_models_count() -> None:
     from attnperf.backends.triton import linear, topk
 
@@ -315,17 +343,25 @@ def test_the_kernels_compile_for_hopper() -> None:
             {"CAP": 32, "BLOCK_N": topk.BLOCK_N} | scoring,
             4,
         )
+        kept = {"i_ptr": "*i32", "w_ptr": "*fp32"}
+        for keep in (False, True):
+            hopper_compile(
+                topk._select,
+                {"v_ptr": dt, "o_ptr": dt, "c_ptr": "*i64", "n_ptr": "*i32"} | kept,
+                {"TOP_K": 4, "K_PAD": 4, "CAP": 32, "BLOCK_M": topk.SELECT_BLOCK_M, "BLOCK_D": 64, "KEEP": keep},
+                4,
+            )
+            hopper_compile(
+                topk._streaming,
+                qk | {"v_ptr": dt, "o_ptr": dt, "n_ptr": "*i32"} | kept,
+                {"TOP_K": 4, "K_PAD": 4, "CAP": 32, "BLOCK_N": topk.BLOCK_N, "KEEP": keep} | scoring,
+                8,
+            )
         hopper_compile(
-            topk._select,
-            {"v_ptr": dt, "o_ptr": dt, "c_ptr": "*i64", "n_ptr": "*i32"},
-            {"TOP_K": 4, "K_PAD": 4, "CAP": 32, "BLOCK_M": topk.SELECT_BLOCK_M, "BLOCK_D": 64},
+            topk._backward,
+            qk | {"v_ptr": dt, "o_ptr": dt, "do_ptr": dt, "dq_ptr": dt, "dk_ptr": "*fp32", "dv_ptr": "*fp32"} | kept,
+            {"TOP_K": 4, "K_PAD": 4, "BLOCK_M": topk.BACKWARD_BLOCK_M, "BLOCK_D": 64},
             4,
-        )
-        hopper_compile(
-            topk._streaming,
-            qk | {"v_ptr": dt, "o_ptr": dt, "n_ptr": "*i32"},
-            {"TOP_K": 4, "K_PAD": 4, "CAP": 32, "BLOCK_N": topk.BLOCK_N} | scoring,
-            8,
         )
         states = {"k_ptr": dt, "v_ptr": dt, "s_ptr": "*fp32", "z_ptr": "*fp32"}
         hopper_compile(

@@ -180,6 +180,27 @@ def test_an_existing_results_file_is_refused_resumed_or_overwritten(capsys, tmp_
     assert run_cli([*argv, "--force"], capsys)[0] == 0
 
 
+def test_a_backward_sweep_times_checked_steps_and_is_never_resumed_as_a_forward_one(capsys, tmp_path) -> None:
+    """``--backward`` times forward+backward steps (gradients held to the float64 reference first),
+    with their TFLOP/s; a backend without a backward says so and the sweep goes on; one file never
+    holds both modes."""
+    out = tmp_path / "r.json"
+    argv = ["sweep", "--variants", "causal,topk", "--backends", "eager,tiled,flex", "--seq-lens", "64", "--top-k", "4",
+            *SMALL, "--json", str(out)]  # fmt: skip
+    assert main([*argv, "--backward"]) == 0
+    assert "times are forward+backward steps (--backward)" in capsys.readouterr().out
+    records = {(r["variant"], r["backend"]): r for r in records_in(out)}
+    assert {r["mode"] for r in records.values()} == {"forward+backward"}
+    for point in (("causal", "eager"), ("causal", "tiled"), ("topk", "eager"), ("topk", "tiled")):
+        assert records[point]["status"] == "ok", records[point]
+        assert records[point]["useful_tflops"] > 0, point
+    assert records[("causal", "flex")]["status"] == "unsupported"
+    assert "inference-only (no backward)" in records[("causal", "flex")]["reason"]
+    code, err = run_cli([*argv, "--resume"], capsys)
+    assert code == 2
+    assert "causal × eager at 64 timed as forward+backward, this run as forward; --force starts over" in err
+
+
 def test_resume_keeps_the_points_outside_the_new_grid(capsys, tmp_path) -> None:
     """Resumed with other lengths, the earlier run's points are kept (they were measured in the
     run the user asked to continue), the new ones are added, none is measured twice."""

@@ -2,7 +2,7 @@
 
 * ``topk`` (:mod:`.topk`): a threshold from group maxima, the candidates above it, one sort of
   each query's candidates; exact (ties to the lower index), O(n · k) memory, the n × n scores
-  never stored.
+  never stored. Its backward runs over each query's kept keys, recorded by the forward.
 * ``linear`` (:mod:`.linear`): chunked linear attention, causal or not, any q_len / kv_len, GQA
   read from the kv heads (fla's kernels are causal only and need q_len == kv_len).
 * ``rotary`` (:mod:`.rotary`): RoPE's rotation of q and k, which every CUDA backend runs inside
@@ -30,11 +30,10 @@ from attnperf.mechanisms import Mechanism
 
 class Triton(Backend):
     name = "triton"
-    summary = "attnperf's own Triton kernels: streaming top-k, chunked linear attention"
+    summary = "attnperf's own Triton kernels: streaming top-k (with backward), chunked linear attention"
     mechanisms = frozenset({"topk", "linear"})
     dtypes = ("float32", "bfloat16", "float16")  # tl.dot has no float64
     max_head_dim = 256  # one program holds a query block's whole head dim
-    supports_backward = False  # forward kernels only
     compiles_per_shape = True  # a compile per shape class on a GPU; interpreted (slow) on the CPU
     block_size: int = 64  # the linear chunk; top-k gathers its k rows (the FLOP model's "tiled")
     max_top_k: int = 64
@@ -48,6 +47,12 @@ class Triton(Backend):
         from attnperf.backends.triton.topk import topk_attention
 
         self.topk_attention, self.linear_attention = topk_attention, linear_attention
+
+    def not_supported_reasons(self, mechanism: Mechanism, case: Case, *, backward: bool = False) -> list[str]:
+        reasons = super().not_supported_reasons(mechanism, case, backward=backward)
+        if backward and mechanism.name == "linear":
+            reasons.append("the linear kernel is forward only (no backward)")
+        return reasons
 
     def case_reasons(self, mechanism: Mechanism, case: Case) -> list[str]:
         if case.device == "cpu" and not interpreted():

@@ -46,6 +46,8 @@ BLOCK_M = 32
 BLOCK_N = 64
 #: Pass 3 holds a row's CAP_PER_K · k candidates whole (256 int64 at k = 32): fewer rows a program.
 SELECT_BLOCK_M = 16
+#: The backward's rows a program: each holds q, O and dO rows and gathers one key row per kept rank.
+BACKWARD_BLOCK_M = 32
 #: A query's candidate row holds CAP_PER_K · k packed keys (more send its block to the streaming pass).
 CAP_PER_K = 8
 #: Lanes of pass 1 (its key block): at least 2 · MAX_TOP_K, so that t₀ is at most the lane maxima's median.
@@ -114,9 +116,11 @@ def _key_end(pid_m, k_len, offset, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, store, offs_d, d_ok,
-            TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+            i_ptr, w_ptr, line, TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_D: tl.constexpr, KEEP: tl.constexpr):  # fmt: skip
     """Softmax over the first TOP_K of the sorted ``best`` and the weighted sum of their value rows,
-    stored for the rows in ``store``."""
+    stored for the rows in ``store``; with ``KEEP`` also each row's kept keys (−1 past them) and
+    weights, at ``line · K_PAD``: what the backward needs."""
     ranks = tl.arange(0, K_PAD)
     score, index = _unpack(best)
     kept = (ranks[None, :] < TOP_K) & (best != EMPTY)
@@ -125,6 +129,10 @@ def _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, 
     top = tl.where(top == float("-inf"), 0.0, top)  # a row with nothing to see (past q_len) stays finite
     weight = tl.where(kept, tl.exp(score - top[:, None]), 0.0)
     weight = weight / tl.maximum(tl.sum(weight, axis=1), 1e-30)[:, None]
+    if KEEP:
+        at = line[:, None] * K_PAD + ranks[None, :]
+        tl.store(i_ptr + at, tl.where(kept, index, -1), mask=store[:, None])
+        tl.store(w_ptr + at, weight, mask=store[:, None])
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for c in tl.static_range(TOP_K):
         key = _column(index, ranks, c)
@@ -205,10 +213,11 @@ def _candidates(
 
 @triton.jit
 def _select(
-    v_ptr, o_ptr, c_ptr, n_ptr,
+    v_ptr, o_ptr, c_ptr, n_ptr, i_ptr, w_ptr,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
     heads, group, q_len, head_dim,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    KEEP: tl.constexpr,
 ):  # fmt: skip
     """Pass 3: each row's TOP_K best candidates (one sort) and their weighted values."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
@@ -224,17 +233,17 @@ def _select(
     best = tl.topk(candidates, K_PAD)
     v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
     _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, row_ok, offs_d, d_ok,
-            TOP_K, K_PAD, BLOCK_M, BLOCK_D)  # fmt: skip
+            i_ptr, w_ptr, line, TOP_K, K_PAD, BLOCK_M, BLOCK_D, KEEP)  # fmt: skip
 
 
 @triton.jit
 def _streaming(
-    q_ptr, k_ptr, v_ptr, o_ptr, n_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, n_ptr, i_ptr, w_ptr,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     heads, group, q_len, k_len, offset, head_dim, scale,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAP: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, KEEP: tl.constexpr,
 ):  # fmt: skip
     """The overflow path: every row's running K_PAD best, merged with each key block's by tl.topk
     (a key block reaches the merge only when one of its scores beats a row's k-th best so far;
@@ -244,21 +253,22 @@ def _streaming(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok, d_ok = rows < q_len, offs_d < head_dim
-    overflowed = row_ok & (tl.load(n_ptr + (pid_bh * q_len + rows).to(tl.int64), mask=row_ok, other=0) > CAP)
+    line = (pid_bh * q_len + rows).to(tl.int64)
+    overflowed = row_ok & (tl.load(n_ptr + line, mask=row_ok, other=0) > CAP)
     if tl.max(overflowed.to(tl.int32)) > 0:
-        _stream_rows(q_ptr, k_ptr, v_ptr, o_ptr, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-                     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, group, k_len, offset, scale,
-                     pid_m, b, h, rows, row_ok, overflowed, offs_d, d_ok, TOP_K, K_PAD, CAUSAL, BLOCK_M, BLOCK_N,
-                     BLOCK_D, PRECISION, UPCAST)  # fmt: skip
+        _stream_rows(q_ptr, k_ptr, v_ptr, o_ptr, i_ptr, w_ptr, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh,
+                     stride_kn, stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, group, k_len, offset,
+                     scale, pid_m, b, h, rows, row_ok, overflowed, line, offs_d, d_ok, TOP_K, K_PAD, CAUSAL, BLOCK_M,
+                     BLOCK_N, BLOCK_D, PRECISION, UPCAST, KEEP)  # fmt: skip
 
 
 @triton.jit
 def _stream_rows(
-    q_ptr, k_ptr, v_ptr, o_ptr, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    q_ptr, k_ptr, v_ptr, o_ptr, i_ptr, w_ptr, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, group, k_len, offset, scale,
-    pid_m, b, h, rows, row_ok, store, offs_d, d_ok,
+    pid_m, b, h, rows, row_ok, store, line, offs_d, d_ok,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, KEEP: tl.constexpr,
 ):  # fmt: skip
     """The streaming selection of one block of rows; the output of the rows in ``store``."""
     ranks = tl.arange(0, K_PAD)
@@ -277,13 +287,75 @@ def _stream_rows(
             kth = _column(best, ranks, TOP_K - 1)
     v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
     _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, store, offs_d, d_ok,
-            TOP_K, K_PAD, BLOCK_M, BLOCK_D)  # fmt: skip
+            i_ptr, w_ptr, line, TOP_K, K_PAD, BLOCK_M, BLOCK_D, KEEP)  # fmt: skip
+
+
+@triton.jit
+def _backward(
+    q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, i_ptr, w_ptr, dq_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om, stride_gb, stride_gh, stride_gm,
+    heads, group, q_len, k_len, head_dim, scale,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The gradients through each row's kept keys, from the forward's keys and weights ``p``:
+    ``dp = dO · v``, ``ds = p (dp − rowsum(dO ∘ O))``, ``dq = scale Σ ds k`` stored, and
+    ``dk += scale ds q``, ``dv += p dO`` added atomically into float32 ``[B, H_kv, Lk, D]`` buffers
+    (several queries, and with GQA several heads, keep one key). Cost: two gathered rows and two
+    atomic row additions per kept key: O(n · k · D), whatever the length."""
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok, d_ok = rows < q_len, offs_d < head_dim
+    line = (pid_bh * q_len + rows).to(tl.int64)
+    at = rows[:, None] * stride_qm + offs_d[None, :]
+    both = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + at, mask=both, other=0.0).to(tl.float32)
+    out_at = b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :]
+    o = tl.load(o_ptr + out_at, mask=both, other=0.0).to(tl.float32)
+    grad_at = b * stride_gb + h * stride_gh + rows[:, None] * stride_gm + offs_d[None, :]
+    do = tl.load(do_ptr + grad_at, mask=both, other=0.0).to(tl.float32)
+    delta = tl.sum(do * o, axis=1)
+    ranks = tl.arange(0, K_PAD)
+    kept_at = line[:, None] * K_PAD + ranks[None, :]
+    index = tl.load(i_ptr + kept_at, mask=row_ok[:, None], other=-1)
+    weight = tl.load(w_ptr + kept_at, mask=row_ok[:, None], other=0.0)
+    kv = b * (heads // group) + h // group  # the kv head's [Lk, D] block of the float32 buffers
+    k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
+    v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for c in tl.static_range(TOP_K):
+        key = _column(index, ranks, c)
+        p = _column(weight, ranks, c)
+        gather = (key >= 0)[:, None] & both
+        v = tl.load(v_base + key[:, None] * stride_vn + offs_d[None, :], mask=gather, other=0.0).to(tl.float32)
+        ds = p * (tl.sum(do * v, axis=1) - delta)
+        k = tl.load(k_base + key[:, None] * stride_kn + offs_d[None, :], mask=gather, other=0.0).to(tl.float32)
+        dq += ds[:, None] * k
+        grad_row = (kv * k_len + key.to(tl.int64))[:, None] * head_dim + offs_d[None, :]
+        tl.atomic_add(dk_ptr + grad_row, (scale * ds)[:, None] * q, mask=gather)
+        tl.atomic_add(dv_ptr + grad_row, p[:, None] * do, mask=gather)
+    tl.store(dq_ptr + b * stride_qb + h * stride_qh + at, (scale * dq).to(dq_ptr.dtype.element_ty), mask=both)
 
 
 def topk_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, top_k: int, causal: bool, scale: float
 ) -> torch.Tensor:
-    """Top-k attention of ``q [B, H, Lq, D]`` over ``k, v [B, H_kv, Lk, D]`` (bottom-right causal)."""
+    """Top-k attention of ``q [B, H, Lq, D]`` over ``k, v [B, H_kv, Lk, D]`` (bottom-right causal).
+
+    Differentiable: when autograd records (an input requires grad), the forward also keeps each
+    query's kept keys and weights (O(n · k)) and :func:`_backward` gives the gradients."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _TopKFunction.apply(q, k, v, top_k, causal, scale)
+    return _forward(q, k, v, top_k=top_k, causal=causal, scale=scale, keep=False)[0]
+
+
+def _forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, top_k: int, causal: bool, scale: float, keep: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The output, and with ``keep`` each query's kept keys ``[B · H · Lq, K_PAD]`` (−1 past them) and
+    their softmax weights."""
     launch = Launch.of(q, k, v, top_k=top_k, causal=causal, scale=scale)
     _, candidates, counts = _first_passes(q, k, launch, top_k)
     batch, heads, q_len, head_dim = q.shape
@@ -291,15 +363,49 @@ def topk_attention(
     v_strides = (v.stride(0), v.stride(1), v.stride(2))
     out = torch.empty_like(q)
     o_strides = (out.stride(0), out.stride(1), out.stride(2))
+    lines = batch * heads * q_len
+    index = torch.empty(lines, k_pad, device=q.device, dtype=torch.int32) if keep else None
+    weight = torch.empty(lines, k_pad, device=q.device, dtype=torch.float32) if keep else None
+    # Without KEEP the kernels never touch these two pointers: any tensor stands in.
+    kept = (index, weight) if index is not None and weight is not None else (counts, counts)
     _select[(triton.cdiv(q_len, SELECT_BLOCK_M), batch * heads)](
-        v, out, candidates, counts, *v_strides, *o_strides, heads, heads // k.shape[1], q_len, head_dim,
-        TOP_K=top_k, K_PAD=k_pad, CAP=cap, **(launch.shape | {"BLOCK_M": SELECT_BLOCK_M}),
+        v, out, candidates, counts, *kept, *v_strides, *o_strides, heads, heads // k.shape[1], q_len, head_dim,
+        TOP_K=top_k, K_PAD=k_pad, CAP=cap, KEEP=keep, **(launch.shape | {"BLOCK_M": SELECT_BLOCK_M}),
     )  # fmt: skip
     # 8 warps: with 4 the streaming kernel spills at k = 32 (compiled for sm_90 without a GPU).
-    _streaming[launch.grid](q, k, v, out, counts, *launch.q_strides, *launch.k_strides, *v_strides, *o_strides,
-                            *launch.sizes, TOP_K=top_k, K_PAD=k_pad, CAP=cap, BLOCK_N=max(BLOCK_N, k_pad),
-                            **launch.shape, **launch.scoring, num_warps=8)  # fmt: skip
-    return out
+    _streaming[launch.grid](q, k, v, out, counts, *kept, *launch.q_strides, *launch.k_strides, *v_strides,
+                            *o_strides, *launch.sizes, TOP_K=top_k, K_PAD=k_pad, CAP=cap, KEEP=keep,
+                            BLOCK_N=max(BLOCK_N, k_pad), **launch.shape, **launch.scoring, num_warps=8)  # fmt: skip
+    return out, index, weight
+
+
+class _TopKFunction(torch.autograd.Function):
+    """Top-k attention with its backward (:func:`_backward`)."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top_k: int, causal: bool,
+                scale: float) -> torch.Tensor:  # fmt: skip
+        out, index, weight = _forward(q, k, v, top_k=top_k, causal=causal, scale=scale, keep=True)
+        ctx.save_for_backward(q, k, v, out, index, weight)
+        ctx.top_k, ctx.scale = top_k, scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, out, index, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        batch, heads, q_len, head_dim = q.shape
+        dq = torch.empty_like(q)
+        dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
+        dv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
+        strides = [t.stride(i) for t in (q, k, v, out, grad_out) for i in range(3)]
+        _backward[(triton.cdiv(q_len, BACKWARD_BLOCK_M), batch * heads)](
+            q, k, v, out, grad_out, index, weight, dq, dk, dv, *strides,
+            heads, heads // k.shape[1], q_len, k.shape[2], head_dim, ctx.scale,
+            TOP_K=ctx.top_k, K_PAD=index.shape[1], BLOCK_M=BACKWARD_BLOCK_M,
+            BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        )  # fmt: skip
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
 def first_passes(
