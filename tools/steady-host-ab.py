@@ -35,8 +35,9 @@ CPU_POINTS = [("eager", "causal", "forward"), ("tiled", "causal", "forward"), ("
               ("tiled", "causal", "forward+backward")]  # fmt: skip
 
 
-def measure(device: str, arm: str) -> dict[str, dict]:
-    """One process's medians of every point, both timings (the arm decides the host's treatment)."""
+def measure(device: str, arm: str, backends: set[str] | None) -> dict[str, dict]:
+    """One process's medians of every point (of ``backends``, all when None), both timings (the arm
+    decides the host's treatment)."""
     import attnperf.measure
 
     if arm == "off":
@@ -46,6 +47,8 @@ def measure(device: str, arm: str) -> dict[str, dict]:
 
     out = {}
     for backend, variant, mode in GPU_POINTS if device == "cuda" else CPU_POINTS:
+        if backends is not None and backend not in backends:
+            continue
         if device == "cuda":
             spec = PointSpec(backend, variant, 4096 if mode == "decode" else 2048, 128, "bfloat16", mode, device, 16)
         else:
@@ -81,10 +84,12 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=4, help="processes an arm (default 4)")
     parser.add_argument("--out", type=Path, default=Path("steady-host-ab.json"))
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no pair after this many seconds")
+    parser.add_argument("--backends", help="comma-separated: only these backends' points (default all)")
     parser.add_argument("--child", choices=("on", "off"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(measure(args.device, args.child)))
+        backends = set(args.backends.split(",")) if args.backends else None
+        print("RESULT " + json.dumps(measure(args.device, args.child, backends)))
         return 0
     rows: dict[str, list[dict[str, dict]]] = {"on": [], "off": []}
     deadline = time.time() + args.budget_s
@@ -94,7 +99,8 @@ def main() -> int:
             print(f"budget spent after {i // 2} pairs", flush=True)
             break
         started = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--device", args.device, "--child", arm],
+        only = ["--backends", args.backends] if args.backends else []
+        proc = subprocess.run([sys.executable, __file__, "--device", args.device, "--child", arm, *only],
                               capture_output=True, text=True, check=False)  # fmt: skip
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
