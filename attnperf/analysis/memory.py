@@ -172,10 +172,11 @@ def output_bytes(case: Case) -> int:
 
 
 def triton_topk_peak(case: Case, cap_per_k: int) -> int:
-    """attnperf's Triton top-k: the output, and per query a float32 threshold, an int32 count and
-    ``cap_per_k · k'`` int64 candidates (k' = top_k rounded up to a power of two)."""
+    """attnperf's Triton top-k: the output, and per query a float32 threshold, an int32 count,
+    ``cap_per_k · k'`` int64 candidates and the record of its k' kept keys (int32) and weights
+    (float32) (k' = top_k rounded up to a power of two)."""
     k_pad = 1 << max(0, ((case.top_k or 1) - 1).bit_length())
-    return output_bytes(case) + case.batch * case.heads * case.q_len * (4 + 4 + 8 * cap_per_k * k_pad)
+    return output_bytes(case) + case.batch * case.heads * case.q_len * (4 + 4 + 8 * cap_per_k * k_pad + 8 * k_pad)
 
 
 def triton_linear_peak(case: Case, chunk: int) -> int:

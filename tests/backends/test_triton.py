@@ -27,14 +27,17 @@ from ..conftest import SEED
 pytest.importorskip("triton", reason="Triton is not installed (the tests session installs it)")
 
 #: (mechanism, Case keywords): GQA and MQA, cross and decode shapes, several query and key blocks
-#: (BLOCK_M 32, BLOCK_N 64, chunk 64), a head dim that is not a power of two, a k that is not one,
-#: every dtype. Head dim 16 keeps the interpreter to seconds a case.
+#: (top-k's BLOCK_M 64, BLOCK_N 64 and 128 lanes, with blocks every row sees whole and diagonal
+#: ones; linear's chunk 64), a head dim that is not a power of two, a k that is not one and one
+#: whose value rows are gathered in several groups, every dtype. Head dim 16 keeps the interpreter
+#: to seconds a case.
 CASES: list[tuple[str, dict[str, object]]] = [
     ("topk", {"heads": 4, "kv_heads": 2, "q_len": 33, "kv_len": 33, "causal": True, "top_k": 4}),
     ("topk", {"heads": 4, "kv_heads": 4, "q_len": 17, "kv_len": 33, "causal": False, "top_k": 4}),
     ("topk", {"heads": 4, "kv_heads": 1, "q_len": 1, "kv_len": 67, "causal": True, "top_k": 4}),
     ("topk", {"heads": 2, "kv_heads": 2, "q_len": 130, "kv_len": 130, "causal": True, "top_k": 5}),
     ("topk", {"heads": 2, "kv_heads": 1, "q_len": 40, "kv_len": 40, "causal": True, "top_k": 4, "head_dim": 80}),
+    ("topk", {"heads": 1, "kv_heads": 1, "q_len": 70, "kv_len": 200, "causal": True, "top_k": 20}),
     ("topk", {"heads": 4, "kv_heads": 2, "q_len": 17, "kv_len": 33, "causal": True, "top_k": 4, "dtype": "bfloat16"}),
     ("topk", {"heads": 4, "kv_heads": 2, "q_len": 17, "kv_len": 33, "causal": False, "top_k": 4, "dtype": "float16"}),
     ("linear", {"heads": 4, "kv_heads": 2, "q_len": 33, "kv_len": 33, "causal": True}),
@@ -122,6 +125,19 @@ for causal in (False, True):
     passes[str(causal)] = {"below_kth": bool((t0.double() <= kth + 1e-6).all()),
                            "max_count": int(counts.max()), "mean_count": float(counts.float().mean()),
                            "slots": candidates.shape[1]}
+    # Exact inputs: every candidate row must be exactly the keys scoring >= t0 - margin (pass 2 appends a
+    # block's keys a round at a time when a row takes few, by prefix sums otherwise; both must agree).
+    exact(q, k)
+    t0, candidates, counts = first_passes(q, k, top_k=4, causal=causal, scale=case.scale)
+    scores = ((q.double() @ k.double().transpose(-1, -2)) * case.scale).float().flatten(0, 2)
+    if causal:
+        scores = scores.masked_fill(torch.ones(32, 400, dtype=torch.bool).triu(369).repeat(2, 1), float("-inf"))
+    floor = t0 - (t0.abs() + 0.001) * 0.000244140625
+    keys = 4294967295 - (candidates & 4294967295)
+    passes[str(causal)]["exact_sets"] = all(
+        sorted(keys[row, : counts[row]].tolist()) == (scores[row] >= floor[row]).nonzero().flatten().tolist()
+        for row in range(scores.shape[0])
+    )
 print(json.dumps({"ties": ties, "overflow": overflow, "passes": passes}))
 """
 
@@ -142,6 +158,7 @@ def test_triton_kernels_match_the_float64_reference_in_the_interpreter() -> None
         assert passes["below_kth"], (causal, passes)
         assert passes["max_count"] <= passes["slots"], (causal, passes)
         assert passes["mean_count"] <= 2 * 4, (causal, passes)  # about k on random scores
+        assert passes["exact_sets"], (causal, passes)
 
 
 ROTATION_SCRIPT = """
@@ -329,34 +346,35 @@ def test_the_kernels_compile_for_hopper() -> None:
                 {"HALF": 64, "BLOCK_T": rotary.BLOCK_T, "BLOCK_D": 64, "INVERSE": inverse},
                 4,
             )
-        scoring = {"CAUSAL": True, "PRECISION": precision, "UPCAST": False, "BLOCK_M": topk.BLOCK_M, "BLOCK_D": 64}
+        scoring = {"CAUSAL": True, "PRECISION": precision, "UPCAST": False, "BLOCK_D": 64}
         qk = {"q_ptr": dt, "k_ptr": dt}
-        hopper_compile(
-            topk._threshold,
-            qk | {"t_ptr": "*fp32"},
-            {"TOP_K": 4, "BLOCK_N": topk.LANES} | scoring,
-            4,
-        )
-        hopper_compile(
-            topk._candidates,
-            qk | {"t_ptr": "*fp32", "c_ptr": "*i64", "n_ptr": "*i32"},
-            {"CAP": 32, "BLOCK_N": topk.BLOCK_N} | scoring,
-            4,
-        )
         kept = {"i_ptr": "*i32", "w_ptr": "*fp32"}
-        for keep in (False, True):
+        for even_d in (True, False):
             hopper_compile(
-                topk._select,
-                {"v_ptr": dt, "o_ptr": dt, "c_ptr": "*i64", "n_ptr": "*i32"} | kept,
-                {"TOP_K": 4, "K_PAD": 4, "CAP": 32, "BLOCK_M": topk.SELECT_BLOCK_M, "BLOCK_D": 64, "KEEP": keep},
+                topk._threshold,
+                qk | {"t_ptr": "*fp32"},
+                {"TOP_K": 4, "BLOCK_N": topk.LANES, "BLOCK_M": topk.BLOCK_M, "EVEN_D": even_d} | scoring,
                 4,
             )
             hopper_compile(
-                topk._streaming,
-                qk | {"v_ptr": dt, "o_ptr": dt, "n_ptr": "*i32"} | kept,
-                {"TOP_K": 4, "K_PAD": 4, "CAP": 32, "BLOCK_N": topk.BLOCK_N, "KEEP": keep} | scoring,
-                8,
+                topk._candidates,
+                qk | {"t_ptr": "*fp32", "c_ptr": "*i64", "n_ptr": "*i32"},
+                {"CAP": 32, "BLOCK_N": topk.BLOCK_N, "BLOCK_M": topk.BLOCK_M, "EVEN_D": even_d} | scoring,
+                4,
             )
+        hopper_compile(
+            topk._select,
+            {"v_ptr": dt, "o_ptr": dt, "c_ptr": "*i64", "n_ptr": "*i32"} | kept,
+            {"TOP_K": 4, "K_PAD": 4, "CAP": 32, "BLOCK_M": topk.SELECT_BLOCK_M, "BLOCK_D": 64, "GATHER": 4},
+            4,
+        )
+        hopper_compile(
+            topk._streaming,
+            qk | {"v_ptr": dt, "o_ptr": dt, "n_ptr": "*i32"} | kept,
+            {"TOP_K": 4, "K_PAD": 4, "CAP": 32, "BLOCK_N": topk.BLOCK_N, "BLOCK_M": topk.STREAM_BLOCK_M,
+             "GATHER": 4} | scoring,
+            8,
+        )  # fmt: skip
         hopper_compile(
             topk._backward,
             qk | {"v_ptr": dt, "o_ptr": dt, "do_ptr": dt, "dq_ptr": dt, "dk_ptr": "*fp32", "dv_ptr": "*fp32"} | kept,

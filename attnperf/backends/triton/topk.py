@@ -5,22 +5,28 @@ order-preserving in the high word, ``2³² − 1 − j`` in the low word, so tha
 ``tl.topk`` keeps the higher score and, among equal scores, the lower key index: the mechanism's
 tie rule, exact.
 
-Three passes over the keys, each program owning ``BLOCK_M`` queries of one head:
+Three passes over the keys, each program owning ``BLOCK_M`` queries of one head (64: the key
+loops' products are Hopper's asynchronous warpgroup MMAs). In both key passes the blocks every
+query of the tile sees whole run without a mask; only the blocks on the causal diagonal or past
+the last key pay for one:
 
 1. :func:`_threshold` keeps, per query, the maximum of each of ``LANES`` lanes (lane c holds the
-   keys ≡ c mod LANES: one elementwise maximum per score) and takes the TOP_K-th largest of them
-   as ``t₀`` (at the end, the largest left taken out k times). TOP_K lanes reach ``t₀`` with
-   distinct keys, so ``t₀`` is a lower bound of the k-th largest score and no score below it can
-   be kept; a query with fewer than k lanes seen keeps ``t₀ = −∞``. With 128 lanes and k = 32
-   ``t₀`` is the upper quartile of the lane maxima: on random scores at 16k about 40 keys reach
-   it. (Keeping the k largest maxima of small key groups by replacing the smallest instead costs a
-   min, an argmin and a select over k per group, which would dominate the whole kernel.)
+   keys ≡ c mod LANES: one elementwise maximum per product, scaled once at the end, which keeps
+   the order since scale > 0) and takes the TOP_K-th largest of them as ``t₀`` (at the end, the
+   largest left taken out k times). TOP_K lanes reach ``t₀`` with distinct keys, so ``t₀`` is a
+   lower bound of the k-th largest score and no score below it can be kept; a query with fewer
+   than k lanes seen keeps ``t₀ = −∞``. With 128 lanes and k = 32 ``t₀`` is the upper quartile of
+   the lane maxima: on random scores at 16k about 40 keys reach it. (Keeping the k largest maxima
+   of small key groups by replacing the smallest instead costs a min, an argmin and a select over
+   k per group, which would dominate the whole kernel.)
 2. :func:`_candidates` recomputes the scores and appends those ``≥ t₀ − margin`` to the query's
    row of ``CAP = CAP_PER_K · k`` packed keys. On ordinary data a row gets about k of them; a row
    with fewer than k lanes has fewer than k keys in all. The margin (2⁻¹² · (|t₀| + 0.001)) covers a
    pass computing a score a few ulps lower than the other: more candidates, never fewer.
-3. :func:`_select` sorts each row's candidates once (``tl.topk``) and sums the kept value rows
-   under their softmax weights (float32), gathered one rank at a time.
+3. :func:`_select` sorts each row's candidates once (``tl.topk``; over the first ``2 · k'`` slots
+   when no row of the program has more, the usual case) and records each row's kept keys and
+   softmax weights (O(n · k)); the value rows are then gathered ``GATHER`` ranks at a time and
+   summed under the weights in float32. The backward reads the same record.
 
 A row whose candidates overflow ``CAP`` (many equal scores: adversarial, or degenerate inputs)
 is recomputed by :func:`_streaming`, which keeps every row's running k best through a
@@ -42,10 +48,16 @@ import triton.language as tl
 
 from attnperf.backends.triton.env import interpreted
 
-BLOCK_M = 32
+BLOCK_M = 64
 BLOCK_N = 64
+#: Pass 2 appends a row's taken keys of a block one round each, up to this many (more: prefix sums).
+ROUNDS = tl.constexpr(3)
 #: Pass 3 holds a row's CAP_PER_K · k candidates whole (256 int64 at k = 32): fewer rows a program.
 SELECT_BLOCK_M = 16
+#: Ranks whose value rows pass 3 gathers at once ([SELECT_BLOCK_M, GATHER, D] elements).
+GATHER = 8
+#: The overflow pass merges [rows, BLOCK_N] packed blocks into each row's running best: fewer rows.
+STREAM_BLOCK_M = 32
 #: The backward's rows a program: each holds q, O and dO rows and gathers one key row per kept rank.
 BACKWARD_BLOCK_M = 32
 #: A query's candidate row holds CAP_PER_K · k packed keys (more send its block to the streaming pass).
@@ -106,6 +118,29 @@ def _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offse
 
 
 @triton.jit
+def _dots(q, k_base, stride_kn, keys, offs_d, d_ok, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+          EVEN_D: tl.constexpr):  # fmt: skip
+    """The unscaled products of a key block every row of the tile sees: no mask (EVEN_D: the head
+    dim fills the block, nor one on the head dim)."""
+    if EVEN_D:
+        kt = tl.load(k_base + keys[None, :] * stride_kn + offs_d[:, None])
+    else:
+        kt = tl.load(k_base + keys[None, :] * stride_kn + offs_d[:, None], mask=d_ok[:, None], other=0.0)
+    if UPCAST:
+        kt = kt.to(tl.float32)
+    return tl.dot(q, kt, input_precision=PRECISION)
+
+
+@triton.jit
+def _full_end(pid_m, k_len, offset, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keys below this multiple of BLOCK_N are seen by every row of the tile."""
+    end = k_len
+    if CAUSAL:
+        end = tl.minimum(k_len, pid_m * BLOCK_M + offset + 1)
+    return (end // BLOCK_N) * BLOCK_N
+
+
+@triton.jit
 def _key_end(pid_m, k_len, offset, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
     """One past the last key any row of the block sees."""
     end = k_len
@@ -117,10 +152,11 @@ def _key_end(pid_m, k_len, offset, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
 @triton.jit
 def _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, store, offs_d, d_ok,
             i_ptr, w_ptr, line, TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_D: tl.constexpr, KEEP: tl.constexpr):  # fmt: skip
-    """Softmax over the first TOP_K of the sorted ``best`` and the weighted sum of their value rows,
-    stored for the rows in ``store``; with ``KEEP`` also each row's kept keys (−1 past them) and
-    weights, at ``line · K_PAD``: what the backward needs."""
+            BLOCK_D: tl.constexpr, GATHER: tl.constexpr):  # fmt: skip
+    """Softmax over the first TOP_K of the sorted ``best``; each row's kept keys (−1 past them) and
+    weights recorded at ``line · K_PAD``, then the weighted sum of their value rows, all for the
+    rows in ``store``. The value rows are gathered from the record, GATHER ranks at a time (one
+    rank's index taken out of the register tile costs a reduction across threads)."""
     ranks = tl.arange(0, K_PAD)
     score, index = _unpack(best)
     kept = (ranks[None, :] < TOP_K) & (best != EMPTY)
@@ -129,17 +165,18 @@ def _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, 
     top = tl.where(top == float("-inf"), 0.0, top)  # a row with nothing to see (past q_len) stays finite
     weight = tl.where(kept, tl.exp(score - top[:, None]), 0.0)
     weight = weight / tl.maximum(tl.sum(weight, axis=1), 1e-30)[:, None]
-    if KEEP:
-        at = line[:, None] * K_PAD + ranks[None, :]
-        tl.store(i_ptr + at, tl.where(kept, index, -1), mask=store[:, None])
-        tl.store(w_ptr + at, weight, mask=store[:, None])
+    at = line[:, None] * K_PAD + ranks[None, :]
+    tl.store(i_ptr + at, tl.where(kept, index, -1), mask=store[:, None])
+    tl.store(w_ptr + at, weight, mask=store[:, None])
+    tl.debug_barrier()  # the record is read back below by other threads of this program
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for c in tl.static_range(TOP_K):
-        key = _column(index, ranks, c)
-        w = _column(weight, ranks, c)
-        value = tl.load(v_base + key[:, None] * stride_vn + offs_d[None, :],
-                        mask=(w[:, None] > 0) & d_ok[None, :], other=0.0)  # fmt: skip
-        acc += w[:, None] * value.to(tl.float32)
+    for first in tl.static_range(0, K_PAD, GATHER):
+        group = line[:, None] * K_PAD + first + tl.arange(0, GATHER)[None, :]
+        key = tl.load(i_ptr + group, mask=store[:, None], other=-1)
+        w = tl.load(w_ptr + group, mask=store[:, None], other=0.0)
+        value = tl.load(v_base + key[:, :, None] * stride_vn + offs_d[None, None, :],
+                        mask=(key >= 0)[:, :, None] & d_ok[None, None, :], other=0.0)  # fmt: skip
+        acc += tl.sum(w[:, :, None] * value.to(tl.float32), axis=1)
     tl.store(o_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :],
              acc.to(o_ptr.dtype.element_ty), mask=store[:, None] & d_ok[None, :])  # fmt: skip
 
@@ -150,7 +187,7 @@ def _threshold(
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     heads, group, q_len, k_len, offset, head_dim, scale,
     TOP_K: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr,
 ):  # fmt: skip
     """Pass 1: ``t₀`` per query, the TOP_K-th largest of its BLOCK_N lane maxima (−∞ with fewer lanes seen)."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
@@ -161,11 +198,15 @@ def _threshold(
     q = _queries(q_ptr, stride_qb, stride_qh, stride_qm, b, h, rows, row_ok, offs_d, d_ok, UPCAST)
     k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
     lane_max = tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32)  # lane c: the keys ≡ c (mod BLOCK_N)
-    for start in tl.range(0, _key_end(pid_m, k_len, offset, CAUSAL, BLOCK_M), BLOCK_N):
+    full_end = _full_end(pid_m, k_len, offset, CAUSAL, BLOCK_M, BLOCK_N)
+    for start in tl.range(0, full_end, BLOCK_N):  # unscaled: scale > 0 keeps the order
         keys = start + tl.arange(0, BLOCK_N)
-        scores, seen = _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offset, scale,
-                               CAUSAL, PRECISION, UPCAST)  # fmt: skip
-        lane_max = tl.maximum(lane_max, tl.where(seen, scores, float("-inf")))
+        lane_max = tl.maximum(lane_max, _dots(q, k_base, stride_kn, keys, offs_d, d_ok, PRECISION, UPCAST, EVEN_D))
+    for start in tl.range(full_end, _key_end(pid_m, k_len, offset, CAUSAL, BLOCK_M), BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        dots, seen = _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offset, 1.0,
+                             CAUSAL, PRECISION, UPCAST)  # fmt: skip
+        lane_max = tl.maximum(lane_max, tl.where(seen, dots, float("-inf")))
     # The TOP_K-th largest lane maximum, equal ones counted: the largest left, taken out TOP_K times at
     # most (a tl.sort of the lanes, a bitonic network, took Triton's interpreter 19 s a call).
     t0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -176,7 +217,31 @@ def _threshold(
         t0 = tl.where(needed > 0, top, t0)
         needed -= tl.sum(at_top.to(tl.int32), axis=1)
         lane_max = tl.where(at_top, float("-inf"), lane_max)
-    tl.store(t_ptr + pid_bh * q_len + rows, t0, mask=row_ok)
+    tl.store(t_ptr + pid_bh * q_len + rows, t0 * scale, mask=row_ok)
+
+
+@triton.jit
+def _append(c_ptr, line, count, scores, keys, take, CAP: tl.constexpr, ROUNDS: tl.constexpr):
+    """Append a key block's taken scores, packed, to their rows; the rows' counts after it.
+
+    A row takes about one key of a block, so when no row of the tile takes more than ROUNDS, each
+    round appends every row's best remaining key (a maximum and a minimum across the block, and
+    one store a row); only a tile with a row past ROUNDS pays for prefix sums and a store per score."""
+    taken = tl.sum(take.to(tl.int32), axis=1)
+    most = tl.max(taken)
+    if most > ROUNDS:
+        slot = count[:, None] + tl.cumsum(take.to(tl.int32), axis=1) - 1
+        tl.store(c_ptr + line[:, None] * CAP + slot, _pack(scores, keys[None, :]), mask=take & (slot < CAP))
+    else:
+        left = take
+        for r in tl.static_range(ROUNDS):
+            if most > r:
+                best = tl.max(tl.where(left, scores, float("-inf")), axis=1)
+                key = tl.min(tl.where(left & (scores == best[:, None]), keys[None, :], 2147483647), axis=1)
+                slot = count + r
+                tl.store(c_ptr + line * CAP + slot, _pack(best, key), mask=(taken > r) & (slot < CAP))
+                left = left & (keys[None, :] != key[:, None])
+    return count + taken
 
 
 @triton.jit
@@ -185,7 +250,7 @@ def _candidates(
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     heads, group, q_len, k_len, offset, head_dim, scale,
     CAP: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr,
 ):  # fmt: skip
     """Pass 2: every seen key scoring ``≥ t₀ − margin``, packed, into the query's row of CAP
     (the count is stored whole, so that a row past CAP is known to have overflowed)."""
@@ -199,15 +264,18 @@ def _candidates(
     line = (pid_bh * q_len + rows).to(tl.int64)
     t0 = tl.load(t_ptr + line, mask=row_ok, other=0.0)
     t0 = t0 - (tl.abs(t0) + 0.001) * 0.000244140625  # the margin, 2⁻¹² relative: −∞ stays −∞
+    t0 = tl.where(row_ok, t0, float("inf"))  # rows past q_len take nothing from the unmasked blocks
     count = tl.zeros([BLOCK_M], dtype=tl.int32)
-    for start in tl.range(0, _key_end(pid_m, k_len, offset, CAUSAL, BLOCK_M), BLOCK_N):
+    full_end = _full_end(pid_m, k_len, offset, CAUSAL, BLOCK_M, BLOCK_N)
+    for start in tl.range(0, full_end, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        scores = _dots(q, k_base, stride_kn, keys, offs_d, d_ok, PRECISION, UPCAST, EVEN_D) * scale
+        count = _append(c_ptr, line, count, scores, keys, scores >= t0[:, None], CAP, ROUNDS)
+    for start in tl.range(full_end, _key_end(pid_m, k_len, offset, CAUSAL, BLOCK_M), BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
         scores, seen = _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offset, scale,
                                CAUSAL, PRECISION, UPCAST)  # fmt: skip
-        take = seen & (scores >= t0[:, None])
-        slot = count[:, None] + tl.cumsum(take.to(tl.int32), axis=1) - 1
-        tl.store(c_ptr + line[:, None] * CAP + slot, _pack(scores, keys[None, :]), mask=take & (slot < CAP))
-        count += tl.sum(take.to(tl.int32), axis=1)
+        count = _append(c_ptr, line, count, scores, keys, seen & (scores >= t0[:, None]), CAP, ROUNDS)
     tl.store(n_ptr + line, count, mask=row_ok)
 
 
@@ -217,9 +285,11 @@ def _select(
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
     heads, group, q_len, head_dim,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    KEEP: tl.constexpr,
+    GATHER: tl.constexpr,
 ):  # fmt: skip
-    """Pass 3: each row's TOP_K best candidates (one sort) and their weighted values."""
+    """Pass 3: each row's TOP_K best candidates (one sort: of the first 2 · K_PAD slots when no
+    row of the program has more, which costs a fraction of sorting all CAP) and their weighted
+    values."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -227,13 +297,22 @@ def _select(
     row_ok, d_ok = rows < q_len, offs_d < head_dim
     line = (pid_bh * q_len + rows).to(tl.int64)
     count = tl.load(n_ptr + line, mask=row_ok, other=0)
-    slots = tl.arange(0, CAP)
-    filled = slots[None, :] < count[:, None]
-    candidates = tl.load(c_ptr + line[:, None] * CAP + slots[None, :], mask=filled, other=EMPTY)
-    best = tl.topk(candidates, K_PAD)
+    if CAP > 2 * K_PAD and tl.max(count) <= 2 * K_PAD:
+        best = _best(c_ptr, line, count, K_PAD, CAP, 2 * K_PAD)
+    else:
+        best = _best(c_ptr, line, count, K_PAD, CAP, CAP)
     v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
     _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, row_ok, offs_d, d_ok,
-            i_ptr, w_ptr, line, TOP_K, K_PAD, BLOCK_M, BLOCK_D, KEEP)  # fmt: skip
+            i_ptr, w_ptr, line, TOP_K, K_PAD, BLOCK_M, BLOCK_D, GATHER)  # fmt: skip
+
+
+@triton.jit
+def _best(c_ptr, line, count, K_PAD: tl.constexpr, CAP: tl.constexpr, SLOTS: tl.constexpr):
+    """The K_PAD best of each row's first SLOTS candidate slots, sorted (EMPTY past the filled ones)."""
+    slots = tl.arange(0, SLOTS)
+    filled = slots[None, :] < count[:, None]
+    candidates = tl.load(c_ptr + line[:, None] * CAP + slots[None, :], mask=filled, other=EMPTY)
+    return tl.topk(candidates, K_PAD)
 
 
 @triton.jit
@@ -243,7 +322,7 @@ def _streaming(
     stride_ob, stride_oh, stride_om,
     heads, group, q_len, k_len, offset, head_dim, scale,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAP: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, KEEP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, GATHER: tl.constexpr,
 ):  # fmt: skip
     """The overflow path: every row's running K_PAD best, merged with each key block's by tl.topk
     (a key block reaches the merge only when one of its scores beats a row's k-th best so far;
@@ -259,7 +338,7 @@ def _streaming(
         _stream_rows(q_ptr, k_ptr, v_ptr, o_ptr, i_ptr, w_ptr, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh,
                      stride_kn, stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, group, k_len, offset,
                      scale, pid_m, b, h, rows, row_ok, overflowed, line, offs_d, d_ok, TOP_K, K_PAD, CAUSAL, BLOCK_M,
-                     BLOCK_N, BLOCK_D, PRECISION, UPCAST, KEEP)  # fmt: skip
+                     BLOCK_N, BLOCK_D, PRECISION, UPCAST, GATHER)  # fmt: skip
 
 
 @triton.jit
@@ -268,7 +347,7 @@ def _stream_rows(
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om, group, k_len, offset, scale,
     pid_m, b, h, rows, row_ok, store, line, offs_d, d_ok,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, KEEP: tl.constexpr,
+    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, GATHER: tl.constexpr,
 ):  # fmt: skip
     """The streaming selection of one block of rows; the output of the rows in ``store``."""
     ranks = tl.arange(0, K_PAD)
@@ -287,7 +366,7 @@ def _stream_rows(
             kth = _column(best, ranks, TOP_K - 1)
     v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
     _attend(best, v_base, stride_vn, o_ptr, stride_ob, stride_oh, stride_om, b, h, rows, store, offs_d, d_ok,
-            i_ptr, w_ptr, line, TOP_K, K_PAD, BLOCK_M, BLOCK_D, KEEP)  # fmt: skip
+            i_ptr, w_ptr, line, TOP_K, K_PAD, BLOCK_M, BLOCK_D, GATHER)  # fmt: skip
 
 
 @triton.jit
@@ -344,17 +423,17 @@ def topk_attention(
 ) -> torch.Tensor:
     """Top-k attention of ``q [B, H, Lq, D]`` over ``k, v [B, H_kv, Lk, D]`` (bottom-right causal).
 
-    Differentiable: when autograd records (an input requires grad), the forward also keeps each
-    query's kept keys and weights (O(n · k)) and :func:`_backward` gives the gradients."""
+    Differentiable: when autograd records (an input requires grad), the forward's record of each
+    query's kept keys and weights is kept for :func:`_backward`."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return _TopKFunction.apply(q, k, v, top_k, causal, scale)
-    return _forward(q, k, v, top_k=top_k, causal=causal, scale=scale, keep=False)[0]
+    return _forward(q, k, v, top_k=top_k, causal=causal, scale=scale)[0]
 
 
 def _forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, top_k: int, causal: bool, scale: float, keep: bool
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The output, and with ``keep`` each query's kept keys ``[B · H · Lq, K_PAD]`` (−1 past them) and
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, top_k: int, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The output and its record: each query's kept keys ``[B · H · Lq, K_PAD]`` (−1 past them) and
     their softmax weights."""
     launch = Launch.of(q, k, v, top_k=top_k, causal=causal, scale=scale)
     _, candidates, counts = _first_passes(q, k, launch, top_k)
@@ -364,18 +443,20 @@ def _forward(
     out = torch.empty_like(q)
     o_strides = (out.stride(0), out.stride(1), out.stride(2))
     lines = batch * heads * q_len
-    index = torch.empty(lines, k_pad, device=q.device, dtype=torch.int32) if keep else None
-    weight = torch.empty(lines, k_pad, device=q.device, dtype=torch.float32) if keep else None
-    # Without KEEP the kernels never touch these two pointers: any tensor stands in.
-    kept = (index, weight) if index is not None and weight is not None else (counts, counts)
+    index = torch.empty(lines, k_pad, device=q.device, dtype=torch.int32)
+    weight = torch.empty(lines, k_pad, device=q.device, dtype=torch.float32)
+    gather = min(GATHER, k_pad)
+    block_d = launch.shape["BLOCK_D"]
     _select[(triton.cdiv(q_len, SELECT_BLOCK_M), batch * heads)](
-        v, out, candidates, counts, *kept, *v_strides, *o_strides, heads, heads // k.shape[1], q_len, head_dim,
-        TOP_K=top_k, K_PAD=k_pad, CAP=cap, KEEP=keep, **(launch.shape | {"BLOCK_M": SELECT_BLOCK_M}),
+        v, out, candidates, counts, index, weight, *v_strides, *o_strides, heads, heads // k.shape[1], q_len,
+        head_dim, TOP_K=top_k, K_PAD=k_pad, CAP=cap, BLOCK_M=SELECT_BLOCK_M, BLOCK_D=block_d, GATHER=gather,
     )  # fmt: skip
     # 8 warps: with 4 the streaming kernel spills at k = 32 (compiled for sm_90 without a GPU).
-    _streaming[launch.grid](q, k, v, out, counts, *kept, *launch.q_strides, *launch.k_strides, *v_strides,
-                            *o_strides, *launch.sizes, TOP_K=top_k, K_PAD=k_pad, CAP=cap, KEEP=keep,
-                            BLOCK_N=max(BLOCK_N, k_pad), **launch.shape, **launch.scoring, num_warps=8)  # fmt: skip
+    _streaming[(triton.cdiv(q_len, STREAM_BLOCK_M), batch * heads)](
+        q, k, v, out, counts, index, weight, *launch.q_strides, *launch.k_strides, *v_strides, *o_strides,
+        *launch.sizes, TOP_K=top_k, K_PAD=k_pad, CAP=cap, BLOCK_N=max(BLOCK_N, k_pad), BLOCK_M=STREAM_BLOCK_M,
+        BLOCK_D=block_d, GATHER=gather, **launch.scoring, num_warps=8,
+    )  # fmt: skip
     return out, index, weight
 
 
@@ -385,7 +466,7 @@ class _TopKFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top_k: int, causal: bool,
                 scale: float) -> torch.Tensor:  # fmt: skip
-        out, index, weight = _forward(q, k, v, top_k=top_k, causal=causal, scale=scale, keep=True)
+        out, index, weight = _forward(q, k, v, top_k=top_k, causal=causal, scale=scale)
         ctx.save_for_backward(q, k, v, out, index, weight)
         ctx.top_k, ctx.scale = top_k, scale
         return out
@@ -424,10 +505,11 @@ def _first_passes(
     candidates = torch.empty(lines, CAP_PER_K * triton.next_power_of_2(top_k), device=q.device, dtype=torch.int64)
     counts = torch.empty(lines, device=q.device, dtype=torch.int32)
     common = (*launch.q_strides, *launch.k_strides, *launch.sizes)
-    _threshold[launch.grid](q, k, threshold, *common, TOP_K=top_k, BLOCK_N=LANES, **launch.shape,
+    even_d = q.shape[3] == launch.shape["BLOCK_D"]
+    _threshold[launch.grid](q, k, threshold, *common, TOP_K=top_k, BLOCK_N=LANES, EVEN_D=even_d, **launch.shape,
                             **launch.scoring)  # fmt: skip
     _candidates[launch.grid](q, k, threshold, candidates, counts, *common, CAP=candidates.shape[1], BLOCK_N=BLOCK_N,
-                             **launch.shape, **launch.scoring)  # fmt: skip
+                             EVEN_D=even_d, **launch.shape, **launch.scoring)  # fmt: skip
     return threshold, candidates, counts
 
 
