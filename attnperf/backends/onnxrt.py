@@ -222,6 +222,18 @@ class OnnxRuntimeCuda(OnnxRuntime):
     # from 1.31 (pip download --no-deps onnxruntime-gpu==1.31.1: 255.6 MB for CPython 3.11, x86_64).
     install_hint = "onnxruntime-gpu"
     install_detail = "the 1.31.1 wheel for CUDA 13 is 256 MB"
+    #: The most scores (B·H·Lq·Lk) the exported graph may materialize on this provider. At 16k tokens
+    #: and 16 heads (4.3·10⁹, float16) its Cast of the scores stopped an H100 with an illegal memory
+    #: access (onnxruntime-gpu 1.31.1), which poisons the process's CUDA context; at 4k (2.7·10⁸) it
+    #: ran. The limit sits where 32-bit element offsets end.
+    max_scores: ClassVar[int] = 2**31 - 1
+
+    def case_reasons(self, mechanism: Mechanism, case: Case) -> list[str]:
+        scores = case.batch * case.heads * case.q_len * case.k_len
+        if isinstance(mechanism, SoftmaxMechanism) and scores > self.max_scores:
+            return [f"the exported graph's {scores:,} scores (B·H·Lq·Lk) exceed 2³¹ − 1 elements, past which "
+                    "ONNX Runtime's CUDA provider stopped with an illegal memory access"]  # fmt: skip
+        return []
 
 
 class OnnxRuntimeTensorRT(OnnxRuntimeCuda):

@@ -13,6 +13,7 @@ GQA, cross and decode shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -217,6 +218,20 @@ def test_onnxruntime_backends_one_provider_each_and_say_why_they_cannot_run() ->
         assert "size not measured" in trt
     half = Case(heads=4, q_len=64, head_dim=16, dtype="float16")
     assert "dtype float16 unsupported" in (BACKENDS["onnxruntime"].supports(MECHANISMS["full"], half) or "")
+
+
+def test_onnxruntime_on_cuda_refuses_graphs_of_more_than_2_31_scores() -> None:
+    """At 16k tokens and 16 heads ONNX Runtime's CUDA provider stopped with an illegal memory access
+    (a poisoned CUDA context ends a sweep): such a case is refused before it runs, linear attention
+    (no scores) is not."""
+    for name in ("onnxruntime-cuda", "onnxruntime-trt"):
+        backend = BACKENDS[name]
+        long = Case(heads=16, q_len=16384, head_dim=128, dtype="float16", device="cuda", causal=True)
+        reasons = backend.case_reasons(MECHANISMS["full"], long)
+        assert reasons == ["the exported graph's 4,294,967,296 scores (B·H·Lq·Lk) exceed 2³¹ − 1 elements, past "
+                           "which ONNX Runtime's CUDA provider stopped with an illegal memory access"], reasons
+        assert backend.case_reasons(MECHANISMS["full"], dataclasses.replace(long, q_len=8192)) == []
+        assert backend.case_reasons(MECHANISMS["linear"], long) == []
 
 
 def test_onnxruntime_session_on_another_provider_than_the_backends_is_refused() -> None:
