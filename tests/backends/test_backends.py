@@ -228,8 +228,10 @@ def test_onnxruntime_on_cuda_refuses_graphs_of_more_than_2_31_scores() -> None:
         backend = BACKENDS[name]
         long = Case(heads=16, q_len=16384, head_dim=128, dtype="float16", device="cuda", causal=True)
         reasons = backend.case_reasons(MECHANISMS["full"], long)
-        assert reasons == ["the exported graph's 4,294,967,296 scores (B·H·Lq·Lk) exceed 2³¹ − 1 elements, past "
-                           "which ONNX Runtime's CUDA provider stopped with an illegal memory access"], reasons
+        assert reasons == [
+            "the exported graph's 4,294,967,296 scores (B·H·Lq·Lk) exceed 2³¹ − 1 elements, past "
+            "which ONNX Runtime's CUDA provider stopped with an illegal memory access"
+        ], reasons
         assert backend.case_reasons(MECHANISMS["full"], dataclasses.replace(long, q_len=8192)) == []
         assert backend.case_reasons(MECHANISMS["linear"], long) == []
 
