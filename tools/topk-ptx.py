@@ -85,7 +85,7 @@ def main() -> None:
     passes = {
         "threshold": (topk._threshold, {"t_ptr": "*fp32"}, {"TOP_K": args.top_k, "BLOCK_N": topk.LANES}),
         "candidates": (topk._candidates, {"t_ptr": "*fp32", "c_ptr": "*i64", "n_ptr": "*i32"},
-                       {"CAP": cap, "BLOCK_N": topk.BLOCK_N}),
+                       {"CAP": cap, "BLOCK_N": topk.CANDIDATE_BLOCK_N}),
     }  # fmt: skip
     threads = 4 * 32
     for name, (fn, pointers, constexprs) in passes.items():

@@ -359,7 +359,7 @@ def test_the_kernels_compile_for_hopper() -> None:
             hopper_compile(
                 topk._candidates,
                 qk | {"t_ptr": "*fp32", "c_ptr": "*i64", "n_ptr": "*i32"},
-                {"CAP": 32, "BLOCK_N": topk.BLOCK_N, "BLOCK_M": topk.BLOCK_M, "EVEN_D": even_d} | scoring,
+                {"CAP": 32, "BLOCK_N": topk.CANDIDATE_BLOCK_N, "BLOCK_M": topk.BLOCK_M, "EVEN_D": even_d} | scoring,
                 4,
             )
         hopper_compile(

@@ -20,7 +20,7 @@ the last key pay for one:
    of small key groups by replacing the smallest instead costs a min, an argmin and a select over
    k per group, which would dominate the whole kernel.)
 2. :func:`_candidates` recomputes the scores and appends those ``≥ t₀ − margin`` to the query's
-   row of ``CAP = CAP_PER_K · k`` packed keys. On ordinary data a row gets about k of them; a row
+   row of ``CAP = CAP_PER_K · k`` packed keys, 32 keys at a time. On ordinary data a row gets about k of them; a row
    with fewer than k lanes has fewer than k keys in all. The margin (2⁻¹² · (|t₀| + 0.001)) covers a
    pass computing a score a few ulps lower than the other: more candidates, never fewer.
 3. :func:`_select` sorts each row's candidates once (``tl.topk``; over the first ``2 · k'`` slots
@@ -49,6 +49,10 @@ import triton.language as tl
 from attnperf.backends.triton.env import interpreted
 
 BLOCK_M = 64
+#: The candidates pass's key block: narrow, so that few blocks have a row taking two keys or more
+#: (each such block costs its tile another append round).
+CANDIDATE_BLOCK_N = 32
+#: The streaming pass's key block.
 BLOCK_N = 64
 #: Pass 2 appends a row's taken keys of a block one round each, up to this many (more: prefix sums).
 ROUNDS = tl.constexpr(3)
@@ -225,22 +229,25 @@ def _append(c_ptr, line, count, scores, keys, take, CAP: tl.constexpr, ROUNDS: t
     """Append a key block's taken scores, packed, to their rows; the rows' counts after it.
 
     A row takes about one key of a block, so when no row of the tile takes more than ROUNDS, each
-    round appends every row's best remaining key (a maximum and a minimum across the block, and
-    one store a row); only a tile with a row past ROUNDS pays for prefix sums and a store per score."""
-    taken = tl.sum(take.to(tl.int32), axis=1)
+    round appends every row's best remaining key (a maximum and a minimum across the block, one
+    store a row) and sets it to −∞; only a tile with a row past ROUNDS pays for prefix sums and a
+    store per score. Only the left scores live across the branch: a boolean tile would be
+    converted to the prefix sums' layout before it, on every block."""
+    left = tl.where(take, scores, float("-inf"))
+    taken = tl.sum(tl.where(take, 1, 0), axis=1)
     most = tl.max(taken)
     if most > ROUNDS:
-        slot = count[:, None] + tl.cumsum(take.to(tl.int32), axis=1) - 1
-        tl.store(c_ptr + line[:, None] * CAP + slot, _pack(scores, keys[None, :]), mask=take & (slot < CAP))
+        taking = left > float("-inf")
+        slot = count[:, None] + tl.cumsum(taking.to(tl.int32), axis=1) - 1
+        tl.store(c_ptr + line[:, None] * CAP + slot, _pack(scores, keys[None, :]), mask=taking & (slot < CAP))
     else:
-        left = take
         for r in tl.static_range(ROUNDS):
             if most > r:
-                best = tl.max(tl.where(left, scores, float("-inf")), axis=1)
-                key = tl.min(tl.where(left & (scores == best[:, None]), keys[None, :], 2147483647), axis=1)
+                best = tl.max(left, axis=1)
+                key = tl.min(tl.where(left == best[:, None], keys[None, :], 2147483647), axis=1)
                 slot = count + r
                 tl.store(c_ptr + line * CAP + slot, _pack(best, key), mask=(taken > r) & (slot < CAP))
-                left = left & (keys[None, :] != key[:, None])
+                left = tl.where(keys[None, :] == key[:, None], float("-inf"), left)
     return count + taken
 
 
@@ -508,8 +515,8 @@ def _first_passes(
     even_d = q.shape[3] == launch.shape["BLOCK_D"]
     _threshold[launch.grid](q, k, threshold, *common, TOP_K=top_k, BLOCK_N=LANES, EVEN_D=even_d, **launch.shape,
                             **launch.scoring)  # fmt: skip
-    _candidates[launch.grid](q, k, threshold, candidates, counts, *common, CAP=candidates.shape[1], BLOCK_N=BLOCK_N,
-                             EVEN_D=even_d, **launch.shape, **launch.scoring)  # fmt: skip
+    _candidates[launch.grid](q, k, threshold, candidates, counts, *common, CAP=candidates.shape[1],
+                             BLOCK_N=CANDIDATE_BLOCK_N, EVEN_D=even_d, **launch.shape, **launch.scoring)  # fmt: skip
     return threshold, candidates, counts
 
 
