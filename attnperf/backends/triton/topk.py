@@ -19,9 +19,10 @@ the last key pay for one:
    the lane maxima: on random scores at 16k about 40 keys reach it. (Keeping the k largest maxima
    of small key groups by replacing the smallest instead costs a min, an argmin and a select over
    k per group, which would dominate the whole kernel.)
-2. :func:`_candidates` recomputes the scores and appends those ``≥ t₀ − margin`` to the query's
-   row of ``CAP = CAP_PER_K · k`` packed keys, 32 keys at a time. On ordinary data a row gets about k of them; a row
-   with fewer than k lanes has fewer than k keys in all. The margin (2⁻¹² · (|t₀| + 0.001)) covers a
+2. :func:`_candidates` recomputes the scores, 32 keys at a time, and appends those ``≥ t₀ −
+   margin`` to the query's row of ``CAP = CAP_PER_K · k`` packed keys (:func:`_append`). On
+   ordinary data a row gets about k of them; a row with fewer than k lanes has fewer than k keys
+   in all. The margin (2⁻¹² · (|t₀| + 0.001)) covers a
    pass computing a score a few ulps lower than the other: more candidates, never fewer.
 3. :func:`_select` sorts each row's candidates once (``tl.topk``; over the first ``2 · k'`` slots
    when no row of the program has more, the usual case) and records each row's kept keys and
