@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from attnperf.backends import BACKENDS
-from attnperf.benchgrid import FORWARD, Grid
+from attnperf.benchgrid import BACKWARD, FORWARD, Grid
 from attnperf.case import DTYPES
 from attnperf.catalog import VARIANTS
 from attnperf.cli.args import OPTION_FLAGS, choices_list, device_arg, grid_of, int_list, positive_float, positive_int
@@ -65,9 +65,10 @@ class Benchmark:
 
     ``variants`` / ``backends``: names, or ``"all"``; ``seq_lens`` and ``batch``: an int or a list;
     ``options``: the mechanism options and head layout of the command's flags (``window``, ``top_k``,
-    ``stride``, ``block``, ``num_global``, ``num_random``, ``kv_heads``). ``mode`` is ``"forward"``:
-    a sweep measures forward points (forward+backward and decode points are the asv suites' and
-    ``attnperf batch``'s). ``cuda_graphs`` also times each call replayed as a CUDA graph.
+    ``stride``, ``block``, ``num_global``, ``num_random``, ``kv_heads``). ``mode``: ``"forward"``, or
+    ``"forward+backward"`` for steps whose gradients are checked first (``attnperf sweep --backward``;
+    decode points are the asv suites' and ``attnperf batch``'s). ``cuda_graphs`` also times each call
+    replayed as a CUDA graph.
     """
 
     def __init__(
@@ -86,8 +87,8 @@ class Benchmark:
         cuda_graphs: bool = False,
         **options: int,
     ) -> None:
-        if mode != FORWARD:
-            raise UsageError(f"mode: a sweep measures {FORWARD!r} points, got {mode!r} (forward+backward and decode "
+        if mode not in (FORWARD, BACKWARD):
+            raise UsageError(f"mode: a sweep measures {FORWARD!r} or {BACKWARD!r} points, got {mode!r} (decode "
                              "points are measured by the asv suites and attnperf batch)")  # fmt: skip
         if not isinstance(cuda_graphs, bool):
             raise UsageError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
@@ -104,6 +105,7 @@ class Benchmark:
         self.grid: Grid = grid_of(args)
         self.repeat: int = _checked("repeat", positive_int, repeat)
         self.cuda_graphs = cuda_graphs
+        self.mode = mode
         self.records: list[Record] = []
 
     def run(self, *, progress: bool = False) -> list[Record]:
@@ -119,7 +121,8 @@ class Benchmark:
             def bar(points: Iterable[Any]) -> Iterable[Any]:
                 return tqdm(points, desc="sweep", unit="point")
 
-        self.records = run_sweep(self.grid, repeat=self.repeat, progress=bar, cuda_graph=self.cuda_graphs)
+        self.records = run_sweep(self.grid, repeat=self.repeat, progress=bar, cuda_graph=self.cuda_graphs,
+                                 mode=self.mode)  # fmt: skip
         return self.records
 
     def _measured(self) -> list[Record]:

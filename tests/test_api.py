@@ -89,13 +89,22 @@ def test_the_benchmark_builds_the_grid_the_command_builds() -> None:
         ({"device": "tpu"}, r"device: expected cpu or cuda\[:N\], got 'tpu'"),
         ({"heads": 6, "kv_heads": 4}, r"--kv-heads 4: must divide --heads 6 \(allowed: 1, 2, 3, 6\)"),
         ({"windw": 8}, r"unknown options \['windw'\]; allowed: window, top_k"),
-        ({"mode": "decode"}, r"mode: a sweep measures 'forward' points, got 'decode'"),
+        ({"mode": "decode"}, r"mode: a sweep measures 'forward' or 'forward\+backward' points, got 'decode'"),
         ({"cuda_graphs": True}, r"cuda_graphs needs device cuda \(got cpu\)"),
     ],
 )
 def test_bad_arguments_get_the_commands_messages(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         attnperf.Benchmark(**arguments)
+
+
+def test_a_backward_benchmark_times_checked_steps() -> None:
+    records = attnperf.Benchmark("causal", ["eager", "tiled"], 64, heads=2, head_dim=16, repeat=3,
+                                 mode="forward+backward").run()  # fmt: skip
+    assert [(r.backend, r.mode, r.status.value) for r in records] == [
+        ("eager", "forward+backward", "ok"), ("tiled", "forward+backward", "ok"),
+    ]  # fmt: skip
+    assert all(r.median_s and r.useful_tflops for r in records)
 
 
 def test_bad_tuner_arguments_and_nothing_measured_yet() -> None:
