@@ -289,7 +289,9 @@ class Refusal:
 
 def memory_refusal(spec: PointSpec, case: Case) -> Refusal | None:
     """The refusal when the point's inputs, output and predicted peak exceed the memory the device
-    has free now; None when it fits or nothing is known."""
+    has free now; None when it fits or nothing is known. The prediction is the forward's: for a
+    forward+backward step a lower bound (the analyzer has no backward model), so a step whose
+    forward fits and whose backward does not ends as ``oom`` instead, and the run goes on."""
     available = available_bytes(case.device)
     if available is None:
         return None

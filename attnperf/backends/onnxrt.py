@@ -222,18 +222,31 @@ class OnnxRuntimeCuda(OnnxRuntime):
     # from 1.31 (pip download --no-deps onnxruntime-gpu==1.31.1: 255.6 MB for CPython 3.11, x86_64).
     install_hint = "onnxruntime-gpu"
     install_detail = "the 1.31.1 wheel for CUDA 13 is 256 MB"
-    #: The most scores (B·H·Lq·Lk) the exported graph may materialize on this provider. At 16k tokens
-    #: and 16 heads (4.3·10⁹, float16) its Cast of the scores stopped an H100 with an illegal memory
-    #: access (onnxruntime-gpu 1.31.1), which poisons the process's CUDA context; at 4k (2.7·10⁸) it
-    #: ran. The limit sits where 32-bit element offsets end.
-    max_scores: ClassVar[int] = 2**31 - 1
+    #: The most elements one tensor of the exported graph may hold on this provider. At 16k tokens
+    #: and 16 heads (4.3·10⁹ scores, float16) its Cast of the scores stopped an H100 with an illegal
+    #: memory access (onnxruntime-gpu 1.31.1), which poisons the process's CUDA context; at 4k
+    #: (2.7·10⁸) it ran. The limit sits where 32-bit element offsets end; between the two, 8k
+    #: (1.1·10⁹) was not run.
+    max_elements: ClassVar[int] = 2**31 - 1
 
     def case_reasons(self, mechanism: Mechanism, case: Case) -> list[str]:
-        scores = case.batch * case.heads * case.q_len * case.k_len
-        if isinstance(mechanism, SoftmaxMechanism) and scores > self.max_scores:
-            return [f"the exported graph's {scores:,} scores (B·H·Lq·Lk) exceed 2³¹ − 1 elements, past which "
-                    "ONNX Runtime's CUDA provider stopped with an illegal memory access"]  # fmt: skip
+        largest = largest_tensor(mechanism, case)
+        if largest is not None and largest[1] > self.max_elements:
+            name, elements = largest
+            return [f"the exported graph's {name} hold {elements:,} elements, past 2³¹ − 1, where ONNX Runtime's "
+                    "CUDA provider stopped with an illegal memory access"]  # fmt: skip
         return []
+
+
+def largest_tensor(mechanism: Mechanism, case: Case) -> tuple[str, int] | None:
+    """The exported eager graph's largest intermediate that grows with the length: the scores
+    (B·H·Lq·Lk) of a softmax mechanism, causal linear attention's running states (B·H·Lk·D·D);
+    None when none grows past O(n·D)."""
+    if isinstance(mechanism, SoftmaxMechanism):
+        return "scores (B·H·Lq·Lk)", case.batch * case.heads * case.q_len * case.k_len
+    if case.causal:
+        return "running states (B·H·Lk·D·D)", case.batch * case.heads * case.k_len * case.head_dim**2
+    return None
 
 
 class OnnxRuntimeTensorRT(OnnxRuntimeCuda):

@@ -220,20 +220,24 @@ def test_onnxruntime_backends_one_provider_each_and_say_why_they_cannot_run() ->
     assert "dtype float16 unsupported" in (BACKENDS["onnxruntime"].supports(MECHANISMS["full"], half) or "")
 
 
-def test_onnxruntime_on_cuda_refuses_graphs_of_more_than_2_31_scores() -> None:
+def test_onnxruntime_on_cuda_refuses_graphs_with_a_tensor_of_more_than_2_31_elements() -> None:
     """At 16k tokens and 16 heads ONNX Runtime's CUDA provider stopped with an illegal memory access
-    (a poisoned CUDA context ends a sweep): such a case is refused before it runs, linear attention
-    (no scores) is not."""
+    (a poisoned CUDA context ends a sweep): such a case is refused before it runs, for the softmax
+    scores and for causal linear attention's running states of the same size; non-causal linear
+    attention (no tensor past O(n·D)) is not."""
     for name in ("onnxruntime-cuda", "onnxruntime-trt"):
         backend = BACKENDS[name]
         long = Case(heads=16, q_len=16384, head_dim=128, dtype="float16", device="cuda", causal=True)
         reasons = backend.case_reasons(MECHANISMS["full"], long)
         assert reasons == [
-            "the exported graph's 4,294,967,296 scores (B·H·Lq·Lk) exceed 2³¹ − 1 elements, past "
-            "which ONNX Runtime's CUDA provider stopped with an illegal memory access"
+            "the exported graph's scores (B·H·Lq·Lk) hold 4,294,967,296 elements, past 2³¹ − 1, where ONNX "
+            "Runtime's CUDA provider stopped with an illegal memory access"
         ], reasons
         assert backend.case_reasons(MECHANISMS["full"], dataclasses.replace(long, q_len=8192)) == []
-        assert backend.case_reasons(MECHANISMS["linear"], long) == []
+        linear = backend.case_reasons(MECHANISMS["linear"], long)
+        assert len(linear) == 1, linear
+        assert "running states (B·H·Lk·D·D) hold 4,294,967,296 elements" in linear[0], linear
+        assert backend.case_reasons(MECHANISMS["linear"], dataclasses.replace(long, causal=False)) == []
 
 
 def test_onnxruntime_session_on_another_provider_than_the_backends_is_refused() -> None:

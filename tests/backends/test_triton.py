@@ -107,7 +107,7 @@ out.backward(grad)
 v64 = v.detach().double().requires_grad_(True)
 reference = get_mechanism("topk").weights(q.double(), k.double(), case) @ v64  # .reference detaches its inputs
 reference.backward(grad.double())
-overflow = max(relative_error(out, reference), relative_error(v.grad, v64.grad))
+overflow = max(relative_error(out.detach(), reference), relative_error(v.grad, v64.grad))
 
 # The threshold on random inputs, past one block of lanes (400 keys, 128 lanes), causal and not:
 # never above a row's k-th largest score (it would drop a key the row keeps), and few candidates a
@@ -138,7 +138,38 @@ for causal in (False, True):
         sorted(keys[row, : counts[row]].tolist()) == (scores[row] >= floor[row]).nonzero().flatten().tolist()
         for row in range(scores.shape[0])
     )
-print(json.dumps({"ties": ties, "overflow": overflow, "passes": passes}))
+# Scores of -inf (a key with -inf against positive queries) are never candidates: a row counts only the
+# keys it stores, on the prefix-sum path (6 keys, k 8: every finite key taken) and the rounds' (3 keys).
+# Scores of +inf: t0 = +inf must stay +inf (a margin of inf - inf would take nothing).
+gen = torch.Generator().manual_seed(seed)
+q = torch.rand(1, 1, 2, 16, generator=gen) + 0.1
+edges = {}
+for keys, minus, top_k in ((6, (2,), 8), (3, (0, 1), 4)):
+    k = torch.randn(1, 1, keys, 16, generator=gen)
+    v = torch.randn(1, 1, keys, 16, generator=gen)
+    for j in minus:
+        k[0, 0, j] = 0
+        k[0, 0, j, 0] = float("-inf")
+    t0, candidates, counts = first_passes(q, k, top_k=top_k, causal=False, scale=0.25)
+    out = topk_attention(q, k, v, top_k=top_k, causal=False, scale=0.25)
+    reference = torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.25, -1) @ v.double()  # all kept
+    edges[f"minus-{keys}"] = {"counts": counts.tolist(), "error": relative_error(out, reference)}
+k = torch.randn(1, 1, 40, 16, generator=gen)
+for j in (3, 7, 9, 11, 20):
+    k[0, 0, j] = 0
+    k[0, 0, j, 0] = float("inf")
+t0, candidates, counts = first_passes(q, k, top_k=4, causal=False, scale=0.25)
+edges["plus"] = {"t0": t0.tolist(), "counts": counts.tolist()}
+# The backward into a query tensor that is a view (q of a fused qkv projection): dq has strides of its own.
+base = torch.randn(1, 2, 40, 48, generator=gen)
+q = base[..., :16].requires_grad_(True)
+k, v = (torch.randn(1, 2, 40, 16, generator=gen).requires_grad_(True) for _ in range(2))
+grad = torch.randn(1, 2, 40, 16, generator=gen)
+topk_attention(q, k, v, top_k=4, causal=True, scale=0.25).backward(grad)
+dense = q.detach().clone().requires_grad_(True)
+topk_attention(dense, k.detach(), v.detach(), top_k=4, causal=True, scale=0.25).backward(grad)
+edges["view_dq"] = float((q.grad - dense.grad).abs().max())
+print(json.dumps({"ties": ties, "overflow": overflow, "passes": passes, "edges": edges}))
 """
 
 
@@ -154,6 +185,14 @@ def test_triton_kernels_match_the_float64_reference_in_the_interpreter() -> None
         assert result["status"] == "ok", (mechanism, shape, result, f"seed {SEED}")
     assert ties["ties"] < 1e-5, ties
     assert ties["overflow"] < 1e-5, ties
+    edges = ties["edges"]
+    assert edges["minus-6"]["counts"] == [5, 5], edges  # the finite keys, each stored
+    assert edges["minus-3"]["counts"] == [1, 1], edges
+    assert edges["minus-6"]["error"] < 1e-5, edges
+    assert edges["minus-3"]["error"] < 1e-5, edges
+    assert edges["plus"]["t0"] == [float("inf")] * 2, edges
+    assert edges["plus"]["counts"] == [5, 5], edges  # the five +inf keys: candidates, not none
+    assert edges["view_dq"] == 0.0, edges
     for causal, passes in ties["passes"].items():
         assert passes["below_kth"], (causal, passes)
         assert passes["max_count"] <= passes["slots"], (causal, passes)

@@ -222,7 +222,7 @@ def _threshold(
         t0 = tl.where(needed > 0, top, t0)
         needed -= tl.sum(at_top.to(tl.int32), axis=1)
         lane_max = tl.where(at_top, float("-inf"), lane_max)
-    tl.store(t_ptr + pid_bh * q_len + rows, t0 * scale, mask=row_ok)
+    tl.store(t_ptr + pid_bh.to(tl.int64) * q_len + rows, t0 * scale, mask=row_ok)
 
 
 @triton.jit
@@ -234,8 +234,8 @@ def _append(c_ptr, line, count, scores, keys, take, CAP: tl.constexpr, ROUNDS: t
     store a row) and sets it to −∞; only a tile with a row past ROUNDS pays for prefix sums and a
     store per score. Only the left scores live across the branch: a boolean tile would be
     converted to the prefix sums' layout before it, on every block."""
-    left = tl.where(take, scores, float("-inf"))
-    taken = tl.sum(tl.where(take, 1, 0), axis=1)
+    left = tl.where(take, scores, float("-inf"))  # a key scoring −∞ is never a candidate (its weight is 0)
+    taken = tl.sum(tl.where(left > float("-inf"), 1, 0), axis=1)
     most = tl.max(taken)
     if most > ROUNDS:
         taking = left > float("-inf")
@@ -269,9 +269,9 @@ def _candidates(
     row_ok, d_ok = rows < q_len, offs_d < head_dim
     q = _queries(q_ptr, stride_qb, stride_qh, stride_qm, b, h, rows, row_ok, offs_d, d_ok, UPCAST)
     k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
-    line = (pid_bh * q_len + rows).to(tl.int64)
+    line = pid_bh.to(tl.int64) * q_len + rows
     t0 = tl.load(t_ptr + line, mask=row_ok, other=0.0)
-    t0 = t0 - (tl.abs(t0) + 0.001) * 0.000244140625  # the margin, 2⁻¹² relative: −∞ stays −∞
+    t0 = tl.where(t0 < float("inf"), t0 - (tl.abs(t0) + 0.001) * 0.000244140625, t0)  # margin 2⁻¹²; ±∞ stay
     t0 = tl.where(row_ok, t0, float("inf"))  # rows past q_len take nothing from the unmasked blocks
     count = tl.zeros([BLOCK_M], dtype=tl.int32)
     full_end = _full_end(pid_m, k_len, offset, CAUSAL, BLOCK_M, BLOCK_N)
@@ -303,7 +303,7 @@ def _select(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok, d_ok = rows < q_len, offs_d < head_dim
-    line = (pid_bh * q_len + rows).to(tl.int64)
+    line = pid_bh.to(tl.int64) * q_len + rows
     count = tl.load(n_ptr + line, mask=row_ok, other=0)
     if CAP > 2 * K_PAD and tl.max(count) <= 2 * K_PAD:
         best = _best(c_ptr, line, count, K_PAD, CAP, 2 * K_PAD)
@@ -340,7 +340,7 @@ def _streaming(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok, d_ok = rows < q_len, offs_d < head_dim
-    line = (pid_bh * q_len + rows).to(tl.int64)
+    line = pid_bh.to(tl.int64) * q_len + rows
     overflowed = row_ok & (tl.load(n_ptr + line, mask=row_ok, other=0) > CAP)
     if tl.max(overflowed.to(tl.int32)) > 0:
         _stream_rows(q_ptr, k_ptr, v_ptr, o_ptr, i_ptr, w_ptr, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh,
@@ -381,7 +381,7 @@ def _stream_rows(
 def _backward(
     q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, i_ptr, w_ptr, dq_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    stride_ob, stride_oh, stride_om, stride_gb, stride_gh, stride_gm,
+    stride_ob, stride_oh, stride_om, stride_gb, stride_gh, stride_gm, stride_db, stride_dh, stride_dm,
     heads, group, q_len, k_len, head_dim, scale,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -395,7 +395,7 @@ def _backward(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok, d_ok = rows < q_len, offs_d < head_dim
-    line = (pid_bh * q_len + rows).to(tl.int64)
+    line = pid_bh.to(tl.int64) * q_len + rows
     at = rows[:, None] * stride_qm + offs_d[None, :]
     both = row_ok[:, None] & d_ok[None, :]
     q = tl.load(q_ptr + b * stride_qb + h * stride_qh + at, mask=both, other=0.0).to(tl.float32)
@@ -423,7 +423,8 @@ def _backward(
         grad_row = (kv * k_len + key.to(tl.int64))[:, None] * head_dim + offs_d[None, :]
         tl.atomic_add(dk_ptr + grad_row, (scale * ds)[:, None] * q, mask=gather)
         tl.atomic_add(dv_ptr + grad_row, p[:, None] * do, mask=gather)
-    tl.store(dq_ptr + b * stride_qb + h * stride_qh + at, (scale * dq).to(dq_ptr.dtype.element_ty), mask=both)
+    dq_at = b * stride_db + h * stride_dh + rows[:, None] * stride_dm + offs_d[None, :]
+    tl.store(dq_ptr + dq_at, (scale * dq).to(dq_ptr.dtype.element_ty), mask=both)
 
 
 def topk_attention(
@@ -484,10 +485,10 @@ class _TopKFunction(torch.autograd.Function):
         q, k, v, out, index, weight = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         batch, heads, q_len, head_dim = q.shape
-        dq = torch.empty_like(q)
-        dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
+        dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+        dk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)  # contiguous: the kernel's layout
         dv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
-        strides = [t.stride(i) for t in (q, k, v, out, grad_out) for i in range(3)]
+        strides = [t.stride(i) for t in (q, k, v, out, grad_out, dq) for i in range(3)]
         _backward[(triton.cdiv(q_len, BACKWARD_BLOCK_M), batch * heads)](
             q, k, v, out, grad_out, index, weight, dq, dk, dv, *strides,
             heads, heads // k.shape[1], q_len, k.shape[2], head_dim, ctx.scale,
