@@ -33,6 +33,9 @@
 #                     the Triton and BigBird CUDA tests, the CUDA-graph tests, flash-attn-4's checks, top-k at 16k
 #                     (beside dense causal) and 64k, BigBird's one call from 16k to 128k, the 16k profiles, and
 #                     BigBird's two flash-attn-4 paths (tools/gpu-probes.py bigbird-blocksparse)
+#   last-mile         issue 32's rows: top-k against the best dense causal at 16k and 64k, the backward (--backward)
+#                     of top-k and of the sparse patterns against their forwards, decode over 1k-128k caches directly
+#                     and as CUDA graphs, top-k's kernels at 16k
 #   cp                context parallelism on two GPUs of one host (tools/cp-two-gpus.sh): the check,
 #                     the 1-vs-2-GPU table and the longest sequence each holds, into $OUT/cp
 #   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf history run), asv publish
@@ -243,6 +246,17 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
     timeout 120 python3 tools/gpu-probes.py bigbird-blocksparse --json "$OUT/probe-bigbird-blocksparse.json" \
       > "$OUT/probe-bigbird-blocksparse.txt" 2>&1
     echo "probe bigbird-blocksparse exit $?"; cat "$OUT/probe-bigbird-blocksparse.txt" ;;
+  last-mile)
+    # issue 32's rows: top-k against the best dense causal at 16k and 64k, the backward of top-k and of the sparse
+    # patterns against their forwards (--backward: gradients checked first), decode over 1k-128k caches directly and
+    # as graphs, top-k's kernels
+    mech 150 lastmile-topk16k --variants topk,causal --seq-lens 16384 --backends triton,sdpa-cudnn,flash-attn3,flash-attn4
+    mech 150 lastmile-topk64k --variants topk,causal --seq-lens 65536 --backends triton,sdpa-cudnn,flash-attn3,flash-attn4
+    mech 150 lastmile-bwd --backward --variants topk,strided,bigbird,alibi,causal --seq-lens 16384 --backends triton,flex,sdpa-cudnn
+    mech 120 lastmile-fwd --variants strided,bigbird,alibi,causal --seq-lens 16384 --backends flex,flash-attn4
+    mech 120 lastmile-decode --variants decode --seq-lens 1024,2048,4096,16384,32768,131072 --cuda-graphs \
+      --backends sdpa-cudnn,sdpa-flash,flash-attn3,flash-attn4
+    profile16k 120 topk triton ;;
   cp)
     (( $(python3 -c "import torch; print(torch.cuda.device_count())") >= 2 )) || { echo "cp needs two GPUs"; continue; }
     OUT=$OUT/cp timeout "${CP_TIMEOUT_S:-1050}" bash tools/cp-two-gpus.sh > "$OUT/cp.log" 2>&1; echo "cp exit $?"
