@@ -35,7 +35,8 @@ bitonic ``tl.topk`` merge per key block: exact for any input, several times slow
 launched and its programs stop at once when none of their rows overflowed: no host
 synchronization, so a call can be captured in a CUDA graph. Scores are
 ``q kᵀ · scale`` accumulated in float32 (IEEE products for float32 inputs; half inputs'
-products are exact in float32), the selection the mechanism documents.
+products are exact in float32), the selection the mechanism documents. A key scoring −∞ (from
+infinite inputs) is never a candidate: its softmax weight is 0 wherever it would rank.
 """
 
 from __future__ import annotations
