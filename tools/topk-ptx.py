@@ -83,7 +83,8 @@ def main() -> None:
     k_pad = 1 << (args.top_k - 1).bit_length()
     cap = topk.CAP_PER_K * k_pad
     passes = {
-        "threshold": (topk._threshold, {"t_ptr": "*fp32"}, {"TOP_K": args.top_k, "BLOCK_N": topk.LANES}),
+        "threshold": (topk._threshold, {"t_ptr": "*fp32"},
+                      {"TOP_K": args.top_k, "K_PAD": k_pad, "BLOCK_N": topk.LANES, "SORT": True}),
         "candidates": (topk._candidates, {"t_ptr": "*fp32", "c_ptr": "*i64", "n_ptr": "*i32"},
                        {"CAP": cap, "BLOCK_N": topk.CANDIDATE_BLOCK_N}),
     }  # fmt: skip

@@ -249,6 +249,43 @@ print(json.dumps({"forward": errors, "grads": grads, "exports": exports}))
 """
 
 
+SORT_SCRIPT = """
+import json
+import torch
+from attnperf.backends.triton import topk
+from attnperf.case import Case, make_inputs
+
+# One program of 64 queries (the sort takes the interpreter about 20 s a program): causal, so that
+# rows 0-3 see fewer lanes than k (t0 = -inf), with ties among the lane maxima (exact inputs). The
+# passes differ only in how they read the k-th largest of the lane maxima, which this exercises.
+case = Case(heads=1, q_len=64, kv_len=64, head_dim=16, top_k=5, causal=True)
+q, k, _ = make_inputs(case, seed=0)
+k.copy_((k * 2).round() / 2)
+q.copy_((q * 2).round() / 2)
+launch = topk.Launch.of(q, k, None, top_k=5, causal=True, scale=case.scale)
+found = []
+for sort in (False, True):
+    t0 = torch.empty(64)
+    topk._threshold[launch.grid](q, k, t0, *launch.q_strides, *launch.k_strides, *launch.sizes, TOP_K=5, K_PAD=8,
+                                 BLOCK_N=topk.LANES, EVEN_D=True, SORT=sort, **launch.shape, **launch.scoring)
+    found.append(t0.tolist())
+print(json.dumps(found))
+"""
+
+
+def test_the_thresholds_sort_takes_the_same_lane_maximum_as_the_loop_in_the_interpreter() -> None:
+    """Compiled, pass 1 takes the k-th largest lane maximum by a partial sort; interpreted, by taking
+    the largest out k times (the sort is too slow there): both must give every row the same t0."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", SORT_SCRIPT], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loop, sort = json.loads(proc.stdout.splitlines()[-1])
+    assert loop == sort
+    assert loop[:4] == [float("-inf")] * 4  # rows 0-3 see 1-4 keys, fewer than k = 5
+    assert len(set(loop[4:])) > 16, "the rows' thresholds differ"
+
+
 def test_the_rope_rotation_kernel_matches_the_eager_rotation_in_the_interpreter() -> None:
     """The rotation every CUDA backend times for RoPE: both layouts, three dtypes, a strided input,
     partial blocks, and its gradient (the inverse rotation) against autograd's of the eager one."""
@@ -392,9 +429,10 @@ def test_the_kernels_compile_for_hopper() -> None:
             hopper_compile(
                 topk._threshold,
                 qk | {"t_ptr": "*fp32"},
-                {"TOP_K": 4, "BLOCK_N": topk.LANES, "BLOCK_M": topk.BLOCK_M, "EVEN_D": even_d} | scoring,
+                {"TOP_K": 3, "K_PAD": 4, "BLOCK_N": topk.LANES, "BLOCK_M": topk.BLOCK_M, "EVEN_D": even_d,
+                 "SORT": even_d} | scoring,
                 4,
-            )
+            )  # fmt: skip
             hopper_compile(
                 topk._candidates,
                 qk | {"t_ptr": "*fp32", "c_ptr": "*i64", "n_ptr": "*i32"},

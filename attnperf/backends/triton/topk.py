@@ -12,13 +12,14 @@ the last key pay for one:
 
 1. :func:`_threshold` keeps, per query, the maximum of each of ``LANES`` lanes (lane c holds the
    keys ≡ c mod LANES: one elementwise maximum per product, scaled once at the end, which keeps
-   the order since scale > 0) and takes the TOP_K-th largest of them as ``t₀`` (at the end, the
-   largest left taken out k times). TOP_K lanes reach ``t₀`` with distinct keys, so ``t₀`` is a
-   lower bound of the k-th largest score and no score below it can be kept; a query with fewer
-   than k lanes seen keeps ``t₀ = −∞``. With 128 lanes and k = 32 ``t₀`` is the upper quartile of
-   the lane maxima: on random scores at 16k about 40 keys reach it. (Keeping the k largest maxima
-   of small key groups by replacing the smallest instead costs a min, an argmin and a select over
-   k per group, which would dominate the whole kernel.)
+   the order since scale > 0) and takes the TOP_K-th largest of them as ``t₀`` (at the end: one
+   partial sort of the lanes compiled, the largest left taken out k times interpreted). TOP_K
+   lanes reach ``t₀`` with distinct keys, so ``t₀`` is a lower bound of the k-th largest score and
+   no score below it can be kept; a query with fewer than k lanes seen keeps ``t₀ = −∞``. With 128
+   lanes and k = 32 ``t₀`` is the upper quartile of the lane maxima: on random scores at 16k about
+   40 keys reach it. (Keeping the k largest maxima of small key groups by replacing the smallest
+   instead costs a min, an argmin and a select over k per group, which would dominate the whole
+   kernel.)
 2. :func:`_candidates` recomputes the scores, 32 keys at a time, and appends those ``≥ t₀ −
    margin`` to the query's row of ``CAP = CAP_PER_K · k`` packed keys (:func:`_append`). On
    ordinary data a row gets about k of them; a row with fewer than k lanes has fewer than k keys
@@ -192,8 +193,8 @@ def _threshold(
     q_ptr, k_ptr, t_ptr,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     heads, group, q_len, k_len, offset, head_dim, scale,
-    TOP_K: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, SORT: tl.constexpr,
 ):  # fmt: skip
     """Pass 1: ``t₀`` per query, the TOP_K-th largest of its BLOCK_N lane maxima (−∞ with fewer lanes seen)."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
@@ -213,16 +214,20 @@ def _threshold(
         dots, seen = _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offset, 1.0,
                              CAUSAL, PRECISION, UPCAST)  # fmt: skip
         lane_max = tl.maximum(lane_max, tl.where(seen, dots, float("-inf")))
-    # The TOP_K-th largest lane maximum, equal ones counted: the largest left, taken out TOP_K times at
-    # most (a tl.sort of the lanes, a bitonic network, took Triton's interpreter 19 s a call).
-    t0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    needed = tl.full([BLOCK_M], TOP_K, tl.int32)
-    for _ in range(TOP_K):
-        top = tl.max(lane_max, axis=1)
-        at_top = lane_max == top[:, None]
-        t0 = tl.where(needed > 0, top, t0)
-        needed -= tl.sum(at_top.to(tl.int32), axis=1)
-        lane_max = tl.where(at_top, float("-inf"), lane_max)
+    # The TOP_K-th largest lane maximum, equal ones counted. Compiled: one bitonic partial sort of the
+    # lanes (a fifth of the instructions of taking the largest out TOP_K times, which cost as much as
+    # the key loop of a tile at 16k); interpreted, that sort takes about 20 s a program, so the loop.
+    if SORT:
+        t0 = _column(tl.topk(lane_max, K_PAD), tl.arange(0, K_PAD), TOP_K - 1)
+    else:
+        t0 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        needed = tl.full([BLOCK_M], TOP_K, tl.int32)
+        for _ in range(TOP_K):
+            top = tl.max(lane_max, axis=1)
+            at_top = lane_max == top[:, None]
+            t0 = tl.where(needed > 0, top, t0)
+            needed -= tl.sum(at_top.to(tl.int32), axis=1)
+            lane_max = tl.where(at_top, float("-inf"), lane_max)
     tl.store(t_ptr + pid_bh.to(tl.int64) * q_len + rows, t0 * scale, mask=row_ok)
 
 
@@ -516,8 +521,8 @@ def _first_passes(
     counts = torch.empty(lines, device=q.device, dtype=torch.int32)
     common = (*launch.q_strides, *launch.k_strides, *launch.sizes)
     even_d = q.shape[3] == launch.shape["BLOCK_D"]
-    _threshold[launch.grid](q, k, threshold, *common, TOP_K=top_k, BLOCK_N=LANES, EVEN_D=even_d, **launch.shape,
-                            **launch.scoring)  # fmt: skip
+    _threshold[launch.grid](q, k, threshold, *common, TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), BLOCK_N=LANES,
+                            EVEN_D=even_d, SORT=not interpreted(), **launch.shape, **launch.scoring)  # fmt: skip
     _candidates[launch.grid](q, k, threshold, candidates, counts, *common, CAP=candidates.shape[1],
                              BLOCK_N=CANDIDATE_BLOCK_N, EVEN_D=even_d, **launch.shape, **launch.scoring)  # fmt: skip
     return threshold, candidates, counts
