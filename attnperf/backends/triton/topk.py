@@ -66,7 +66,8 @@ GATHER = 8
 #: The overflow pass merges [rows, BLOCK_N] packed blocks into each row's running best: fewer rows.
 STREAM_BLOCK_M = 32
 #: The backward's rows a program: each holds q, O and dO rows and gathers one key row per kept rank.
-BACKWARD_BLOCK_M = 32
+#: At k 32, D 128, 32 rows spill (ptxas: 11 KB of spill loads a thread at 255 registers); 16 do not.
+BACKWARD_BLOCK_M = 16
 #: A query's candidate row holds CAP_PER_K · k packed keys (more send its block to the streaming pass).
 CAP_PER_K = 8
 #: Lanes of pass 1 (its key block): at least 2 · MAX_TOP_K, so that t₀ is at most the lane maxima's median.
