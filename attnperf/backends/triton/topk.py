@@ -126,6 +126,17 @@ def _scores(q, k_base, stride_kn, keys, rows, row_ok, offs_d, d_ok, k_len, offse
 
 
 @triton.jit
+def _tile(heads, q_len, head_dim, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's block of queries: its block index, batch and head, the rows and which exist,
+    the head-dim offsets and which exist, and each row's line (its index in ``[B · H · Lq]``
+    buffers, 64-bit: B · H · Lq may pass 2³¹)."""
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    return pid_m, pid_bh // heads, pid_bh % heads, rows, rows < q_len, offs_d, offs_d < head_dim, pid_bh * q_len + rows
+
+
+@triton.jit
 def _dots(q, k_base, stride_kn, keys, offs_d, d_ok, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
           EVEN_D: tl.constexpr):  # fmt: skip
     """The unscaled products of a key block every row of the tile sees: no mask (EVEN_D: the head
@@ -198,11 +209,7 @@ def _threshold(
     BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, SORT: tl.constexpr,
 ):  # fmt: skip
     """Pass 1: ``t₀`` per query, the TOP_K-th largest of its BLOCK_N lane maxima (−∞ with fewer lanes seen)."""
-    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok, d_ok = rows < q_len, offs_d < head_dim
+    pid_m, b, h, rows, row_ok, offs_d, d_ok, line = _tile(heads, q_len, head_dim, BLOCK_M, BLOCK_D)
     q = _queries(q_ptr, stride_qb, stride_qh, stride_qm, b, h, rows, row_ok, offs_d, d_ok, UPCAST)
     k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
     lane_max = tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32)  # lane c: the keys ≡ c (mod BLOCK_N)
@@ -229,7 +236,7 @@ def _threshold(
             t0 = tl.where(needed > 0, top, t0)
             needed -= tl.sum(at_top.to(tl.int32), axis=1)
             lane_max = tl.where(at_top, float("-inf"), lane_max)
-    tl.store(t_ptr + pid_bh.to(tl.int64) * q_len + rows, t0 * scale, mask=row_ok)
+    tl.store(t_ptr + line, t0 * scale, mask=row_ok)
 
 
 @triton.jit
@@ -269,14 +276,9 @@ def _candidates(
 ):  # fmt: skip
     """Pass 2: every seen key scoring ``≥ t₀ − margin``, packed, into the query's row of CAP
     (the count is stored whole, so that a row past CAP is known to have overflowed)."""
-    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok, d_ok = rows < q_len, offs_d < head_dim
+    pid_m, b, h, rows, row_ok, offs_d, d_ok, line = _tile(heads, q_len, head_dim, BLOCK_M, BLOCK_D)
     q = _queries(q_ptr, stride_qb, stride_qh, stride_qm, b, h, rows, row_ok, offs_d, d_ok, UPCAST)
     k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
-    line = pid_bh.to(tl.int64) * q_len + rows
     t0 = tl.load(t_ptr + line, mask=row_ok, other=0.0)
     t0 = tl.where(t0 < float("inf"), t0 - (tl.abs(t0) + 0.001) * 0.000244140625, t0)  # margin 2⁻¹²; ±∞ stay
     t0 = tl.where(row_ok, t0, float("inf"))  # rows past q_len take nothing from the unmasked blocks
@@ -305,12 +307,7 @@ def _select(
     """Pass 3: each row's TOP_K best candidates (one sort: of the first 2 · K_PAD slots when no
     row of the program has more, which costs a fraction of sorting all CAP) and their weighted
     values."""
-    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok, d_ok = rows < q_len, offs_d < head_dim
-    line = pid_bh.to(tl.int64) * q_len + rows
+    _, b, h, rows, row_ok, offs_d, d_ok, line = _tile(heads, q_len, head_dim, BLOCK_M, BLOCK_D)
     count = tl.load(n_ptr + line, mask=row_ok, other=0)
     if CAP > 2 * K_PAD and tl.max(count) <= 2 * K_PAD:
         best = _best(c_ptr, line, count, K_PAD, CAP, 2 * K_PAD)
@@ -342,12 +339,7 @@ def _streaming(
     """The overflow path: every row's running K_PAD best, merged with each key block's by tl.topk
     (a key block reaches the merge only when one of its scores beats a row's k-th best so far;
     keys come in increasing index, so an equal score never displaces a kept one)."""
-    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok, d_ok = rows < q_len, offs_d < head_dim
-    line = pid_bh.to(tl.int64) * q_len + rows
+    pid_m, b, h, rows, row_ok, offs_d, d_ok, line = _tile(heads, q_len, head_dim, BLOCK_M, BLOCK_D)
     overflowed = row_ok & (tl.load(n_ptr + line, mask=row_ok, other=0) > CAP)
     if tl.max(overflowed.to(tl.int32)) > 0:
         _stream_rows(q_ptr, k_ptr, v_ptr, o_ptr, i_ptr, w_ptr, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh,
@@ -397,12 +389,7 @@ def _backward(
     ``dk += scale ds q``, ``dv += p dO`` added atomically into float32 ``[B, H_kv, Lk, D]`` buffers
     (several queries, and with GQA several heads, keep one key). Cost: two gathered rows and two
     atomic row additions per kept key: O(n · k · D), whatever the length."""
-    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh.to(tl.int64) // heads, pid_bh.to(tl.int64) % heads
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok, d_ok = rows < q_len, offs_d < head_dim
-    line = pid_bh.to(tl.int64) * q_len + rows
+    _, b, h, rows, row_ok, offs_d, d_ok, line = _tile(heads, q_len, head_dim, BLOCK_M, BLOCK_D)
     at = rows[:, None] * stride_qm + offs_d[None, :]
     both = row_ok[:, None] & d_ok[None, :]
     q = tl.load(q_ptr + b * stride_qb + h * stride_qh + at, mask=both, other=0.0).to(tl.float32)
