@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from attnperf.backends import BACKENDS
-from attnperf.benchgrid import BACKWARD, FORWARD, Grid
+from attnperf.benchgrid import BACKWARD, FORWARD, SWEEP_MODES, Grid
 from attnperf.case import DTYPES
 from attnperf.catalog import VARIANTS
 from attnperf.cli.args import OPTION_FLAGS, choices_list, device_arg, grid_of, int_list, positive_float, positive_int
@@ -87,7 +87,7 @@ class Benchmark:
         cuda_graphs: bool = False,
         **options: int,
     ) -> None:
-        if mode not in (FORWARD, BACKWARD):
+        if mode not in SWEEP_MODES:
             raise UsageError(f"mode: a sweep measures {FORWARD!r} or {BACKWARD!r} points, got {mode!r} (decode "
                              "points are measured by the asv suites and attnperf batch)")  # fmt: skip
         if not isinstance(cuda_graphs, bool):

@@ -48,6 +48,8 @@ from attnperf.catalog import get_variant
 from attnperf.errors import UsageError
 
 FORWARD, BACKWARD, DECODE = "forward", "forward+backward", "decode"
+#: The modes a sweep measures in (decode steps are the history's and the batch runner's).
+SWEEP_MODES = (FORWARD, BACKWARD)
 SUITE = "bench_attention"
 
 #: The asv benchmarks one point feeds, by mode: (asv name, which figure of the point's record it
@@ -182,8 +184,8 @@ class Grid:
     def sweep_points(self, mode: str = FORWARD) -> list[PointSpec]:
         """A sweep's points, all in one ``mode`` (forward, or forward+backward steps), the backends
         innermost, so that the baseline and the others at one point are measured next to each other."""
-        if mode not in (FORWARD, BACKWARD):
-            raise ValueError(f"a sweep's mode must be {FORWARD!r} or {BACKWARD!r}, got {mode!r}")
+        if mode not in SWEEP_MODES:
+            raise ValueError(f"a sweep's mode must be one of {SWEEP_MODES}, got {mode!r}")
         return [
             self.spec(backend, variant, seq_len, mode=mode, batch=batch, head_dim=head_dim, dtype=dtype)
             for head_dim in self.head_dims

@@ -78,6 +78,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from attnperf.analysis.flops import FUSED_BACKWARD_FACTOR
     from attnperf.benchgrid import BACKWARD, FORWARD
     from attnperf.files import write_csv
     from attnperf.machine import machine_info
@@ -136,8 +137,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                ("peak_mib", "peak MiB"), ("speedup", "speedup vs eager"),
                ("memory_ratio", "memory vs eager")]  # fmt: skip
     if args.backward:
-        print("times are forward+backward steps (--backward): TFLOP/s count the backward as 2.5 forwards "
-              "(top-k: 4 products a kept key)")  # fmt: skip
+        print(f"times are forward+backward steps (--backward): TFLOP/s count the backward as "
+              f"{FUSED_BACKWARD_FACTOR} forwards (top-k: 4 products a kept key)")  # fmt: skip
     if args.cuda_graphs:
         print("times are CUDA-graph replays (--cuda-graphs); peak memory is the direct call's")
     print(format_table([row for row, r in zip(rows, records, strict=True)
