@@ -7,11 +7,15 @@ also measures the named backends deliberately slowed (:mod:`attnperf.batchrun`: 
 PCT %, a host delay of N µs, N extra passes over q), and a trial may read those records as the
 head's.
 
-**Trials are disjoint.** Within one GPU and code state, trial ``t`` takes the next ``P + C``
-A-processes and ``P + C`` B-processes that no other trial used: the first ``P`` a side make the first
-pass, the next ``C`` the confirmation (read only when something was flagged). No process serves
-two trials and nothing is resampled, so a row of ``n`` trials is ``n`` independent checks and its
-95% interval is Clopper–Pearson's on ``n``.
+**Trials are disjoint.** Within one GPU and code state, in the order the processes ran, a trial
+takes the next ``P`` A-processes and ``P`` B-processes that no other trial used for its first pass
+and, only when that pass flags something, the next ``C`` a side for its confirmation: the check
+itself runs a confirmation only then, so an unflagged trial leaves those processes to the next
+one. No process serves two trials and nothing is resampled, so a row of ``n`` trials is ``n``
+independent checks and its 95% interval is Clopper–Pearson's on ``n``. A last trial flagged with
+too few processes left to confirm is *unresolved* and counted against the check: its first-pass
+flags stand in the A/A row, and it catches nothing in an injected row (dropping it would favour
+the check, as only flagged trials run short).
 
 **Nothing judges itself.** Each trial is judged with a calibration that did not see its processes:
 ``--noise`` (an earlier calibration), or, by default, the calibration of all the other processes
@@ -129,49 +133,77 @@ def injections_of(runs: Sequence[ResultFile]) -> list[tuple[str, float]]:
 
 @dataclass(frozen=True)
 class Trial:
-    """One disjoint check: the (key, timing kind) pairs it flagged after confirmation, and the
-    benchmarks its head processes all had slowed."""
+    """One disjoint check: the (key, timing kind) pairs it flagged after confirmation, the
+    benchmarks its head processes all had slowed, whether it read a confirmation, and whether it
+    was flagged with too few processes left to confirm (``unresolved``)."""
 
     flagged: frozenset[tuple[str, str]]
     slowed: frozenset[str]
+    confirmed: bool = False
+    unresolved: bool = False
 
 
 Sides = tuple[Sequence[ResultFile], Sequence[ResultFile]]
 
 
-def one_trial(first: Sides, confirm: Sides, noise: Noise, injection: tuple[str, float] | None,
-              min_effect: float) -> Trial:  # fmt: skip
-    """A check on disjoint processes: first pass, then (when flagged) the confirmation."""
+def one_trial(first: Sides, spare: Sides, noise: Noise, injection: tuple[str, float] | None,
+              min_effect: float, confirm: int) -> Trial:  # fmt: skip
+    """A check on disjoint processes: the first pass, then, when it flagged something, the confirmation
+    on ``confirm`` processes a side of ``spare`` (fewer there: unresolved, counted against the check)."""
 
     def heads(runs: Sequence[ResultFile]) -> list[ResultFile]:
         return [as_head(r, *injection) if injection else r for r in runs]
 
-    slowed = frozenset(slowed_keys([*first[1], *confirm[1]], *injection)) if injection else frozenset()
-    options = {"confirm": len(confirm[0]), "min_effect": min_effect}
+    options = {"confirm": confirm, "min_effect": min_effect}
     verdict = decide(first[0], heads(first[1]), noise, **options)
     flagged = {(p.key, p.kind) for p in verdict.points if p.outcome == REGRESSION}
-    if flagged and confirm[0]:
-        again = decide(confirm[0], heads(confirm[1]), noise, keys={k for k, _ in flagged}, **options)
-        flagged &= {(p.key, p.kind) for p in again.points if p.outcome == REGRESSION}
-    return Trial(frozenset(flagged), slowed)
+    if not flagged or not confirm:
+        slowed = slowed_keys(first[1], *injection) if injection else set()
+        return Trial(frozenset(flagged), frozenset(slowed))
+    if min(len(spare[0]), len(spare[1])) < confirm:
+        return Trial(frozenset(flagged) if injection is None else frozenset(), frozenset(), unresolved=True)
+    again_a, again_b = spare[0][:confirm], spare[1][:confirm]
+    again = decide(again_a, heads(again_b), noise, keys={k for k, _ in flagged}, **options)
+    flagged &= {(p.key, p.kind) for p in again.points if p.outcome == REGRESSION}
+    slowed = slowed_keys([*first[1], *again_b], *injection) if injection else set()
+    return Trial(frozenset(flagged), frozenset(slowed), confirmed=True)
 
 
-def disjoint_groups(
-    runs: Sequence[ResultFile], processes: int, confirm: int
-) -> list[tuple[tuple[list[ResultFile], list[ResultFile]], tuple[list[ResultFile], list[ResultFile]]]]:
-    """The disjoint trials' processes, ((first A, first B), (confirm A, confirm B)), within each GPU and
-    code state in the order the processes ran."""
+def label_pools(runs: Sequence[ResultFile]) -> list[tuple[list[ResultFile], list[ResultFile]]]:
+    """Per GPU and code state, its A and its B processes, each in the order they ran."""
     groups: dict[Any, list[ResultFile]] = {}
     for run in runs:
         groups.setdefault(replicate_of(run), []).append(run)
+    return [tuple([r for r in members if label_of(r) == label] for label in (A, B)) for members in groups.values()]
+
+
+Check = Callable[[Sides, Sides], Trial]
+
+
+def disjoint_trials(runs: Sequence[ResultFile], processes: int, confirm: int,
+                    check: Check) -> list[tuple[Trial, list[ResultFile]]]:  # fmt: skip
+    """Every disjoint trial of the pool with the processes it used: ``check(first, spare)`` judges a
+    first pass of the next ``processes`` a side, with the next ``confirm`` a side spare for its
+    confirmation; the trial after it starts past what it used."""
     out = []
-    size = processes + confirm
-    for members in groups.values():
-        pools = {label: [r for r in members if label_of(r) == label] for label in (A, B)}
-        for t in range(min(len(pools[A]), len(pools[B])) // size):
-            a, b = pools[A][t * size : (t + 1) * size], pools[B][t * size : (t + 1) * size]
-            out.append(((a[:processes], b[:processes]), (a[processes:], b[processes:])))
+    for pool_a, pool_b in label_pools(runs):
+        at = [0, 0]
+        while at[0] + processes <= len(pool_a) and at[1] + processes <= len(pool_b):
+            cut = [(pool[i : i + processes], pool[i + processes : i + processes + confirm])
+                   for pool, i in ((pool_a, at[0]), (pool_b, at[1]))]  # fmt: skip
+            first, spare = (cut[0][0], cut[1][0]), (cut[0][1], cut[1][1])
+            trial = check(first, spare)
+            used = processes + (confirm if trial.confirmed else 0)
+            out.append((trial, [*pool_a[at[0] : at[0] + used], *pool_b[at[1] : at[1] + used]]))
+            at = [at[0] + used, at[1] + used]
     return out
+
+
+def first_pass_pairs(runs: Sequence[ResultFile], processes: int) -> list[Sides]:
+    """The disjoint pairs of first passes (``processes`` A against ``processes`` B) of the pool."""
+    return [(pool_a[i : i + processes], pool_b[i : i + processes])
+            for pool_a, pool_b in label_pools(runs)
+            for i in range(0, min(len(pool_a), len(pool_b)) - processes + 1, processes)]  # fmt: skip
 
 
 def kind_of(key: str, timing: str) -> str:
@@ -200,18 +232,19 @@ def held_out(runs: Sequence[ResultFile]) -> Judge:
     return judge
 
 
-def processes_of(first: Sides, confirm: Sides) -> list[ResultFile]:
-    return [run for side in (*first, *confirm) for run in side]
-
-
 def rows_for(runs: Sequence[ResultFile], judge: Judge, processes: int, confirm: int,
              min_effect: float) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per injection (and the A/A row first): disjoint trials, each judged held out."""
+    """One row per injection (and the A/A row first): disjoint trials, each judged by a calibration
+    that saw neither its first pass nor the processes spare for its confirmation."""
     rows = []
     for injection in [None, *injections_of(runs)]:
         usable = runs if injection is None else [r for r in runs if label_of(r) == A or _injects(r, injection)]
-        trials = [one_trial(first, conf, judge(processes_of(first, conf)), injection, min_effect)
-                  for first, conf in disjoint_groups(usable, processes, confirm)]  # fmt: skip
+
+        def check(first: Sides, spare: Sides, injection: tuple[str, float] | None = injection) -> Trial:
+            noise = judge([run for side in (*first, *spare) for run in side])
+            return one_trial(first, spare, noise, injection, min_effect, confirm)
+
+        trials = [trial for trial, _ in disjoint_trials(usable, processes, confirm, check)]
         rows.append(row(trials, injection, runs))
     return rows
 
@@ -246,6 +279,7 @@ def row(trials: Sequence[Trial], injection: tuple[str, float] | None, runs: Sequ
     name = "A/A" if injection is None else f"{injection[0]} {injection[1]:g}"
     return {
         "injection": name, "trials": len(trials), "flagged": sum(hit), "ci95": interval(sum(hit), len(trials)),
+        "confirmed": sum(t.confirmed for t in trials), "unresolved": sum(t.unresolved for t in trials),
         "by_kind": {k: {"flagged": f, "benchmark_trials": n, "rate": f / n if n else None}
                     for k, (f, n) in kinds.items()},
         "benchmarks": benchmarks,
@@ -274,7 +308,7 @@ def aa_points(runs: Sequence[ResultFile], judge: Judge, processes: int, min_effe
     compared = excluded = flagged = 0
     expected = 0.0
     q_level = 1 - (1 - LEVEL) / 2
-    for (base, head), _ in disjoint_groups(runs, processes, 0):
+    for base, head in first_pass_pairs(runs, processes):
         noise = judge([*base, *head])
         table: dict[str, list[list[Record]]] = {}
         for side in (base, head):
@@ -331,7 +365,10 @@ def calibration_of(runs: Sequence[ResultFile], machine: str, grid: str | None) -
 def print_table(table: dict[str, Any]) -> None:
     print(f"{'injection':>12} {'trials':>6} {'flagged':>7}  95% interval (Clopper-Pearson, disjoint trials)")
     for r in table["rows"]:
-        print(f"{r['injection']:>12} {r['trials']:>6} {r['flagged']:>7}  [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
+        extra = f"; {r['confirmed']} confirmed" + (f", {r['unresolved']} unresolved" if r["unresolved"] else "")
+        print(
+            f"{r['injection']:>12} {r['trials']:>6} {r['flagged']:>7}  [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]{extra}"
+        )
         for kind, c in sorted(r["by_kind"].items()):
             rate = "" if c["rate"] is None else f"{c['rate']:.3f}"
             print(f"{'':>14}{kind:<16} {c['flagged']:>4} of {c['benchmark_trials']:<4} benchmark-trials {rate}")

@@ -16,7 +16,7 @@ from attnperf.files import write_json
 from attnperf.noise import Noise, calibrate, measuring_code
 from attnperf.records import Record, ResultFile, Status
 from attnperf.stats import clopper_pearson, f_ppf, t_ppf
-from attnperf.trials import as_head, disjoint_groups, evaluate, label_of
+from attnperf.trials import Trial, as_head, disjoint_trials, evaluate, label_of
 from attnperf.verdict import (
     HOLE,
     IMPROVEMENT,
@@ -242,15 +242,44 @@ def synthetic_pool(n: int, sigma: float, slow: float, seed: int = 1) -> list[Res
     return runs
 
 
-def test_disjoint_trials_never_share_a_process() -> None:
+def test_disjoint_trials_never_share_a_process_and_confirm_only_when_flagged() -> None:
     runs = synthetic_pool(12, 0.004, 1.1)
-    trials = disjoint_groups(runs, processes=2, confirm=2)
-    assert len(trials) == 3, "12 processes a label, 4 a label a trial"
-    used = [id(run) for (first, confirm) in trials for side in (*first, *confirm) for run in side]
-    assert len(used) == len(set(used)) == 24
-    for (first_a, first_b), (conf_a, conf_b) in trials:
-        assert {label_of(r) for r in first_a + conf_a} == {"A"}
-        assert {label_of(r) for r in first_b + conf_b} == {"B"}
+    seen = []
+
+    def check(flag: bool):
+        def judge(first, spare) -> Trial:
+            seen.append((first, spare))
+            return Trial(frozenset({("k", "direct")}) if flag else frozenset(), frozenset(), confirmed=flag)
+
+        return judge
+
+    for flag, count in ((True, 3), (False, 6)):
+        trials = disjoint_trials(runs, processes=2, confirm=2, check=check(flag))
+        assert len(trials) == count, "12 processes a label: 4 a label a confirmed trial, 2 an unflagged one"
+        used = [id(run) for _, members in trials for run in members]
+        assert len(used) == len(set(used)) == 24, "every process serves one trial"
+    for first, spare in seen[:3]:
+        assert {label_of(r) for r in (*first[0], *spare[0])} == {"A"}
+        assert {label_of(r) for r in (*first[1], *spare[1])} == {"B"}
+        ids = [id(r) for side in (*first, *spare) for r in side]
+        assert len(ids) == len(set(ids)) == 8
+
+
+def test_a_trial_flagged_without_processes_left_to_confirm_counts_against_the_check() -> None:
+    from attnperf.trials import one_trial
+
+    runs = synthetic_pool(2, 0.004, 1.5)
+    a = [r for r in runs if label_of(r) == "A"]
+    b = [r for r in runs if label_of(r) == "B"]
+    noise = calibrated(0.004, SPEC.key)
+    spin = one_trial((a, b), ([], []), noise, ("spin", 50.0), 0.01, confirm=2)
+    assert spin.unresolved
+    assert not spin.flagged, "an injected trial that could not confirm catches nothing"
+    slowed = [as_head(r, "spin", 50.0) for r in b]
+    aa = one_trial((a, slowed), ([], []), noise, None, 0.01, confirm=2)
+    assert aa.unresolved
+    assert aa.flagged, "an A/A trial that could not confirm keeps its first-pass flags"
+    assert not one_trial((a, slowed), ([], []), noise, None, 0.01, confirm=0).unresolved
 
 
 def test_trials_count_disjoint_checks_per_benchmark_and_kind_held_out() -> None:
@@ -258,11 +287,11 @@ def test_trials_count_disjoint_checks_per_benchmark_and_kind_held_out() -> None:
     table = evaluate(runs, noise=None, processes=2, confirm=2)
     rows = {row["injection"]: row for row in table["rows"]}
     aa = rows["A/A"]
-    assert aa["trials"] == 6, "24 processes a label make six disjoint trials of 4 a label"
-    assert aa["flagged"] == 0
-    assert aa["ci95"][1] == pytest.approx(clopper_pearson(0, 6)[1], abs=1e-4)
+    assert aa["trials"] == 12, "24 processes a label, 2 a label a trial that flags nothing (no confirmation)"
+    assert aa["flagged"] == aa["confirmed"] == aa["unresolved"] == 0
+    assert aa["ci95"][1] == pytest.approx(clopper_pearson(0, 12)[1], abs=1e-4)
     spin = rows["spin 10"]
-    assert spin["flagged"] == spin["trials"] == 6
+    assert spin["flagged"] == spin["trials"] == spin["confirmed"] == 6, "each flagged trial takes 2 + 2 a label"
     assert {b["kind"] for b in spin["benchmarks"]} == {"forward direct", "forward replay"}
     assert all(b["measured_pct"] == pytest.approx(10.0, abs=0.01) for b in spin["benchmarks"])
     host = rows["host 20"]
