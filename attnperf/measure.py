@@ -5,11 +5,14 @@
   the sweep, the tuner, pytest-benchmark): the device is kept busy once per process (an idle GPU
   sits at a low clock and needs load to reach its boost; a fresh CPU process reads slow at its
   first point: thread pools, page faults), then each point is called for a short while before its
-  samples, which keeps compilation (flex, flash-attn-4's JIT) and first-call caches out of them.
+  samples, which keeps compilation (flex, flash-attn-4's JIT) and first-call caches out of them,
+  and then timed in batches until its time stops moving (:func:`settle`).
 * Each sample times enough back-to-back calls to last ``min_sample_s`` (as ``timeit``'s
-  autorange), and the median of the samples is reported with all samples kept.
-* The samples are taken with a steady host (:func:`steady_host`): Python's garbage collector off
-  (as ``timeit`` does), and, on CUDA, the launching thread pinned to one fixed core. A GPU call
+  autorange, sized from the settled time), and the median of the samples is reported with all
+  samples kept.
+* The warm-up and the samples are taken with a steady host (:func:`steady_host`): Python's
+  garbage collector off (as ``timeit`` does), and, on CUDA, the launching thread pinned to one
+  fixed core, the one its warm-up ran on. A GPU call
   timed as called is bound by the host's launches at short lengths, so between-process variation
   of the host (a collection landing in one sample, the scheduler moving the thread between cores
   of different clocks) is variation of the measurement.
@@ -17,6 +20,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import gc
@@ -37,9 +41,13 @@ class Policy:
     device_warmup_s: float  #: once per process, before its first point (clocks, thread pools)
     point_warmup_s: float  #: before each point's samples (compilation, first-call caches)
     min_sample_s: float  #: a sample times enough calls to last this long
+    settle_s: float  #: at most this long timing batches until the call's time stops moving (:func:`settle`)
 
 
-POLICIES: dict[str, Policy] = {"cuda": Policy(1.0, 0.05, 0.01), "cpu": Policy(1.0, 0.1, 0.05)}
+POLICIES: dict[str, Policy] = {"cuda": Policy(1.0, 0.05, 0.01, 0.25), "cpu": Policy(1.0, 0.1, 0.05, 0.5)}
+#: :func:`settle` stops once this many batches in a row agree within :data:`SETTLED`.
+SETTLE_RUN = 3
+SETTLED = 0.05
 _WARMED: set[str] = set()
 
 
@@ -118,17 +126,36 @@ def measure_time(
     A collective ``fn`` (context parallelism) needs that, since every rank must make the same
     calls, which a warm-up by the clock and a per-rank calibration would not give.
     """
-    if number is not None:
-        ensure_warm(device)
-        warm_up(fn, device, 0.0)
-    else:
-        one = max(warm_point(fn, device), 1e-9)
-        if min_sample_s is None:
-            min_sample_s = policy(device).min_sample_s
-        number = max(1, int(min_sample_s / one))
-    with steady_host(device):
+    with steady_host(device):  # warmed where it is sampled: the core it is pinned to starts cold
+        if number is not None:
+            ensure_warm(device)
+            warm_up(fn, device, 0.0)
+        else:
+            one = max(warm_point(fn, device), 1e-9)
+            if min_sample_s is None:
+                min_sample_s = policy(device).min_sample_s
+            settled = settle(fn, device, max(1, int(min_sample_s / one)), policy(device).settle_s)
+            number = max(1, int(min_sample_s / max(settled, 1e-9)))
         samples = [time_calls(fn, device, number) for _ in range(repeat)]
     return Timing(median=statistics.median(samples), samples=samples, number=number)
+
+
+def settle(fn: Callable[[], object], device: str | torch.device, number: int, limit_s: float) -> float:
+    """Time batches of ``number`` calls until :data:`SETTLE_RUN` of them in a row agree within
+    :data:`SETTLED`, or ``limit_s`` has passed; returns their median seconds per call.
+
+    A warm-up by the clock can end while a call is still getting faster: a host that was idle ramps
+    up over tens of milliseconds, and a device left idle between points clocks down. Samples taken
+    then fall across the samples of one process and, worse, differ between processes, which is the
+    spread the check must see through. The calls per sample are sized from the settled time, not from
+    one warm call, so that every process takes the same number where the call's time is the same."""
+    deadline = time.perf_counter() + limit_s
+    last: collections.deque[float] = collections.deque(maxlen=SETTLE_RUN)
+    while True:
+        last.append(time_calls(fn, device, number))
+        steady = len(last) == SETTLE_RUN and max(last) <= (1 + SETTLED) * min(last)
+        if steady or time.perf_counter() > deadline:
+            return statistics.median(last)
 
 
 @contextlib.contextmanager

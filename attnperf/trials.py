@@ -170,9 +170,10 @@ def one_trial(first: Sides, spare: Sides, noise: Noise, injection: tuple[str, fl
 
 
 def label_pools(runs: Sequence[ResultFile]) -> list[tuple[list[ResultFile], list[ResultFile]]]:
-    """Per GPU and code state, its A and its B processes, each in the order they ran."""
+    """Per GPU and code state, its A and its B processes, each in the order they ran (by their start
+    time where recorded, so that pools added in any order split into the same trials)."""
     groups: dict[Any, list[ResultFile]] = {}
-    for run in runs:
+    for run in sorted(runs, key=lambda r: r.meta.get("started_unix") or 0.0):
         groups.setdefault(replicate_of(run), []).append(run)
     return [tuple([r for r in members if label_of(r) == label] for label in (A, B)) for members in groups.values()]
 
