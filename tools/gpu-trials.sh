@@ -5,7 +5,8 @@
 #   tools/gpu-trials.sh start DIR BUDGET_S [attnperf trials flags…]   start the pool (attnperf trials), return
 #   tools/gpu-trials.sh wait DIR SECONDS                               wait up to SECONDS; exit 0 once the pool ended
 #   tools/gpu-trials.sh report DIR OUT [attnperf trials flags…]        evaluate the pool again (--reuse) into OUT:
-#                                                                      regress-trials.json, noise.json, runs.tgz
+#                                                                      regress-trials.json, noise.json, processes.tar.xz
+#                                                                      (tools/pack-processes.py: small enough for measurements/)
 #
 # ATTNPERF_GPU_ENV, when set, is sourced first (an environment that provides the GPU libraries).
 # Run from the repository root; every process measures this checkout's code.
@@ -36,7 +37,7 @@ case $phase in
     mkdir -p "$out"
     python3 -m attnperf trials --reuse --workdir "$dir/pool" --out "$out/regress-trials.json" \
       --noise-out "$out/noise.json" "$@"
-    tar -czf "$out/runs.tgz" -C "$dir" pool/points.json $(cd "$dir" && ls pool/trial-*.json pool/trial-*.log)
+    python3 "$(dirname "$0")/pack-processes.py" "$out/processes.tar.xz" "$dir"/pool/trial-*.json "$dir/pool/points.json"
     cp "$dir/trials.log" "$out/trials.log";;
   *) echo "unknown phase $phase: start, wait or report" >&2; exit 2;;
 esac

@@ -1,11 +1,15 @@
-"""Does the steady host (``attnperf.measure.steady_host``) make direct-call timings steadier between
-processes on this machine? A paired A/B over fresh processes, ABAB…: arm ``on`` measures with the code
-as it is, arm ``off`` with ``steady_host`` replaced by a no-op; each process measures the same points
-once, direct calls and, on CUDA, CUDA-graph replays. Prints, per point, timing and arm, the σ of the log
-per-process medians (the between-process spread the check works against) and writes everything to
-``--out``.
+"""Does one piece of the measuring make direct-call timings steadier between processes on this
+machine? A paired A/B over fresh processes, ABAB…: arm ``on`` measures with the code as it is, arm
+``off`` without the piece ``--off`` names:
 
-    python tools/steady-host-ab.py --device cuda --pairs 4 --out steady-host-ab.json
+* ``steady-host``: :func:`attnperf.measure.steady_host` a no-op (the collector on, nothing pinned);
+* ``settle``: no :func:`attnperf.measure.settle` (the calls per sample sized from one warm call).
+
+Each process measures the same points once, direct calls and, on CUDA, CUDA-graph replays. Prints, per
+point, timing and arm, the σ of the log per-process medians (the between-process spread the check
+works against) and writes everything to ``--out``.
+
+    python tools/measuring-ab.py --off settle --device cuda --pairs 4 --out settle-ab.json
 
 A run of N pairs gives each arm's σ with N − 1 degrees of freedom: a ratio of two such σ needs to be
 well beyond the F distribution's spread (about 2× at 8 processes an arm) before it says anything.
@@ -35,13 +39,15 @@ CPU_POINTS = [("eager", "causal", "forward"), ("tiled", "causal", "forward"), ("
               ("tiled", "causal", "forward+backward")]  # fmt: skip
 
 
-def measure(device: str, arm: str, backends: set[str] | None) -> dict[str, dict]:
-    """One process's medians of every point (of ``backends``, all when None), both timings (the arm
-    decides the host's treatment)."""
-    import attnperf.measure
+def measure(device: str, arm: str, piece: str, backends: set[str] | None) -> dict[str, dict]:
+    """One process's medians of every point (of ``backends``, all when None), both timings, with or
+    without ``piece`` (the arm)."""
+    import attnperf.measure as m
 
-    if arm == "off":
-        attnperf.measure.steady_host = lambda device: contextlib.nullcontext()  # type: ignore[assignment]
+    if arm == "off" and piece == "steady-host":
+        m.steady_host = lambda device: contextlib.nullcontext()  # type: ignore[assignment]
+    elif arm == "off":  # the warm call's time as measure_time sized samples from it (n + ½: no rounding down)
+        m.settle = lambda fn, device, number, limit_s: m.policy(device).min_sample_s / (number + 0.5)  # type: ignore[assignment]
     from attnperf.benchgrid import PointSpec
     from attnperf.point import DIRECT, REPLAY, measure_point
 
@@ -82,14 +88,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--pairs", type=int, default=4, help="processes an arm (default 4)")
-    parser.add_argument("--out", type=Path, default=Path("steady-host-ab.json"))
+    parser.add_argument(
+        "--off",
+        choices=("steady-host", "settle"),
+        default="steady-host",
+        help="what arm off measures without (default steady-host)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("measuring-ab.json"))
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no pair after this many seconds")
     parser.add_argument("--backends", help="comma-separated: only these backends' points (default all)")
     parser.add_argument("--child", choices=("on", "off"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         backends = set(args.backends.split(",")) if args.backends else None
-        print("RESULT " + json.dumps(measure(args.device, args.child, backends)))
+        print("RESULT " + json.dumps(measure(args.device, args.child, args.off, backends)))
         return 0
     rows: dict[str, list[dict[str, dict]]] = {"on": [], "off": []}
     deadline = time.time() + args.budget_s
@@ -100,8 +112,8 @@ def main() -> int:
             break
         started = time.time()
         only = ["--backends", args.backends] if args.backends else []
-        proc = subprocess.run([sys.executable, __file__, "--device", args.device, "--child", arm, *only],
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        command = [sys.executable, __file__, "--device", args.device, "--off", args.off, "--child", arm, *only]
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(f"process {i} ({arm}) failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -109,7 +121,8 @@ def main() -> int:
         rows[arm].append(json.loads(line.removeprefix("RESULT ")))
         print(f"process {i} ({arm}): {time.time() - started:.1f} s", flush=True)
         # written after every process: a run cut short keeps what it measured
-        args.out.write_text(json.dumps({"device": args.device, "rows": rows, "summary": summarize(rows)}, indent=1))
+        result = {"device": args.device, "off": args.off, "rows": rows, "summary": summarize(rows)}
+        args.out.write_text(json.dumps(result, indent=1))
     for key, figures in summarize(rows).items():
         line = "  ".join(f"{name} {figure['sigma_pct']:6.2f}%" for name, figure in figures.items()
                          if figure["sigma_pct"] is not None)  # fmt: skip
