@@ -10,6 +10,7 @@ commit's own batch runner in fresh processes over a six-point slice of the ``pr-
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -283,11 +284,11 @@ def test_trials_hold_a_calibration_to_the_code_that_measured_the_pooled_processe
         "sigma": {"direct": {grid_named("pr-cpu").points()[0].key: 0.01}},
     })  # fmt: skip
 
-    def trials(workdir: Path, *codes: str | None) -> tuple[int, str]:
+    def trials(workdir: Path, *codes: str | None, machine: str = machine_tag()) -> tuple[int, str]:
         workdir.mkdir()
         for i, code in enumerate(codes):
             label = f"trial-{i + 1:03d}-{'AB'[i % 2]}"
-            data = {"schema": 2, "label": label, "fingerprint": "f" * 16, "machine": machine_tag(),
+            data = {"schema": 2, "label": label, "fingerprint": "f" * 16, "machine": machine,
                     "records": [point], "wall_s": 1.0, "exit_code": 0}  # fmt: skip
             write_json(workdir / f"{label}.json", data | ({} if code is None else {"measuring_code": code}))
         code = attnperf_main(["trials", "--reuse", "--grid", "pr-cpu", "--workdir", str(workdir), "--noise",
@@ -304,5 +305,10 @@ def test_trials_hold_a_calibration_to_the_code_that_measured_the_pooled_processe
     assert code == 2
     assert "measured by other measuring code (c1, this is c2" in err
     code, err = trials(tmp_path / "same", "c1", "c1")
+    assert "--noise" not in err, err
+    assert code == 0
+    # a pool of another runner evaluated here: held to a calibration of its machine, not of this one
+    write_json(noise, json.loads(noise.read_text()) | {"machine": "h100-runner"})
+    code, err = trials(tmp_path / "elsewhere", "c1", "c1", machine="h100-runner")
     assert "--noise" not in err, err
     assert code == 0

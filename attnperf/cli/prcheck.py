@@ -84,7 +84,9 @@ def cmd_trials(args: argparse.Namespace) -> int:
         if len(codes) > 1:
             raise UsageError(f"--noise: the pooled processes were measured by different measuring code "
                              f"({', '.join(sorted(codes))}); one calibration cannot judge them all")  # fmt: skip
-        judge = Noise.load(args.noise, machine=machine_tag(), code=codes.pop())
+        # the machine the processes ran on: a pool evaluated again elsewhere (--reuse) is held to its own tag
+        tags = {str(r.meta.get("machine")) for r in runs} | (set() if args.reuse else {machine_tag()})
+        judge = Noise.load(args.noise, machine=tags.pop() if len(tags) == 1 else machine_tag(), code=codes.pop())
     if judge is not None and not judge.calibrated:
         raise UsageError(f"--noise: {judge.why_uncalibrated}")
     if not args.reuse:
