@@ -41,7 +41,7 @@ class Policy:
     device_warmup_s: float  #: once per process, before its first point (clocks, thread pools)
     point_warmup_s: float  #: before each point's samples (compilation, first-call caches)
     min_sample_s: float  #: a sample times enough calls to last this long
-    settle_s: float  #: at most this long timing batches until the call's time stops moving (:func:`settle`)
+    settle_s: float  #: no batch of :func:`settle` starts after this long
 
 
 POLICIES: dict[str, Policy] = {"cuda": Policy(1.0, 0.05, 0.01, 0.25), "cpu": Policy(1.0, 0.1, 0.05, 0.5)}
@@ -142,7 +142,9 @@ def measure_time(
 
 def settle(fn: Callable[[], object], device: str | torch.device, number: int, limit_s: float) -> float:
     """Time batches of ``number`` calls until :data:`SETTLE_RUN` of them in a row agree within
-    :data:`SETTLED`, or ``limit_s`` has passed; returns their median seconds per call.
+    :data:`SETTLED`, starting none after ``limit_s``; returns the last batches' median seconds per
+    call. (With ``min_sample_s`` 0, as latency percentiles sample single calls, it is a warm-up
+    until single calls agree.)
 
     A warm-up by the clock can end while a call is still getting faster: a host that was idle ramps
     up over tens of milliseconds, and a device left idle between points clocks down. Samples taken
@@ -164,9 +166,11 @@ def steady_host(device: str | torch.device) -> Iterator[None]:
     thread on one fixed core (:func:`steady_core`).
 
     Only the calling thread is pinned (Linux's ``sched_setaffinity(0, …)`` sets the caller's), only while
-    sampling: threads started before keep every core, and on the CPU, where the thread pool is the
-    computation, nothing is pinned. A forward+backward step's backward is launched by autograd's own
-    thread for the device, which is not pinned: the steady host covers its forward's launches only.
+    a point is warmed and sampled: threads started before keep every core (a point's first call, which
+    starts autograd's and compilation's threads, is made before :func:`measure_time`), and on the CPU,
+    where the thread pool is the computation, nothing is pinned. A forward+backward step's backward is
+    launched by autograd's own thread for the device, which is not pinned: the steady host covers its
+    forward's launches only.
     Where affinity cannot be set (not Linux) the samples are taken as they are."""
     collecting = gc.isenabled()
     gc.disable()

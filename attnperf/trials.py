@@ -12,10 +12,11 @@ takes the next ``P`` A-processes and ``P`` B-processes that no other trial used 
 and, only when that pass flags something, the next ``C`` a side for its confirmation: the check
 itself runs a confirmation only then, so an unflagged trial leaves those processes to the next
 one. No process serves two trials and nothing is resampled, so a row of ``n`` trials is ``n``
-independent checks and its 95% interval is Clopper–Pearson's on ``n``. A last trial flagged with
-too few processes left to confirm is *unresolved* and counted against the check: its first-pass
-flags stand in the A/A row, and it catches nothing in an injected row (dropping it would favour
-the check, as only flagged trials run short).
+independent checks and its 95% interval is Clopper–Pearson's on ``n``. A trial flagged with too
+few processes left to confirm (at the pool's end) is *unresolved* and counted against the check:
+its first-pass flags stand in the A/A row, and it catches nothing in an injected row. As in the
+check, a confirmation judges every timing of the flagged benchmarks again, and its verdict on them
+is the trial's.
 
 **Nothing judges itself.** Each trial is judged with a calibration that did not see its processes:
 ``--noise`` (an earlier calibration), or, by default, the calibration of all the other processes
@@ -148,8 +149,10 @@ Sides = tuple[Sequence[ResultFile], Sequence[ResultFile]]
 
 def one_trial(first: Sides, spare: Sides, noise: Noise, injection: tuple[str, float] | None,
               min_effect: float, confirm: int) -> Trial:  # fmt: skip
-    """A check on disjoint processes: the first pass, then, when it flagged something, the confirmation
-    on ``confirm`` processes a side of ``spare`` (fewer there: unresolved, counted against the check)."""
+    """A check on disjoint processes, as :func:`attnperf.prcheck.regress` makes it: the first pass,
+    then, when it flagged something, the confirmation on ``confirm`` processes a side of ``spare``,
+    which judges every timing of the flagged benchmarks again and decides them (fewer processes
+    there: unresolved, counted against the check)."""
 
     def heads(runs: Sequence[ResultFile]) -> list[ResultFile]:
         return [as_head(r, *injection) if injection else r for r in runs]
@@ -157,15 +160,15 @@ def one_trial(first: Sides, spare: Sides, noise: Noise, injection: tuple[str, fl
     options = {"confirm": confirm, "min_effect": min_effect}
     verdict = decide(first[0], heads(first[1]), noise, **options)
     flagged = {(p.key, p.kind) for p in verdict.points if p.outcome == REGRESSION}
+    slowed = slowed_keys(first[1], *injection) if injection else set()
     if not flagged or not confirm:
-        slowed = slowed_keys(first[1], *injection) if injection else set()
         return Trial(frozenset(flagged), frozenset(slowed))
     if min(len(spare[0]), len(spare[1])) < confirm:
-        return Trial(frozenset(flagged) if injection is None else frozenset(), frozenset(), unresolved=True)
+        return Trial(frozenset(flagged) if injection is None else frozenset(), frozenset(slowed), unresolved=True)
     again_a, again_b = spare[0][:confirm], spare[1][:confirm]
     again = decide(again_a, heads(again_b), noise, keys={k for k, _ in flagged}, **options)
-    flagged &= {(p.key, p.kind) for p in again.points if p.outcome == REGRESSION}
-    slowed = slowed_keys([*first[1], *again_b], *injection) if injection else set()
+    flagged = {(p.key, p.kind) for p in again.points if p.outcome == REGRESSION}
+    slowed &= slowed_keys(again_b, *injection) if injection else set()
     return Trial(frozenset(flagged), frozenset(slowed), confirmed=True)
 
 
@@ -175,7 +178,8 @@ def label_pools(runs: Sequence[ResultFile]) -> list[tuple[list[ResultFile], list
     groups: dict[Any, list[ResultFile]] = {}
     for run in sorted(runs, key=lambda r: r.meta.get("started_unix") or 0.0):
         groups.setdefault(replicate_of(run), []).append(run)
-    return [tuple([r for r in members if label_of(r) == label] for label in (A, B)) for members in groups.values()]
+    return [([r for r in members if label_of(r) == A], [r for r in members if label_of(r) == B])
+            for members in groups.values()]  # fmt: skip
 
 
 Check = Callable[[Sides, Sides], Trial]

@@ -237,7 +237,8 @@ def synthetic_pool(n: int, sigma: float, slow: float, seed: int = 1) -> list[Res
                                injection={"kind": "spin", "level": round(100 * (slow - 1), 6)}),
                         Record(SPEC, Status.OK, median_s=direct * slow, replay_median_s=replay * 1.3,
                                injection={"kind": "host", "level": 20.0})]  # fmt: skip
-        runs.append(ResultFile(None, {"label": f"trial-{i + 1:03d}-{label}", "fingerprint": "f", "gpu": "g"},
+        meta = {"label": f"trial-{i + 1:03d}-{label}", "fingerprint": "f", "gpu": "g", "started_unix": 1e9 + i}
+        runs.append(ResultFile(None, meta,
                                [record(SPEC, direct, replay_median_s=replay)], injected))  # fmt: skip
     return runs
 
@@ -280,6 +281,66 @@ def test_a_trial_flagged_without_processes_left_to_confirm_counts_against_the_ch
     assert aa.unresolved
     assert aa.flagged, "an A/A trial that could not confirm keeps its first-pass flags"
     assert not one_trial((a, slowed), ([], []), noise, None, 0.01, confirm=0).unresolved
+
+
+def test_a_trial_is_judged_without_its_first_pass_and_its_spare_processes() -> None:
+    """The held-out calibration leaves out the confirmation's processes too, and a confirmation reads
+    ``confirm`` processes a side."""
+    from attnperf.trials import rows_for
+
+    runs = synthetic_pool(8, 0.004, 1.1)
+    seen: list[int] = []
+
+    def judge(own):
+        seen.append(len(own))
+        return calibrated(0.004, SPEC.key)
+
+    rows = rows_for(runs, judge, 2, 2, 0.01)
+    aa = rows[0]
+    assert aa["trials"] == 4, "8 a label, nothing flagged: 2 a label a trial"
+    assert seen[: aa["trials"]] == [8, 8, 8, 4], "first pass and spare, 2 + 2 a side; the last has no spare"
+
+
+def test_a_confirmation_reads_confirm_processes_a_side_and_decides_every_timing_of_a_flagged_benchmark(
+    monkeypatch,
+) -> None:
+    """As the check does: the first pass flags the direct call, the confirmation finds the replay slow
+    and the direct call not, and the trial is flagged by the replay."""
+    import attnperf.trials as trials_module
+    from attnperf.trials import one_trial
+
+    sides = []
+    real = trials_module.decide
+
+    def decide(base, head, noise, **options):
+        sides.append((len(base), len(head)))
+        return real(base, head, noise, **options)
+
+    monkeypatch.setattr(trials_module, "decide", decide)
+
+    def runs(direct: float, replay: float, n: int) -> list[ResultFile]:
+        return [process(record(SPEC, direct, replay_median_s=replay)) for _ in range(n)]
+
+    noise = calibrated(0.004, SPEC.key)
+    first = (runs(1.0, 1.0, 2), runs(1.5, 1.0, 2))
+    spare = (runs(1.0, 1.0, 3), runs(1.0, 1.5, 3))
+    trial = one_trial(first, spare, noise, None, 0.01, confirm=2)
+    assert sides == [(2, 2), (2, 2)]
+    assert trial.confirmed
+    assert trial.flagged == {(SPEC.key, "replay")}
+
+
+def test_pools_added_in_any_order_split_into_the_same_trials() -> None:
+    runs = synthetic_pool(12, 0.02, 1.05, seed=3)
+    forward = evaluate(runs, noise=None, processes=2, confirm=2)
+    assert evaluate(list(reversed(runs)), noise=None, processes=2, confirm=2) == forward
+
+
+def test_an_unresolved_injected_trial_counts_as_a_miss_in_every_count() -> None:
+    table = evaluate(synthetic_pool(6, 0.004, 1.1), noise=None, processes=2, confirm=2)
+    spin = {row["injection"]: row for row in table["rows"]}["spin 10"]
+    assert (spin["trials"], spin["flagged"], spin["unresolved"]) == (2, 1, 1)
+    assert spin["by_kind"]["forward direct"] == {"flagged": 1, "benchmark_trials": 2, "rate": 0.5}
 
 
 def test_trials_count_disjoint_checks_per_benchmark_and_kind_held_out() -> None:

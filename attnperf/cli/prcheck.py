@@ -54,7 +54,6 @@ def cmd_trials(args: argparse.Namespace) -> int:
     from attnperf.batchrun import parse_inject
     from attnperf.benchgrid import grid_named
     from attnperf.files import write_json
-    from attnperf.machine import machine_tag
     from attnperf.noise import Noise, measuring_code
     from attnperf.processes import ProcessRunner, write_points
     from attnperf.trials import evaluate, finished, print_table, run_processes
@@ -67,6 +66,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
                     + load_runs(args.add_runs, "--add-runs"))  # fmt: skip
     grid_name = args.grid or ("pr-gpu" if grid_named().device == "cuda" else "pr-cpu")
     points = grid_named(grid_name).points()
+    machine = pool_machine(runs, args.reuse)  # refused before any process starts
     judge = None
     if args.noise:  # an earlier calibration judges these processes only if the same measuring code took them all
         codes = {r.meta.get("measuring_code") for r in runs}
@@ -84,9 +84,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
         if len(codes) > 1:
             raise UsageError(f"--noise: the pooled processes were measured by different measuring code "
                              f"({', '.join(sorted(codes))}); one calibration cannot judge them all")  # fmt: skip
-        # the machine the processes ran on: a pool evaluated again elsewhere (--reuse) is held to its own tag
-        tags = {str(r.meta.get("machine")) for r in runs} | (set() if args.reuse else {machine_tag()})
-        judge = Noise.load(args.noise, machine=tags.pop() if len(tags) == 1 else machine_tag(), code=codes.pop())
+        judge = Noise.load(args.noise, machine=machine, code=codes.pop())
     if judge is not None and not judge.calibrated:
         raise UsageError(f"--noise: {judge.why_uncalibrated}")
     if not args.reuse:
@@ -98,14 +96,11 @@ def cmd_trials(args: argparse.Namespace) -> int:
         points_file = write_points(args.workdir / "points.json", points)
         runs = finished(run_processes(runner, Path.cwd(), points_file, inject=inject, budget_s=args.budget_s,
                                       max_processes=args.max_processes)) + runs  # fmt: skip
-    machines = sorted({str(r.meta.get("machine")) for r in runs})
-    if len(machines) > 1:  # the calibration and the rates are one runner's
-        raise UsageError(f"the pooled processes ran on several machine tags ({', '.join(machines)})")
     table = evaluate(runs, noise=judge, processes=args.processes, confirm=args.confirm, min_effect=args.min_effect)
     walls = [r.meta["wall_s"] for r in runs if "wall_s" in r.meta]
     write_json(args.out, {
         "grid": grid_name, "points": len(points), "processes_a_side": args.processes, "confirm_a_side": args.confirm,
-        "min_effect": args.min_effect, "process_count": len(runs), "machine": machines[0] if machines else None,
+        "min_effect": args.min_effect, "process_count": len(runs), "machine": machine,
         "fingerprints": sorted({str(r.meta.get("fingerprint")) for r in runs}),
         "process_wall_s": {"median": statistics.median(walls) if walls else None, "first": walls[:2]},
         **table,
@@ -116,14 +111,23 @@ def cmd_trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def pool_machine(runs: list[Any], reuse: bool) -> str:
+    """The machine tag the pooled processes ran on (this machine's where a process does not say, or
+    where new processes will run here): a pool evaluated again elsewhere is one runner's, and is
+    held to its calibration. Processes of several tags are no one runner's pool: refused."""
+    from attnperf.machine import machine_tag
+
+    tags = {r.meta.get("machine") or machine_tag() for r in runs} | (set() if reuse else {machine_tag()})
+    if len(tags) > 1:
+        raise UsageError(f"the pooled processes ran on several machine tags ({', '.join(sorted(tags))})")
+    return tags.pop() if tags else machine_tag()
+
+
 def write_noise(runs: list[Any], out: Path, grid: str | None) -> Path:
     """The calibration of ``runs`` for the machine they ran on (which ``--reuse`` may not be this one)."""
-    from attnperf.machine import machine_tag
     from attnperf.trials import calibration_of
 
-    machines = {r.meta.get("machine") for r in runs}
-    machine = machines.pop() if len(machines) == 1 and None not in machines else machine_tag()
-    noise, about = calibration_of(runs, machine, grid)
+    noise, about = calibration_of(runs, pool_machine(runs, reuse=True), grid)
     if not noise.sigma:
         raise UsageError("no benchmark ran in two or more processes: nothing to calibrate")
     return noise.save(out, **about)
