@@ -63,15 +63,14 @@ def run_processes(
     runner: ProcessRunner, tree: Path, points_file: Path, *, inject: str | None, budget_s: float, max_processes: int,
     prefix: str = "trial",
 ) -> list[ResultFile]:  # fmt: skip
-    """A, B, B, A, A, B … until the budget or ``max_processes`` (an even count). The next pair is
-    expected to take twice the longest process after the first (the first compiles and checks what
-    later ones load from the caches)."""
+    """A, B, B, A, A, B … until the budget or ``max_processes`` (an even count). Every pair holds one
+    A and one B, and is expected to take the longest A and the longest B after the first process (the
+    first compiles and checks what later ones load from the caches; a B also measures the injections)."""
     runs: list[ResultFile] = []
     started = time.perf_counter()
     verdicts = runner.workdir / "verdicts.json"
     while len(runs) < max_processes:
-        walls = [r.meta["wall_s"] for r in runs]
-        if runs and len(runs) % 2 == 0 and time.perf_counter() - started + 2 * max(walls[1:] or walls) > budget_s:
+        if runs and len(runs) % 2 == 0 and time.perf_counter() - started + next_pair_s(runs) > budget_s:
             break
         i = len(runs)
         label = (A, B)[(i + (i // 2) % 2) % 2]
@@ -80,6 +79,15 @@ def run_processes(
         runs.append(output)
         print(f"  process {i + 1} ({label}): {output.meta['wall_s']:.0f} s", file=sys.stderr, flush=True)
     return runs
+
+
+def next_pair_s(runs: Sequence[ResultFile]) -> float:
+    """Seconds the next A and B processes are expected to take: the longest of each label after the
+    first process (the first alone where nothing else has run)."""
+    later = runs[1:] or runs
+    walls = {label: [r.meta["wall_s"] for r in later if label_of(r) == label] for label in (A, B)}
+    longest = max(r.meta["wall_s"] for r in later)
+    return sum(max(walls[label], default=longest) for label in (A, B))
 
 
 def finished(outputs: Iterable[ResultFile]) -> list[ResultFile]:

@@ -403,3 +403,15 @@ def test_the_judge_reads_the_runners_or_the_bases_calibration_never_the_heads(tm
     assert judge_noise(None, base, "m").source == str(runner / "m.json")
     given = write_json(tmp_path / "given.json", data)
     assert judge_noise(given, base, "m").source == str(given), "--noise wins"
+
+
+def test_the_next_pair_is_expected_to_take_the_longest_later_a_and_the_longest_later_b() -> None:
+    """A pool stops before a pair that would end past its budget: a pair is one A and one B (which
+    also measures the injections), the first process compiled for everyone and is left out."""
+    from attnperf.trials import next_pair_s
+
+    walls = [("A", 368.0), ("B", 115.0), ("B", 109.0), ("A", 67.0), ("A", 68.0), ("B", 100.0)]
+    runs = [process(label=f"trial-{i + 1:03d}-{label}", wall_s=wall) for i, (label, wall) in enumerate(walls)]
+    assert next_pair_s(runs) == 68.0 + 115.0
+    assert next_pair_s(runs[:2]) == 115.0 + 115.0, "no later A yet: the longest later process stands in"
+    assert next_pair_s(runs[:1]) == 2 * 368.0
