@@ -36,6 +36,8 @@
 #   last-mile         issue 32's rows: top-k against the best dense causal at 16k and 64k, the backward (--backward)
 #                     of top-k and of the sparse patterns against their forwards, decode over 1k-128k caches directly
 #                     and as CUDA graphs, top-k's kernels at 16k
+#   settle-ab         does settling each call before sampling it steady the direct calls between processes?
+#                     tools/measuring-ab.py --off settle, SETTLE_PAIRS (6) processes an arm alternating, into settle-ab.json
 #   cp                context parallelism on two GPUs of one host (tools/cp-two-gpus.sh): the check,
 #                     the 1-vs-2-GPU table and the longest sequence each holds, into $OUT/cp
 #   history           asv history of the last 3 commits for the mechanisms at 16k (attnperf history run), asv publish
@@ -171,6 +173,10 @@ write_points(Path('$OUT/points.json'), grid_named('pr-gpu').points())"
         --out "$OUT/batch-$i.json" --verdicts "$OUT/verdicts.json" --label "batch-$i" 2>&1 | grep -v USDT | tail -3
     done
     python3 tools/batch-costs.py "$OUT"/batch-*.json | tee "$OUT/batch-costs.txt" ;;
+  settle-ab)
+    timeout "${SETTLE_AB_TIMEOUT_S:-400}" python3 tools/measuring-ab.py --off settle --device cuda \
+      --pairs "${SETTLE_PAIRS:-6}" --budget-s "${SETTLE_AB_BUDGET_S:-330}" --out "$OUT/settle-ab.json" \
+      > "$OUT/settle-ab.txt" 2>&1; echo "settle-ab exit $?"; grep -v USDT "$OUT/settle-ab.txt" | tail -16 ;;
   overhead)
     need_asv overhead && asv_repo || continue
     start=$(date +%s.%N)
