@@ -193,22 +193,18 @@ def label_pools(runs: Sequence[ResultFile]) -> list[tuple[list[ResultFile], list
 Check = Callable[[Sides, Sides], Trial]
 
 
-def disjoint_trials(runs: Sequence[ResultFile], processes: int, confirm: int,
-                    check: Check) -> list[tuple[Trial, list[ResultFile]]]:  # fmt: skip
-    """Every disjoint trial of the pool with the processes it used: ``check(first, spare)`` judges a
-    first pass of the next ``processes`` a side, with the next ``confirm`` a side spare for its
-    confirmation; the trial after it starts past what it used."""
+def disjoint_trials(runs: Sequence[ResultFile], processes: int, confirm: int, check: Check) -> list[Trial]:
+    """Every disjoint trial of the pool: ``check(first, spare)`` judges a first pass of the next
+    ``processes`` a side, with the next ``confirm`` a side spare for its confirmation; the trial after
+    it starts past what it used (both sides advance together, A and B alternating as they ran)."""
     out = []
     for pool_a, pool_b in label_pools(runs):
-        at = [0, 0]
-        while at[0] + processes <= len(pool_a) and at[1] + processes <= len(pool_b):
-            cut = [(pool[i : i + processes], pool[i + processes : i + processes + confirm])
-                   for pool, i in ((pool_a, at[0]), (pool_b, at[1]))]  # fmt: skip
-            first, spare = (cut[0][0], cut[1][0]), (cut[0][1], cut[1][1])
-            trial = check(first, spare)
-            used = processes + (confirm if trial.confirmed else 0)
-            out.append((trial, [*pool_a[at[0] : at[0] + used], *pool_b[at[1] : at[1] + used]]))
-            at = [at[0] + used, at[1] + used]
+        i = 0
+        while i + processes <= min(len(pool_a), len(pool_b)):
+            end = i + processes
+            trial = check((pool_a[i:end], pool_b[i:end]), (pool_a[end : end + confirm], pool_b[end : end + confirm]))
+            out.append(trial)
+            i = end + (confirm if trial.confirmed else 0)
     return out
 
 
@@ -257,7 +253,7 @@ def rows_for(runs: Sequence[ResultFile], judge: Judge, processes: int, confirm: 
             noise = judge([run for side in (*first, *spare) for run in side])
             return one_trial(first, spare, noise, injection, min_effect, confirm)
 
-        trials = [trial for trial, _ in disjoint_trials(usable, processes, confirm, check)]
+        trials = disjoint_trials(usable, processes, confirm, check)
         rows.append(row(trials, injection, runs))
     return rows
 
@@ -379,9 +375,8 @@ def print_table(table: dict[str, Any]) -> None:
     print(f"{'injection':>12} {'trials':>6} {'flagged':>7}  95% interval (Clopper-Pearson, disjoint trials)")
     for r in table["rows"]:
         extra = f"; {r['confirmed']} confirmed" + (f", {r['unresolved']} unresolved" if r["unresolved"] else "")
-        print(
-            f"{r['injection']:>12} {r['trials']:>6} {r['flagged']:>7}  [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]{extra}"
-        )
+        low, high = r["ci95"]
+        print(f"{r['injection']:>12} {r['trials']:>6} {r['flagged']:>7}  [{low:.3f}, {high:.3f}]{extra}")
         for kind, c in sorted(r["by_kind"].items()):
             rate = "" if c["rate"] is None else f"{c['rate']:.3f}"
             print(f"{'':>14}{kind:<16} {c['flagged']:>4} of {c['benchmark_trials']:<4} benchmark-trials {rate}")

@@ -245,25 +245,18 @@ def synthetic_pool(n: int, sigma: float, slow: float, seed: int = 1) -> list[Res
 
 def test_disjoint_trials_never_share_a_process_and_confirm_only_when_flagged() -> None:
     runs = synthetic_pool(12, 0.004, 1.1)
-    seen = []
+    for flag, count in ((True, 3), (False, 6)):
+        used: list[ResultFile] = []
 
-    def check(flag: bool):
-        def judge(first, spare) -> Trial:
-            seen.append((first, spare))
+        def check(first, spare, flag: bool = flag, used: list[ResultFile] = used) -> Trial:
+            used.extend(r for side in (*first, *(spare if flag else ((), ()))) for r in side)
+            assert {label_of(r) for r in (*first[0], *spare[0])} == {"A"}
+            assert {label_of(r) for r in (*first[1], *spare[1])} == {"B"}
             return Trial(frozenset({("k", "direct")}) if flag else frozenset(), frozenset(), confirmed=flag)
 
-        return judge
-
-    for flag, count in ((True, 3), (False, 6)):
-        trials = disjoint_trials(runs, processes=2, confirm=2, check=check(flag))
+        trials = disjoint_trials(runs, processes=2, confirm=2, check=check)
         assert len(trials) == count, "12 processes a label: 4 a label a confirmed trial, 2 an unflagged one"
-        used = [id(run) for _, members in trials for run in members]
-        assert len(used) == len(set(used)) == 24, "every process serves one trial"
-    for first, spare in seen[:3]:
-        assert {label_of(r) for r in (*first[0], *spare[0])} == {"A"}
-        assert {label_of(r) for r in (*first[1], *spare[1])} == {"B"}
-        ids = [id(r) for side in (*first, *spare) for r in side]
-        assert len(ids) == len(set(ids)) == 8
+        assert len({id(r) for r in used}) == len(used) == 24, "every process serves one trial"
 
 
 def test_a_trial_flagged_without_processes_left_to_confirm_counts_against_the_check() -> None:
